@@ -1,0 +1,1 @@
+"""Pilothouse control plane: the system of record for everything an agent may use."""

@@ -1,0 +1,1 @@
+"""The gRPC edge: servicers, conversion to and from protobuf, status mapping, auth."""

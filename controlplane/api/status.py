@@ -1,0 +1,71 @@
+"""One mapping from the error vocabulary (``controlplane.errors``) to gRPC statuses, with
+``google.rpc`` details a caller can act on."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from controlplane import errors
+
+_CODES: list[tuple[type[errors.PilothouseError], grpc.StatusCode]] = [
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.EtagMismatch, grpc.StatusCode.ABORTED),
+]
+
+DETAILS_KEY = "grpc-status-details-bin"
+
+
+def status_code(error: errors.PilothouseError) -> grpc.StatusCode:
+    for cls, code in _CODES:
+        if isinstance(error, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def rich_status(error: errors.PilothouseError) -> status_pb2.Status:
+    code = status_code(error)
+    status = status_pb2.Status(code=code.value[0], message=error.message)
+    detail: (
+        error_details_pb2.BadRequest
+        | error_details_pb2.PreconditionFailure
+        | (error_details_pb2.ResourceInfo)
+        | None
+    ) = None
+    if isinstance(error, errors.InvalidArgument):
+        detail = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
+                for v in error.violations
+            ]
+        )
+    elif isinstance(error, errors.FailedPrecondition) and error.violations:
+        detail = error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type=v.type, subject=v.subject, description=v.description
+                )
+                for v in error.violations
+            ]
+        )
+    elif isinstance(error, (errors.NotFound, errors.AlreadyExists)):
+        detail = error_details_pb2.ResourceInfo(
+            resource_type=error.resource_type, resource_name=error.name
+        )
+    if detail is not None:
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        status.details.append(packed)
+    return status
+
+
+def internal_status(message: str) -> status_pb2.Status:
+    return status_pb2.Status(code=code_pb2.INTERNAL, message=message)

@@ -1,0 +1,207 @@
+"""Issuing, checking and revoking API keys."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from controlplane import audit
+from controlplane.auth import keys
+from controlplane.auth.principal import ISSUABLE_ROLES, Permission, Principal, Role
+from controlplane.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    PreconditionViolation,
+    Unauthenticated,
+)
+from controlplane.registry.names import tenant_name
+from controlplane.registry.pagination import decode_token, page_size, paginate
+from controlplane.store import api_keys as key_store
+from controlplane.store import tenants as tenant_store
+from controlplane.store.database import Database
+from controlplane.store.errors import ReferenceViolation
+from controlplane.store.rows import ApiKeyRow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    display_name: str
+    role: Role
+    tenant: str | None
+    create_time: datetime
+    expire_time: datetime | None
+
+    @property
+    def name(self) -> str:
+        return f"apiKeys/{self.id}"
+
+
+def _key(row: ApiKeyRow) -> ApiKey:
+    return ApiKey(
+        row.id, row.display_name, Role(row.role), row.tenant, row.create_time, row.expire_time
+    )
+
+
+class ApiKeys:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def authenticate(self, token: str) -> Principal:
+        material = keys.parse(token)
+        if material is None:
+            raise Unauthenticated("malformed API key: expected ph_{id}_{secret}")
+        async with self._db.snapshot() as conn:
+            row = await key_store.get(conn, material.id)
+        if row is None or not keys.secret_matches(material.secret, row.secret_hash):
+            raise Unauthenticated("invalid API key")
+        if row.expire_time is not None and row.expire_time <= datetime.now(UTC):
+            raise Unauthenticated(f"API key apiKeys/{row.id} expired at {row.expire_time}")
+        return Principal(row.id, Role(row.role), row.tenant)
+
+    async def create(
+        self,
+        caller: Principal,
+        *,
+        display_name: str,
+        role: Role,
+        tenant: str | None,
+        expire_time: datetime | None,
+    ) -> tuple[ApiKey, str]:
+        """Issue a key; returns it and its token, which is never shown again."""
+        caller.require(Permission.KEYS_MANAGE)
+        if role not in ISSUABLE_ROLES[caller.role]:
+            raise PermissionDenied(f"a {caller.role.value} key may not issue {role.value} keys")
+        if tenant is None and caller.tenant is not None:
+            tenant = caller.tenant
+        if tenant is not None:
+            caller.require_tenant(tenant)
+        elif role not in (Role.ADMIN, Role.EXECUTOR):
+            raise InvalidArgument.of(
+                "api_key.tenant", f"is required for {role.value} keys (tenants/{{tenant}})"
+            )
+        if len(display_name) > 200:
+            raise InvalidArgument.of("api_key.display_name", "must be at most 200 characters")
+        now = datetime.now(UTC)
+        if expire_time is not None and expire_time <= now:
+            raise InvalidArgument.of("api_key.expire_time", "must be in the future")
+        material = keys.generate()
+        row = ApiKeyRow(
+            material.id,
+            tenant,
+            role.value,
+            display_name,
+            keys.hash_secret(material.secret),
+            now,
+            expire_time,
+        )
+        async with self._db.transaction() as conn:
+            if tenant is not None and await tenant_store.get(conn, tenant) is None:
+                raise _missing_tenant(tenant)
+            try:
+                await key_store.insert(conn, row)
+            except ReferenceViolation as e:
+                raise _missing_tenant(tenant or "") from e
+            await audit.record(
+                conn,
+                caller,
+                "api_key.create",
+                f"apiKeys/{material.id}",
+                tenant=tenant,
+                details={"role": role.value},
+            )
+        return _key(row), material.token
+
+    async def get(self, caller: Principal, key_id: str) -> ApiKey:
+        caller.require(Permission.KEYS_MANAGE)
+        async with self._db.snapshot() as conn:
+            row = await key_store.get(conn, key_id)
+        return self._visible(caller, row, key_id)
+
+    async def list_keys(
+        self, caller: Principal, *, size: int, token: str, tenant: str | None
+    ) -> tuple[list[ApiKey], str]:
+        caller.require(Permission.KEYS_MANAGE)
+        if tenant is not None:
+            caller.require_tenant(tenant)
+        elif caller.tenant is not None:
+            tenant = caller.tenant
+        collection = f"apiKeys?tenant={tenant or ''}"
+        limit = page_size(size)
+        after = decode_token(token, collection)
+        async with self._db.snapshot() as conn:
+            rows = await key_store.list_page(conn, after=after, limit=limit + 1, tenant=tenant)
+        page, next_token = paginate(rows, limit, collection, lambda r: r.id)
+        return [_key(r) for r in page], next_token
+
+    async def delete(self, caller: Principal, key_id: str) -> None:
+        caller.require(Permission.KEYS_MANAGE)
+        async with self._db.transaction() as conn:
+            key = self._visible(caller, await key_store.get(conn, key_id), key_id)
+            if key.role not in ISSUABLE_ROLES[caller.role]:
+                raise PermissionDenied(
+                    f"a {caller.role.value} key may not revoke {key.role.value} keys"
+                )
+            await key_store.delete(conn, key_id)
+            await audit.record(conn, caller, "api_key.delete", key.name, tenant=key.tenant)
+
+    async def ensure_bootstrap_admin(self, token: str | None) -> str | None:
+        """Make sure an admin key exists. With ``token`` (PILOTHOUSE_BOOTSTRAP_KEY) that key
+        is registered if it is not yet; without it, a key is generated when no admin key
+        exists. Returns a newly generated token, to be shown once, or None."""
+        given = None if token is None else keys.parse(token)
+        if token is not None and given is None:
+            raise ValueError(
+                "PILOTHOUSE_BOOTSTRAP_KEY must look like ph_{12 base32 chars}_{43 base64url "
+                "chars}; `controlplane keygen` prints one"
+            )
+        async with self._db.transaction() as conn:
+            if given is None:
+                if await key_store.count_with_role(conn, Role.ADMIN.value) > 0:
+                    return None
+                material = keys.generate()
+            elif await key_store.get(conn, given.id) is not None:
+                return None
+            else:
+                material = given
+            now = datetime.now(UTC)
+            await key_store.insert(
+                conn,
+                ApiKeyRow(
+                    material.id,
+                    None,
+                    Role.ADMIN.value,
+                    "bootstrap admin",
+                    keys.hash_secret(material.secret),
+                    now,
+                    None,
+                ),
+            )
+            await audit.record(
+                conn, None, "api_key.bootstrap", f"apiKeys/{material.id}", tenant=None
+            )
+        return None if given is not None else material.token
+
+    @staticmethod
+    def _visible(caller: Principal, row: ApiKeyRow | None, key_id: str) -> ApiKey:
+        if row is None:
+            raise NotFound("api key", f"apiKeys/{key_id}")
+        if row.tenant is None:
+            if caller.tenant is not None:
+                raise PermissionDenied("this key may only see keys of its own tenant")
+        else:
+            caller.require_tenant(row.tenant)
+        return _key(row)
+
+
+def _missing_tenant(tenant: str) -> FailedPrecondition:
+    name = tenant_name(tenant)
+    return FailedPrecondition(
+        f"api_key.tenant: tenant {name!r} does not exist",
+        [PreconditionViolation("MISSING_REFERENCE", name, "the key's tenant does not exist")],
+    )

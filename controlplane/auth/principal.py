@@ -1,0 +1,81 @@
+"""Principals, roles and permissions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from controlplane.errors import PermissionDenied
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    EXECUTOR = "executor"
+    CLIENT = "client"
+
+
+class Permission(StrEnum):
+    REGISTRY_READ = "registry.read"
+    """Read tools, models, routes, prompts, agents."""
+    REGISTRY_WRITE = "registry.write"
+    TENANT_READ = "tenants.read"
+    """Read a tenant and its quota policy."""
+    TENANT_ADMIN = "tenants.admin"
+    """Create, change and delete tenants; set quota policies."""
+    KEYS_MANAGE = "keys.manage"
+    """Issue and revoke API keys (operators: of their own tenant, roles up to operator)."""
+
+
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.ADMIN: frozenset(Permission),
+    Role.OPERATOR: frozenset(
+        {
+            Permission.REGISTRY_READ,
+            Permission.REGISTRY_WRITE,
+            Permission.TENANT_READ,
+            Permission.KEYS_MANAGE,
+        }
+    ),
+    Role.EXECUTOR: frozenset({Permission.REGISTRY_READ, Permission.TENANT_READ}),
+    Role.CLIENT: frozenset(),
+}
+
+# Which roles a key of each role may issue.
+ISSUABLE_ROLES: dict[Role, frozenset[Role]] = {
+    Role.ADMIN: frozenset(Role),
+    Role.OPERATOR: frozenset({Role.OPERATOR, Role.CLIENT}),
+    Role.EXECUTOR: frozenset(),
+    Role.CLIENT: frozenset(),
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller."""
+
+    key_id: str
+    role: Role
+    tenant: str | None
+    """The one tenant the key may act in; None means every tenant."""
+
+    @property
+    def actor(self) -> str:
+        """How the audit log names this caller."""
+        return f"apiKeys/{self.key_id}"
+
+    def has(self, permission: Permission) -> bool:
+        return permission in ROLE_PERMISSIONS[self.role]
+
+    def require(self, permission: Permission) -> None:
+        if not self.has(permission):
+            raise PermissionDenied(f"role {self.role.value!r} lacks permission {permission.value}")
+
+    def can_access(self, tenant: str) -> bool:
+        return self.tenant is None or self.tenant == tenant
+
+    def require_tenant(self, tenant: str) -> None:
+        if not self.can_access(tenant):
+            raise PermissionDenied(
+                f"this key is confined to tenant {self.tenant!r} and may not act in {tenant!r}"
+            )

@@ -1,0 +1,85 @@
+"""Control-plane settings: flags first, then ``PILOTHOUSE_*`` environment variables,
+then defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DATABASE = "sqlite:///.pilothouse/controlplane.db"
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    cert_file: Path
+    """PEM certificate chain the server presents."""
+    key_file: Path
+    """PEM private key of that certificate."""
+    client_ca_file: Path | None = None
+    """When set, clients must present a certificate signed by this CA (mutual TLS)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = "127.0.0.1:7070"
+    """host:port to serve gRPC on; port 0 picks a free one."""
+    database_url: str = DEFAULT_DATABASE
+    """sqlite:///path or postgresql://user@host:port/db."""
+    tls: TlsSettings | None = None
+    bootstrap_key: str | None = None
+    """Admin key registered at start-up (PILOTHOUSE_BOOTSTRAP_KEY); else one is generated
+    and printed once when no admin key exists."""
+    shutdown_grace: float = 10.0
+    """Seconds in-flight calls get to finish after SIGTERM."""
+    log_level: str = "INFO"
+    log_format: str = "json"
+    """json (one object per line) or text."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", help="host:port (PILOTHOUSE_LISTEN; default 127.0.0.1:7070)")
+    parser.add_argument(
+        "--database-url",
+        help="sqlite:///file or postgresql://… "
+        f"(PILOTHOUSE_DATABASE_URL; default {DEFAULT_DATABASE})",
+    )
+    parser.add_argument("--tls-cert", help="PEM certificate (PILOTHOUSE_TLS_CERT)")
+    parser.add_argument("--tls-key", help="PEM private key (PILOTHOUSE_TLS_KEY)")
+    parser.add_argument(
+        "--tls-client-ca", help="CA for client certificates: mutual TLS (PILOTHOUSE_TLS_CLIENT_CA)"
+    )
+    parser.add_argument("--shutdown-grace", type=float, help="seconds (PILOTHOUSE_SHUTDOWN_GRACE)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, … (PILOTHOUSE_LOG_LEVEL)")
+    parser.add_argument("--log-format", choices=["json", "text"], help="(PILOTHOUSE_LOG_FORMAT)")
+
+
+def from_arguments(ns: argparse.Namespace, env: Mapping[str, str] = os.environ) -> Settings:
+    def pick(flag: str, var: str) -> str | None:
+        value = getattr(ns, flag, None)
+        return value if value is not None else env.get(var) or None
+
+    defaults = Settings()
+    cert, key = pick("tls_cert", "PILOTHOUSE_TLS_CERT"), pick("tls_key", "PILOTHOUSE_TLS_KEY")
+    client_ca = pick("tls_client_ca", "PILOTHOUSE_TLS_CLIENT_CA")
+    if bool(cert) != bool(key):
+        raise SystemExit("--tls-cert and --tls-key go together")
+    if client_ca and not cert:
+        raise SystemExit("--tls-client-ca needs --tls-cert and --tls-key")
+    tls = (
+        TlsSettings(Path(cert), Path(key), Path(client_ca) if client_ca else None)
+        if cert and key
+        else None
+    )
+    grace = pick("shutdown_grace", "PILOTHOUSE_SHUTDOWN_GRACE")
+    return Settings(
+        listen=pick("listen", "PILOTHOUSE_LISTEN") or defaults.listen,
+        database_url=pick("database_url", "PILOTHOUSE_DATABASE_URL") or defaults.database_url,
+        tls=tls,
+        bootstrap_key=env.get("PILOTHOUSE_BOOTSTRAP_KEY") or None,
+        shutdown_grace=float(grace) if grace is not None else defaults.shutdown_grace,
+        log_level=(pick("log_level", "PILOTHOUSE_LOG_LEVEL") or defaults.log_level).upper(),
+        log_format=pick("log_format", "PILOTHOUSE_LOG_FORMAT") or defaults.log_format,
+    )

@@ -1,0 +1,93 @@
+"""Field checks shared by the registry's kinds. Each appends what is wrong to a list of
+violations, so that one response names every bad field at once."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from controlplane.errors import FieldViolation, InvalidArgument
+from controlplane.registry.names import ID_PATTERN, ID_RULE
+
+
+class Violations:
+    """Collects field violations; ``raise_if_any`` turns them into INVALID_ARGUMENT."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+        self.items: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        path = f"{self.prefix}.{field}" if self.prefix and field else (self.prefix or field)
+        self.items.append(FieldViolation(path, description))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidArgument(self.items)
+
+    def id(self, field: str, value: str) -> None:
+        if not ID_PATTERN.match(value):
+            self.add(field, f"{value!r} {ID_RULE}")
+
+    def text(self, field: str, value: str, *, max_len: int, required: bool = False) -> None:
+        if required and not value.strip():
+            self.add(field, "is required")
+        elif len(value) > max_len:
+            self.add(field, f"must be at most {max_len} characters (is {len(value)})")
+
+    def json_schema(
+        self, field: str, schema: dict[str, Any] | None, *, require_object: bool = False
+    ) -> None:
+        if schema is None or not schema:
+            if require_object:
+                self.add(field, 'is required (a JSON Schema such as {"type": "object"})')
+            return
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as e:
+            where = "/".join(str(p) for p in e.path)
+            at = f" at /{where}" if where else ""
+            self.add(field, f"is not a valid JSON Schema (draft 2020-12){at}: {e.message}")
+            return
+        if require_object and schema.get("type") != "object":
+            self.add(field, 'must describe an object ("type": "object")')
+
+    def url(self, field: str, value: str, *, required: bool) -> None:
+        if not value:
+            if required:
+                self.add(field, "is required")
+            return
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            self.add(field, f"{value!r} is not an http:// or https:// URL")
+
+    def non_negative(self, field: str, value: int | Decimal | None) -> None:
+        if value is not None and value < 0:
+            self.add(field, f"must be at least 0 (is {value})")
+
+    def duration(self, field: str, value: timedelta | None, *, maximum: timedelta) -> None:
+        if value is None:
+            return
+        if value <= timedelta(0):
+            self.add(field, "must be positive")
+        elif value > maximum:
+            self.add(field, f"must be at most {maximum}")
+
+    def regex(self, field: str, value: str) -> None:
+        try:
+            re.compile(value)
+        except re.error as e:
+            self.add(field, f"is not a valid regular expression: {e}")
+
+    def unique(self, field: str, values: tuple[str, ...]) -> None:
+        seen: set[str] = set()
+        for i, v in enumerate(values):
+            if v in seen:
+                self.add(f"{field}[{i}]", f"{v!r} is listed twice")
+            seen.add(v)

@@ -1,0 +1,280 @@
+"""The registry's kinds of resource and the rules each must satisfy.
+
+A ``Kind`` says where a resource lives (collection), how its spec is checked on its own
+(``check``), which other resources it names (``references``: they must exist, in the same
+tenant) and what it needs of their state (``check_state``). ``Registry`` applies them the
+same way to every kind.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Generic, TypeVar
+
+from controlplane.errors import PreconditionViolation
+from controlplane.registry import resources as r
+from controlplane.registry.checks import Violations
+from controlplane.registry.names import VERSION_ID_PATTERN
+
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Field ``field`` (a path within the resource) names ``name``, a resource of ``kind``."""
+
+    field: str
+    kind: str
+    name: str
+
+
+StateReader = Callable[[str, str], Awaitable[Any]]
+"""(kind, full name) → that resource's spec, or None when it does not exist."""
+
+
+@dataclass(frozen=True)
+class Kind(Generic[S]):
+    name: str
+    """Stored kind and the word used in messages, e.g. "Tool"."""
+    collection: str
+    """The name segment, e.g. "tools" in tenants/{tenant}/tools/{tool}."""
+    request_field: str
+    """The request's field holding the resource, e.g. "tool": prefixes violation paths."""
+    spec_type: type[S]
+    check: Callable[[S, Violations], None]
+    references: Callable[[S], list[Reference]] = field(default=lambda _spec: [])
+    check_state: Callable[[S, StateReader], Awaitable[list[PreconditionViolation]]] | None = None
+    output_only: frozenset[str] = frozenset()
+    """Fields callers cannot set through create or update."""
+    child_kind: str | None = None
+    """A kind whose resources belong to this one and are deleted with it."""
+
+
+MAX_TIMEOUT = timedelta(hours=1)
+SCOPE_PATTERN = re.compile(r"^[a-z][a-z0-9_.:-]{0,99}$")
+ENV_PATTERN = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
+BUILTIN_PATTERN = re.compile(r"^[a-z][a-z0-9_.-]{0,99}$")
+VARIABLE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+PLACEHOLDER = re.compile(r"\{\{\s*([^{}\s]*)\s*\}\}")
+
+
+def _check_tool(t: r.Tool, v: Violations) -> None:
+    v.text("description", t.description, max_len=4096, required=True)
+    v.json_schema("input_schema", t.input_schema, require_object=True)
+    v.json_schema("output_schema", t.output_schema)
+    if t.kind is r.ToolKind.UNSPECIFIED:
+        v.add("kind", "is required: builtin, http or mcp")
+    elif t.kind is r.ToolKind.BUILTIN:
+        if not BUILTIN_PATTERN.match(t.endpoint):
+            v.add("endpoint", "must name the builtin implementation (e.g. 'echo')")
+    else:
+        v.url("endpoint", t.endpoint, required=True)
+    if t.remote_name and t.kind is not r.ToolKind.MCP:
+        v.add("remote_name", "is only meaningful for mcp tools")
+    v.text("remote_name", t.remote_name, max_len=128)
+    v.duration("timeout", t.timeout, maximum=MAX_TIMEOUT)
+    _check_retry(t.retry_policy, v)
+    if t.required_scope and not SCOPE_PATTERN.match(t.required_scope):
+        v.add("required_scope", f"{t.required_scope!r} must look like 'orders:write'")
+
+
+def _check_retry(p: r.RetryPolicy, v: Violations) -> None:
+    if not 0 <= p.max_attempts <= 10:
+        v.add("retry_policy.max_attempts", "must be between 0 and 10")
+    v.duration("retry_policy.initial_backoff", p.initial_backoff, maximum=MAX_TIMEOUT)
+    v.duration("retry_policy.max_backoff", p.max_backoff, maximum=MAX_TIMEOUT)
+    if p.initial_backoff and p.max_backoff and p.initial_backoff > p.max_backoff:
+        v.add("retry_policy.max_backoff", "must not be less than initial_backoff")
+    if p.backoff_multiplier != 0 and not 1 <= p.backoff_multiplier <= 10:
+        v.add("retry_policy.backoff_multiplier", "must be between 1 and 10 (0 for the default)")
+
+
+def _check_model(m: r.Model, v: Violations) -> None:
+    if m.provider is r.ModelProvider.UNSPECIFIED:
+        v.add("provider", "is required: openai or scripted")
+    v.url("endpoint", m.endpoint, required=False)
+    v.text("provider_model", m.provider_model, max_len=200)
+    v.non_negative("input_price_per_million", m.input_price_per_million)
+    v.non_negative("output_price_per_million", m.output_price_per_million)
+    if m.context_window < 1:
+        v.add("context_window", "must be at least 1")
+    if m.max_output_tokens < 1:
+        v.add("max_output_tokens", "must be at least 1")
+    elif m.context_window >= 1 and m.max_output_tokens > m.context_window:
+        v.add("max_output_tokens", f"must not exceed context_window ({m.context_window})")
+    if m.api_key_env and not ENV_PATTERN.match(m.api_key_env):
+        v.add("api_key_env", f"{m.api_key_env!r} is not an environment variable name")
+
+
+def _check_route(m: r.ModelRoute, v: Violations) -> None:
+    if not m.targets:
+        v.add("targets", "needs at least one model")
+    for i, target in enumerate(m.targets):
+        if target.weight < 1:
+            v.add(f"targets[{i}].weight", "must be at least 1")
+    v.unique("targets", tuple(t.model for t in m.targets))
+    v.unique("fallbacks", m.fallbacks)
+
+
+def _route_refs(m: r.ModelRoute) -> list[Reference]:
+    return [Reference(f"targets[{i}].model", "Model", t.model) for i, t in enumerate(m.targets)] + [
+        Reference(f"fallbacks[{i}]", "Model", name) for i, name in enumerate(m.fallbacks)
+    ]
+
+
+def _check_prompt(p: r.Prompt, v: Violations) -> None:
+    v.text("description", p.description, max_len=4096)
+
+
+def check_prompt_version(p: r.PromptVersion, v: Violations) -> None:
+    v.text("template", p.template, max_len=200_000, required=True)
+    declared: set[str] = set()
+    for i, var in enumerate(p.variables):
+        if not VARIABLE_PATTERN.match(var.name):
+            v.add(f"variables[{i}].name", f"{var.name!r} must be letters, digits and underscores")
+        if var.name in declared:
+            v.add(f"variables[{i}].name", f"{var.name!r} is declared twice")
+        declared.add(var.name)
+        if var.required and var.default_value:
+            v.add(f"variables[{i}].default_value", "a required variable has no default")
+    for placeholder in dict.fromkeys(PLACEHOLDER.findall(p.template)):
+        if placeholder not in declared:
+            v.add("template", f"uses {{{{{placeholder}}}}}, which variables does not declare")
+    if not p.model_route:
+        v.add("model_route", "is required (tenants/{tenant}/modelRoutes/{model_route})")
+    params = p.parameters
+    if params.temperature is not None and not 0 <= params.temperature <= 2:
+        v.add("parameters.temperature", "must be between 0 and 2")
+    if params.top_p is not None and not 0 < params.top_p <= 1:
+        v.add("parameters.top_p", "must be greater than 0 and at most 1")
+    if params.max_output_tokens is not None and params.max_output_tokens < 1:
+        v.add("parameters.max_output_tokens", "must be at least 1")
+    if len(params.stop) > 4:
+        v.add("parameters.stop", "may hold at most 4 sequences")
+
+
+def _version_refs(p: r.PromptVersion) -> list[Reference]:
+    return [Reference("model_route", "ModelRoute", p.model_route)] if p.model_route else []
+
+
+def _check_agent(a: r.Agent, v: Violations) -> None:
+    v.text("description", a.description, max_len=4096)
+    if not a.prompt:
+        v.add("prompt", "is required (tenants/{tenant}/prompts/{prompt})")
+    if a.prompt_label and a.prompt_version:
+        v.add("prompt_version", "set either prompt_label or prompt_version, not both")
+    if a.prompt_label:
+        v.id("prompt_label", a.prompt_label)
+    if a.prompt_version and a.prompt and not a.prompt_version.startswith(a.prompt + "/versions/"):
+        v.add("prompt_version", f"must be a version of {a.prompt!r}")
+    v.unique("tools", a.tools)
+    budget = a.default_budget
+    for name in ("max_steps", "max_tool_calls", "max_tokens"):
+        v.non_negative(f"default_budget.{name}", getattr(budget, name))
+    v.non_negative("default_budget.max_usd", budget.max_usd)
+    v.duration("default_budget.max_wall_time", budget.max_wall_time, maximum=timedelta(days=7))
+    policy = a.approval_policy
+    for i, tool in enumerate(policy.always_require):
+        if tool not in a.tools:
+            v.add(
+                f"approval_policy.always_require[{i}]", f"{tool!r} is not one of the agent's tools"
+            )
+    v.duration("approval_policy.timeout", policy.timeout, maximum=timedelta(days=30))
+    for i, pattern in enumerate(a.guardrail_policy.blocked_patterns):
+        v.regex(f"guardrail_policy.blocked_patterns[{i}]", pattern)
+    v.json_schema("output_schema", a.output_schema)
+
+
+def _agent_refs(a: r.Agent) -> list[Reference]:
+    refs = [Reference("prompt", "Prompt", a.prompt)] if a.prompt else []
+    if a.prompt_version:
+        refs.append(Reference("prompt_version", "PromptVersion", a.prompt_version))
+    if a.model_route:
+        refs.append(Reference("model_route", "ModelRoute", a.model_route))
+    refs += [Reference(f"tools[{i}]", "Tool", name) for i, name in enumerate(a.tools)]
+    return refs
+
+
+DEFAULT_PROMPT_LABEL = "production"
+
+
+async def _agent_state(a: r.Agent, read: StateReader) -> list[PreconditionViolation]:
+    if a.prompt_version or not a.prompt:
+        return []
+    label = a.prompt_label or DEFAULT_PROMPT_LABEL
+    prompt = await read("Prompt", a.prompt)
+    if isinstance(prompt, r.Prompt) and label not in prompt.labels:
+        return [
+            PreconditionViolation(
+                "MISSING_REFERENCE",
+                a.prompt,
+                f"prompt_label: prompt {a.prompt!r} has no label {label!r} "
+                f"(labels: {', '.join(sorted(prompt.labels)) or 'none'})",
+            )
+        ]
+    return []
+
+
+def _check_tenant(t: r.Tenant, v: Violations) -> None:
+    v.text("display_name", t.display_name, max_len=200)
+
+
+def _check_quota(q: r.QuotaPolicy, v: Violations) -> None:
+    for name in (
+        "usd_per_day",
+        "usd_per_month",
+        "tokens_per_minute",
+        "requests_per_minute",
+        "max_concurrent_runs",
+    ):
+        v.non_negative(name, getattr(q, name))
+
+
+TOOL = Kind("Tool", "tools", "tool", r.Tool, _check_tool)
+MODEL = Kind("Model", "models", "model", r.Model, _check_model)
+MODEL_ROUTE = Kind(
+    "ModelRoute", "modelRoutes", "model_route", r.ModelRoute, _check_route, _route_refs
+)
+PROMPT = Kind(
+    "Prompt",
+    "prompts",
+    "prompt",
+    r.Prompt,
+    _check_prompt,
+    output_only=frozenset({"labels"}),
+    child_kind="PromptVersion",
+)
+PROMPT_VERSION = Kind(
+    "PromptVersion",
+    "versions",
+    "prompt_version",
+    r.PromptVersion,
+    check_prompt_version,
+    _version_refs,
+)
+AGENT = Kind("Agent", "agents", "agent", r.Agent, _check_agent, _agent_refs, _agent_state)
+TENANT = Kind("Tenant", "tenants", "tenant", r.Tenant, _check_tenant)
+QUOTA_POLICY = Kind("QuotaPolicy", "quotaPolicy", "quota_policy", r.QuotaPolicy, _check_quota)
+
+TENANT_SCOPED: dict[str, Kind[Any]] = {
+    k.name: k for k in (TOOL, MODEL, MODEL_ROUTE, PROMPT, PROMPT_VERSION, AGENT)
+}
+
+__all__ = [
+    "AGENT",
+    "DEFAULT_PROMPT_LABEL",
+    "MODEL",
+    "MODEL_ROUTE",
+    "PROMPT",
+    "PROMPT_VERSION",
+    "QUOTA_POLICY",
+    "TENANT",
+    "TENANT_SCOPED",
+    "TOOL",
+    "VERSION_ID_PATTERN",
+    "Kind",
+    "Reference",
+]

@@ -1,0 +1,165 @@
+"""Wiring: settings in, objects built, the gRPC server started and stopped gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from controlplane.api.agents import AgentRegistryServicer
+from controlplane.api.api_keys import ApiKeyServicer
+from controlplane.api.interceptors import AuthInterceptor, ErrorInterceptor
+from controlplane.api.models import ModelServicer
+from controlplane.api.prompts import PromptServicer
+from controlplane.api.tenants import TenantServicer
+from controlplane.api.tools import ToolServicer
+from controlplane.auth.api_keys import ApiKeys
+from controlplane.config import Settings
+from controlplane.registry.service import Registry
+from controlplane.store.database import Database
+from pilothouse.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    api_key_pb2,
+    api_key_pb2_grpc,
+    model_pb2,
+    model_pb2_grpc,
+    prompt_pb2,
+    prompt_pb2_grpc,
+    tenant_pb2,
+    tenant_pb2_grpc,
+    tool_pb2,
+    tool_pb2_grpc,
+)
+
+log = logging.getLogger("pilothouse.controlplane")
+
+SERVICE_NAMES = tuple(
+    d.services_by_name[name].full_name
+    for d, name in (
+        (tool_pb2.DESCRIPTOR, "ToolService"),
+        (model_pb2.DESCRIPTOR, "ModelService"),
+        (prompt_pb2.DESCRIPTOR, "PromptService"),
+        (agent_pb2.DESCRIPTOR, "AgentRegistryService"),
+        (tenant_pb2.DESCRIPTOR, "TenantService"),
+        (api_key_pb2.DESCRIPTOR, "ApiKeyService"),
+    )
+)
+
+
+@dataclass
+class ControlPlane:
+    """A running control plane. Build it with ``start``; stop it with ``aclose``."""
+
+    settings: Settings
+    db: Database
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    port: int
+    bootstrap_token: str | None
+    """The admin key generated at this start, if one was; shown once."""
+
+    @property
+    def address(self) -> str:
+        host = self.settings.listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    @classmethod
+    async def start(cls, settings: Settings) -> ControlPlane:
+        db = Database(settings.database_url)
+        try:
+            await db.migrate()
+            api_keys = ApiKeys(db)
+            token = await api_keys.ensure_bootstrap_admin(settings.bootstrap_key)
+        except BaseException:
+            await db.aclose()
+            raise
+        registry = Registry(db)
+        server = grpc.aio.server(
+            interceptors=[ErrorInterceptor(), AuthInterceptor(api_keys)],
+            options=[
+                ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        tool_pb2_grpc.add_ToolServiceServicer_to_server(ToolServicer(registry), server)
+        model_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
+        prompt_pb2_grpc.add_PromptServiceServicer_to_server(PromptServicer(registry), server)
+        agent_pb2_grpc.add_AgentRegistryServiceServicer_to_server(
+            AgentRegistryServicer(registry), server
+        )
+        tenant_pb2_grpc.add_TenantServiceServicer_to_server(TenantServicer(registry), server)
+        api_key_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(api_keys), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        port = (
+            server.add_secure_port(settings.listen, _credentials(settings))
+            if settings.tls
+            else (server.add_insecure_port(settings.listen))
+        )
+        await server.start()
+        for name in ("", *SERVICE_NAMES):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        plane = cls(settings, db, server, health_servicer, port, token)
+        log.info(
+            "control plane serving",
+            extra={
+                "address": plane.address,
+                "tls": "mutual"
+                if settings.tls and settings.tls.client_ca_file
+                else bool(settings.tls),
+                "database": db.url.render_as_string(hide_password=True),
+            },
+        )
+        return plane
+
+    async def aclose(self) -> None:
+        """Graceful stop: health goes NOT_SERVING, new calls are refused, in-flight calls
+        get the grace period to finish."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.shutdown_grace)
+        await self.db.aclose()
+        log.info("control plane stopped")
+
+
+def _credentials(settings: Settings) -> grpc.ServerCredentials:
+    tls = settings.tls
+    assert tls is not None
+    pair = [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())]
+    if tls.client_ca_file is None:
+        return grpc.ssl_server_credentials(pair)
+    return grpc.ssl_server_credentials(
+        pair, root_certificates=tls.client_ca_file.read_bytes(), require_client_auth=True
+    )
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    plane = await ControlPlane.start(settings)
+    if plane.bootstrap_token:
+        # Printed once, on stdout, so it can be captured; it is never stored in clear.
+        print(
+            "Bootstrap admin key (shown once; store it safely):\n"
+            f"  {plane.bootstrap_token}\n"
+            "Use it as PILOTHOUSE_API_KEY or --api-key.",
+            flush=True,
+        )
+    print(f"control plane listening on {plane.address}", file=sys.stderr, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace})
+        await plane.aclose()

@@ -1,0 +1,127 @@
+"""Tables of the control-plane store. Alembic migrations under ``migrations/`` create them;
+a test checks the two agree."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always read back timezone-aware (SQLite keeps none)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+BigIntId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+tenants = sa.Table(
+    "tenants",
+    metadata,
+    sa.Column("id", sa.String(63), primary_key=True),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("etag", sa.String(32), nullable=False),
+    sa.Column("create_time", UTCDateTime, nullable=False),
+    sa.Column("update_time", UTCDateTime, nullable=False),
+)
+
+# Every tenant-scoped registry resource, one row each; ``kind`` says which (Tool, Model,
+# ModelRoute, Prompt, PromptVersion, Agent, QuotaPolicy). Prompt versions use the id
+# "{prompt}/{version}" so a prompt's versions form one key range.
+resources = sa.Table(
+    "resources",
+    metadata,
+    sa.Column(
+        "tenant",
+        sa.String(63),
+        sa.ForeignKey("tenants.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("kind", sa.String(32), primary_key=True),
+    sa.Column("id", sa.String(160), primary_key=True),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("etag", sa.String(32), nullable=False),
+    sa.Column("create_time", UTCDateTime, nullable=False),
+    sa.Column("update_time", UTCDateTime, nullable=False),
+)
+
+# Which resource names which: the database itself refuses to delete a resource still
+# referenced (RESTRICT), even under concurrent writers.
+resource_refs = sa.Table(
+    "resource_refs",
+    metadata,
+    sa.Column("tenant", sa.String(63), primary_key=True),
+    sa.Column("from_kind", sa.String(32), primary_key=True),
+    sa.Column("from_id", sa.String(160), primary_key=True),
+    sa.Column("field", sa.String(200), primary_key=True),
+    sa.Column("to_kind", sa.String(32), nullable=False),
+    sa.Column("to_id", sa.String(160), nullable=False),
+    sa.ForeignKeyConstraint(
+        ["tenant", "from_kind", "from_id"],
+        ["resources.tenant", "resources.kind", "resources.id"],
+        ondelete="CASCADE",
+    ),
+    sa.ForeignKeyConstraint(
+        ["tenant", "to_kind", "to_id"],
+        ["resources.tenant", "resources.kind", "resources.id"],
+        ondelete="RESTRICT",
+    ),
+    sa.Index("ix_resource_refs_target", "tenant", "to_kind", "to_id"),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column(
+        "tenant",
+        sa.String(63),
+        sa.ForeignKey("tenants.id", ondelete="CASCADE"),
+        nullable=True,
+        index=True,
+    ),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("display_name", sa.String(200), nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("create_time", UTCDateTime, nullable=False),
+    sa.Column("expire_time", UTCDateTime, nullable=True),
+)
+
+# What changed, who changed it and when. Rows outlive the tenant they concern.
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
+    sa.Column("time", UTCDateTime, nullable=False),
+    sa.Column("tenant", sa.String(63), nullable=True, index=True),
+    sa.Column("actor", sa.String(64), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("resource", sa.String(300), nullable=False),
+    sa.Column("details", sa.Text, nullable=False),
+)

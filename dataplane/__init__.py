@@ -1,0 +1,1 @@
+"""Pilothouse data plane: stateless executors that run agent steps under budget."""

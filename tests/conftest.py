@@ -1,0 +1,149 @@
+"""Shared fixtures: databases (SQLite and PostgreSQL) and a live control plane on loopback."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+from sqlalchemy.engine import make_url
+
+from controlplane.auth import keys
+from controlplane.config import Settings
+from controlplane.server import ControlPlane
+from pilothouse.v1 import (
+    agent_pb2_grpc,
+    api_key_pb2,
+    api_key_pb2_grpc,
+    model_pb2_grpc,
+    prompt_pb2_grpc,
+    tenant_pb2,
+    tenant_pb2_grpc,
+    tool_pb2_grpc,
+)
+
+PG_ENV = "PILOTHOUSE_TEST_PG_DSN"
+
+
+@pytest.fixture(scope="session")
+async def pg_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    dsn = os.environ.get(PG_ENV)
+    if not dsn:
+        pytest.skip(f"{PG_ENV} is not set: PostgreSQL backend tests skipped")
+    base = make_url(dsn)
+    name = f"pilothouse_test_{secrets.token_hex(6)}"
+    admin_dsn = base.set(drivername="postgresql").render_as_string(hide_password=False)
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    yield base.set(database=name).render_as_string(hide_password=False)
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'controlplane.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@dataclass
+class Live:
+    """A running control plane and an admin's view of it."""
+
+    plane: ControlPlane
+    channel: grpc.aio.Channel
+    admin_key: str
+
+    @property
+    def address(self) -> str:
+        return self.plane.address
+
+    def md(self, key: str | None = None) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {key or self.admin_key}"),)
+
+    @property
+    def tools(self) -> tool_pb2_grpc.ToolServiceStub:
+        return tool_pb2_grpc.ToolServiceStub(self.channel)
+
+    @property
+    def models(self) -> model_pb2_grpc.ModelServiceStub:
+        return model_pb2_grpc.ModelServiceStub(self.channel)
+
+    @property
+    def prompts(self) -> prompt_pb2_grpc.PromptServiceStub:
+        return prompt_pb2_grpc.PromptServiceStub(self.channel)
+
+    @property
+    def agents(self) -> agent_pb2_grpc.AgentRegistryServiceStub:
+        return agent_pb2_grpc.AgentRegistryServiceStub(self.channel)
+
+    @property
+    def tenants(self) -> tenant_pb2_grpc.TenantServiceStub:
+        return tenant_pb2_grpc.TenantServiceStub(self.channel)
+
+    @property
+    def keys(self) -> api_key_pb2_grpc.ApiKeyServiceStub:
+        return api_key_pb2_grpc.ApiKeyServiceStub(self.channel)
+
+    async def new_tenant(self, prefix: str = "t") -> str:
+        tenant_id = f"{prefix}-{secrets.token_hex(4)}"
+        await self.tenants.CreateTenant(
+            tenant_pb2.CreateTenantRequest(tenant_id=tenant_id, tenant=tenant_pb2.Tenant()),
+            metadata=self.md(),
+        )
+        return tenant_id
+
+    async def new_key(self, role: int, tenant: str | None) -> str:
+        response = await self.keys.CreateApiKey(
+            api_key_pb2.CreateApiKeyRequest(
+                api_key=api_key_pb2.ApiKey(
+                    role=role, tenant=f"tenants/{tenant}" if tenant else "", display_name="test"
+                )
+            ),
+            metadata=self.md(),
+        )
+        return response.secret
+
+
+async def start_live(database_url: str, **settings: Any) -> Live:
+    admin_key = keys.generate().token
+    plane = await ControlPlane.start(
+        Settings(
+            listen="127.0.0.1:0",
+            database_url=database_url,
+            bootstrap_key=admin_key,
+            shutdown_grace=1.0,
+            **settings,
+        )
+    )
+    channel = grpc.aio.insecure_channel(plane.address)
+    return Live(plane, channel, admin_key)
+
+
+@pytest.fixture(scope="session")
+async def live(database_url: str) -> AsyncIterator[Live]:
+    """One control plane per backend for the session; tests isolate by tenant."""
+    running = await start_live(database_url)
+    yield running
+    await running.channel.close()
+    await running.plane.aclose()
+
+
+@pytest.fixture
+def repo_root() -> Iterator[Path]:
+    yield Path(__file__).resolve().parent.parent
