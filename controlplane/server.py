@@ -144,6 +144,10 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials:
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     plane = await ControlPlane.start(settings)
     if plane.bootstrap_token:
         # Printed once, on stdout, so it can be captured; it is never stored in clear.
@@ -154,10 +158,6 @@ async def serve(settings: Settings) -> None:
             flush=True,
         )
     print(f"control plane listening on {plane.address}", file=sys.stderr, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:

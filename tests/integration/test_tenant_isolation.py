@@ -1,0 +1,269 @@
+"""A key confined to tenant A can neither read nor change tenant B, through any RPC.
+
+The matrix is built from the contract's own descriptors: a new RPC without a case here
+fails ``test_matrix_covers_every_rpc``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.message import Message
+
+from controlplane.server import SERVICE_NAMES
+from pilothouse.v1 import (
+    agent_pb2,
+    api_key_pb2,
+    model_pb2,
+    prompt_pb2,
+    tenant_pb2,
+    tool_pb2,
+)
+from tests import helpers as h
+from tests.conftest import Live
+from tests.integration.test_registry_api import _registry_with_agent
+
+Code = grpc.StatusCode
+
+
+@dataclass
+class Target:
+    """Tenant B and the names of what it holds."""
+
+    tenant: str
+    version: str
+    key_name: str
+
+    @property
+    def parent(self) -> str:
+        return f"tenants/{self.tenant}"
+
+
+Build = Callable[[Target], Message]
+
+CASES: dict[str, Build] = {
+    # ToolService
+    "ToolService/GetTool": lambda t: tool_pb2.GetToolRequest(name=f"{t.parent}/tools/echo"),
+    "ToolService/ListTools": lambda t: tool_pb2.ListToolsRequest(parent=t.parent),
+    "ToolService/CreateTool": lambda t: tool_pb2.CreateToolRequest(
+        parent=t.parent, tool_id="planted", tool=h.tool()
+    ),
+    "ToolService/UpdateTool": lambda t: tool_pb2.UpdateToolRequest(
+        tool=h.tool(name=f"{t.parent}/tools/echo", description="defaced")
+    ),
+    "ToolService/DeleteTool": lambda t: tool_pb2.DeleteToolRequest(name=f"{t.parent}/tools/echo"),
+    # ModelService
+    "ModelService/GetModel": lambda t: model_pb2.GetModelRequest(name=f"{t.parent}/models/small"),
+    "ModelService/ListModels": lambda t: model_pb2.ListModelsRequest(parent=t.parent),
+    "ModelService/CreateModel": lambda t: model_pb2.CreateModelRequest(
+        parent=t.parent, model_id="planted", model=h.model()
+    ),
+    "ModelService/UpdateModel": lambda t: model_pb2.UpdateModelRequest(
+        model=h.model(name=f"{t.parent}/models/small", input_price_per_million="99")
+    ),
+    "ModelService/DeleteModel": lambda t: model_pb2.DeleteModelRequest(
+        name=f"{t.parent}/models/small"
+    ),
+    "ModelService/GetModelRoute": lambda t: model_pb2.GetModelRouteRequest(
+        name=f"{t.parent}/modelRoutes/default"
+    ),
+    "ModelService/ListModelRoutes": lambda t: model_pb2.ListModelRoutesRequest(parent=t.parent),
+    "ModelService/CreateModelRoute": lambda t: model_pb2.CreateModelRouteRequest(
+        parent=t.parent, model_route_id="planted", model_route=h.route(t.tenant, "small")
+    ),
+    "ModelService/UpdateModelRoute": lambda t: model_pb2.UpdateModelRouteRequest(
+        model_route=model_pb2.ModelRoute(name=f"{t.parent}/modelRoutes/default")
+    ),
+    "ModelService/DeleteModelRoute": lambda t: model_pb2.DeleteModelRouteRequest(
+        name=f"{t.parent}/modelRoutes/default"
+    ),
+    # PromptService
+    "PromptService/GetPrompt": lambda t: prompt_pb2.GetPromptRequest(
+        name=f"{t.parent}/prompts/support"
+    ),
+    "PromptService/ListPrompts": lambda t: prompt_pb2.ListPromptsRequest(parent=t.parent),
+    "PromptService/CreatePrompt": lambda t: prompt_pb2.CreatePromptRequest(
+        parent=t.parent, prompt_id="planted", prompt=prompt_pb2.Prompt()
+    ),
+    "PromptService/UpdatePrompt": lambda t: prompt_pb2.UpdatePromptRequest(
+        prompt=prompt_pb2.Prompt(name=f"{t.parent}/prompts/support", description="defaced")
+    ),
+    "PromptService/DeletePrompt": lambda t: prompt_pb2.DeletePromptRequest(
+        name=f"{t.parent}/prompts/support"
+    ),
+    "PromptService/CreatePromptVersion": lambda t: prompt_pb2.CreatePromptVersionRequest(
+        parent=f"{t.parent}/prompts/support",
+        prompt_version=h.version(t.tenant, "default", "Planted {{customer}}"),
+    ),
+    "PromptService/GetPromptVersion": lambda t: prompt_pb2.GetPromptVersionRequest(name=t.version),
+    "PromptService/ListPromptVersions": lambda t: prompt_pb2.ListPromptVersionsRequest(
+        parent=f"{t.parent}/prompts/support"
+    ),
+    "PromptService/SetPromptLabel": lambda t: prompt_pb2.SetPromptLabelRequest(
+        name=f"{t.parent}/prompts/support", label="production", version=t.version
+    ),
+    # AgentRegistryService
+    "AgentRegistryService/GetAgent": lambda t: agent_pb2.GetAgentRequest(
+        name=f"{t.parent}/agents/helper"
+    ),
+    "AgentRegistryService/ListAgents": lambda t: agent_pb2.ListAgentsRequest(parent=t.parent),
+    "AgentRegistryService/CreateAgent": lambda t: agent_pb2.CreateAgentRequest(
+        parent=t.parent, agent_id="planted", agent=h.agent(t.tenant, "support", ["echo"])
+    ),
+    "AgentRegistryService/UpdateAgent": lambda t: agent_pb2.UpdateAgentRequest(
+        agent=agent_pb2.Agent(name=f"{t.parent}/agents/helper", description="defaced")
+    ),
+    "AgentRegistryService/DeleteAgent": lambda t: agent_pb2.DeleteAgentRequest(
+        name=f"{t.parent}/agents/helper"
+    ),
+    # TenantService
+    "TenantService/GetTenant": lambda t: tenant_pb2.GetTenantRequest(name=t.parent),
+    "TenantService/ListTenants": lambda t: tenant_pb2.ListTenantsRequest(),
+    "TenantService/CreateTenant": lambda t: tenant_pb2.CreateTenantRequest(
+        tenant_id=f"{t.tenant}-twin", tenant=tenant_pb2.Tenant()
+    ),
+    "TenantService/UpdateTenant": lambda t: tenant_pb2.UpdateTenantRequest(
+        tenant=tenant_pb2.Tenant(name=t.parent, display_name="defaced")
+    ),
+    "TenantService/DeleteTenant": lambda t: tenant_pb2.DeleteTenantRequest(
+        name=t.parent, force=True
+    ),
+    "TenantService/GetQuotaPolicy": lambda t: tenant_pb2.GetQuotaPolicyRequest(
+        name=f"{t.parent}/quotaPolicy"
+    ),
+    "TenantService/UpdateQuotaPolicy": lambda t: tenant_pb2.UpdateQuotaPolicyRequest(
+        quota_policy=tenant_pb2.QuotaPolicy(name=f"{t.parent}/quotaPolicy", usd_per_day="0")
+    ),
+    # ApiKeyService
+    "ApiKeyService/CreateApiKey": lambda t: api_key_pb2.CreateApiKeyRequest(
+        api_key=api_key_pb2.ApiKey(role=api_key_pb2.ROLE_OPERATOR, tenant=t.parent)
+    ),
+    "ApiKeyService/GetApiKey": lambda t: api_key_pb2.GetApiKeyRequest(name=t.key_name),
+    "ApiKeyService/ListApiKeys": lambda t: api_key_pb2.ListApiKeysRequest(tenant=t.parent),
+    "ApiKeyService/DeleteApiKey": lambda t: api_key_pb2.DeleteApiKeyRequest(name=t.key_name),
+}
+
+# Calls that name no tenant: they succeed, but show only the caller's own tenant.
+FILTERED = {"TenantService/ListTenants"}
+
+
+def _all_methods() -> dict[str, Any]:
+    from google.protobuf import descriptor_pool
+
+    pool = descriptor_pool.Default()
+    methods = {}
+    for service_name in SERVICE_NAMES:
+        service = pool.FindServiceByName(service_name)
+        for method in service.methods:
+            methods[f"{service.name}/{method.name}"] = method
+    return methods
+
+
+def test_matrix_covers_every_rpc() -> None:
+    assert set(CASES) == set(_all_methods())
+
+
+def _callable(live: Live, method: str) -> Callable[..., Any]:
+    service, rpc = method.split("/")
+    descriptor = _all_methods()[method]
+    request_cls = type(CASES[method](Target("x", "", "")))
+    response_cls = _message_class(descriptor.output_type)
+    return live.channel.unary_unary(
+        f"/pilothouse.v1.{service}/{rpc}",
+        request_serializer=request_cls.SerializeToString,
+        response_deserializer=response_cls.FromString,
+    )
+
+
+def _message_class(descriptor: Any) -> Any:
+    from google.protobuf import message_factory
+
+    return message_factory.GetMessageClass(descriptor)
+
+
+async def _tenant_b(live: Live) -> Target:
+    tenant = await _registry_with_agent(live)
+    prompt = (
+        await live.prompts.GetPrompt(
+            prompt_pb2.GetPromptRequest(name=f"tenants/{tenant}/prompts/support"),
+            metadata=live.md(),
+        )
+    ).prompt
+    key = await live.keys.CreateApiKey(
+        api_key_pb2.CreateApiKeyRequest(
+            api_key=api_key_pb2.ApiKey(role=api_key_pb2.ROLE_CLIENT, tenant=f"tenants/{tenant}")
+        ),
+        metadata=live.md(),
+    )
+    return Target(tenant, prompt.labels["production"], key.api_key.name)
+
+
+@pytest.mark.parametrize("role", [api_key_pb2.ROLE_OPERATOR, api_key_pb2.ROLE_ADMIN])
+async def test_key_of_tenant_a_cannot_touch_tenant_b(live: Live, role: int) -> None:
+    tenant_a = await live.new_tenant("a")
+    key_a = await live.new_key(role, tenant_a)
+    b = await _tenant_b(live)
+    before = await live.tools.GetTool(
+        tool_pb2.GetToolRequest(name=f"{b.parent}/tools/echo"), metadata=live.md()
+    )
+
+    for method, build in CASES.items():
+        call = _callable(live, method)
+        if method in FILTERED:
+            response = await call(build(b), metadata=live.md(key_a))
+            names = [t.name for t in response.tenants]
+            assert names == [f"tenants/{tenant_a}"], method
+            continue
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(build(b), metadata=live.md(key_a))
+        assert info.value.code() == Code.PERMISSION_DENIED, (
+            f"{method}: {info.value.code()} {info.value.details()}"
+        )
+
+    listed = await live.keys.ListApiKeys(api_key_pb2.ListApiKeysRequest(), metadata=live.md(key_a))
+    assert all(k.tenant == f"tenants/{tenant_a}" for k in listed.api_keys)
+    after = await live.tools.GetTool(
+        tool_pb2.GetToolRequest(name=f"{b.parent}/tools/echo"), metadata=live.md()
+    )
+    assert after == before
+    await live.tenants.GetTenant(tenant_pb2.GetTenantRequest(name=b.parent), metadata=live.md())
+
+
+async def test_operator_manages_its_own_tenant(live: Live) -> None:
+    """The same calls, aimed at the key's own tenant, are allowed (where the role may)."""
+    tenant = await _registry_with_agent(live)
+    operator = await live.new_key(api_key_pb2.ROLE_OPERATOR, tenant)
+    md = live.md(operator)
+    parent = f"tenants/{tenant}"
+    await live.tools.CreateTool(
+        tool_pb2.CreateToolRequest(parent=parent, tool_id="mine", tool=h.tool()), metadata=md
+    )
+    listed = await live.tools.ListTools(tool_pb2.ListToolsRequest(parent=parent), metadata=md)
+    assert {t.name for t in listed.tools} == {f"{parent}/tools/echo", f"{parent}/tools/mine"}
+    client = await live.keys.CreateApiKey(
+        api_key_pb2.CreateApiKeyRequest(api_key=api_key_pb2.ApiKey(role=api_key_pb2.ROLE_CLIENT)),
+        metadata=md,
+    )
+    assert client.api_key.tenant == parent, "an operator's keys default to its tenant"
+    await h.fails(
+        live.keys.CreateApiKey(
+            api_key_pb2.CreateApiKeyRequest(
+                api_key=api_key_pb2.ApiKey(role=api_key_pb2.ROLE_ADMIN)
+            ),
+            metadata=md,
+        ),
+        Code.PERMISSION_DENIED,
+    )
+    await h.fails(
+        live.tenants.UpdateQuotaPolicy(
+            tenant_pb2.UpdateQuotaPolicyRequest(
+                quota_policy=tenant_pb2.QuotaPolicy(name=f"{parent}/quotaPolicy", usd_per_day="1e6")
+            ),
+            metadata=md,
+        ),
+        Code.PERMISSION_DENIED,
+    )
