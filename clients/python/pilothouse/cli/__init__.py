@@ -1,0 +1,1 @@
+"""``pilothouse``: the operator's command line."""

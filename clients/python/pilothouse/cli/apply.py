@@ -1,0 +1,85 @@
+"""``pilothouse apply``: make the control plane match manifests, idempotently.
+
+Each document is read, compared with what the server holds on the fields the manifest
+sets, and created, updated (those fields only, guarded by the etag read) or left alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pilothouse.cli.manifests import Document
+from pilothouse.client import Client
+from pilothouse.errors import ApiError
+from pilothouse.v1 import prompt_pb2
+
+
+@dataclass(frozen=True)
+class Outcome:
+    doc: Document
+    verb: str
+    """created, configured or unchanged; empty when ``error`` is set."""
+    error: ApiError | None = None
+
+
+async def apply_all(client: Client, docs: list[Document]) -> list[Outcome]:
+    outcomes = []
+    for doc in docs:
+        try:
+            outcomes.append(Outcome(doc, await apply_one(client, doc)))
+        except ApiError as e:
+            outcomes.append(Outcome(doc, "", e))
+    return outcomes
+
+
+async def apply_one(client: Client, doc: Document) -> str:
+    existing = await _existing(client, doc)
+    if existing is None:
+        if not doc.kind.creatable:
+            raise ApiError("NOT_FOUND", f"{doc.kind.name} {doc.name} does not exist")
+        await doc.kind.create(client, doc.tenant, doc.id, doc.message)
+        verb = "created"
+        current: Any = None
+    else:
+        changed = [p for p in doc.paths if getattr(doc.message, p) != getattr(existing, p)]
+        if changed:
+            named: Any = doc.message
+            named.etag = existing.etag
+            current = await doc.kind.update(client, doc.message, changed)
+            verb = "configured"
+        else:
+            current = existing
+            verb = "unchanged"
+    if doc.version is not None and await _apply_version(client, doc, current):
+        verb = "configured" if verb == "unchanged" else verb
+    return verb
+
+
+async def _existing(client: Client, doc: Document) -> Any:
+    try:
+        return await doc.kind.get(client, doc.name)
+    except ApiError as e:
+        if e.code == "NOT_FOUND":
+            return None
+        raise
+
+
+async def _apply_version(client: Client, doc: Document, prompt: Any) -> bool:
+    """Create the manifest's prompt version (a no-op when it exists) and point its labels
+    at it. True when anything changed."""
+    response = await client.call(
+        client.prompts.CreatePromptVersion,
+        prompt_pb2.CreatePromptVersionRequest(parent=doc.name, prompt_version=doc.version),
+    )
+    version = response.prompt_version.name
+    labels = dict(prompt.labels) if prompt is not None else {}
+    moved = False
+    for label in doc.labels:
+        if labels.get(label) != version:
+            await client.call(
+                client.prompts.SetPromptLabel,
+                prompt_pb2.SetPromptLabelRequest(name=doc.name, label=label, version=version),
+            )
+            moved = True
+    return moved or bool(response.created)
