@@ -1,0 +1,164 @@
+"""The pilothouse CLI as an operator runs it: a separate process against a live server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.conftest import Live
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+async def cli(live: Live, *args: str, stdin: str | None = None, key: str | None = None) -> Result:
+    env = {
+        **os.environ,
+        "PILOTHOUSE_ADDR": live.address,
+        "PILOTHOUSE_API_KEY": key or live.admin_key,
+    }
+    env.pop("PILOTHOUSE_TENANT", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "pilothouse.cli",
+        *args,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin else None), 60)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())
+
+
+def _retarget(tenant: str) -> str:
+    """The example manifests, moved into a tenant of this test's own."""
+    text = "\n---\n".join(p.read_text() for p in sorted(EXAMPLES.glob("*.yaml")))
+    return text.replace("tenant: acme", f"tenant: {tenant}").replace(
+        "name: acme", f"name: {tenant}"
+    )
+
+
+async def test_apply_examples_twice_is_idempotent(live: Live) -> None:
+    tenant = f"cli-{os.urandom(3).hex()}"
+    manifests = _retarget(tenant)
+    first = await cli(live, "apply", "-f", "-", stdin=manifests)
+    assert first.code == 0, first.err
+    lines = first.out.strip().splitlines()
+    assert len(lines) == 9
+    assert lines[0] == f"tenant/{tenant} (tenants/{tenant}) created"
+    assert lines[1].endswith("configured")  # the quota policy always exists
+    assert all(line.endswith("created") for line in lines[2:])
+
+    second = await cli(live, "apply", "-f", "-", stdin=manifests)
+    assert second.code == 0, second.err
+    assert all(line.endswith(" unchanged") for line in second.out.strip().splitlines())
+
+    changed = manifests.replace("temperature: 0.2", "temperature: 0.3")
+    third = await cli(live, "apply", "-f", "-", stdin=changed)
+    assert (
+        f"prompt/support-triage (tenants/{tenant}/prompts/support-triage) configured" in third.out
+    )
+    assert third.out.count("configured") == 1
+
+    versions = await cli(live, "prompt", "versions", "support-triage", "--tenant", tenant)
+    rows = versions.out.strip().splitlines()[1:]
+    assert len(rows) == 2 and rows[-1].split()[3] == "production"
+
+
+async def test_apply_a_directory(live: Live, tmp_path: Path) -> None:
+    tenant = f"dir-{os.urandom(3).hex()}"
+    for path in EXAMPLES.glob("*.yaml"):
+        text = path.read_text().replace("tenant: acme", f"tenant: {tenant}")
+        (tmp_path / path.name).write_text(text.replace("name: acme", f"name: {tenant}"))
+    result = await cli(live, "apply", "-f", str(tmp_path))
+    assert result.code == 0, result.err
+    assert result.out.count("created") == 8
+
+
+async def test_get_and_describe(live: Live) -> None:
+    tenant = f"get-{os.urandom(3).hex()}"
+    assert (await cli(live, "apply", "-f", "-", stdin=_retarget(tenant))).code == 0
+    table = await cli(live, "get", "tools", "--tenant", tenant)
+    assert table.code == 0
+    assert table.out.splitlines()[0].split() == ["NAME", "KIND", "ENDPOINT", "APPROVAL", "AGE"]
+    assert "lookup-order" in table.out and "issue-refund" in table.out
+    as_json = await cli(live, "get", "tool", "lookup-order", "--tenant", tenant, "-o", "json")
+    tool = json.loads(as_json.out)
+    assert tool["name"] == f"tenants/{tenant}/tools/lookup-order"
+    assert tool["input_schema"]["required"] == ["order_id"]
+    as_yaml = await cli(live, "--tenant", tenant, "get", "agents", "-o", "yaml")
+    assert f"name: tenants/{tenant}/agents/support" in as_yaml.out
+    described = await cli(live, "describe", "prompt", "support-triage", "--tenant", tenant)
+    assert "Kind: Prompt" in described.out and "VERSION" in described.out
+
+
+async def test_bad_manifest_names_file_document_and_field(live: Live, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "kind: Tenant\nmetadata: {name: fine}\n---\n"
+        "kind: Tool\nmetadata: {name: x, tenant: fine}\nspec:\n  kind: smtp\n"
+    )
+    result = await cli(live, "apply", "-f", str(bad))
+    assert result.code == 1
+    assert f"{bad} (document 2)" in result.err and "spec.kind" in result.err
+    assert "Traceback" not in result.err
+    assert result.out == "", "a manifest that does not parse applies nothing"
+
+    tenant = f"bad-{os.urandom(3).hex()}"
+    server_side = (
+        f"kind: Tenant\nmetadata: {{name: {tenant}}}\n---\n"
+        f"kind: Tool\nmetadata: {{name: x, tenant: {tenant}}}\n"
+        "spec:\n  kind: http\n  endpoint: nope\n"
+    )
+    result = await cli(live, "apply", "-f", "-", stdin=server_side)
+    assert result.code == 1
+    assert f"tenant/{tenant} (tenants/{tenant}) created" in result.out
+    assert "(document 2)" in result.err and "tool.endpoint: 'nope'" in result.err
+
+
+async def test_user_mistakes_are_one_line_errors(live: Live) -> None:
+    for args in (["get", "widgets"], ["get", "tools"], ["apply", "-f", "/no/such/file.yaml"]):
+        result = await cli(live, *args)
+        assert result.code != 0
+        assert result.err.startswith("error: ") and "Traceback" not in result.err, args
+    denied = await cli(live, "get", "tenants", key="ph_aaaaaaaaaaaa_" + "A" * 43)
+    assert denied.code == 1 and denied.err.startswith("error: UNAUTHENTICATED")
+
+
+async def test_delete_in_use_and_label_and_keys(live: Live) -> None:
+    tenant = f"ops-{os.urandom(3).hex()}"
+    assert (await cli(live, "apply", "-f", "-", stdin=_retarget(tenant))).code == 0
+    refused = await cli(live, "delete", "tool", "lookup-order", "--tenant", tenant)
+    assert refused.code == 1 and "FAILED_PRECONDITION" in refused.err
+    assert f"tenants/{tenant}/agents/support" in refused.err
+
+    changed = _retarget(tenant).replace("temperature: 0.2", "temperature: 0.9")
+    changed = changed.replace("labels: [production]", "labels: [canary]")
+    assert (await cli(live, "apply", "-f", "-", stdin=changed)).code == 0
+    versions = (await cli(live, "prompt", "versions", "support-triage", "--tenant", tenant)).out
+    production = next(r.split()[0] for r in versions.splitlines() if "production" in r)
+    canary = next(r.split()[0] for r in versions.splitlines() if "canary" in r)
+    moved = await cli(
+        live, "prompt", "label", "support-triage", "production", canary, "--tenant", tenant
+    )
+    assert moved.code == 0 and f"{production} -> {canary}" in moved.out
+
+    created = await cli(live, "keys", "create", "--role", "client", "--tenant", tenant)
+    assert created.code == 0
+    secret = created.out.strip().splitlines()[-1]
+    assert secret.startswith("ph_")
+    denied = await cli(live, "get", "tools", "--tenant", tenant, key=secret)
+    assert denied.code == 1 and "PERMISSION_DENIED" in denied.err
