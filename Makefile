@@ -49,7 +49,7 @@ test-python: $(BIN)/.installed
 	$(BIN)/pytest -q
 
 test-ts: $(BIN)/.installed $(TS)/node_modules/.installed
-	cd $(TS) && npm test --silent
+	cd $(TS) && PILOTHOUSE_PYTHON=$(abspath $(PY)) npm test --silent
 
 test: lint typecheck buf check-generated test-python test-ts
 
