@@ -29,7 +29,7 @@ generate: $(BIN)/.installed
 
 # The committed modules must be what the protos generate today.
 check-generated: $(BIN)/.installed
-	@tmp=$$(mktemp -d) && $(PY) scripts/gen_protos.py --out $$tmp >/dev/null \
+	@tmp=$$(mktemp -d) && $(PY) scripts/gen_protos.py --out $$tmp >/dev/null 2>&1 \
 	  && diff -r -x __pycache__ $$tmp/pilothouse/v1 clients/python/pilothouse/v1 \
 	  && rm -rf $$tmp && echo "generated code is fresh" \
 	  || { echo "clients/python/pilothouse/v1 is stale: run 'make generate' and commit"; exit 1; }
@@ -51,7 +51,7 @@ test-python: $(BIN)/.installed
 test-ts: $(BIN)/.installed $(TS)/node_modules/.installed
 	cd $(TS) && PILOTHOUSE_PYTHON=$(abspath $(PY)) npm test --silent
 
-test: lint typecheck buf check-generated test-python test-ts
+test: lint typecheck buf check-generated test-ts test-python
 
 demo: $(BIN)/.installed
 	$(PY) scripts/demo.py

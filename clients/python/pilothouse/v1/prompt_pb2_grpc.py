@@ -139,7 +139,7 @@ class PromptServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListPromptVersions(self, request, context):
-        """Lists a prompt's versions, oldest first.
+        """Lists a prompt's versions in version id order; create_time tells their age.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -52,7 +52,7 @@ class PromptServiceStub:
     GetPromptVersion: _grpc.UnaryUnaryMultiCallable[_prompt_pb2.GetPromptVersionRequest, _prompt_pb2.GetPromptVersionResponse]
     """Gets one version."""
     ListPromptVersions: _grpc.UnaryUnaryMultiCallable[_prompt_pb2.ListPromptVersionsRequest, _prompt_pb2.ListPromptVersionsResponse]
-    """Lists a prompt's versions, oldest first."""
+    """Lists a prompt's versions in version id order; create_time tells their age."""
     SetPromptLabel: _grpc.UnaryUnaryMultiCallable[_prompt_pb2.SetPromptLabelRequest, _prompt_pb2.SetPromptLabelResponse]
     """Points a label (production, canary, or any name) at a version, atomically.
     The move is recorded in the audit log.
@@ -82,7 +82,7 @@ class PromptServiceAsyncStub(PromptServiceStub):
     GetPromptVersion: _aio.UnaryUnaryMultiCallable[_prompt_pb2.GetPromptVersionRequest, _prompt_pb2.GetPromptVersionResponse]  # type: ignore[assignment]
     """Gets one version."""
     ListPromptVersions: _aio.UnaryUnaryMultiCallable[_prompt_pb2.ListPromptVersionsRequest, _prompt_pb2.ListPromptVersionsResponse]  # type: ignore[assignment]
-    """Lists a prompt's versions, oldest first."""
+    """Lists a prompt's versions in version id order; create_time tells their age."""
     SetPromptLabel: _aio.UnaryUnaryMultiCallable[_prompt_pb2.SetPromptLabelRequest, _prompt_pb2.SetPromptLabelResponse]  # type: ignore[assignment]
     """Points a label (production, canary, or any name) at a version, atomically.
     The move is recorded in the audit log.
@@ -157,7 +157,7 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _prompt_pb2.ListPromptVersionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_prompt_pb2.ListPromptVersionsResponse, _abc.Awaitable[_prompt_pb2.ListPromptVersionsResponse]]:
-        """Lists a prompt's versions, oldest first."""
+        """Lists a prompt's versions in version id order; create_time tells their age."""
 
     @_abc_1.abstractmethod
     def SetPromptLabel(
