@@ -32,6 +32,9 @@ class Settings:
     bootstrap_key: str | None = None
     """Admin key registered at start-up (PILOTHOUSE_BOOTSTRAP_KEY); else one is generated
     and printed once when no admin key exists."""
+    auth_cache_ttl: float = 5.0
+    """Seconds a verified API key is trusted before the database is read again; a key
+    revoked on another replica works here for at most this long. 0 disables."""
     shutdown_grace: float = 10.0
     """Seconds in-flight calls get to finish after SIGTERM."""
     log_level: str = "INFO"
@@ -52,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tls-client-ca", help="CA for client certificates: mutual TLS (PILOTHOUSE_TLS_CLIENT_CA)"
     )
     parser.add_argument("--shutdown-grace", type=float, help="seconds (PILOTHOUSE_SHUTDOWN_GRACE)")
+    parser.add_argument(
+        "--auth-cache-ttl", type=float, help="seconds; 0 disables (PILOTHOUSE_AUTH_CACHE_TTL)"
+    )
     parser.add_argument("--log-level", help="DEBUG, INFO, … (PILOTHOUSE_LOG_LEVEL)")
     parser.add_argument("--log-format", choices=["json", "text"], help="(PILOTHOUSE_LOG_FORMAT)")
 
@@ -74,12 +80,14 @@ def from_arguments(ns: argparse.Namespace, env: Mapping[str, str] = os.environ) 
         else None
     )
     grace = pick("shutdown_grace", "PILOTHOUSE_SHUTDOWN_GRACE")
+    cache_ttl = pick("auth_cache_ttl", "PILOTHOUSE_AUTH_CACHE_TTL")
     return Settings(
         listen=pick("listen", "PILOTHOUSE_LISTEN") or defaults.listen,
         database_url=pick("database_url", "PILOTHOUSE_DATABASE_URL") or defaults.database_url,
         tls=tls,
         bootstrap_key=env.get("PILOTHOUSE_BOOTSTRAP_KEY") or None,
         shutdown_grace=float(grace) if grace is not None else defaults.shutdown_grace,
+        auth_cache_ttl=float(cache_ttl) if cache_ttl is not None else defaults.auth_cache_ttl,
         log_level=(pick("log_level", "PILOTHOUSE_LOG_LEVEL") or defaults.log_level).upper(),
         log_format=pick("log_format", "PILOTHOUSE_LOG_FORMAT") or defaults.log_format,
     )

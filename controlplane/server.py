@@ -75,7 +75,7 @@ class ControlPlane:
         db = Database(settings.database_url)
         try:
             await db.migrate()
-            api_keys = ApiKeys(db)
+            api_keys = ApiKeys(db, cache_ttl=settings.auth_cache_ttl)
             token = await api_keys.ensure_bootstrap_admin(settings.bootstrap_key)
         except BaseException:
             await db.aclose()

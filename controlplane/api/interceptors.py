@@ -71,6 +71,11 @@ def _wrap_handler(
 
 
 class _WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps each method's handler once; later calls reuse the wrapped handler."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[
@@ -78,11 +83,16 @@ class _WrappingInterceptor(grpc.aio.ServerInterceptor):
         ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[_Req, _Resp] | None:
-        handler = await continuation(handler_call_details)
         method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(handler_call_details)
         if handler is None or not self.applies_to(method):
             return handler
-        return _wrap_handler(handler, method, self.wrap)
+        wrapped = _wrap_handler(handler, method, self.wrap)
+        self._wrapped[method] = wrapped
+        return wrapped
 
     def applies_to(self, method: str) -> bool:
         return True
@@ -148,6 +158,7 @@ class AuthInterceptor(_WrappingInterceptor):
     ``controlplane.api.context``. Health and reflection stay open."""
 
     def __init__(self, api_keys: ApiKeys) -> None:
+        super().__init__()
         self._keys = api_keys
 
     def applies_to(self, method: str) -> bool:

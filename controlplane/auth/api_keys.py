@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from controlplane import audit
 from controlplane.auth import keys
+from controlplane.auth.cache import VerifiedKeys
 from controlplane.auth.principal import ISSUABLE_ROLES, Permission, Principal, Role
 from controlplane.errors import (
     FailedPrecondition,
@@ -49,20 +50,30 @@ def _key(row: ApiKeyRow) -> ApiKey:
 
 
 class ApiKeys:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, cache_ttl: float = 5.0) -> None:
+        """``cache_ttl``: seconds a verified key is trusted without reading the database
+        again (see ``VerifiedKeys``); 0 reads it on every call."""
         self._db = db
+        self._verified = VerifiedKeys(cache_ttl)
 
     async def authenticate(self, token: str) -> Principal:
-        material = keys.parse(token)
-        if material is None:
-            raise Unauthenticated("malformed API key: expected ph_{id}_{secret}")
-        async with self._db.snapshot() as conn:
-            row = await key_store.get(conn, material.id)
-        if row is None or not keys.secret_matches(material.secret, row.secret_hash):
-            raise Unauthenticated("invalid API key")
-        if row.expire_time is not None and row.expire_time <= datetime.now(UTC):
-            raise Unauthenticated(f"API key apiKeys/{row.id} expired at {row.expire_time}")
-        return Principal(row.id, Role(row.role), row.tenant)
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, expire_time = cached
+        else:
+            material = keys.parse(token)
+            if material is None:
+                raise Unauthenticated("malformed API key: expected ph_{id}_{secret}")
+            async with self._db.single_read() as conn:
+                row = await key_store.get(conn, material.id)
+            if row is None or not keys.secret_matches(material.secret, row.secret_hash):
+                raise Unauthenticated("invalid API key")
+            principal = Principal(row.id, Role(row.role), row.tenant)
+            expire_time = row.expire_time
+            self._verified.put(token, principal, expire_time)
+        if expire_time is not None and expire_time <= datetime.now(UTC):
+            raise Unauthenticated(f"API key apiKeys/{principal.key_id} expired at {expire_time}")
+        return principal
 
     async def create(
         self,
@@ -119,7 +130,7 @@ class ApiKeys:
 
     async def get(self, caller: Principal, key_id: str) -> ApiKey:
         caller.require(Permission.KEYS_MANAGE)
-        async with self._db.snapshot() as conn:
+        async with self._db.single_read() as conn:
             row = await key_store.get(conn, key_id)
         return self._visible(caller, row, key_id)
 
@@ -149,6 +160,7 @@ class ApiKeys:
                 )
             await key_store.delete(conn, key_id)
             await audit.record(conn, caller, "api_key.delete", key.name, tenant=key.tenant)
+        self._verified.forget_key(key_id)
 
     async def ensure_bootstrap_admin(self, token: str | None) -> str | None:
         """Make sure an admin key exists. With ``token`` (PILOTHOUSE_BOOTSTRAP_KEY) that key

@@ -26,6 +26,7 @@ from controlplane.errors import (
     NotFound,
     PreconditionViolation,
 )
+from controlplane.lru import LruCache
 from controlplane.registry import codec, kinds, names
 from controlplane.registry import resources as r
 from controlplane.registry.checks import Violations
@@ -47,9 +48,20 @@ def etag_of(spec: Any) -> str:
     return codec.content_hash(spec)[:16]
 
 
-def _record(kind: Kind[S], row: ResourceRow) -> r.Record[S]:
-    spec = codec.decode(kind.spec_type, codec.json_loads(row.spec))
-    return r.Record(row.tenant, row.id, spec, row.etag, row.create_time, row.update_time)
+class SpecCache:
+    """Decoded specs by their stored text: a page of a thousand resources is decoded
+    once, then served from memory while unchanged. Specs are shared between callers
+    and must never be mutated (every change builds a new one)."""
+
+    def __init__(self, max_entries: int = 20_000) -> None:
+        self._specs: LruCache[tuple[str, str], Any] = LruCache(max_entries)
+
+    def record(self, kind: Kind[S], row: ResourceRow) -> r.Record[S]:
+        spec = self._specs.get_or_make(
+            (kind.name, row.spec),
+            lambda: codec.decode(kind.spec_type, codec.json_loads(row.spec)),
+        )
+        return r.Record(row.tenant, row.id, spec, row.etag, row.create_time, row.update_time)
 
 
 def resource_name(kind: Kind[Any], tenant: str, id_: str) -> str:
@@ -75,16 +87,17 @@ def _parse_ref(kind: Kind[Any], name: str, field: str) -> tuple[str, str]:
 class Registry:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._record = SpecCache().record
 
     # -- any tenant-scoped kind -------------------------------------------------------
 
     async def get(self, caller: Principal, kind: Kind[S], name: str) -> r.Record[S]:
         tenant, id_ = self._parse(caller, kind, name, "name")
-        async with self._db.snapshot() as conn:
+        async with self._db.single_read() as conn:
             row = await resource_store.get(conn, tenant, kind.name, id_)
         if row is None:
             raise NotFound(kind.name, name)
-        return _record(kind, row)
+        return self._record(kind, row)
 
     async def list_resources(
         self, caller: Principal, kind: Kind[S], parent: str, size: int, token: str
@@ -100,13 +113,14 @@ class Registry:
         limit = page_size(size)
         after = decode_token(token, collection)
         async with self._db.snapshot() as conn:
-            if await tenant_store.get(conn, tenant) is None:
-                raise NotFound("Tenant", names.tenant_name(tenant))
             rows = await resource_store.list_page(
                 conn, tenant, kind.name, after=after, limit=limit + 1, prefix=prefix
             )
+            # Rows prove the tenant exists; only an empty page needs to ask.
+            if not rows and await tenant_store.get(conn, tenant) is None:
+                raise NotFound("Tenant", names.tenant_name(tenant))
         page, next_token = paginate(rows, limit, collection, lambda row: row.id)
-        return [_record(kind, row) for row in page], next_token
+        return [self._record(kind, row) for row in page], next_token
 
     async def create(
         self, caller: Principal, kind: Kind[S], parent: str, id_: str, spec: S
@@ -132,7 +146,7 @@ class Registry:
             except ReferenceViolation as e:
                 raise _changed_underneath(name) from e
             await audit.record(conn, caller, f"{kind.name}.create", name, tenant=tenant)
-        return _record(kind, row)
+        return self._record(kind, row)
 
     async def update(
         self,
@@ -175,7 +189,7 @@ class Registry:
                 tenant=tenant,
                 details={"fields": _changed_fields(existing.spec, spec)},
             )
-        return _record(kind, row)
+        return self._record(kind, row)
 
     async def delete(self, caller: Principal, kind: Kind[Any], name: str, etag: str) -> None:
         tenant, id_ = self._parse(caller, kind, name, "name")
@@ -220,7 +234,7 @@ class Registry:
                 raise NotFound("Prompt", parent)
             existing = await resource_store.get(conn, prompt.tenant, kind.name, id_)
             if existing is not None:
-                return _record(kind, existing), False
+                return self._record(kind, existing), False
             refs = await self._resolve(conn, kind, prompt.tenant, spec)
             try:
                 await resource_store.insert(conn, row, refs)
@@ -235,7 +249,7 @@ class Registry:
                 tenant=prompt.tenant,
                 details={"content_hash": digest},
             )
-        return _record(kind, row), True
+        return self._record(kind, row), True
 
     async def get_prompt_version(self, caller: Principal, name: str) -> r.Record[r.PromptVersion]:
         return await self.get(caller, kinds.PROMPT_VERSION, name)
@@ -296,18 +310,18 @@ class Registry:
                 tenant=prompt.tenant,
                 details={"label": label, "from": previous, "to": version},
             )
-        return _record(kind, row), previous
+        return self._record(kind, row), previous
 
     # -- tenants and quota policies ---------------------------------------------------
 
     async def get_tenant(self, caller: Principal, name: str) -> r.Record[r.Tenant]:
         tenant = names.parse_tenant(name, "name")
         caller.require_tenant(tenant)
-        async with self._db.snapshot() as conn:
+        async with self._db.single_read() as conn:
             row = await tenant_store.get(conn, tenant)
         if row is None:
             raise NotFound("Tenant", name)
-        return _record(kinds.TENANT, row)
+        return self._record(kinds.TENANT, row)
 
     async def list_tenants(
         self, caller: Principal, size: int, token: str
@@ -315,10 +329,10 @@ class Registry:
         limit = page_size(size)
         after = decode_token(token, "tenants")
         only = None if caller.tenant is None else [caller.tenant]
-        async with self._db.snapshot() as conn:
+        async with self._db.single_read() as conn:
             rows = await tenant_store.list_page(conn, after=after, limit=limit + 1, only=only)
         page, next_token = paginate(rows, limit, "tenants", lambda row: row.id)
-        return [_record(kinds.TENANT, row) for row in page], next_token
+        return [self._record(kinds.TENANT, row) for row in page], next_token
 
     async def create_tenant(
         self, caller: Principal, id_: str, spec: r.Tenant
@@ -336,7 +350,7 @@ class Registry:
             except DuplicateKey as e:
                 raise AlreadyExists("Tenant", name) from e
             await audit.record(conn, caller, "Tenant.create", name, tenant=id_)
-        return _record(kinds.TENANT, row)
+        return self._record(kinds.TENANT, row)
 
     async def update_tenant(
         self, caller: Principal, name: str, incoming: r.Tenant, mask: Sequence[str], etag: str
@@ -348,7 +362,7 @@ class Registry:
             row = await tenant_store.get(conn, tenant)
             if row is None:
                 raise NotFound("Tenant", name)
-            existing = _record(kinds.TENANT, row)
+            existing = self._record(kinds.TENANT, row)
             if etag and etag != existing.etag:
                 raise EtagMismatch(name)
             spec = apply_mask(existing.spec, incoming, mask, output_only=frozenset())
@@ -361,7 +375,7 @@ class Registry:
             if not await tenant_store.update(conn, new, existing.etag):
                 raise EtagMismatch(name)
             await audit.record(conn, caller, "Tenant.update", name, tenant=tenant)
-        return _record(kinds.TENANT, new)
+        return self._record(kinds.TENANT, new)
 
     async def delete_tenant(self, caller: Principal, name: str, etag: str, force: bool) -> None:
         caller.require(Permission.TENANT_ADMIN)
@@ -433,7 +447,7 @@ class Registry:
                 tenant=tenant,
                 details={"policy": codec.encode(spec)},
             )
-        return _record(kind, row)
+        return self._record(kind, row)
 
     async def _quota_policy(
         self, conn: AsyncConnection, tenant: str, name: str, *, for_update: bool = False
@@ -442,7 +456,7 @@ class Registry:
             conn, tenant, kinds.QUOTA_POLICY.name, QUOTA_POLICY_ID, for_update=for_update
         )
         if row is not None:
-            return _record(kinds.QUOTA_POLICY, row)
+            return self._record(kinds.QUOTA_POLICY, row)
         tenant_row = await tenant_store.get(conn, tenant)
         if tenant_row is None:
             raise NotFound("Tenant", names.tenant_name(tenant))
@@ -474,16 +488,15 @@ class Registry:
         caller.require_tenant(tenant)
         return tenant, id_
 
-    @staticmethod
     async def _existing(
-        conn: AsyncConnection, kind: Kind[S], tenant: str, id_: str, name: str, etag: str
+        self, conn: AsyncConnection, kind: Kind[S], tenant: str, id_: str, name: str, etag: str
     ) -> r.Record[S]:
         row = await resource_store.get(conn, tenant, kind.name, id_, for_update=True)
         if row is None:
             raise NotFound(kind.name, name)
         if etag and etag != row.etag:
             raise EtagMismatch(name)
-        return _record(kind, row)
+        return self._record(kind, row)
 
     async def _resolve(
         self, conn: AsyncConnection, kind: Kind[S], tenant: str, spec: S
@@ -527,7 +540,7 @@ class Registry:
                 target = kinds.TENANT_SCOPED[target_kind_name]
                 ref_tenant, ref_id = _parse_ref(target, name, "")
                 row = await resource_store.get(conn, ref_tenant, target_kind_name, ref_id)
-                return None if row is None else _record(target, row).spec
+                return None if row is None else self._record(target, row).spec
 
             missing = await kind.check_state(spec, read)
         if missing:

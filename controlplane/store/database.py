@@ -43,6 +43,7 @@ class Database:
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 30}
+            kwargs["pool_reset_on_return"] = None
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
@@ -61,6 +62,17 @@ class Database:
                 conn = await conn.execution_options(pilothouse_write=True)
             async with conn.begin():
                 yield conn
+
+    @asynccontextmanager
+    async def single_read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for one read statement, outside any transaction: it skips the
+        BEGIN/COMMIT round trips a one-statement read does not need."""
+        async with self.engine.connect() as conn:
+            if self.dialect == "sqlite":
+                conn = await conn.execution_options(pilothouse_autocommit=True)
+            else:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[AsyncConnection]:
@@ -122,7 +134,8 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get("pilothouse_write"):
+        options = conn.get_execution_options()
+        if options.get("pilothouse_write"):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
+        elif not options.get("pilothouse_autocommit"):
             conn.exec_driver_sql("BEGIN")

@@ -6,6 +6,8 @@ sets, and created, updated (those fields only, guarded by the etag read) or left
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,14 +25,27 @@ class Outcome:
     error: ApiError | None = None
 
 
-async def apply_all(client: Client, docs: list[Document]) -> list[Outcome]:
-    outcomes = []
-    for doc in docs:
-        try:
-            outcomes.append(Outcome(doc, await apply_one(client, doc)))
-        except ApiError as e:
-            outcomes.append(Outcome(doc, "", e))
-    return outcomes
+async def apply_all(client: Client, docs: list[Document], *, concurrency: int = 8) -> list[Outcome]:
+    """Apply in dependency order, one kind after another; documents of one kind go
+    ``concurrency`` at a time (those naming the same resource one after another).
+    Outcomes come back in the documents' order."""
+    outcomes: dict[int, Outcome] = {}
+    slots = asyncio.Semaphore(concurrency)
+
+    async def apply_in_turn(indexed: list[tuple[int, Document]]) -> None:
+        for index, doc in indexed:
+            async with slots:
+                try:
+                    outcomes[index] = Outcome(doc, await apply_one(client, doc))
+                except ApiError as e:
+                    outcomes[index] = Outcome(doc, "", e)
+
+    for _, group in itertools.groupby(enumerate(docs), key=lambda item: item[1].kind.name):
+        by_name: dict[str, list[tuple[int, Document]]] = {}
+        for index, doc in group:
+            by_name.setdefault(doc.name, []).append((index, doc))
+        await asyncio.gather(*(apply_in_turn(items) for items in by_name.values()))
+    return [outcomes[i] for i in range(len(docs))]
 
 
 async def apply_one(client: Client, doc: Document) -> str:
