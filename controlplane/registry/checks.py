@@ -3,9 +3,11 @@ violations, so that one response names every bad field at once."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,6 +16,19 @@ from jsonschema.exceptions import SchemaError
 
 from controlplane.errors import FieldViolation, InvalidArgument
 from controlplane.registry.names import ID_PATTERN, ID_RULE
+
+
+@lru_cache(maxsize=4096)
+def _schema_problem(schema_json: str) -> str:
+    """Why a schema (as canonical JSON) is not valid draft 2020-12, or "" if it is.
+    Memoised: checking a schema against the metaschema costs about a millisecond, and the
+    same schemas come back with every apply."""
+    try:
+        Draft202012Validator.check_schema(json.loads(schema_json))
+    except SchemaError as e:
+        where = "/".join(str(p) for p in e.path)
+        return f"{' at /' + where if where else ''}: {e.message}"
+    return ""
 
 
 class Violations:
@@ -48,12 +63,9 @@ class Violations:
             if require_object:
                 self.add(field, 'is required (a JSON Schema such as {"type": "object"})')
             return
-        try:
-            Draft202012Validator.check_schema(schema)
-        except SchemaError as e:
-            where = "/".join(str(p) for p in e.path)
-            at = f" at /{where}" if where else ""
-            self.add(field, f"is not a valid JSON Schema (draft 2020-12){at}: {e.message}")
+        problem = _schema_problem(json.dumps(schema, sort_keys=True))
+        if problem:
+            self.add(field, f"is not a valid JSON Schema (draft 2020-12){problem}")
             return
         if require_object and schema.get("type") != "object":
             self.add(field, 'must describe an object ("type": "object")')

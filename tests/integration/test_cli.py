@@ -162,3 +162,34 @@ async def test_delete_in_use_and_label_and_keys(live: Live) -> None:
     assert secret.startswith("ph_")
     denied = await cli(live, "get", "tools", "--tenant", tenant, key=secret)
     assert denied.code == 1 and "PERMISSION_DENIED" in denied.err
+
+
+async def test_cli_over_mutual_tls(tmp_path: Path) -> None:
+    from controlplane.config import TlsSettings
+    from tests.certs import make_certs
+    from tests.conftest import start_live
+
+    certs = make_certs(tmp_path)
+    secured = await start_live(
+        f"sqlite:///{tmp_path / 'cp.db'}",
+        tls=TlsSettings(certs.server.cert, certs.server.key, client_ca_file=certs.ca),
+    )
+    try:
+        plain = await cli(secured, "--timeout", "3", "get", "tenants")
+        assert plain.code == 1 and "UNAVAILABLE" in plain.err
+        tls = await cli(
+            secured,
+            "get",
+            "tenants",
+            "--tls-ca",
+            str(certs.ca),
+            "--tls-cert",
+            str(certs.client.cert),
+            "--tls-key",
+            str(certs.client.key),
+        )
+        assert tls.code == 0, tls.err
+        assert tls.out.startswith("No tenants found.")
+    finally:
+        await secured.channel.close()
+        await secured.plane.aclose()

@@ -32,6 +32,9 @@ from google.protobuf.message import Message
 from pilothouse.cli.kinds import Kind, by_manifest_kind
 from pilothouse.v1 import prompt_pb2
 
+# libyaml's parser when PyYAML was built with it: ten times faster on large manifests.
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 KIND_ORDER = ["Tenant", "QuotaPolicy", "Tool", "Model", "ModelRoute", "Prompt", "Agent"]
 VERSION_FIELDS = ("template", "variables", "model_route", "parameters")
 _OUTPUT_ONLY = {"name", "etag", "create_time", "update_time", "content_hash"}
@@ -96,7 +99,7 @@ def read_sources(paths: list[str]) -> Iterator[tuple[str, str]]:
 
 def parse(label: str, text: str) -> list[Document]:
     try:
-        raw_docs = list(yaml.safe_load_all(text))
+        raw_docs = list(yaml.load_all(text, Loader=_Loader))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
