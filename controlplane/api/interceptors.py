@@ -108,20 +108,18 @@ class ErrorInterceptor(_WrappingInterceptor):
     def wrap(self, method: str, behavior: Behavior, streaming: bool) -> Behavior:
         async def abort_for(exc: Exception, ctx: grpc.aio.ServicerContext[Any, Any]) -> None:
             if isinstance(exc, errors.PilothouseError):
+                code = status.status_code(exc)
                 rich = status.rich_status(exc)
                 log.info(
                     "rpc refused",
-                    extra={
-                        "method": method,
-                        "code": status.status_code(exc).name,
-                        "error": exc.message,
-                    },
+                    extra={"method": method, "code": code.name, "error": exc.message},
                 )
             else:
                 log.exception("rpc failed", extra={"method": method})
+                code = grpc.StatusCode.INTERNAL
                 rich = status.internal_status(f"internal error in {method}; see the server log")
             await ctx.abort(
-                grpc.StatusCode(next(c for c in grpc.StatusCode if c.value[0] == rich.code)),
+                code,
                 rich.message,
                 trailing_metadata=((status.DETAILS_KEY, rich.SerializeToString()),),
             )

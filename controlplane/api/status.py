@@ -30,6 +30,7 @@ def status_code(error: errors.PilothouseError) -> grpc.StatusCode:
 
 
 def rich_status(error: errors.PilothouseError) -> status_pb2.Status:
+    """The status with its details, as sent in the grpc-status-details-bin trailer."""
     code = status_code(error)
     status = status_pb2.Status(code=code.value[0], message=error.message)
     detail: (

@@ -160,11 +160,10 @@ class Registry:
         tenant, id_ = self._parse(caller, kind, name, f"{kind.request_field}.name")
         async with self._db.transaction() as conn:
             existing = await self._existing(conn, kind, tenant, id_, name, etag)
-            spec = apply_mask(existing.spec, incoming, mask, output_only=kind.output_only)
-            _check(kind, spec)
-            new_etag = etag_of(spec)
-            if new_etag == existing.etag:
+            spec = _revised(kind, existing, incoming, mask, etag, name)
+            if spec is None:
                 return existing
+            new_etag = etag_of(spec)
             refs = await self._resolve(conn, kind, tenant, spec)
             row = ResourceRow(
                 tenant,
@@ -363,11 +362,8 @@ class Registry:
             if row is None:
                 raise NotFound("Tenant", name)
             existing = self._record(kinds.TENANT, row)
-            if etag and etag != existing.etag:
-                raise EtagMismatch(name)
-            spec = apply_mask(existing.spec, incoming, mask, output_only=frozenset())
-            _check(kinds.TENANT, spec)
-            if etag_of(spec) == existing.etag:
+            spec = _revised(kinds.TENANT, existing, incoming, mask, etag, name)
+            if spec is None:
                 return existing
             new = dataclasses.replace(
                 row, spec=_dumps(spec), etag=etag_of(spec), update_time=datetime.now(UTC)
@@ -418,11 +414,8 @@ class Registry:
         kind = kinds.QUOTA_POLICY
         async with self._db.transaction() as conn:
             existing = await self._quota_policy(conn, tenant, name, for_update=True)
-            if etag and etag != existing.etag:
-                raise EtagMismatch(name)
-            spec = apply_mask(existing.spec, incoming, mask, output_only=frozenset())
-            _check(kind, spec)
-            if etag_of(spec) == existing.etag:
+            spec = _revised(kind, existing, incoming, mask, etag, name)
+            if spec is None:
                 return existing
             now = datetime.now(UTC)
             row = ResourceRow(
@@ -570,6 +563,18 @@ class Registry:
                 + "; ".join(v.description for v in violations),
                 violations,
             )
+
+
+def _revised(
+    kind: Kind[S], existing: r.Record[S], incoming: S, mask: Sequence[str], etag: str, name: str
+) -> S | None:
+    """The spec an update asks for, checked; None when it changes nothing. ABORTED when
+    the caller's etag is not the stored one."""
+    if etag and etag != existing.etag:
+        raise EtagMismatch(name)
+    spec = apply_mask(existing.spec, incoming, mask, output_only=kind.output_only)
+    _check(kind, spec)
+    return None if etag_of(spec) == existing.etag else spec
 
 
 def _check(kind: Kind[S], spec: S) -> None:

@@ -162,3 +162,25 @@ async def test_sigterm_stops_the_process_gracefully_and_bootstrap_key_is_shown_o
     assert '"message": "shutting down"' in first_err
     second_out, _ = await run_once()
     assert "ph_" not in second_out, "the key is shown once, on first start only"
+
+
+async def test_a_bug_is_internal_never_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plane = await start_live(await _sqlite_url(tmp_path))
+    tenant = await plane.new_tenant()
+
+    async def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Registry, "get", broken)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await plane.tools.GetTool(
+                tool_pb2.GetToolRequest(name=f"tenants/{tenant}/tools/x"), metadata=plane.md()
+            )
+        assert info.value.code() == grpc.StatusCode.INTERNAL
+        assert "boom" not in (info.value.details() or ""), "internals stay in the server log"
+    finally:
+        await plane.channel.close()
+        await plane.plane.aclose()
