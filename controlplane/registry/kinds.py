@@ -17,7 +17,6 @@ from typing import Any, Generic, TypeVar
 from controlplane.errors import PreconditionViolation
 from controlplane.registry import resources as r
 from controlplane.registry.checks import Violations
-from controlplane.registry.names import VERSION_ID_PATTERN
 
 S = TypeVar("S")
 
@@ -274,7 +273,6 @@ __all__ = [
     "TENANT",
     "TENANT_SCOPED",
     "TOOL",
-    "VERSION_ID_PATTERN",
     "Kind",
     "Reference",
 ]

@@ -194,20 +194,13 @@ class Registry:
         tenant, id_ = self._parse(caller, kind, name, "name")
         async with self._db.transaction() as conn:
             await self._existing(conn, kind, tenant, id_, name, etag)
-            ids = [id_]
-            child_prefix = ""
+            await self._refuse_if_used(conn, kind, tenant, [id_])
             if kind.child_kind:
-                child_prefix = f"{id_}/"
-                children = await resource_store.list_page(
-                    conn, tenant, kind.child_kind, after="", limit=1_000_000, prefix=child_prefix
-                )
-                await self._refuse_if_used(
-                    conn, kinds.TENANT_SCOPED[kind.child_kind], tenant, [c.id for c in children]
-                )
-                await resource_store.delete(
-                    conn, tenant, kind.child_kind, "", prefix_children=child_prefix
-                )
-            await self._refuse_if_used(conn, kind, tenant, ids)
+                child_kind = kinds.TENANT_SCOPED[kind.child_kind]
+                prefix = f"{id_}/"
+                children = await resource_store.list_all(conn, tenant, child_kind.name, prefix)
+                await self._refuse_if_used(conn, child_kind, tenant, [c.id for c in children])
+                await resource_store.delete_prefix(conn, tenant, child_kind.name, prefix)
             try:
                 await resource_store.delete(conn, tenant, kind.name, id_)
             except ReferenceViolation as e:

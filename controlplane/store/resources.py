@@ -65,13 +65,14 @@ async def list_page(
     return [_row(r) for r in await conn.execute(query)]
 
 
-async def list_all(conn: AsyncConnection, tenant: str, kind: str) -> list[ResourceRow]:
-    query = (
-        sa.select(*_COLUMNS)
-        .where(resources.c.tenant == tenant, resources.c.kind == kind)
-        .order_by(resources.c.id)
-    )
-    return [_row(r) for r in await conn.execute(query)]
+async def list_all(
+    conn: AsyncConnection, tenant: str, kind: str, prefix: str = ""
+) -> list[ResourceRow]:
+    """Every resource of a kind (whose id starts with ``prefix``), in id order."""
+    query = sa.select(*_COLUMNS).where(resources.c.tenant == tenant, resources.c.kind == kind)
+    if prefix:
+        query = query.where(resources.c.id.startswith(prefix, autoescape=True))
+    return [_row(r) for r in await conn.execute(query.order_by(resources.c.id))]
 
 
 async def existing_ids(
@@ -152,25 +153,27 @@ async def _insert_refs(
         raise ReferenceViolation(f"{kind} {id_}") from e
 
 
-async def delete(
-    conn: AsyncConnection, tenant: str, kind: str, id_: str, *, prefix_children: str = ""
-) -> int:
-    """Delete one resource (and, with ``prefix_children``, the resources of the same kind
-    whose ids start with it). Raises ReferenceViolation while any is still referenced."""
-    condition = _key(tenant, kind, id_)
-    if prefix_children:
-        condition = sa.or_(
-            condition,
-            sa.and_(
-                resources.c.tenant == tenant,
-                resources.c.kind == kind,
-                resources.c.id.startswith(prefix_children, autoescape=True),
-            ),
-        )
+async def delete(conn: AsyncConnection, tenant: str, kind: str, id_: str) -> int:
+    """Delete one resource. Raises ReferenceViolation while it is still referenced."""
+    try:
+        result = await conn.execute(resources.delete().where(_key(tenant, kind, id_)))
+    except IntegrityError as e:
+        raise ReferenceViolation(f"{kind} {id_}") from e
+    return result.rowcount
+
+
+async def delete_prefix(conn: AsyncConnection, tenant: str, kind: str, prefix: str) -> int:
+    """Delete every resource of a kind whose id starts with ``prefix`` (a prompt's
+    versions). Raises ReferenceViolation while any is still referenced."""
+    condition = sa.and_(
+        resources.c.tenant == tenant,
+        resources.c.kind == kind,
+        resources.c.id.startswith(prefix, autoescape=True),
+    )
     try:
         result = await conn.execute(resources.delete().where(condition))
     except IntegrityError as e:
-        raise ReferenceViolation(f"{kind} {id_}") from e
+        raise ReferenceViolation(f"{kind} {prefix}*") from e
     return result.rowcount
 
 

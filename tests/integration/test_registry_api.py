@@ -614,3 +614,46 @@ async def test_quota_policy_defaults_then_updates(live: Live) -> None:
         Code.INVALID_ARGUMENT,
     )
     assert "quota_policy.tokens_per_minute" in h.field_violations(err)
+
+
+async def test_pinned_versions_and_prompt_deletion(live: Live) -> None:
+    tenant = await _registry_with_agent(live)
+    parent = f"tenants/{tenant}"
+    md = live.md()
+    prompt = f"{parent}/prompts/support"
+    version = (
+        await live.prompts.GetPrompt(prompt_pb2.GetPromptRequest(name=prompt), metadata=md)
+    ).prompt.labels["production"]
+    pinned = h.agent(tenant, "support", [], prompt_version=version)
+    created = await live.agents.CreateAgent(
+        agent_pb2.CreateAgentRequest(parent=parent, agent_id="pinned", agent=pinned), metadata=md
+    )
+    assert created.agent.prompt_version == version
+    await live.agents.DeleteAgent(
+        agent_pb2.DeleteAgentRequest(name=f"{parent}/agents/helper"), metadata=md
+    )
+    err = await h.fails(
+        live.prompts.DeletePrompt(prompt_pb2.DeletePromptRequest(name=prompt), metadata=md),
+        Code.FAILED_PRECONDITION,
+    )
+    assert f"{parent}/agents/pinned" in {v.subject for v in h.precondition_violations(err)}
+    await live.agents.DeleteAgent(
+        agent_pb2.DeleteAgentRequest(name=f"{parent}/agents/pinned"), metadata=md
+    )
+    await live.prompts.DeletePrompt(prompt_pb2.DeletePromptRequest(name=prompt), metadata=md)
+    await h.fails(
+        live.prompts.GetPromptVersion(
+            prompt_pb2.GetPromptVersionRequest(name=version), metadata=md
+        ),
+        Code.NOT_FOUND,
+    )
+    other = h.agent(
+        tenant, "support", [], prompt_version=f"{parent}/prompts/other/versions/0123456789abcdef"
+    )
+    err = await h.fails(
+        live.agents.CreateAgent(
+            agent_pb2.CreateAgentRequest(parent=parent, agent_id="bad", agent=other), metadata=md
+        ),
+        Code.INVALID_ARGUMENT,
+    )
+    assert "agent.prompt_version" in h.field_violations(err)
