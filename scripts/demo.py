@@ -8,12 +8,11 @@ demo can be run again (the second apply then finds everything unchanged).
 from __future__ import annotations
 
 import os
-import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from controlplane import launch
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".pilothouse"
@@ -31,40 +30,6 @@ def admin_key() -> str:
     return path.read_text().strip()
 
 
-def start_control_plane(key: str) -> tuple[subprocess.Popen[str], str]:
-    env = {**os.environ, "PILOTHOUSE_BOOTSTRAP_KEY": key, "PILOTHOUSE_LOG_FORMAT": "text"}
-    proc = subprocess.Popen(
-        [
-            PY,
-            "-m",
-            "controlplane",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            f"sqlite:///{STATE / 'controlplane.db'}",
-        ],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 30
-    seen = []
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        seen.append(line)
-        match = re.search(r"listening on (\S+)", line)
-        if match:
-            return proc, match[1]
-    proc.kill()
-    raise SystemExit("the control plane did not start:\n" + "".join(seen))
-
-
 def step(title: str, *args: str, env: dict[str, str]) -> None:
     print(f"\n$ pilothouse {' '.join(args)}    # {title}", flush=True)
     result = subprocess.run([PY, "-m", "pilothouse.cli", *args], env=env, cwd=ROOT)
@@ -75,7 +40,10 @@ def step(title: str, *args: str, env: dict[str, str]) -> None:
 def main() -> None:
     STATE.mkdir(exist_ok=True)
     key = admin_key()
-    proc, address = start_control_plane(key)
+    plane = launch.start(
+        f"sqlite:///{STATE / 'controlplane.db'}", bootstrap_key=key, log_level="INFO", cwd=ROOT
+    )
+    address = plane.address
     print(f"Control plane on {address} (SQLite at {STATE / 'controlplane.db'}).")
     env = {**os.environ, "PILOTHOUSE_ADDR": address, "PILOTHOUSE_API_KEY": key}
     try:
@@ -114,8 +82,7 @@ def main() -> None:
             env=env,
         )
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+        plane.stop()
     print(
         "\nDone. The admin key is in .pilothouse/admin.key. To keep a control plane running:\n"
         "  PILOTHOUSE_BOOTSTRAP_KEY=$(cat .pilothouse/admin.key) .venv/bin/controlplane serve\n"

@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import random
-import re
 import secrets
 import statistics
 import subprocess
@@ -29,6 +28,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from controlplane import launch
 from pilothouse.client import Client, ClientConfig
 from pilothouse.v1 import tool_pb2
 
@@ -72,31 +72,6 @@ def summary(samples_s: list[float]) -> dict[str, float]:
         "p99_ms": round(percentile(ms, 99), 3),
         "mean_ms": round(statistics.fmean(ms), 3),
     }
-
-
-def start_server(database_url: str, key: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "controlplane",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            database_url,
-        ],
-        env={**os.environ, "PILOTHOUSE_BOOTSTRAP_KEY": key, "PILOTHOUSE_LOG_LEVEL": "WARNING"},
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        match = re.search(r"listening on (\S+)", line)
-        if match:
-            return proc, match[1]
-    raise SystemExit("control plane did not start")
 
 
 def apply(address: str, key: str, path: Path) -> tuple[float, str]:
@@ -163,7 +138,8 @@ def run_backend(label: str, database_url: str, workdir: Path) -> dict[str, Any]:
     ).stdout.strip()
     path = workdir / "bench.yaml"
     path.write_text(manifest(TOOLS))
-    proc, address = start_server(database_url, key)
+    plane = launch.start(database_url, bootstrap_key=key)
+    address = plane.address
     try:
         first, out = apply(address, key, path)
         assert out.count(" created") == TOOLS, out[-500:]
@@ -175,8 +151,7 @@ def run_backend(label: str, database_url: str, workdir: Path) -> dict[str, Any]:
             **asyncio.run(reads(address, key)),
         }
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        plane.stop()
 
     def lat(key: str) -> str:
         return f"p50 {result[key]['p50_ms']:.2f} ms, p99 {result[key]['p99_ms']:.2f} ms"
