@@ -37,6 +37,9 @@ class Settings:
     revoked on another replica works here for at most this long. 0 disables."""
     shutdown_grace: float = 10.0
     """Seconds in-flight calls get to finish after SIGTERM."""
+    reconcile_interval: float = 1.0
+    """Seconds between checks for registry changes made through other replicas; changes
+    made through this one are published at once."""
     log_level: str = "INFO"
     log_format: str = "json"
     """json (one object per line) or text."""

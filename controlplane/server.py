@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 
 import grpc
+from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from controlplane.api.ads import AdsServicer
 from controlplane.api.agents import AgentRegistryServicer
 from controlplane.api.api_keys import ApiKeyServicer
+from controlplane.api.executors import ExecutorServicer
 from controlplane.api.interceptors import AuthInterceptor, ErrorInterceptor
 from controlplane.api.models import ModelServicer
 from controlplane.api.prompts import PromptServicer
@@ -21,6 +26,8 @@ from controlplane.api.tenants import TenantServicer
 from controlplane.api.tools import ToolServicer
 from controlplane.auth.api_keys import ApiKeys
 from controlplane.config import Settings
+from controlplane.discovery.executors import ExecutorRegistry
+from controlplane.discovery.publisher import SnapshotPublisher
 from controlplane.registry.service import Registry
 from controlplane.store.database import Database
 from pilothouse.v1 import (
@@ -28,6 +35,8 @@ from pilothouse.v1 import (
     agent_pb2_grpc,
     api_key_pb2,
     api_key_pb2_grpc,
+    discovery_pb2,
+    discovery_pb2_grpc,
     model_pb2,
     model_pb2_grpc,
     prompt_pb2,
@@ -40,7 +49,7 @@ from pilothouse.v1 import (
 
 log = logging.getLogger("pilothouse.controlplane")
 
-SERVICE_NAMES = tuple(
+PILOTHOUSE_SERVICES = tuple(
     d.services_by_name[name].full_name
     for d, name in (
         (tool_pb2.DESCRIPTOR, "ToolService"),
@@ -49,8 +58,11 @@ SERVICE_NAMES = tuple(
         (agent_pb2.DESCRIPTOR, "AgentRegistryService"),
         (tenant_pb2.DESCRIPTOR, "TenantService"),
         (api_key_pb2.DESCRIPTOR, "ApiKeyService"),
+        (discovery_pb2.DESCRIPTOR, "ExecutorService"),
     )
 )
+ADS_SERVICE = ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name
+SERVICE_NAMES = (*PILOTHOUSE_SERVICES, ADS_SERVICE)
 
 
 @dataclass
@@ -61,6 +73,7 @@ class ControlPlane:
     db: Database
     server: grpc.aio.Server
     health: health.aio.HealthServicer
+    publisher: SnapshotPublisher
     port: int
     bootstrap_token: str | None
     """The admin key generated at this start, if one was; shown once."""
@@ -80,7 +93,14 @@ class ControlPlane:
         except BaseException:
             await db.aclose()
             raise
-        registry = Registry(db)
+        registry = Registry(db, on_change=lambda: publisher.nudge())
+        publisher = SnapshotPublisher(registry, reconcile_interval=settings.reconcile_interval)
+        try:
+            await publisher.start()
+        except BaseException:
+            await db.aclose()
+            raise
+        executors = ExecutorRegistry(db)
         server = grpc.aio.server(
             interceptors=[ErrorInterceptor(), AuthInterceptor(api_keys)],
             options=[
@@ -96,6 +116,13 @@ class ControlPlane:
         )
         tenant_pb2_grpc.add_TenantServiceServicer_to_server(TenantServicer(registry), server)
         api_key_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(api_keys), server)
+        discovery_pb2_grpc.add_ExecutorServiceServicer_to_server(
+            ExecutorServicer(executors, publisher), server
+        )
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+            AdsServicer(publisher, executors, replica=f"{socket.gethostname()}/{os.getpid()}"),
+            server,
+        )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -109,7 +136,7 @@ class ControlPlane:
         await server.start()
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        plane = cls(settings, db, server, health_servicer, port, token)
+        plane = cls(settings, db, server, health_servicer, publisher, port, token)
         log.info(
             "control plane serving",
             extra={
@@ -127,6 +154,7 @@ class ControlPlane:
         get the grace period to finish."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace)
+        await self.publisher.aclose()
         await self.db.aclose()
         log.info("control plane stopped")
 

@@ -60,6 +60,14 @@ METHOD_PERMISSIONS: dict[str, Permission] = {
             "UpdateQuotaPolicy": Permission.TENANT_ADMIN,
         },
     ),
+    **_service("ExecutorService", {"ListExecutors": Permission.EXECUTORS_READ}),
+    # State of the World only: the delta variant answers UNIMPLEMENTED to those allowed.
+    **{
+        f"/envoy.service.discovery.v3.AggregatedDiscoveryService/{method}": (
+            Permission.CONFIG_WATCH
+        )
+        for method in ("StreamAggregatedResources", "DeltaAggregatedResources")
+    },
     **_service(
         "ApiKeyService",
         {

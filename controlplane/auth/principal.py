@@ -25,6 +25,10 @@ class Permission(StrEnum):
     """Create, change and delete tenants; set quota policies."""
     KEYS_MANAGE = "keys.manage"
     """Issue and revoke API keys (operators: of their own tenant, roles up to operator)."""
+    CONFIG_WATCH = "config.watch"
+    """Receive configuration over xDS (a key confined to a tenant sees only that tenant)."""
+    EXECUTORS_READ = "executors.read"
+    """See which executors are connected and what they acknowledged."""
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -35,9 +39,12 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.REGISTRY_WRITE,
             Permission.TENANT_READ,
             Permission.KEYS_MANAGE,
+            Permission.EXECUTORS_READ,
         }
     ),
-    Role.EXECUTOR: frozenset({Permission.REGISTRY_READ, Permission.TENANT_READ}),
+    Role.EXECUTOR: frozenset(
+        {Permission.REGISTRY_READ, Permission.TENANT_READ, Permission.CONFIG_WATCH}
+    ),
     Role.CLIENT: frozenset(),
 }
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -34,6 +36,7 @@ from controlplane.registry.kinds import Kind, Reference
 from controlplane.registry.masks import apply_mask
 from controlplane.registry.pagination import decode_token, page_size, paginate
 from controlplane.store import resources as resource_store
+from controlplane.store import revision as revision_store
 from controlplane.store import tenants as tenant_store
 from controlplane.store.database import Database
 from controlplane.store.errors import DuplicateKey, ReferenceViolation
@@ -46,6 +49,16 @@ QUOTA_POLICY_ID = "quotaPolicy"
 
 def etag_of(spec: Any) -> str:
     return codec.content_hash(spec)[:16]
+
+
+@dataclass(frozen=True)
+class RegistryContents:
+    """Everything the registry holds, read in one consistent transaction."""
+
+    revision: int
+    tenants: tuple[r.Record[r.Tenant], ...]
+    resources: Mapping[str, tuple[r.Record[Any], ...]]
+    """Kind name → every record of that kind, all tenants, QuotaPolicy included."""
 
 
 class SpecCache:
@@ -85,9 +98,34 @@ def _parse_ref(kind: Kind[Any], name: str, field: str) -> tuple[str, str]:
 
 
 class Registry:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, on_change: Callable[[], None] | None = None) -> None:
+        """``on_change`` is called after every committed change to the registry (the
+        discovery publisher uses it to rebuild executors' configuration at once)."""
         self._db = db
         self._record = SpecCache().record
+        self._on_change = on_change
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction; after it commits, ``on_change`` hears of it."""
+        async with self._db.transaction() as conn:
+            yield conn
+        if self._on_change is not None:
+            self._on_change()
+
+    @staticmethod
+    async def _changed(
+        conn: AsyncConnection,
+        caller: Principal,
+        action: str,
+        resource: str,
+        *,
+        tenant: str,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a change: an audit event, and a new registry revision."""
+        await audit.record(conn, caller, action, resource, tenant=tenant, details=details)
+        await revision_store.bump(conn)
 
     # -- any tenant-scoped kind -------------------------------------------------------
 
@@ -133,7 +171,7 @@ class Registry:
         now = datetime.now(UTC)
         name = resource_name(kind, tenant, id_)
         row = ResourceRow(tenant, kind.name, id_, _dumps(spec), etag_of(spec), now, now)
-        async with self._db.transaction() as conn:
+        async with self._write() as conn:
             if await tenant_store.get(conn, tenant) is None:
                 raise NotFound("Tenant", parent)
             if await resource_store.get(conn, tenant, kind.name, id_) is not None:
@@ -145,7 +183,7 @@ class Registry:
                 raise AlreadyExists(kind.name, name) from e
             except ReferenceViolation as e:
                 raise _changed_underneath(name) from e
-            await audit.record(conn, caller, f"{kind.name}.create", name, tenant=tenant)
+            await self._changed(conn, caller, f"{kind.name}.create", name, tenant=tenant)
         return self._record(kind, row)
 
     async def update(
@@ -158,7 +196,7 @@ class Registry:
         etag: str,
     ) -> r.Record[S]:
         tenant, id_ = self._parse(caller, kind, name, f"{kind.request_field}.name")
-        async with self._db.transaction() as conn:
+        async with self._write() as conn:
             existing = await self._existing(conn, kind, tenant, id_, name, etag)
             spec = _revised(kind, existing, incoming, mask, etag, name)
             if spec is None:
@@ -180,7 +218,7 @@ class Registry:
                 raise _changed_underneath(name) from e
             if not updated:
                 raise EtagMismatch(name)
-            await audit.record(
+            await self._changed(
                 conn,
                 caller,
                 f"{kind.name}.update",
@@ -192,7 +230,7 @@ class Registry:
 
     async def delete(self, caller: Principal, kind: Kind[Any], name: str, etag: str) -> None:
         tenant, id_ = self._parse(caller, kind, name, "name")
-        async with self._db.transaction() as conn:
+        async with self._write() as conn:
             await self._existing(conn, kind, tenant, id_, name, etag)
             await self._refuse_if_used(conn, kind, tenant, [id_])
             if kind.child_kind:
@@ -205,7 +243,28 @@ class Registry:
                 await resource_store.delete(conn, tenant, kind.name, id_)
             except ReferenceViolation as e:
                 raise _changed_underneath(name) from e
-            await audit.record(conn, caller, f"{kind.name}.delete", name, tenant=tenant)
+            await self._changed(conn, caller, f"{kind.name}.delete", name, tenant=tenant)
+
+    async def revision(self) -> int:
+        """The registry's revision: it grows with every change."""
+        async with self._db.single_read() as conn:
+            return await revision_store.current(conn)
+
+    async def export(self) -> RegistryContents:
+        """Everything, from one consistent read, for building executors' configuration."""
+        async with self._db.snapshot() as conn:
+            revision = await revision_store.current(conn)
+            tenant_rows = await tenant_store.list_page(conn, after="", limit=1_000_000)
+            rows = await resource_store.list_everything(conn)
+        grouped: dict[str, list[r.Record[Any]]] = defaultdict(list)
+        for row in rows:
+            kind = kinds.TENANT_SCOPED.get(row.kind) or kinds.QUOTA_POLICY
+            grouped[row.kind].append(self._record(kind, row))
+        return RegistryContents(
+            revision,
+            tuple(self._record(kinds.TENANT, row) for row in tenant_rows),
+            {kind: tuple(records) for kind, records in grouped.items()},
+        )
 
     # -- prompt versions and labels ---------------------------------------------------
 
@@ -221,7 +280,7 @@ class Registry:
         id_ = f"{prompt.id}/{digest[:16]}"
         now = datetime.now(UTC)
         row = ResourceRow(prompt.tenant, kind.name, id_, _dumps(spec), digest[:16], now, now)
-        async with self._db.transaction() as conn:
+        async with self._write() as conn:
             if await resource_store.get(conn, prompt.tenant, "Prompt", prompt.id) is None:
                 raise NotFound("Prompt", parent)
             existing = await resource_store.get(conn, prompt.tenant, kind.name, id_)
@@ -233,7 +292,7 @@ class Registry:
             except ReferenceViolation as e:
                 raise _changed_underneath(parent) from e
             name = resource_name(kind, prompt.tenant, id_)
-            await audit.record(
+            await self._changed(
                 conn,
                 caller,
                 "PromptVersion.create",
@@ -272,7 +331,7 @@ class Registry:
         if (target.tenant, target.prompt) != (prompt.tenant, prompt.id):
             raise InvalidArgument.of("version", f"{version!r} is not a version of {name!r}")
         kind = kinds.PROMPT
-        async with self._db.transaction() as conn:
+        async with self._write() as conn:
             existing = await self._existing(conn, kind, prompt.tenant, prompt.id, name, etag)
             version_id = f"{prompt.id}/{target.version}"
             if await resource_store.get(conn, prompt.tenant, "PromptVersion", version_id) is None:
@@ -294,7 +353,7 @@ class Registry:
             )
             if not await resource_store.update(conn, row, existing.etag, []):
                 raise EtagMismatch(name)
-            await audit.record(
+            await self._changed(
                 conn,
                 caller,
                 "Prompt.label.move",
@@ -336,12 +395,12 @@ class Registry:
         now = datetime.now(UTC)
         row = ResourceRow(id_, kinds.TENANT.name, id_, _dumps(spec), etag_of(spec), now, now)
         name = names.tenant_name(id_)
-        async with self._db.transaction() as conn:
+        async with self._write() as conn:
             try:
                 await tenant_store.insert(conn, row)
             except DuplicateKey as e:
                 raise AlreadyExists("Tenant", name) from e
-            await audit.record(conn, caller, "Tenant.create", name, tenant=id_)
+            await self._changed(conn, caller, "Tenant.create", name, tenant=id_)
         return self._record(kinds.TENANT, row)
 
     async def update_tenant(
@@ -350,7 +409,7 @@ class Registry:
         caller.require(Permission.TENANT_ADMIN)
         tenant = names.parse_tenant(name, "tenant.name")
         caller.require_tenant(tenant)
-        async with self._db.transaction() as conn:
+        async with self._write() as conn:
             row = await tenant_store.get(conn, tenant)
             if row is None:
                 raise NotFound("Tenant", name)
@@ -363,14 +422,14 @@ class Registry:
             )
             if not await tenant_store.update(conn, new, existing.etag):
                 raise EtagMismatch(name)
-            await audit.record(conn, caller, "Tenant.update", name, tenant=tenant)
+            await self._changed(conn, caller, "Tenant.update", name, tenant=tenant)
         return self._record(kinds.TENANT, new)
 
     async def delete_tenant(self, caller: Principal, name: str, etag: str, force: bool) -> None:
         caller.require(Permission.TENANT_ADMIN)
         tenant = names.parse_tenant(name, "name")
         caller.require_tenant(tenant)
-        async with self._db.transaction() as conn:
+        async with self._write() as conn:
             row = await tenant_store.get(conn, tenant)
             if row is None:
                 raise NotFound("Tenant", name)
@@ -385,7 +444,7 @@ class Registry:
                     [PreconditionViolation("NOT_EMPTY", name, f"{held} resources")],
                 )
             await tenant_store.delete(conn, tenant)
-            await audit.record(
+            await self._changed(
                 conn, caller, "Tenant.delete", name, tenant=tenant, details={"force": force}
             )
 
@@ -405,7 +464,7 @@ class Registry:
         caller.require(Permission.TENANT_ADMIN)
         tenant = self._parse_quota_name(caller, name, "quota_policy.name")
         kind = kinds.QUOTA_POLICY
-        async with self._db.transaction() as conn:
+        async with self._write() as conn:
             existing = await self._quota_policy(conn, tenant, name, for_update=True)
             spec = _revised(kind, existing, incoming, mask, etag, name)
             if spec is None:
@@ -425,7 +484,7 @@ class Registry:
                 await resource_store.insert(conn, row, [])
             elif not await resource_store.update(conn, row, existing.etag, []):
                 raise EtagMismatch(name)
-            await audit.record(
+            await self._changed(
                 conn,
                 caller,
                 "QuotaPolicy.update",

@@ -76,9 +76,13 @@ class Database:
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[AsyncConnection]:
-        """A read-only transaction: a consistent view for several reads."""
-        async with self.engine.connect() as conn, conn.begin():
-            yield conn
+        """A read-only transaction: a consistent view for several reads (REPEATABLE READ
+        on PostgreSQL; SQLite's transactions read one snapshot already)."""
+        async with self.engine.connect() as conn:
+            if self.dialect == "postgresql":
+                conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                yield conn
 
     async def migrate(self) -> None:
         """Bring the schema to the newest migration (safe with several replicas at once)."""

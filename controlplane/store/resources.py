@@ -75,6 +75,12 @@ async def list_all(
     return [_row(r) for r in await conn.execute(query.order_by(resources.c.id))]
 
 
+async def list_everything(conn: AsyncConnection) -> list[ResourceRow]:
+    """Every resource of every tenant (configuration snapshots read the whole registry)."""
+    query = sa.select(*_COLUMNS).order_by(resources.c.tenant, resources.c.kind, resources.c.id)
+    return [_row(r) for r in await conn.execute(query)]
+
+
 async def existing_ids(
     conn: AsyncConnection, tenant: str, kind: str, ids: Iterable[str]
 ) -> set[str]:

@@ -125,3 +125,28 @@ audit_events = sa.Table(
     sa.Column("resource", sa.String(300), nullable=False),
     sa.Column("details", sa.Text, nullable=False),
 )
+
+# One row: bumped by every registry write, in its transaction, so that every replica can
+# tell cheaply and exactly whether the configuration executors see may have changed.
+registry_revision = sa.Table(
+    "registry_revision",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("revision", sa.BigInteger, nullable=False),
+)
+
+# What each executor has acknowledged over xDS (one row per xDS node id).
+executors = sa.Table(
+    "executors",
+    metadata,
+    sa.Column("node_id", sa.String(200), primary_key=True),
+    sa.Column("cluster", sa.String(200), nullable=False),
+    sa.Column("connected", sa.Boolean, nullable=False),
+    sa.Column("connected_since", UTCDateTime, nullable=False),
+    sa.Column("last_seen_time", UTCDateTime, nullable=False),
+    sa.Column("acked_version", sa.String(64), nullable=False),
+    sa.Column("nacked_versions", sa.Text, nullable=False),
+    sa.Column("last_nack_version", sa.String(64), nullable=False),
+    sa.Column("last_nack_error", sa.Text, nullable=False),
+    sa.Column("last_nack_time", UTCDateTime, nullable=True),
+)

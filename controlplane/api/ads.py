@@ -1,0 +1,220 @@
+"""The Aggregated Discovery Service (xDS, State of the World) for executors.
+
+Per stream and per type URL the server keeps what it last sent (version and nonce) and
+whether that response still awaits its ACK or NACK; at most one response per type is
+outstanding. A request whose nonce is not the last one sent is stale and ignored. A NACK
+marks the version rejected for that node, which is then never sent to it again. A push
+happens only when the version the stream would see differs from what was last sent, so
+nothing is pushed when nothing changed. Every response of one snapshot carries that
+snapshot's version; a key confined to a tenant sees only that tenant's resources.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+from controlplane.api import _convert
+from controlplane.api.context import principal
+from controlplane.discovery.executors import ExecutorRegistry
+from controlplane.discovery.publisher import SnapshotPublisher
+from controlplane.discovery.snapshot import KIND_ORDER, Snapshot
+from controlplane.errors import InvalidArgument
+from controlplane.lru import LruCache
+from controlplane.registry.resources import Record
+
+log = logging.getLogger("pilothouse.discovery")
+
+TYPE_PREFIX = "type.googleapis.com/pilothouse.v1."
+TYPE_URLS = tuple(TYPE_PREFIX + kind for kind in KIND_ORDER)
+
+_TO_PROTO: dict[str, Callable[[Record[Any]], Message]] = {
+    "Tenant": _convert.tenant_to_proto,
+    "QuotaPolicy": _convert.quota_policy_to_proto,
+    "Tool": _convert.tool_to_proto,
+    "Model": _convert.model_to_proto,
+    "ModelRoute": _convert.model_route_to_proto,
+    "PromptVersion": _convert.prompt_version_to_proto,
+    "Prompt": _convert.prompt_to_proto,
+    "Agent": _convert.agent_to_proto,
+}
+
+
+class PackedResources:
+    """Resources as (name, Any), packed once per tenant configuration version and shared
+    by every stream that sees them."""
+
+    def __init__(self) -> None:
+        self._cache: LruCache[tuple[str, str, str], list[tuple[str, any_pb2.Any]]] = LruCache(4096)
+
+    def for_view(
+        self, snapshot: Snapshot, kind: str, tenant: str | None
+    ) -> list[tuple[str, any_pb2.Any]]:
+        tenants = [tenant] if tenant is not None else sorted(snapshot.tenants)
+        out: list[tuple[str, any_pb2.Any]] = []
+        for t in tenants:
+            config = snapshot.tenants.get(t)
+            if config is None:
+                continue
+            records = config.resources[kind]
+            out += self._cache.get_or_make(
+                (kind, t, config.version), functools.partial(self._pack, kind, records)
+            )
+        return out
+
+    @staticmethod
+    def _pack(kind: str, records: tuple[Record[Any], ...]) -> list[tuple[str, any_pb2.Any]]:
+        packed = []
+        for record in records:
+            message = _TO_PROTO[kind](record)
+            wrapped = any_pb2.Any()
+            wrapped.Pack(message)
+            packed.append((getattr(message, "name"), wrapped))  # noqa: B009
+        return packed
+
+
+@dataclass
+class _TypeState:
+    names: frozenset[str] = frozenset()
+    """Resource names subscribed to; empty means all (wildcard)."""
+    sent_version: str = ""
+    sent_nonce: str = ""
+    outstanding: bool = False
+    acked_version: str = ""
+
+
+@dataclass
+class _Stream:
+    tenant: str | None
+    node_id: str = ""
+    nacked: set[str] = field(default_factory=set)
+    types: dict[str, _TypeState] = field(default_factory=dict)
+    reported_ack: str = ""
+
+
+class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+    def __init__(
+        self, publisher: SnapshotPublisher, executors: ExecutorRegistry, replica: str
+    ) -> None:
+        self._publisher = publisher
+        self._executors = executors
+        self._packed = PackedResources()
+        self._identity = base_pb2.ControlPlane(identifier=replica)
+
+    async def StreamAggregatedResources(
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        stream = _Stream(tenant=principal().tenant)
+        requests = aiter(request_iterator)
+        next_request: asyncio.Future[Any] = asyncio.ensure_future(anext(requests))
+        newer = self._publisher.newer()
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    {next_request, newer}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if next_request in done:
+                    try:
+                        request = next_request.result()
+                    except StopAsyncIteration:
+                        return
+                    next_request = asyncio.ensure_future(anext(requests))
+                    await self._receive(stream, request)
+                if newer in done:
+                    newer = self._publisher.newer()
+                for response in self._due(stream):
+                    yield response
+                await self._report_ack(stream)
+        finally:
+            next_request.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, grpc.RpcError):
+                await next_request
+            if stream.node_id:
+                await self._executors.disconnected(stream.node_id)
+
+    async def _receive(self, stream: _Stream, request: discovery_pb2.DiscoveryRequest) -> None:
+        if not stream.node_id:
+            if not request.node.id:
+                raise InvalidArgument.of("node.id", "the first request must name its node")
+            stream.node_id = request.node.id
+            stream.nacked = await self._executors.connected(request.node.id, request.node.cluster)
+        if request.type_url not in TYPE_URLS:
+            log.warning("unknown type requested", extra={"type_url": request.type_url})
+            return
+        state = stream.types.setdefault(request.type_url, _TypeState())
+        if request.response_nonce:
+            if request.response_nonce != state.sent_nonce:
+                return  # stale: answers a response that has been superseded
+            state.outstanding = False
+            if request.HasField("error_detail"):
+                stream.nacked.add(state.sent_version)
+                log.warning(
+                    "executor rejected a snapshot",
+                    extra={
+                        "node": stream.node_id,
+                        "version": state.sent_version,
+                        "error": request.error_detail.message,
+                    },
+                )
+                await self._executors.nacked(
+                    stream.node_id, state.sent_version, request.error_detail.message
+                )
+            else:
+                state.acked_version = request.version_info
+        elif request.version_info:
+            # A (re)connecting client that already holds this version needs nothing.
+            state.sent_version = state.acked_version = request.version_info
+        state.names = frozenset(request.resource_names)
+
+    def _due(self, stream: _Stream) -> list[discovery_pb2.DiscoveryResponse]:
+        snapshot = self._publisher.current
+        version = snapshot.version_for(stream.tenant)
+        if version in stream.nacked:
+            return []
+        responses = []
+        for type_url in TYPE_URLS:
+            state = stream.types.get(type_url)
+            if state is None or state.outstanding or state.sent_version == version:
+                continue
+            kind = type_url.removeprefix(TYPE_PREFIX)
+            resources = [
+                packed
+                for name, packed in self._packed.for_view(snapshot, kind, stream.tenant)
+                if not state.names or name in state.names
+            ]
+            nonce = secrets.token_hex(8)
+            responses.append(
+                discovery_pb2.DiscoveryResponse(
+                    version_info=version,
+                    resources=resources,
+                    type_url=type_url,
+                    nonce=nonce,
+                    control_plane=self._identity,
+                )
+            )
+            state.sent_version, state.sent_nonce, state.outstanding = version, nonce, True
+        return responses
+
+    async def _report_ack(self, stream: _Stream) -> None:
+        """Record the version once every watched type has acknowledged it."""
+        versions = {s.acked_version for s in stream.types.values()}
+        if len(versions) != 1:
+            return
+        (version,) = versions
+        if version and version != stream.reported_ack:
+            stream.reported_ack = version
+            await self._executors.acked(stream.node_id, version)
