@@ -128,11 +128,15 @@ class ControlPlane:
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        port = (
-            server.add_secure_port(settings.listen, _credentials(settings))
-            if settings.tls
-            else (server.add_insecure_port(settings.listen))
-        )
+        try:
+            if settings.tls:
+                port = server.add_secure_port(settings.listen, _credentials(settings))
+            else:
+                port = server.add_insecure_port(settings.listen)
+        except RuntimeError as e:
+            await publisher.aclose()
+            await db.aclose()
+            raise OSError(f"cannot listen on {settings.listen}: {e}") from e
         await server.start()
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

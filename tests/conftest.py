@@ -121,15 +121,10 @@ class Live:
 
 
 async def start_live(database_url: str, **settings: Any) -> Live:
-    admin_key = keys.generate().token
+    admin_key = settings.pop("bootstrap_key", None) or keys.generate().token
+    values: dict[str, Any] = {"listen": "127.0.0.1:0", "shutdown_grace": 1.0, **settings}
     plane = await ControlPlane.start(
-        Settings(
-            listen="127.0.0.1:0",
-            database_url=database_url,
-            bootstrap_key=admin_key,
-            shutdown_grace=1.0,
-            **settings,
-        )
+        Settings(database_url=database_url, bootstrap_key=admin_key, **values)
     )
     channel = grpc.aio.insecure_channel(plane.address)
     return Live(plane, channel, admin_key)

@@ -1,0 +1,24 @@
+"""``dataplane serve``: run an executor."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from dataplane import logs, settings
+from dataplane.server import serve
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="dataplane", description="Pilothouse executor")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = sub.add_parser("serve", help="run an executor")
+    settings.add_arguments(serve_cmd)
+    ns = parser.parse_args(argv)
+    config = settings.from_arguments(ns)
+    logs.configure(config.log_level, config.log_format)
+    asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The executor's configuration: received over xDS, validated, kept as last-known-good."""

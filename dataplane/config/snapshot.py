@@ -1,0 +1,166 @@
+"""An executor's configuration: the resources of one snapshot, parsed, indexed and checked.
+
+The executor checks every snapshot before it uses one: a snapshot that does not parse,
+names something it does not hold, or carries a JSON Schema or pattern the executor could
+not apply is rejected (NACKed) and the previous one stays in force.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from google.protobuf import any_pb2, json_format
+from google.protobuf.message import DecodeError, Message
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from pilothouse.v1 import agent_pb2, discovery_pb2, model_pb2, prompt_pb2, tenant_pb2, tool_pb2
+
+TYPE_PREFIX = "type.googleapis.com/pilothouse.v1."
+MESSAGES: dict[str, type[Message]] = {
+    "Tenant": tenant_pb2.Tenant,
+    "QuotaPolicy": tenant_pb2.QuotaPolicy,
+    "Tool": tool_pb2.Tool,
+    "Model": model_pb2.Model,
+    "ModelRoute": model_pb2.ModelRoute,
+    "PromptVersion": prompt_pb2.PromptVersion,
+    "Prompt": prompt_pb2.Prompt,
+    "Agent": agent_pb2.Agent,
+}
+TYPE_URLS = tuple(TYPE_PREFIX + kind for kind in MESSAGES)
+DEFAULT_PROMPT_LABEL = "production"
+
+M = TypeVar("M", bound=Message)
+
+
+class ConfigError(Exception):
+    """A snapshot the executor will not use; the message goes back in the NACK."""
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """One snapshot's resources by kind and name. Immutable once built."""
+
+    version: str
+    resources: Mapping[str, Mapping[str, Message]]
+
+    def get(self, kind: type[M], name: str) -> M | None:
+        found = self.resources.get(kind.DESCRIPTOR.name, {}).get(name)
+        return found if isinstance(found, kind) else None
+
+    def all(self, kind: type[M]) -> list[M]:
+        return [
+            m for m in self.resources.get(kind.DESCRIPTOR.name, {}).values() if isinstance(m, kind)
+        ]
+
+    def agent_prompt_version(self, agent: agent_pb2.Agent) -> prompt_pb2.PromptVersion | None:
+        """The prompt version an agent runs now (its pinned one, or its label's)."""
+        if agent.prompt_version:
+            return self.get(prompt_pb2.PromptVersion, agent.prompt_version)
+        prompt = self.get(prompt_pb2.Prompt, agent.prompt)
+        if prompt is None:
+            return None
+        version = prompt.labels.get(agent.prompt_label or DEFAULT_PROMPT_LABEL)
+        return self.get(prompt_pb2.PromptVersion, version) if version else None
+
+    def to_proto(self) -> discovery_pb2.ConfigSnapshot:
+        snapshot = discovery_pb2.ConfigSnapshot(version=self.version)
+        for kind in MESSAGES:
+            for message in self.resources.get(kind, {}).values():
+                packed = snapshot.resources.add()
+                packed.Pack(message)
+        return snapshot
+
+    @classmethod
+    def from_proto(cls, snapshot: discovery_pb2.ConfigSnapshot) -> ExecutorConfig:
+        by_type: dict[str, list[any_pb2.Any]] = {}
+        for packed in snapshot.resources:
+            by_type.setdefault(packed.type_url, []).append(packed)
+        return parse(snapshot.version, by_type)
+
+
+def parse(version: str, by_type: Mapping[str, Sequence[any_pb2.Any]]) -> ExecutorConfig:
+    """Unpack and check one snapshot; ConfigError says what is wrong."""
+    resources: dict[str, dict[str, Message]] = {kind: {} for kind in MESSAGES}
+    for type_url, items in by_type.items():
+        kind = type_url.removeprefix(TYPE_PREFIX)
+        if kind not in MESSAGES or not type_url.startswith(TYPE_PREFIX):
+            raise ConfigError(f"unexpected resource type {type_url}")
+        for packed in items:
+            if packed.type_url != type_url:
+                raise ConfigError(f"a {packed.type_url} resource came as {type_url}")
+            message = MESSAGES[kind]()
+            try:
+                message.ParseFromString(packed.value)
+            except DecodeError as e:
+                raise ConfigError(f"a {kind} resource does not parse: {e}") from e
+            name = getattr(message, "name", "")
+            if not name:
+                raise ConfigError(f"a {kind} resource has no name")
+            if name in resources[kind]:
+                raise ConfigError(f"{kind} {name} appears twice")
+            resources[kind][name] = message
+    config = ExecutorConfig(version, resources)
+    problems = list(_problems(config))
+    if problems:
+        shown = "; ".join(problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ConfigError(f"snapshot {version} rejected: {shown}{more}")
+    return config
+
+
+def _problems(config: ExecutorConfig) -> list[str]:
+    problems: list[str] = []
+
+    def need(kind: type[Message], name: str, what: str) -> None:
+        if config.get(kind, name) is None:
+            problems.append(f"{what} names missing {kind.DESCRIPTOR.name} {name}")
+
+    for tool in config.all(tool_pb2.Tool):
+        for field in ("input_schema", "output_schema"):
+            if tool.HasField(field):
+                _check_schema(problems, f"tool {tool.name} {field}", getattr(tool, field))
+    for route in config.all(model_pb2.ModelRoute):
+        if not route.targets:
+            problems.append(f"model route {route.name} has no targets")
+        for target in route.targets:
+            need(model_pb2.Model, target.model, f"model route {route.name}")
+            if target.weight < 1:
+                problems.append(f"model route {route.name} gives {target.model} no weight")
+        for fallback in route.fallbacks:
+            need(model_pb2.Model, fallback, f"model route {route.name}")
+    for version in config.all(prompt_pb2.PromptVersion):
+        need(model_pb2.ModelRoute, version.model_route, f"prompt version {version.name}")
+    for prompt in config.all(prompt_pb2.Prompt):
+        for label, version_name in prompt.labels.items():
+            need(prompt_pb2.PromptVersion, version_name, f"label {label} of {prompt.name}")
+    for agent in config.all(agent_pb2.Agent):
+        what = f"agent {agent.name}"
+        need(prompt_pb2.Prompt, agent.prompt, what)
+        if (
+            config.get(prompt_pb2.Prompt, agent.prompt)
+            and config.agent_prompt_version(agent) is None
+        ):
+            problems.append(f"{what} has no prompt version to run")
+        if agent.model_route:
+            need(model_pb2.ModelRoute, agent.model_route, what)
+        for tool_name in agent.tools:
+            need(tool_pb2.Tool, tool_name, what)
+        for i, pattern in enumerate(agent.guardrail_policy.blocked_patterns):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                problems.append(f"{what} blocked_patterns[{i}] does not compile: {e}")
+        if agent.HasField("output_schema"):
+            _check_schema(problems, f"{what} output_schema", agent.output_schema)
+    return problems
+
+
+def _check_schema(problems: list[str], what: str, struct: Any) -> None:
+    try:
+        Draft202012Validator.check_schema(json_format.MessageToDict(struct))
+    except SchemaError as e:
+        problems.append(f"{what} is not a valid JSON Schema: {e.message}")

@@ -1,0 +1,111 @@
+"""Wiring of an executor: settings in, the configuration watcher and the gRPC server up;
+graceful shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from dataplane.config.watcher import ConfigWatcher
+from dataplane.settings import Settings
+
+log = logging.getLogger("pilothouse.executor")
+
+
+# gRPC's own reconnection backoff (up to two minutes by default) would hold an executor
+# away from a control plane that came back long after it did; keep it short.
+CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+    ("grpc.keepalive_time_ms", 30000),
+    ("grpc.keepalive_timeout_ms", 10000),
+)
+
+
+def control_plane_channel(settings: Settings) -> grpc.aio.Channel:
+    if settings.control_plane_ca is None:
+        return grpc.aio.insecure_channel(settings.control_plane, options=CHANNEL_OPTIONS)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=settings.control_plane_ca.read_bytes(),
+        private_key=settings.client_key.read_bytes() if settings.client_key else None,
+        certificate_chain=settings.client_cert.read_bytes() if settings.client_cert else None,
+    )
+    return grpc.aio.secure_channel(settings.control_plane, creds, options=CHANNEL_OPTIONS)
+
+
+@dataclass
+class Executor:
+    """A running executor. Build it with ``start``; stop it with ``aclose``."""
+
+    settings: Settings
+    channel: grpc.aio.Channel
+    watcher: ConfigWatcher
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    port: int
+    _serving_task: asyncio.Task[None]
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.listen.rsplit(':', 1)[0]}:{self.port}"
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Executor:
+        channel = control_plane_channel(settings)
+        watcher = ConfigWatcher(
+            channel,
+            api_key=settings.api_key,
+            node_id=settings.node_id,
+            cluster=settings.cluster,
+            lkg_path=settings.lkg_path,
+        )
+        await watcher.start()
+        server = grpc.aio.server()
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection((health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        port = server.add_insecure_port(settings.listen)
+        await server.start()
+        await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        serving = asyncio.create_task(_serve_once_configured(watcher, health_servicer))
+        executor = cls(settings, channel, watcher, server, health_servicer, port, serving)
+        log.info("executor started", extra={"address": executor.address, "node": settings.node_id})
+        return executor
+
+    async def aclose(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        self._serving_task.cancel()
+        await self.server.stop(self.settings.shutdown_grace)
+        await self.watcher.aclose()
+        await self.channel.close()
+        log.info("executor stopped")
+
+
+async def _serve_once_configured(
+    watcher: ConfigWatcher, health_servicer: health.aio.HealthServicer
+) -> None:
+    """Health turns SERVING once a configuration is in force (received or loaded)."""
+    config = await watcher.wait_for(lambda _: True, timeout=None)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    log.info("configuration in force", extra={"version": config.version})
+
+
+async def serve(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    executor = await Executor.start(settings)
+    print(f"executor listening on {executor.address}", file=sys.stderr, flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await executor.aclose()

@@ -1,0 +1,80 @@
+"""Executor settings: flags first, then ``PILOTHOUSE_*`` environment variables, then
+defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    api_key: str
+    """The executor's key (role executor) for the control plane."""
+    listen: str = "127.0.0.1:7071"
+    """host:port the executor serves on; port 0 picks a free one."""
+    control_plane: str = "127.0.0.1:7070"
+    node_id: str = socket.gethostname()
+    """This executor's xDS node id: keep it stable across restarts."""
+    cluster: str = "default"
+    """The executor pool this one belongs to."""
+    state_dir: Path = Path(".pilothouse")
+    """Where the last-known-good configuration file is kept."""
+    control_plane_ca: Path | None = None
+    """CA of the control plane's certificate; TLS when set."""
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    log_level: str = "INFO"
+    log_format: str = "json"
+    shutdown_grace: float = 10.0
+
+    @property
+    def lkg_path(self) -> Path:
+        return self.state_dir / f"executor-{self.node_id}.snapshot"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", help="host:port (PILOTHOUSE_EXECUTOR_LISTEN)")
+    parser.add_argument("--control-plane", help="host:port (PILOTHOUSE_CONTROL_PLANE)")
+    parser.add_argument("--api-key", help="executor key (PILOTHOUSE_EXECUTOR_KEY)")
+    parser.add_argument("--node-id", help="xDS node id (PILOTHOUSE_NODE_ID; default hostname)")
+    parser.add_argument("--cluster", help="executor pool (PILOTHOUSE_CLUSTER)")
+    parser.add_argument("--state-dir", help="directory for state files (PILOTHOUSE_STATE_DIR)")
+    parser.add_argument("--control-plane-ca", help="CA of the control plane (PILOTHOUSE_TLS_CA)")
+    parser.add_argument("--client-cert", help="client certificate (PILOTHOUSE_TLS_CERT)")
+    parser.add_argument("--client-key", help="client key (PILOTHOUSE_TLS_KEY)")
+    parser.add_argument("--log-level", help="(PILOTHOUSE_LOG_LEVEL)")
+    parser.add_argument("--log-format", choices=["json", "text"], help="(PILOTHOUSE_LOG_FORMAT)")
+
+
+def from_arguments(ns: argparse.Namespace, env: Mapping[str, str] = os.environ) -> Settings:
+    def pick(flag: str, var: str) -> str | None:
+        value = getattr(ns, flag, None)
+        return value if value is not None else env.get(var) or None
+
+    api_key = pick("api_key", "PILOTHOUSE_EXECUTOR_KEY")
+    if not api_key:
+        raise SystemExit("an executor key is required: --api-key or PILOTHOUSE_EXECUTOR_KEY")
+    defaults = Settings(api_key=api_key)
+    ca, cert, key = (
+        pick("control_plane_ca", "PILOTHOUSE_TLS_CA"),
+        pick("client_cert", "PILOTHOUSE_TLS_CERT"),
+        pick("client_key", "PILOTHOUSE_TLS_KEY"),
+    )
+    return Settings(
+        api_key=api_key,
+        listen=pick("listen", "PILOTHOUSE_EXECUTOR_LISTEN") or defaults.listen,
+        control_plane=pick("control_plane", "PILOTHOUSE_CONTROL_PLANE") or defaults.control_plane,
+        node_id=pick("node_id", "PILOTHOUSE_NODE_ID") or defaults.node_id,
+        cluster=pick("cluster", "PILOTHOUSE_CLUSTER") or defaults.cluster,
+        state_dir=Path(pick("state_dir", "PILOTHOUSE_STATE_DIR") or defaults.state_dir),
+        control_plane_ca=Path(ca) if ca else None,
+        client_cert=Path(cert) if cert else None,
+        client_key=Path(key) if key else None,
+        log_level=(pick("log_level", "PILOTHOUSE_LOG_LEVEL") or defaults.log_level).upper(),
+        log_format=pick("log_format", "PILOTHOUSE_LOG_FORMAT") or defaults.log_format,
+    )
