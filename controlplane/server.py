@@ -74,6 +74,7 @@ class ControlPlane:
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     publisher: SnapshotPublisher
+    executors: ExecutorRegistry
     port: int
     bootstrap_token: str | None
     """The admin key generated at this start, if one was; shown once."""
@@ -140,7 +141,7 @@ class ControlPlane:
         await server.start()
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        plane = cls(settings, db, server, health_servicer, publisher, port, token)
+        plane = cls(settings, db, server, health_servicer, publisher, executors, port, token)
         log.info(
             "control plane serving",
             extra={
@@ -158,6 +159,7 @@ class ControlPlane:
         get the grace period to finish."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace)
+        await self.executors.aclose()
         await self.publisher.aclose()
         await self.db.aclose()
         log.info("control plane stopped")

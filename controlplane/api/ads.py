@@ -12,7 +12,6 @@ snapshot's version; a key confined to a tenant sees only that tenant's resources
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import secrets
@@ -119,32 +118,45 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
         stream = _Stream(tenant=principal().tenant)
-        requests = aiter(request_iterator)
-        next_request: asyncio.Future[Any] = asyncio.ensure_future(anext(requests))
+        inbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
+
+        async def read_requests() -> None:
+            # Consumed in one task of its own, so the request iterator is always closed
+            # by the task that runs it.
+            async for request in request_iterator:
+                await inbox.put(request)
+            await inbox.put(None)
+
+        reader = asyncio.create_task(read_requests())
+        next_request: asyncio.Future[discovery_pb2.DiscoveryRequest | None] = asyncio.ensure_future(
+            inbox.get()
+        )
         newer = self._publisher.newer()
         try:
             while True:
                 done, _ = await asyncio.wait(
-                    {next_request, newer}, return_when=asyncio.FIRST_COMPLETED
+                    {next_request, newer, reader}, return_when=asyncio.FIRST_COMPLETED
                 )
                 if next_request in done:
-                    try:
-                        request = next_request.result()
-                    except StopAsyncIteration:
+                    request = next_request.result()
+                    if request is None:
                         return
-                    next_request = asyncio.ensure_future(anext(requests))
+                    next_request = asyncio.ensure_future(inbox.get())
                     await self._receive(stream, request)
+                elif reader in done:
+                    reader.result()  # the client went away with an error: end here too
+                    continue
                 if newer in done:
                     newer = self._publisher.newer()
                 for response in self._due(stream):
                     yield response
-                await self._report_ack(stream)
+                self._report_ack(stream)
         finally:
             next_request.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, grpc.RpcError):
-                await next_request
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
             if stream.node_id:
-                await self._executors.disconnected(stream.node_id)
+                self._executors.record_closed(stream.node_id)
 
     async def _receive(self, stream: _Stream, request: discovery_pb2.DiscoveryRequest) -> None:
         if not stream.node_id:
@@ -170,7 +182,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                         "error": request.error_detail.message,
                     },
                 )
-                await self._executors.nacked(
+                self._executors.record_nack(
                     stream.node_id, state.sent_version, request.error_detail.message
                 )
             else:
@@ -209,7 +221,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             state.sent_version, state.sent_nonce, state.outstanding = version, nonce, True
         return responses
 
-    async def _report_ack(self, stream: _Stream) -> None:
+    def _report_ack(self, stream: _Stream) -> None:
         """Record the version once every watched type has acknowledged it."""
         versions = {s.acked_version for s in stream.types.values()}
         if len(versions) != 1:
@@ -217,4 +229,4 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         (version,) = versions
         if version and version != stream.reported_ack:
             stream.reported_ack = version
-            await self._executors.acked(stream.node_id, version)
+            self._executors.record_ack(stream.node_id, version)

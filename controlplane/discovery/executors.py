@@ -1,11 +1,19 @@
 """What the control plane knows of each executor: its connection, the snapshot version it
 acknowledged, the versions it rejected and why. Kept in the database so every replica
-sees it and a rejected version is never offered again to the same node."""
+sees it and a rejected version is never offered again to the same node.
+
+Streams report through ``record_*``: the records are written in order by one background
+writer, so a stream never waits on (or is cancelled in the middle of) a status write.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -13,6 +21,8 @@ from controlplane.registry.pagination import decode_token, page_size, paginate
 from controlplane.store import executors as executor_store
 from controlplane.store.database import Database
 from controlplane.store.executors import ExecutorRow
+
+log = logging.getLogger("pilothouse.discovery")
 
 # Rejected versions remembered per node; older ones are forgotten.
 NACKED_KEPT = 32
@@ -49,47 +59,79 @@ class ExecutorRegistry:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._streams: Counter[str] = Counter()
+        self._queue: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue()
+        self._writer = asyncio.create_task(self._write_in_order(), name="executor-status")
 
     async def connected(self, node_id: str, cluster: str) -> set[str]:
         """A stream from ``node_id`` opened; the versions it rejected before."""
         self._streams[node_id] += 1
-        async with self._db.transaction() as conn:
-            await executor_store.connect(conn, node_id, cluster, datetime.now(UTC))
-            row = await executor_store.get(conn, node_id)
-        assert row is not None
-        return set(json.loads(row.nacked_versions))
+        done: asyncio.Future[set[str]] = asyncio.get_running_loop().create_future()
 
-    async def acked(self, node_id: str, version: str) -> None:
-        async with self._db.transaction() as conn:
-            await executor_store.update(
-                conn, node_id, acked_version=version, last_seen_time=datetime.now(UTC)
-            )
+        async def write() -> None:
+            async with self._db.transaction() as conn:
+                await executor_store.connect(conn, node_id, cluster, datetime.now(UTC))
+                row = await executor_store.get(conn, node_id)
+            assert row is not None
+            if not done.done():
+                done.set_result(set(json.loads(row.nacked_versions)))
 
-    async def nacked(self, node_id: str, version: str, error: str) -> None:
-        now = datetime.now(UTC)
-        async with self._db.transaction() as conn:
-            row = await executor_store.get(conn, node_id)
-            kept = json.loads(row.nacked_versions) if row else []
-            kept = [v for v in kept if v != version][-(NACKED_KEPT - 1) :] + [version]
-            await executor_store.update(
-                conn,
-                node_id,
-                nacked_versions=json.dumps(kept),
-                last_nack_version=version,
-                last_nack_error=error,
-                last_nack_time=now,
-                last_seen_time=now,
-            )
+        self._queue.put_nowait(write)
+        return await done
 
-    async def disconnected(self, node_id: str) -> None:
+    def record_ack(self, node_id: str, version: str) -> None:
+        async def write() -> None:
+            async with self._db.transaction() as conn:
+                await executor_store.update(
+                    conn, node_id, acked_version=version, last_seen_time=datetime.now(UTC)
+                )
+
+        self._queue.put_nowait(write)
+
+    def record_nack(self, node_id: str, version: str, error: str) -> None:
+        async def write() -> None:
+            now = datetime.now(UTC)
+            async with self._db.transaction() as conn:
+                row = await executor_store.get(conn, node_id)
+                kept = json.loads(row.nacked_versions) if row else []
+                kept = [v for v in kept if v != version][-(NACKED_KEPT - 1) :] + [version]
+                await executor_store.update(
+                    conn,
+                    node_id,
+                    nacked_versions=json.dumps(kept),
+                    last_nack_version=version,
+                    last_nack_error=error,
+                    last_nack_time=now,
+                    last_seen_time=now,
+                )
+
+        self._queue.put_nowait(write)
+
+    def record_closed(self, node_id: str) -> None:
         self._streams[node_id] -= 1
         if self._streams[node_id] > 0:
             return
         del self._streams[node_id]
-        async with self._db.transaction() as conn:
-            await executor_store.update(
-                conn, node_id, connected=False, last_seen_time=datetime.now(UTC)
-            )
+
+        async def write() -> None:
+            async with self._db.transaction() as conn:
+                await executor_store.update(
+                    conn, node_id, connected=False, last_seen_time=datetime.now(UTC)
+                )
+
+        self._queue.put_nowait(write)
+
+    async def _write_in_order(self) -> None:
+        while (write := await self._queue.get()) is not None:
+            try:
+                await write()
+            except Exception:
+                log.exception("could not record executor status")
+
+    async def aclose(self) -> None:
+        """Write what is queued, then stop."""
+        self._queue.put_nowait(None)
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
 
     async def list_page(self, size: int, token: str) -> tuple[list[ExecutorStatus], str]:
         limit = page_size(size)

@@ -25,6 +25,8 @@ class SnapshotPublisher:
         self._current = Snapshot(revision=-1)
         self._newer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._task: asyncio.Task[None] | None = None
+        # One rebuild at a time, so a slow, older one never replaces a newer one.
+        self._building = asyncio.Lock()
 
     @property
     def current(self) -> Snapshot:
@@ -44,6 +46,10 @@ class SnapshotPublisher:
 
     async def refresh(self) -> bool:
         """Rebuild if the registry moved on; True when a new version was published."""
+        async with self._building:
+            return await self._rebuild()
+
+    async def _rebuild(self) -> bool:
         if await self._registry.revision() == self._current.revision:
             return False
         contents = await self._registry.export()

@@ -63,7 +63,7 @@ class ConfigWatcher:
         self._backoff = backoff
         self._check = check
         self._current: ExecutorConfig | None = None
-        self._changed = asyncio.Condition()
+        self._version_seen = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.connected = False
 
@@ -80,18 +80,18 @@ class ConfigWatcher:
             log.error("ignoring the last-known-good file: %s", e)
             saved = None
         if saved is not None:
-            await self._apply(saved, persist=False)
+            self._set(saved)
             log.info("serving the last-known-good snapshot", extra={"version": saved.version})
         self._task = asyncio.create_task(self._run(), name="config-watcher")
 
     async def wait_for(
         self, predicate: Callable[[ExecutorConfig], bool], timeout: float | None
     ) -> ExecutorConfig:
-        async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(
-                lambda: self._current is not None and predicate(self._current)
-            )
-            assert self._current is not None
+        """The configuration in force once ``predicate`` holds for it."""
+        async with asyncio.timeout(timeout):
+            while self._current is None or not predicate(self._current):
+                self._version_seen.clear()
+                await self._version_seen.wait()
             return self._current
 
     async def aclose(self) -> None:
@@ -100,12 +100,9 @@ class ConfigWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def _apply(self, config: ExecutorConfig, *, persist: bool) -> None:
-        if persist:
-            await lkg.save(self._lkg_path, config)
-        async with self._changed:
-            self._current = config
-            self._changed.notify_all()
+    def _set(self, config: ExecutorConfig) -> None:
+        self._current = config
+        self._version_seen.set()
 
     async def _run(self) -> None:
         attempt = 0
@@ -128,41 +125,44 @@ class ConfigWatcher:
 
     async def _session(self) -> AsyncIterator[str]:
         """One ADS stream; yields each applied version."""
-        outbox: asyncio.Queue[discovery_pb2.DiscoveryRequest] = asyncio.Queue()
-
-        async def requests() -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
-            while True:
-                yield await outbox.get()
-
+        call = self._stub.StreamAggregatedResources(metadata=self._metadata)
         have = self._current.version if self._current else ""
-        for type_url in TYPE_URLS:
-            outbox.put_nowait(
-                discovery_pb2.DiscoveryRequest(
-                    node=self._node, type_url=type_url, version_info=have
-                )
-            )
-        call = self._stub.StreamAggregatedResources(requests(), metadata=self._metadata)
         pending: dict[str, dict[str, discovery_pb2.DiscoveryResponse]] = {}
         try:
-            async for response in call:
+            for type_url in TYPE_URLS:
+                await call.write(
+                    discovery_pb2.DiscoveryRequest(
+                        node=self._node, type_url=type_url, version_info=have
+                    )
+                )
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:
+                    return
+                assert isinstance(response, discovery_pb2.DiscoveryResponse)
                 self.connected = True
                 round_ = pending.setdefault(response.version_info, {})
                 round_[response.type_url] = response
                 if len(round_) < len(TYPE_URLS):
                     continue
                 del pending[response.version_info]
-                applied = await self._answer(response.version_info, round_, outbox)
-                if applied:
-                    yield response.version_info
+                config, answers = self._answer(response.version_info, round_)
+                if config is not None:
+                    # On disk before it is acknowledged: an ACKed snapshot survives a restart.
+                    await lkg.save(self._lkg_path, config)
+                    self._set(config)
+                for request in answers:
+                    await call.write(request)
+                if config is not None:
+                    yield config.version
         finally:
             call.cancel()
 
-    async def _answer(
-        self,
-        version: str,
-        responses: dict[str, discovery_pb2.DiscoveryResponse],
-        outbox: asyncio.Queue[discovery_pb2.DiscoveryRequest],
-    ) -> bool:
+    def _answer(
+        self, version: str, responses: dict[str, discovery_pb2.DiscoveryResponse]
+    ) -> tuple[ExecutorConfig | None, list[discovery_pb2.DiscoveryRequest]]:
+        """Check a complete snapshot: the configuration to put in force (None when it is
+        rejected) and the ACKs, or NACKs carrying the previous version and the reason."""
         try:
             config = parse(version, {url: list(r.resources) for url, r in responses.items()})
             if self._check is not None:
@@ -170,28 +170,24 @@ class ConfigWatcher:
         except ConfigError as e:
             previous = self._current.version if self._current else ""
             log.error("rejecting snapshot %s: %s", version, e, extra={"version": version})
-            for url, response in responses.items():
-                outbox.put_nowait(
-                    discovery_pb2.DiscoveryRequest(
-                        node=self._node,
-                        type_url=url,
-                        version_info=previous,
-                        response_nonce=response.nonce,
-                        error_detail=status_pb2.Status(
-                            code=code_pb2.INVALID_ARGUMENT, message=str(e)
-                        ),
-                    )
-                )
-            return False
-        await self._apply(config, persist=True)
-        log.info("snapshot applied", extra={"version": version})
-        for url, response in responses.items():
-            outbox.put_nowait(
+            error = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(e))
+            return None, [
                 discovery_pb2.DiscoveryRequest(
                     node=self._node,
                     type_url=url,
-                    version_info=version,
+                    version_info=previous,
                     response_nonce=response.nonce,
+                    error_detail=error,
                 )
+                for url, response in responses.items()
+            ]
+        log.info("snapshot applied", extra={"version": version})
+        return config, [
+            discovery_pb2.DiscoveryRequest(
+                node=self._node,
+                type_url=url,
+                version_info=version,
+                response_nonce=response.nonce,
             )
-        return True
+            for url, response in responses.items()
+        ]
