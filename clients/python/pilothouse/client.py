@@ -15,6 +15,7 @@ from pilothouse.errors import ApiError
 from pilothouse.v1 import (
     agent_pb2_grpc,
     api_key_pb2_grpc,
+    discovery_pb2_grpc,
     model_pb2_grpc,
     prompt_pb2_grpc,
     tenant_pb2_grpc,
@@ -77,6 +78,7 @@ class Client:
         self.agents = agent_pb2_grpc.AgentRegistryServiceStub(self.channel)
         self.tenants = tenant_pb2_grpc.TenantServiceStub(self.channel)
         self.api_keys = api_key_pb2_grpc.ApiKeyServiceStub(self.channel)
+        self.executors = discovery_pb2_grpc.ExecutorServiceStub(self.channel)
 
     async def call(self, method: Callable[..., Awaitable[R]], request: Any) -> R:
         metadata = (

@@ -31,7 +31,7 @@ from pilothouse.cli.manifests import ManifestError, load
 from pilothouse.cli.usage import UsageError
 from pilothouse.client import Client, ClientConfig, TlsConfig
 from pilothouse.errors import ApiError
-from pilothouse.v1 import api_key_pb2, prompt_pb2
+from pilothouse.v1 import api_key_pb2, discovery_pb2, prompt_pb2
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument("label")
     label.add_argument("version", help="version id (16 hex digits) or full name")
 
+    sub.add_parser(
+        "executors", help="executors and the configuration they acknowledged", parents=[common]
+    ).add_argument("-o", "--output", **fmt)  # type: ignore[arg-type]
+
     keys = sub.add_parser("keys", help="API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser(
@@ -154,6 +158,8 @@ async def run(ns: argparse.Namespace) -> int:
             return await _delete(client, ns)
         if ns.command == "prompt":
             return await _prompt(client, ns)
+        if ns.command == "executors":
+            return await _executors(client, ns)
         return await _keys(client, ns)
 
 
@@ -266,6 +272,44 @@ async def _prompt(client: Client, ns: argparse.Namespace) -> int:
         print(f"label {ns.label} of {name} already points at {after}")
     else:
         print(f"label {ns.label} of {name}: {before} -> {after}")
+    return 0
+
+
+async def _executors(client: Client, ns: argparse.Namespace) -> int:
+    executors: list[Any] = []
+    token = ""
+    while True:
+        response = await client.call(
+            client.executors.ListExecutors,
+            discovery_pb2.ListExecutorsRequest(page_size=500, page_token=token),
+        )
+        executors += list(response.executors)
+        token = response.next_page_token
+        if not token:
+            break
+    if ns.output != "table":
+        data = {
+            "current_version": response.current_version,
+            "executors": [output.as_dict(e) for e in executors],
+        }
+        print(output.dump(data, ns.output))
+        return 0
+    print(f"Control plane serves version {response.current_version or '(none)'}.")
+    if not executors:
+        print("No executors have connected.")
+        return 0
+    rows = [
+        [
+            e.node_id,
+            e.cluster,
+            "yes" if e.connected else "no",
+            e.acked_version or "-",
+            "yes" if e.acked_version == response.current_version else "no",
+            f"{e.last_nack_version}: {e.last_nack_error}" if e.last_nack_version else "-",
+        ]
+        for e in executors
+    ]
+    print(output.table(["NODE", "CLUSTER", "CONNECTED", "ACKED", "CURRENT", "LAST NACK"], rows))
     return 0
 
 

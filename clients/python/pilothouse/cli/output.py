@@ -33,7 +33,11 @@ def render(kind: Kind, items: list[Any], fmt: str, *, single: bool) -> str:
         if not items:
             return f"No {kind.plural.lower()} found."
         return table([h for h, _ in kind.columns], [[f(m) for _, f in kind.columns] for m in items])
-    data: Any = as_dict(items[0]) if single else [as_dict(m) for m in items]
+    return dump(as_dict(items[0]) if single else [as_dict(m) for m in items], fmt)
+
+
+def dump(data: Any, fmt: str) -> str:
+    """``data`` as JSON or YAML."""
     if fmt == "json":
         return json.dumps(data, indent=2)
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip()

@@ -1,0 +1,78 @@
+"""The executor's own checks of a snapshot."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import any_pb2
+
+from dataplane.config.snapshot import TYPE_PREFIX, ConfigError, ExecutorConfig, parse
+from dataplane.config.watcher import Backoff
+from pilothouse.v1 import agent_pb2, model_pb2, prompt_pb2, tool_pb2
+
+
+def pack(*messages: object) -> dict[str, list[any_pb2.Any]]:
+    out: dict[str, list[any_pb2.Any]] = {}
+    for m in messages:
+        a = any_pb2.Any()
+        a.Pack(m)  # type: ignore[arg-type]
+        out.setdefault(a.type_url, []).append(a)
+    return out
+
+
+def config(*extra: object, schema: dict[str, object] | None = None) -> dict[str, list[any_pb2.Any]]:
+    tool = tool_pb2.Tool(name="tenants/a/tools/t", kind=tool_pb2.TOOL_KIND_BUILTIN, endpoint="echo")
+    tool.input_schema.update(schema or {"type": "object"})
+    version = prompt_pb2.PromptVersion(
+        name="tenants/a/prompts/p/versions/0123456789abcdef",
+        template="hi",
+        model_route="tenants/a/modelRoutes/r",
+    )
+    return pack(
+        tool,
+        model_pb2.Model(name="tenants/a/models/m"),
+        model_pb2.ModelRoute(
+            name="tenants/a/modelRoutes/r",
+            targets=[model_pb2.ModelRouteTarget(model="tenants/a/models/m", weight=1)],
+        ),
+        version,
+        prompt_pb2.Prompt(name="tenants/a/prompts/p", labels={"production": version.name}),
+        agent_pb2.Agent(name="tenants/a/agents/x", prompt="tenants/a/prompts/p", tools=[tool.name]),
+        *extra,
+    )
+
+
+def test_a_consistent_snapshot_parses_and_round_trips() -> None:
+    parsed = parse("v1", config())
+    agent = parsed.get(agent_pb2.Agent, "tenants/a/agents/x")
+    assert agent is not None
+    version = parsed.agent_prompt_version(agent)
+    assert version is not None and version.template == "hi"
+    again = ExecutorConfig.from_proto(parsed.to_proto())
+    assert again.version == "v1" and again.get(tool_pb2.Tool, "tenants/a/tools/t") is not None
+
+
+def test_missing_references_and_bad_schemas_are_rejected() -> None:
+    dangling = agent_pb2.Agent(
+        name="tenants/a/agents/y", prompt="tenants/a/prompts/p", tools=["tenants/a/tools/nope"]
+    )
+    with pytest.raises(ConfigError, match="missing Tool tenants/a/tools/nope"):
+        parse("v2", config(dangling))
+    with pytest.raises(ConfigError, match="not a valid JSON Schema"):
+        parse("v3", config(schema={"type": "objekt"}))
+
+
+def test_resources_must_match_their_type() -> None:
+    resources = config()
+    tool_url = TYPE_PREFIX + "Tool"
+    resources[TYPE_PREFIX + "Model"].append(resources[tool_url][0])
+    with pytest.raises(ConfigError, match="came as"):
+        parse("v4", resources)
+
+
+def test_backoff_grows_is_capped_and_jittered() -> None:
+    backoff = Backoff(initial=0.1, maximum=1.0)
+    for attempt in range(12):
+        bound = min(1.0, 0.1 * 2**attempt)
+        delays = [backoff.delay(attempt) for _ in range(50)]
+        assert all(0 <= d <= bound for d in delays)
+        assert len(set(delays)) > 1
