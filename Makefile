@@ -39,7 +39,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 
 typecheck: $(BIN)/.installed
-	$(BIN)/mypy controlplane dataplane clients/python/pilothouse
+	$(BIN)/mypy controlplane dataplane storekit clients/python/pilothouse
 
 buf: node_modules/.installed
 	$(BUF) lint

@@ -8,11 +8,11 @@ import asyncio
 from controlplane import config, logs
 from controlplane.auth import keys
 from controlplane.server import serve
-from controlplane.store.database import Database
+from controlplane.store.database import open_database
 
 
 async def _migrate(settings: config.Settings) -> None:
-    db = Database(settings.database_url)
+    db = open_database(settings.database_url)
     try:
         await db.migrate()
         print(f"database at revision {await db.current_revision()}")

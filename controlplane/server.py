@@ -29,7 +29,7 @@ from controlplane.config import Settings
 from controlplane.discovery.executors import ExecutorRegistry
 from controlplane.discovery.publisher import SnapshotPublisher
 from controlplane.registry.service import Registry
-from controlplane.store.database import Database
+from controlplane.store.database import Database, open_database
 from pilothouse.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -86,7 +86,7 @@ class ControlPlane:
 
     @classmethod
     async def start(cls, settings: Settings) -> ControlPlane:
-        db = Database(settings.database_url)
+        db = open_database(settings.database_url)
         try:
             await db.migrate()
             api_keys = ApiKeys(db, cache_ttl=settings.auth_cache_ttl)

@@ -10,7 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
-from controlplane.store.database import Database
+from controlplane.store.database import open_database
 from controlplane.store.schema import metadata
 
 
@@ -20,7 +20,7 @@ def _diff(connection: Connection) -> list[Any]:
 
 
 async def test_migrations_match_the_schema(database_url: str) -> None:
-    db = Database(database_url)
+    db = open_database(database_url)
     try:
         await asyncio.gather(db.migrate(), db.migrate())
         await db.migrate()

@@ -1,5 +1,6 @@
 """Imports flow one way: api → domain → store; controlplane, dataplane and the Python
-client never import each other; only the API edge touches generated stubs or grpc."""
+client never import each other (they may share storekit, which knows none of them);
+only the API edge touches generated stubs or grpc."""
 
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ def test_packages_meet_only_at_the_contract() -> None:
     assert _offenders("controlplane", "*", ("dataplane",)) == []
     assert _offenders("dataplane", "*", ("controlplane",)) == []
     assert _offenders("pilothouse", "*", ("controlplane", "dataplane")) == []
+
+
+def test_storekit_serves_both_and_knows_neither() -> None:
+    assert _offenders("storekit", "*", ("controlplane", "dataplane", "pilothouse", "grpc")) == []
 
 
 def test_store_knows_nothing_above_it() -> None:
