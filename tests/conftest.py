@@ -31,9 +31,7 @@ from pilothouse.v1 import (
 PG_ENV = "PILOTHOUSE_TEST_PG_DSN"
 
 
-@pytest.fixture(scope="session")
-async def pg_url() -> AsyncIterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+async def _fresh_pg_database() -> AsyncIterator[str]:
     dsn = os.environ.get(PG_ENV)
     if not dsn:
         pytest.skip(f"{PG_ENV} is not set: PostgreSQL backend tests skipped")
@@ -51,6 +49,30 @@ async def pg_url() -> AsyncIterator[str]:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def pg_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for the control plane in this session, dropped after."""
+    async for url in _fresh_pg_database():
+        yield url
+
+
+@pytest.fixture(scope="session")
+async def pg_run_url() -> AsyncIterator[str]:
+    """Another fresh PostgreSQL database, for the executors' run store."""
+    async for url in _fresh_pg_database():
+        yield url
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def run_database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path_factory.mktemp('runs') / 'runs.db'}"
+    url: str = request.getfixturevalue("pg_run_url")
+    return url
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])

@@ -1,0 +1,118 @@
+"""Runs as the run store hands them out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class RunState(StrEnum):
+    QUEUED = "queued"
+    """Waiting for an executor to claim it."""
+    RUNNING = "running"
+    """Held by an executor under a lease."""
+    WAITING_APPROVAL = "waiting_approval"
+    """Paused on a tool call a person must decide on; no executor holds it."""
+    FINISHED = "finished"
+
+
+class StopReason(StrEnum):
+    NONE = ""
+    COMPLETED = "completed"
+    MAX_STEPS = "max_steps"
+    BUDGET_EXCEEDED = "budget_exceeded"
+    CANCELLED = "cancelled"
+    DENIED = "denied"
+    FAILED = "failed"
+    DEAD_LETTERED = "dead_lettered"
+
+
+class CallState(StrEnum):
+    STARTED = "started"
+    """Written before the call is made: it may have had its effect."""
+    COMPLETED = "completed"
+    FAILED = "failed"
+    AWAITING_APPROVAL = "awaiting_approval"
+    APPROVED = "approved"
+    DENIED = "denied"
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    tenant: str
+    agent: str
+    state: RunState
+    stop_reason: StopReason
+    stop_detail: str
+    request: dict[str, Any]
+    """What the run was started with: input, variables, budget, the resolved configuration."""
+    idempotency_key: str | None
+    session_id: str
+    user_id: str
+    step: int
+    """Steps completed and checkpointed."""
+    usage: dict[str, Any]
+    final_answer: str
+    attempts: int
+    """Times an executor lost the run (crashed, stuck) or failed it and it was retried."""
+    lease_owner: str
+    lease_expires_at: datetime | None
+    fencing_token: int
+    available_at: datetime
+    deadline_at: datetime | None
+    cancel_requested: bool
+    created_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """An executor's hold on a run. Every write it makes for the run carries ``token``."""
+
+    run_id: str
+    owner: str
+    token: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    seq: int
+    step: int
+    delta: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ToolCallRecord:
+    step: int
+    call_index: int
+    call_id: str
+    tool: str
+    arguments: dict[str, Any]
+    state: CallState
+    result: Any
+    error: str
+    attempts: int
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    seq: int
+    time: datetime
+    type: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to append in a fenced write."""
+
+    type: str
+    payload: dict[str, Any]

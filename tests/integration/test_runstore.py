@@ -1,0 +1,212 @@
+"""The run store, on SQLite and PostgreSQL: claims, leases, fencing, checkpoints, the
+journal, approvals, cancellation and dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+
+from dataplane.runstore.database import open_run_database
+from dataplane.runstore.errors import IdempotencyConflict, LeaseLost
+from dataplane.runstore.model import CallState, NewEvent, RunState, StopReason
+from dataplane.runstore.store import NewRun, RunStore
+from storekit.database import Database
+
+
+@pytest.fixture
+async def db(run_database_url: str) -> AsyncIterator[Database]:
+    database = open_run_database(run_database_url)
+    await database.migrate()
+    yield database
+    await database.aclose()
+
+
+def tenant() -> str:
+    return f"t-{os.urandom(4).hex()}"
+
+
+def new_run(t: str, **kwargs: object) -> NewRun:
+    return NewRun(tenant=t, agent=f"tenants/{t}/agents/a", request={"input": "hi"}, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_idempotency_key_returns_the_same_run(db: Database) -> None:
+    store = RunStore(db)
+    t = tenant()
+    first, _, created = await store.create(new_run(t, idempotency_key="order-1"))
+    again, lease, created_again = await store.create(new_run(t, idempotency_key="order-1"))
+    assert created and not created_again and lease is None
+    assert again.id == first.id
+    other, _, created_other = await store.create(new_run(tenant(), idempotency_key="order-1"))
+    assert created_other and other.id != first.id, "keys are per tenant"
+    with pytest.raises(IdempotencyConflict):
+        await store.create(NewRun(t, f"tenants/{t}/agents/b", {}, idempotency_key="order-1"))
+
+
+async def test_each_run_is_claimed_exactly_once_under_contention(
+    db: Database, run_database_url: str
+) -> None:
+    t = tenant()
+    store = RunStore(db)
+    ids = {(await store.create(new_run(t)))[0].id for _ in range(30)}
+    # Several executors, each with its own connection pool, race for the queue.
+    pools = [open_run_database(run_database_url) for _ in range(4)]
+    claimed: Counter[str] = Counter()
+
+    async def executor(pool: Database, name: str) -> None:
+        mine = RunStore(pool)
+        while (got := await mine.claim(name)) is not None:
+            lease, run = got
+            if run.tenant == t:
+                claimed[run.id] += 1
+
+    try:
+        await asyncio.gather(*(executor(p, f"exec-{i}") for i, p in enumerate(pools)))
+    finally:
+        for p in pools:
+            await p.aclose()
+    assert set(claimed) >= ids
+    assert all(count == 1 for run_id, count in claimed.items() if run_id in ids)
+
+
+async def test_an_expired_lease_moves_on_and_the_old_holder_is_fenced_off(db: Database) -> None:
+    store = RunStore(db, lease_ttl=timedelta(milliseconds=200))
+    t = tenant()
+    run, lease_a, _ = await store.create(new_run(t, queued=False), owner="a")
+    assert lease_a is not None and lease_a.token == 1
+    lease_a = await store.renew(lease_a)
+    await asyncio.sleep(0.3)
+    got = await store.claim("b", run_id=run.id)
+    assert got is not None
+    lease_b, claimed = got
+    assert lease_b.token == 2 and claimed.attempts == 1 and claimed.lease_owner == "b"
+    with pytest.raises(LeaseLost):
+        await store.checkpoint(lease_a, step=1, delta={"x": 1}, usage={})
+    with pytest.raises(LeaseLost):
+        await store.renew(lease_a)
+    with pytest.raises(LeaseLost):
+        await store.finish(lease_a, StopReason.COMPLETED)
+    await store.checkpoint(lease_b, step=1, delta={"x": 2}, usage={"tokens": 3})
+    cps, _ = await store.history(run.id)
+    assert [cp.delta for cp in cps] == [{"x": 2}]
+    assert await store.claim("c", run_id=run.id) is None, "a live lease is not claimable"
+
+
+async def test_checkpoints_grow_linearly_and_replay_in_order(db: Database) -> None:
+    store = RunStore(db)
+    run, lease, _ = await store.create(new_run(tenant(), queued=False), owner="a")
+    assert lease is not None
+    for step in range(1, 21):
+        lease = await store.checkpoint(
+            lease,
+            step=step,
+            delta={"messages": [{"role": "assistant", "content": "x" * 100}]},
+            usage={"steps": step},
+            events=[NewEvent("step_finished", {"step": step})],
+        )
+    cps, _ = await store.history(run.id)
+    assert [cp.step for cp in cps] == list(range(1, 21))
+    sizes = {len(json.dumps(cp.delta)) for cp in cps}
+    assert len(sizes) == 1, "each checkpoint holds only what its step added"
+    current = await store.get(run.id)
+    assert current.step == 20 and current.usage == {"steps": 20}
+    events = await store.events(run.id)
+    assert [e.seq for e in events] == list(range(1, 21))
+    assert [e.payload["step"] for e in await store.events(run.id, after=18)] == [19, 20]
+
+
+async def test_journal_survives_a_change_of_holder(db: Database) -> None:
+    store = RunStore(db, lease_ttl=timedelta(milliseconds=200))
+    run, lease, _ = await store.create(new_run(tenant(), queued=False), owner="a")
+    assert lease is not None
+    call = {"step": 1, "call_index": 0, "call_id": "c1", "tool": "refund", "arguments": {"id": 7}}
+    await store.record_call(lease, state=CallState.STARTED, **call)  # type: ignore[arg-type]
+    await asyncio.sleep(0.3)  # the holder dies after the call went out
+    got = await store.claim("b", run_id=run.id)
+    assert got is not None
+    lease_b, _ = got
+    _, journal = await store.history(run.id)
+    assert [(c.state, c.attempts) for c in journal] == [(CallState.STARTED, 1)]
+    await store.record_call(lease_b, state=CallState.STARTED, **call)  # type: ignore[arg-type]
+    await store.record_call(
+        lease_b,
+        state=CallState.COMPLETED,
+        result={"refund": "ok"},
+        **call,  # type: ignore[arg-type]
+    )
+    _, journal = await store.history(run.id)
+    (entry,) = journal
+    assert entry.state is CallState.COMPLETED and entry.attempts == 2
+    assert entry.result == {"refund": "ok"} and entry.arguments == {"id": 7}
+    with pytest.raises(LeaseLost):
+        await store.record_call(lease, state=CallState.FAILED, **call)  # type: ignore[arg-type]
+
+
+async def test_runs_lost_too_often_are_dead_lettered(db: Database) -> None:
+    store = RunStore(db, lease_ttl=timedelta(milliseconds=100), max_attempts=2)
+    run, _, _ = await store.create(new_run(tenant()))
+    assert await store.claim("a", run_id=run.id) is not None
+    await asyncio.sleep(0.15)
+    assert await store.claim("b", run_id=run.id) is not None  # lost once
+    await asyncio.sleep(0.15)
+    assert await store.claim("c", run_id=run.id) is None  # lost twice: dead letter
+    final = await store.get(run.id)
+    assert final.state is RunState.FINISHED and final.stop_reason is StopReason.DEAD_LETTERED
+    assert (await store.events(run.id))[-1].payload["reason"] == "dead_lettered"
+
+
+async def test_a_released_run_waits_its_turn_then_counts_the_failure(db: Database) -> None:
+    store = RunStore(db, max_attempts=2)
+    run, lease, _ = await store.create(new_run(tenant(), queued=False), owner="a")
+    assert lease is not None
+    again = await store.release(lease, retry_after=timedelta(milliseconds=200), error="boom")
+    assert again.state is RunState.QUEUED and again.attempts == 1
+    assert await store.claim("b", run_id=run.id) is None
+    await asyncio.sleep(0.25)
+    got = await store.claim("b", run_id=run.id)
+    assert got is not None
+    final = await store.release(got[0], retry_after=timedelta(0), error="boom again")
+    assert final.stop_reason is StopReason.DEAD_LETTERED and "boom again" in final.stop_detail
+
+
+async def test_approval_waits_hold_no_lease(db: Database) -> None:
+    store = RunStore(db)
+    run, lease, _ = await store.create(new_run(tenant(), queued=False), owner="a")
+    assert lease is not None
+    await store.wait_for_approval(lease, [NewEvent("approval_required", {"call": "c1"})])
+    waiting = await store.get(run.id)
+    assert waiting.state is RunState.WAITING_APPROVAL and waiting.lease_owner == ""
+    assert await store.claim("b", run_id=run.id) is None
+    assert await store.make_claimable(run.id)
+    assert not await store.make_claimable(run.id), "only a waiting run is released"
+    got = await store.claim("b", run_id=run.id)
+    assert got is not None and got[0].token == lease.token + 1
+    assert got[1].attempts == 0, "a pause is not a failure"
+
+
+async def test_cancellation(db: Database) -> None:
+    store = RunStore(db)
+    queued, _, _ = await store.create(new_run(tenant()))
+    cancelled = await store.request_cancel(queued.id)
+    assert cancelled.state is RunState.FINISHED and cancelled.stop_reason is StopReason.CANCELLED
+    running, lease, _ = await store.create(new_run(tenant(), queued=False), owner="a")
+    assert lease is not None
+    flagged = await store.request_cancel(running.id)
+    assert flagged.state is RunState.RUNNING and flagged.cancel_requested
+    await store.finish(lease, StopReason.CANCELLED, detail="asked to stop")
+    assert (await store.get(running.id)).stop_reason is StopReason.CANCELLED
+
+
+async def test_listing_is_per_tenant_newest_first(db: Database) -> None:
+    store = RunStore(db)
+    t = tenant()
+    made = [(await store.create(new_run(t)))[0] for _ in range(5)]
+    await store.create(new_run(tenant()))
+    page = await store.list_runs(t, before=None, limit=3)
+    rest = await store.list_runs(t, before=(page[-1].created_at, page[-1].id), limit=3)
+    assert [r.id for r in page + rest] == [r.id for r in reversed(made)]
