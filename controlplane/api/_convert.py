@@ -234,7 +234,43 @@ def model_from_proto(m: model_pb2.Model) -> r.Model:
         context_window=m.context_window,
         max_output_tokens=m.max_output_tokens,
         api_key_env=m.api_key_env,
+        scripted=_scripted_from_proto(m.scripted) if m.HasField("scripted") else None,
     )
+
+
+def _scripted_from_proto(m: model_pb2.ScriptedModel) -> r.ScriptedModel:
+    return r.ScriptedModel(
+        rules=tuple(
+            r.ScriptedRule(
+                on_step=rule.on_step,
+                input_contains=rule.input_contains,
+                last_tool_result_contains=rule.last_tool_result_contains,
+                answer=rule.answer,
+                tool_calls=tuple(
+                    r.ScriptedToolCall(call.tool, struct_to_dict(call.arguments))
+                    for call in rule.tool_calls
+                ),
+                fail_with_status=rule.fail_with_status,
+                latency=_duration(rule, "latency"),
+            )
+            for rule in m.rules
+        )
+    )
+
+
+def _scripted_to_proto(s: r.ScriptedModel, target: model_pb2.ScriptedModel) -> None:
+    target.SetInParent()
+    for rule in s.rules:
+        out = target.rules.add(
+            on_step=rule.on_step,
+            input_contains=rule.input_contains,
+            last_tool_result_contains=rule.last_tool_result_contains,
+            answer=rule.answer,
+            fail_with_status=rule.fail_with_status,
+        )
+        _set_duration(out.latency, rule.latency)
+        for call in rule.tool_calls:
+            dict_to_struct(call.arguments, out.tool_calls.add(tool=call.tool).arguments)
 
 
 def model_to_proto(record: Record[r.Model]) -> model_pb2.Model:
@@ -249,6 +285,8 @@ def model_to_proto(record: Record[r.Model]) -> model_pb2.Model:
         max_output_tokens=s.max_output_tokens,
         api_key_env=s.api_key_env,
     )
+    if s.scripted is not None:
+        _scripted_to_proto(s.scripted, m.scripted)
     _meta(m, record, kinds.MODEL)
     return m
 

@@ -106,6 +106,21 @@ def _check_model(m: r.Model, v: Violations) -> None:
         v.add("max_output_tokens", f"must not exceed context_window ({m.context_window})")
     if m.api_key_env and not ENV_PATTERN.match(m.api_key_env):
         v.add("api_key_env", f"{m.api_key_env!r} is not an environment variable name")
+    if m.scripted is not None:
+        if m.provider is not r.ModelProvider.SCRIPTED:
+            v.add("scripted", "is only meaningful for the scripted provider")
+        for i, rule in enumerate(m.scripted.rules):
+            where = f"scripted.rules[{i}]"
+            replies = sum((bool(rule.answer), bool(rule.tool_calls), bool(rule.fail_with_status)))
+            if replies != 1:
+                v.add(where, "needs exactly one of answer, tool_calls, fail_with_status")
+            if rule.fail_with_status and not 400 <= rule.fail_with_status <= 599:
+                v.add(f"{where}.fail_with_status", "must be an HTTP error status (400-599)")
+            if rule.on_step < 0:
+                v.add(f"{where}.on_step", "must be at least 0")
+            v.duration(f"{where}.latency", rule.latency, maximum=timedelta(minutes=5))
+            for j, call in enumerate(rule.tool_calls):
+                v.id(f"{where}.tool_calls[{j}].tool", call.tool)
 
 
 def _check_route(m: r.ModelRoute, v: Violations) -> None:

@@ -90,6 +90,28 @@ class ModelProvider(StrEnum):
 
 
 @dataclass(frozen=True)
+class ScriptedToolCall:
+    tool: str = ""
+    arguments: JsonObject = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScriptedRule:
+    on_step: int = 0
+    input_contains: str = ""
+    last_tool_result_contains: str = ""
+    answer: str = ""
+    tool_calls: tuple[ScriptedToolCall, ...] = ()
+    fail_with_status: int = 0
+    latency: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class ScriptedModel:
+    rules: tuple[ScriptedRule, ...] = ()
+
+
+@dataclass(frozen=True)
 class Model:
     provider: ModelProvider = ModelProvider.UNSPECIFIED
     endpoint: str = ""
@@ -99,6 +121,7 @@ class Model:
     context_window: int = 0
     max_output_tokens: int = 0
     api_key_env: str = ""
+    scripted: ScriptedModel | None = None
 
 
 @dataclass(frozen=True)

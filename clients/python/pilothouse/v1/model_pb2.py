@@ -22,65 +22,73 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pilothouse/v1/model.proto\x12\rpilothouse.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xea\x02\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x08provider\x18\x02 \x01(\x0e\x32\x1c.pilothouse.v1.ModelProvider\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x16\n\x0eprovider_model\x18\x04 \x01(\t\x12\x1f\n\x17input_price_per_million\x18\x05 \x01(\t\x12 \n\x18output_price_per_million\x18\x06 \x01(\t\x12\x16\n\x0e\x63ontext_window\x18\x07 \x01(\x05\x12\x19\n\x11max_output_tokens\x18\x08 \x01(\x05\x12\x13\n\x0b\x61pi_key_env\x18\t \x01(\t\x12\x0c\n\x04\x65tag\x18\n \x01(\t\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"1\n\x10ModelRouteTarget\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x05\"\xcf\x01\n\nModelRoute\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\x07targets\x18\x02 \x03(\x0b\x32\x1f.pilothouse.v1.ModelRouteTarget\x12\x11\n\tfallbacks\x18\x03 \x03(\t\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"7\n\x10GetModelResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.pilothouse.v1.Model\"J\n\x11ListModelsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"S\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.pilothouse.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"[\n\x12\x43reateModelRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12#\n\x05model\x18\x03 \x01(\x0b\x32\x14.pilothouse.v1.Model\":\n\x13\x43reateModelResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.pilothouse.v1.Model\"j\n\x12UpdateModelRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.pilothouse.v1.Model\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\":\n\x13UpdateModelResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.pilothouse.v1.Model\"0\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x15\n\x13\x44\x65leteModelResponse\"$\n\x14GetModelRouteRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"G\n\x15GetModelRouteResponse\x12.\n\x0bmodel_route\x18\x01 \x01(\x0b\x32\x19.pilothouse.v1.ModelRoute\"O\n\x16ListModelRoutesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"c\n\x17ListModelRoutesResponse\x12/\n\x0cmodel_routes\x18\x01 \x03(\x0b\x32\x19.pilothouse.v1.ModelRoute\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"q\n\x17\x43reateModelRouteRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x16\n\x0emodel_route_id\x18\x02 \x01(\t\x12.\n\x0bmodel_route\x18\x03 \x01(\x0b\x32\x19.pilothouse.v1.ModelRoute\"J\n\x18\x43reateModelRouteResponse\x12.\n\x0bmodel_route\x18\x01 \x01(\x0b\x32\x19.pilothouse.v1.ModelRoute\"z\n\x17UpdateModelRouteRequest\x12.\n\x0bmodel_route\x18\x01 \x01(\x0b\x32\x19.pilothouse.v1.ModelRoute\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"J\n\x18UpdateModelRouteResponse\x12.\n\x0bmodel_route\x18\x01 \x01(\x0b\x32\x19.pilothouse.v1.ModelRoute\"5\n\x17\x44\x65leteModelRouteRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x1a\n\x18\x44\x65leteModelRouteResponse*g\n\rModelProvider\x12\x1e\n\x1aMODEL_PROVIDER_UNSPECIFIED\x10\x00\x12\x19\n\x15MODEL_PROVIDER_OPENAI\x10\x01\x12\x1b\n\x17MODEL_PROVIDER_SCRIPTED\x10\x02\x32\x9d\x07\n\x0cModelService\x12K\n\x08GetModel\x12\x1e.pilothouse.v1.GetModelRequest\x1a\x1f.pilothouse.v1.GetModelResponse\x12Q\n\nListModels\x12 .pilothouse.v1.ListModelsRequest\x1a!.pilothouse.v1.ListModelsResponse\x12T\n\x0b\x43reateModel\x12!.pilothouse.v1.CreateModelRequest\x1a\".pilothouse.v1.CreateModelResponse\x12T\n\x0bUpdateModel\x12!.pilothouse.v1.UpdateModelRequest\x1a\".pilothouse.v1.UpdateModelResponse\x12T\n\x0b\x44\x65leteModel\x12!.pilothouse.v1.DeleteModelRequest\x1a\".pilothouse.v1.DeleteModelResponse\x12Z\n\rGetModelRoute\x12#.pilothouse.v1.GetModelRouteRequest\x1a$.pilothouse.v1.GetModelRouteResponse\x12`\n\x0fListModelRoutes\x12%.pilothouse.v1.ListModelRoutesRequest\x1a&.pilothouse.v1.ListModelRoutesResponse\x12\x63\n\x10\x43reateModelRoute\x12&.pilothouse.v1.CreateModelRouteRequest\x1a\'.pilothouse.v1.CreateModelRouteResponse\x12\x63\n\x10UpdateModelRoute\x12&.pilothouse.v1.UpdateModelRouteRequest\x1a\'.pilothouse.v1.UpdateModelRouteResponse\x12\x63\n\x10\x44\x65leteModelRoute\x12&.pilothouse.v1.DeleteModelRouteRequest\x1a\'.pilothouse.v1.DeleteModelRouteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pilothouse/v1/model.proto\x12\rpilothouse.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9a\x03\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x08provider\x18\x02 \x01(\x0e\x32\x1c.pilothouse.v1.ModelProvider\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x16\n\x0eprovider_model\x18\x04 \x01(\t\x12\x1f\n\x17input_price_per_million\x18\x05 \x01(\t\x12 \n\x18output_price_per_million\x18\x06 \x01(\t\x12\x16\n\x0e\x63ontext_window\x18\x07 \x01(\x05\x12\x19\n\x11max_output_tokens\x18\x08 \x01(\x05\x12\x13\n\x0b\x61pi_key_env\x18\t \x01(\t\x12\x0c\n\x04\x65tag\x18\n \x01(\t\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x08scripted\x18\r \x01(\x0b\x32\x1c.pilothouse.v1.ScriptedModel\";\n\rScriptedModel\x12*\n\x05rules\x18\x01 \x03(\x0b\x32\x1b.pilothouse.v1.ScriptedRule\"\xe5\x01\n\x0cScriptedRule\x12\x0f\n\x07on_step\x18\x01 \x01(\x05\x12\x16\n\x0einput_contains\x18\x02 \x01(\t\x12!\n\x19last_tool_result_contains\x18\x03 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x04 \x01(\t\x12\x33\n\ntool_calls\x18\x05 \x03(\x0b\x32\x1f.pilothouse.v1.ScriptedToolCall\x12\x18\n\x10\x66\x61il_with_status\x18\x06 \x01(\x05\x12*\n\x07latency\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\"L\n\x10ScriptedToolCall\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12*\n\targuments\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"1\n\x10ModelRouteTarget\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x05\"\xcf\x01\n\nModelRoute\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x30\n\x07targets\x18\x02 \x03(\x0b\x32\x1f.pilothouse.v1.ModelRouteTarget\x12\x11\n\tfallbacks\x18\x03 \x03(\t\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"7\n\x10GetModelResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.pilothouse.v1.Model\"J\n\x11ListModelsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"S\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.pilothouse.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"[\n\x12\x43reateModelRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12#\n\x05model\x18\x03 \x01(\x0b\x32\x14.pilothouse.v1.Model\":\n\x13\x43reateModelResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.pilothouse.v1.Model\"j\n\x12UpdateModelRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.pilothouse.v1.Model\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\":\n\x13UpdateModelResponse\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.pilothouse.v1.Model\"0\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x15\n\x13\x44\x65leteModelResponse\"$\n\x14GetModelRouteRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"G\n\x15GetModelRouteResponse\x12.\n\x0bmodel_route\x18\x01 \x01(\x0b\x32\x19.pilothouse.v1.ModelRoute\"O\n\x16ListModelRoutesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"c\n\x17ListModelRoutesResponse\x12/\n\x0cmodel_routes\x18\x01 \x03(\x0b\x32\x19.pilothouse.v1.ModelRoute\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"q\n\x17\x43reateModelRouteRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x16\n\x0emodel_route_id\x18\x02 \x01(\t\x12.\n\x0bmodel_route\x18\x03 \x01(\x0b\x32\x19.pilothouse.v1.ModelRoute\"J\n\x18\x43reateModelRouteResponse\x12.\n\x0bmodel_route\x18\x01 \x01(\x0b\x32\x19.pilothouse.v1.ModelRoute\"z\n\x17UpdateModelRouteRequest\x12.\n\x0bmodel_route\x18\x01 \x01(\x0b\x32\x19.pilothouse.v1.ModelRoute\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"J\n\x18UpdateModelRouteResponse\x12.\n\x0bmodel_route\x18\x01 \x01(\x0b\x32\x19.pilothouse.v1.ModelRoute\"5\n\x17\x44\x65leteModelRouteRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x1a\n\x18\x44\x65leteModelRouteResponse*g\n\rModelProvider\x12\x1e\n\x1aMODEL_PROVIDER_UNSPECIFIED\x10\x00\x12\x19\n\x15MODEL_PROVIDER_OPENAI\x10\x01\x12\x1b\n\x17MODEL_PROVIDER_SCRIPTED\x10\x02\x32\x9d\x07\n\x0cModelService\x12K\n\x08GetModel\x12\x1e.pilothouse.v1.GetModelRequest\x1a\x1f.pilothouse.v1.GetModelResponse\x12Q\n\nListModels\x12 .pilothouse.v1.ListModelsRequest\x1a!.pilothouse.v1.ListModelsResponse\x12T\n\x0b\x43reateModel\x12!.pilothouse.v1.CreateModelRequest\x1a\".pilothouse.v1.CreateModelResponse\x12T\n\x0bUpdateModel\x12!.pilothouse.v1.UpdateModelRequest\x1a\".pilothouse.v1.UpdateModelResponse\x12T\n\x0b\x44\x65leteModel\x12!.pilothouse.v1.DeleteModelRequest\x1a\".pilothouse.v1.DeleteModelResponse\x12Z\n\rGetModelRoute\x12#.pilothouse.v1.GetModelRouteRequest\x1a$.pilothouse.v1.GetModelRouteResponse\x12`\n\x0fListModelRoutes\x12%.pilothouse.v1.ListModelRoutesRequest\x1a&.pilothouse.v1.ListModelRoutesResponse\x12\x63\n\x10\x43reateModelRoute\x12&.pilothouse.v1.CreateModelRouteRequest\x1a\'.pilothouse.v1.CreateModelRouteResponse\x12\x63\n\x10UpdateModelRoute\x12&.pilothouse.v1.UpdateModelRouteRequest\x1a\'.pilothouse.v1.UpdateModelRouteResponse\x12\x63\n\x10\x44\x65leteModelRoute\x12&.pilothouse.v1.DeleteModelRouteRequest\x1a\'.pilothouse.v1.DeleteModelRouteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pilothouse.v1.model_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELPROVIDER']._serialized_start=2149
-  _globals['_MODELPROVIDER']._serialized_end=2252
-  _globals['_MODEL']._serialized_start=112
-  _globals['_MODEL']._serialized_end=474
-  _globals['_MODELROUTETARGET']._serialized_start=476
-  _globals['_MODELROUTETARGET']._serialized_end=525
-  _globals['_MODELROUTE']._serialized_start=528
-  _globals['_MODELROUTE']._serialized_end=735
-  _globals['_GETMODELREQUEST']._serialized_start=737
-  _globals['_GETMODELREQUEST']._serialized_end=768
-  _globals['_GETMODELRESPONSE']._serialized_start=770
-  _globals['_GETMODELRESPONSE']._serialized_end=825
-  _globals['_LISTMODELSREQUEST']._serialized_start=827
-  _globals['_LISTMODELSREQUEST']._serialized_end=901
-  _globals['_LISTMODELSRESPONSE']._serialized_start=903
-  _globals['_LISTMODELSRESPONSE']._serialized_end=986
-  _globals['_CREATEMODELREQUEST']._serialized_start=988
-  _globals['_CREATEMODELREQUEST']._serialized_end=1079
-  _globals['_CREATEMODELRESPONSE']._serialized_start=1081
-  _globals['_CREATEMODELRESPONSE']._serialized_end=1139
-  _globals['_UPDATEMODELREQUEST']._serialized_start=1141
-  _globals['_UPDATEMODELREQUEST']._serialized_end=1247
-  _globals['_UPDATEMODELRESPONSE']._serialized_start=1249
-  _globals['_UPDATEMODELRESPONSE']._serialized_end=1307
-  _globals['_DELETEMODELREQUEST']._serialized_start=1309
-  _globals['_DELETEMODELREQUEST']._serialized_end=1357
-  _globals['_DELETEMODELRESPONSE']._serialized_start=1359
-  _globals['_DELETEMODELRESPONSE']._serialized_end=1380
-  _globals['_GETMODELROUTEREQUEST']._serialized_start=1382
-  _globals['_GETMODELROUTEREQUEST']._serialized_end=1418
-  _globals['_GETMODELROUTERESPONSE']._serialized_start=1420
-  _globals['_GETMODELROUTERESPONSE']._serialized_end=1491
-  _globals['_LISTMODELROUTESREQUEST']._serialized_start=1493
-  _globals['_LISTMODELROUTESREQUEST']._serialized_end=1572
-  _globals['_LISTMODELROUTESRESPONSE']._serialized_start=1574
-  _globals['_LISTMODELROUTESRESPONSE']._serialized_end=1673
-  _globals['_CREATEMODELROUTEREQUEST']._serialized_start=1675
-  _globals['_CREATEMODELROUTEREQUEST']._serialized_end=1788
-  _globals['_CREATEMODELROUTERESPONSE']._serialized_start=1790
-  _globals['_CREATEMODELROUTERESPONSE']._serialized_end=1864
-  _globals['_UPDATEMODELROUTEREQUEST']._serialized_start=1866
-  _globals['_UPDATEMODELROUTEREQUEST']._serialized_end=1988
-  _globals['_UPDATEMODELROUTERESPONSE']._serialized_start=1990
-  _globals['_UPDATEMODELROUTERESPONSE']._serialized_end=2064
-  _globals['_DELETEMODELROUTEREQUEST']._serialized_start=2066
-  _globals['_DELETEMODELROUTEREQUEST']._serialized_end=2119
-  _globals['_DELETEMODELROUTERESPONSE']._serialized_start=2121
-  _globals['_DELETEMODELROUTERESPONSE']._serialized_end=2147
-  _globals['_MODELSERVICE']._serialized_start=2255
-  _globals['_MODELSERVICE']._serialized_end=3180
+  _globals['_MODELPROVIDER']._serialized_start=2630
+  _globals['_MODELPROVIDER']._serialized_end=2733
+  _globals['_MODEL']._serialized_start=174
+  _globals['_MODEL']._serialized_end=584
+  _globals['_SCRIPTEDMODEL']._serialized_start=586
+  _globals['_SCRIPTEDMODEL']._serialized_end=645
+  _globals['_SCRIPTEDRULE']._serialized_start=648
+  _globals['_SCRIPTEDRULE']._serialized_end=877
+  _globals['_SCRIPTEDTOOLCALL']._serialized_start=879
+  _globals['_SCRIPTEDTOOLCALL']._serialized_end=955
+  _globals['_MODELROUTETARGET']._serialized_start=957
+  _globals['_MODELROUTETARGET']._serialized_end=1006
+  _globals['_MODELROUTE']._serialized_start=1009
+  _globals['_MODELROUTE']._serialized_end=1216
+  _globals['_GETMODELREQUEST']._serialized_start=1218
+  _globals['_GETMODELREQUEST']._serialized_end=1249
+  _globals['_GETMODELRESPONSE']._serialized_start=1251
+  _globals['_GETMODELRESPONSE']._serialized_end=1306
+  _globals['_LISTMODELSREQUEST']._serialized_start=1308
+  _globals['_LISTMODELSREQUEST']._serialized_end=1382
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1384
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1467
+  _globals['_CREATEMODELREQUEST']._serialized_start=1469
+  _globals['_CREATEMODELREQUEST']._serialized_end=1560
+  _globals['_CREATEMODELRESPONSE']._serialized_start=1562
+  _globals['_CREATEMODELRESPONSE']._serialized_end=1620
+  _globals['_UPDATEMODELREQUEST']._serialized_start=1622
+  _globals['_UPDATEMODELREQUEST']._serialized_end=1728
+  _globals['_UPDATEMODELRESPONSE']._serialized_start=1730
+  _globals['_UPDATEMODELRESPONSE']._serialized_end=1788
+  _globals['_DELETEMODELREQUEST']._serialized_start=1790
+  _globals['_DELETEMODELREQUEST']._serialized_end=1838
+  _globals['_DELETEMODELRESPONSE']._serialized_start=1840
+  _globals['_DELETEMODELRESPONSE']._serialized_end=1861
+  _globals['_GETMODELROUTEREQUEST']._serialized_start=1863
+  _globals['_GETMODELROUTEREQUEST']._serialized_end=1899
+  _globals['_GETMODELROUTERESPONSE']._serialized_start=1901
+  _globals['_GETMODELROUTERESPONSE']._serialized_end=1972
+  _globals['_LISTMODELROUTESREQUEST']._serialized_start=1974
+  _globals['_LISTMODELROUTESREQUEST']._serialized_end=2053
+  _globals['_LISTMODELROUTESRESPONSE']._serialized_start=2055
+  _globals['_LISTMODELROUTESRESPONSE']._serialized_end=2154
+  _globals['_CREATEMODELROUTEREQUEST']._serialized_start=2156
+  _globals['_CREATEMODELROUTEREQUEST']._serialized_end=2269
+  _globals['_CREATEMODELROUTERESPONSE']._serialized_start=2271
+  _globals['_CREATEMODELROUTERESPONSE']._serialized_end=2345
+  _globals['_UPDATEMODELROUTEREQUEST']._serialized_start=2347
+  _globals['_UPDATEMODELROUTEREQUEST']._serialized_end=2469
+  _globals['_UPDATEMODELROUTERESPONSE']._serialized_start=2471
+  _globals['_UPDATEMODELROUTERESPONSE']._serialized_end=2545
+  _globals['_DELETEMODELROUTEREQUEST']._serialized_start=2547
+  _globals['_DELETEMODELROUTEREQUEST']._serialized_end=2600
+  _globals['_DELETEMODELROUTERESPONSE']._serialized_start=2602
+  _globals['_DELETEMODELROUTERESPONSE']._serialized_end=2628
+  _globals['_MODELSERVICE']._serialized_start=2736
+  _globals['_MODELSERVICE']._serialized_end=3661
 # @@protoc_insertion_point(module_scope)

@@ -5,8 +5,10 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -61,6 +63,7 @@ class Model(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    SCRIPTED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Format: tenants/{tenant}/models/{model}"""
     provider: Global___ModelProvider.ValueType
@@ -87,6 +90,10 @@ class Model(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def scripted(self) -> Global___ScriptedModel:
+        """scripted only: what the model says. Unset: it answers with the user's input."""
+
     def __init__(
         self,
         *,
@@ -102,14 +109,115 @@ class Model(_message.Message):
         etag: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        scripted: Global___ScriptedModel | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "scripted", b"scripted", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_env", b"api_key_env", "context_window", b"context_window", "create_time", b"create_time", "endpoint", b"endpoint", "etag", b"etag", "input_price_per_million", b"input_price_per_million", "max_output_tokens", b"max_output_tokens", "name", b"name", "output_price_per_million", b"output_price_per_million", "provider", b"provider", "provider_model", b"provider_model", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_env", b"api_key_env", "context_window", b"context_window", "create_time", b"create_time", "endpoint", b"endpoint", "etag", b"etag", "input_price_per_million", b"input_price_per_million", "max_output_tokens", b"max_output_tokens", "name", b"name", "output_price_per_million", b"output_price_per_million", "provider", b"provider", "provider_model", b"provider_model", "scripted", b"scripted", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Model: _TypeAlias = Model  # noqa: Y015
+
+@_typing.final
+class ScriptedModel(_message.Message):
+    """The behaviour of a scripted model: for each call, the first rule whose conditions all
+    hold gives the reply. No rule matching: it answers with the run's input.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScriptedRule]: ...
+    def __init__(
+        self,
+        *,
+        rules: _abc.Iterable[Global___ScriptedRule] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScriptedModel: _TypeAlias = ScriptedModel  # noqa: Y015
+
+@_typing.final
+class ScriptedRule(_message.Message):
+    """One rule of a scripted model. Unset conditions always hold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ON_STEP_FIELD_NUMBER: _builtins.int
+    INPUT_CONTAINS_FIELD_NUMBER: _builtins.int
+    LAST_TOOL_RESULT_CONTAINS_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    FAIL_WITH_STATUS_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
+    on_step: _builtins.int
+    """The run's step (1 for the first model call). 0: any step."""
+    input_contains: _builtins.str
+    """The run's input contains this text."""
+    last_tool_result_contains: _builtins.str
+    """The last tool result the model was given contains this text."""
+    answer: _builtins.str
+    """Reply with this answer. {{input}} and {{last_tool_result}} are replaced."""
+    fail_with_status: _builtins.int
+    """Or fail the call as a provider would with this HTTP status (429, 500, 503…)."""
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScriptedToolCall]:
+        """Or reply with these tool calls."""
+
+    @_builtins.property
+    def latency(self) -> _duration_pb2.Duration:
+        """Take this long to reply."""
+
+    def __init__(
+        self,
+        *,
+        on_step: _builtins.int = ...,
+        input_contains: _builtins.str = ...,
+        last_tool_result_contains: _builtins.str = ...,
+        answer: _builtins.str = ...,
+        tool_calls: _abc.Iterable[Global___ScriptedToolCall] | None = ...,
+        fail_with_status: _builtins.int = ...,
+        latency: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "fail_with_status", b"fail_with_status", "input_contains", b"input_contains", "last_tool_result_contains", b"last_tool_result_contains", "latency", b"latency", "on_step", b"on_step", "tool_calls", b"tool_calls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScriptedRule: _TypeAlias = ScriptedRule  # noqa: Y015
+
+@_typing.final
+class ScriptedToolCall(_message.Message):
+    """A tool call a scripted model makes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOL_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    tool: _builtins.str
+    """The tool's id (the last segment of its name), as the model sees it."""
+    @_builtins.property
+    def arguments(self) -> _struct_pb2.Struct: ...
+    def __init__(
+        self,
+        *,
+        tool: _builtins.str = ...,
+        arguments: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "tool", b"tool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScriptedToolCall: _TypeAlias = ScriptedToolCall  # noqa: Y015
 
 @_typing.final
 class ModelRouteTarget(_message.Message):

@@ -1,0 +1,2 @@
+"""The model gateway: providers (scripted, OpenAI-compatible), routing, retries, breakers,
+pricing."""

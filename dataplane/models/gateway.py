@@ -1,0 +1,165 @@
+"""The model gateway: route a call over the agent's model route (a weighted choice, then
+the fallbacks in order), retry what may succeed later, skip endpoints whose breaker is
+open, and price the result.
+
+Retries: only for retryable failures (408, 409, 429, 5xx, timeouts, unreachable), with
+exponential backoff and full jitter, never sooner than a ``retry-after`` asks, never past
+the call's deadline, at most ``max_attempts`` per model. Any other failure is final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+
+import httpx
+
+from dataplane.config.snapshot import ExecutorConfig
+from dataplane.models.breaker import Breakers
+from dataplane.models.openai import OpenAIProvider
+from dataplane.models.pricing import cost
+from dataplane.models.scripted import ScriptedProvider
+from dataplane.models.types import ChatRequest, ChatResult, ProviderError
+from pilothouse.v1 import model_pb2
+
+DEFAULT_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 3
+    """Attempts per model, the first included."""
+    initial_backoff: float = 0.2
+    max_backoff: float = 5.0
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.max_backoff, self.initial_backoff * 2**attempt))
+
+
+@dataclass(frozen=True)
+class GatewayResult:
+    result: ChatResult
+    model: model_pb2.Model
+    cost: Decimal
+    attempts: int
+    """Calls made in all, failed ones included."""
+    fallbacks_used: int
+
+
+class NoModelAvailable(Exception):
+    """Every model of the route failed or was skipped; ``last`` is the last failure."""
+
+    def __init__(self, route: str, last: ProviderError | None) -> None:
+        self.route = route
+        self.last = last
+        super().__init__(f"no model of {route} answered" + (f": {last}" if last else ""))
+
+
+def weighted_pick(route: model_pb2.ModelRoute, key: str) -> str:
+    """The target a key lands on: the same key always picks the same target."""
+    total = sum(t.weight for t in route.targets)
+    point = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % max(total, 1)
+    for target in route.targets:
+        if point < target.weight:
+            return target.model
+        point -= target.weight
+    return route.targets[-1].model
+
+
+class ModelGateway:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        retry: RetryPolicy = RetryPolicy(),
+        breakers: Breakers | None = None,
+        env: Mapping[str, str] = os.environ,
+        stream: bool = True,
+    ) -> None:
+        """``stream``: ask OpenAI-compatible providers for server-sent events."""
+        self._http = http
+        self._stream = stream
+        self._retry = retry
+        self._breakers = breakers or Breakers()
+        self._env = env
+
+    async def complete(
+        self,
+        config: ExecutorConfig,
+        route_name: str,
+        request: ChatRequest,
+        *,
+        deadline: float,
+        pick_key: str,
+    ) -> GatewayResult:
+        """One model call over a route; ``deadline`` is in the event loop's clock."""
+        route = config.get(model_pb2.ModelRoute, route_name)
+        if route is None:
+            raise NoModelAvailable(route_name, None)
+        first = weighted_pick(route, pick_key)
+        order = [first] + [m for m in route.fallbacks if m != first]
+        attempts = 0
+        last: ProviderError | None = None
+        for index, model_name in enumerate(order):
+            model = config.get(model_pb2.Model, model_name)
+            if model is None:
+                continue
+            endpoint = self._endpoint(model)
+            if not self._breakers.allow(endpoint):
+                continue
+            for attempt in range(self._retry.max_attempts):
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    raise last or ProviderError("deadline passed before the call", retryable=False)
+                attempts += 1
+                try:
+                    result = await self._call(
+                        model, request, timeout=min(remaining, DEFAULT_TIMEOUT)
+                    )
+                except ProviderError as e:
+                    last = e
+                    self._breakers.failure(endpoint)
+                    if not e.retryable:
+                        raise
+                    wait = max(self._retry.delay(attempt), e.retry_after or 0.0)
+                    if attempt + 1 >= self._retry.max_attempts or (
+                        asyncio.get_running_loop().time() + wait >= deadline
+                    ):
+                        break  # on to the next model
+                    await asyncio.sleep(wait)
+                    continue
+                self._breakers.success(endpoint)
+                return GatewayResult(result, model, cost(model, result.usage), attempts, index)
+        raise NoModelAvailable(route_name, last)
+
+    def _endpoint(self, model: model_pb2.Model) -> str:
+        if model.provider == model_pb2.MODEL_PROVIDER_SCRIPTED:
+            return f"scripted:{model.name}"
+        return self._base_url(model)
+
+    def _base_url(self, model: model_pb2.Model) -> str:
+        return model.endpoint or self._env.get("OPENAI_BASE_URL", "https://api.openai.com/v1")
+
+    async def _call(
+        self, model: model_pb2.Model, request: ChatRequest, *, timeout: float
+    ) -> ChatResult:
+        if model.provider == model_pb2.MODEL_PROVIDER_SCRIPTED:
+            try:
+                return await asyncio.wait_for(ScriptedProvider(model).complete(request), timeout)
+            except TimeoutError as e:
+                raise ProviderError(f"timed out after {timeout:.1f}s", retryable=True) from e
+        if model.provider == model_pb2.MODEL_PROVIDER_OPENAI:
+            provider = OpenAIProvider(
+                self._http,
+                self._base_url(model),
+                self._env.get(model.api_key_env or "OPENAI_API_KEY", ""),
+                model.provider_model or model.name.rsplit("/", 1)[-1],
+                stream=self._stream,
+            )
+            return await provider.complete(request, timeout=timeout)
+        raise ProviderError(f"unknown provider {model.provider}", retryable=False)

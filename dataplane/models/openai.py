@@ -1,0 +1,201 @@
+"""The OpenAI-compatible provider: ``POST {base}/chat/completions`` with tools, streaming
+(server-sent events) or not, and usage. Works against OpenAI, vLLM, Ollama, llama.cpp and
+LiteLLM. It never retries: the gateway owns retrying."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from dataplane.models.types import (
+    ChatMessage,
+    ChatRequest,
+    ChatResult,
+    ProviderError,
+    ToolCall,
+    Usage,
+    is_retryable,
+)
+
+
+def _message(m: ChatMessage) -> dict[str, Any]:
+    if m.role == "tool":
+        return {"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content}
+    out: dict[str, Any] = {"role": m.role, "content": m.content or None}
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in m.tool_calls
+        ]
+    elif out["content"] is None:
+        out["content"] = ""
+    return out
+
+
+def _body(model: str, request: ChatRequest, stream: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [_message(m) for m in request.messages],
+        "stream": stream,
+    }
+    if request.tools:
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": t.parameters,
+                },
+            }
+            for t in request.tools
+        ]
+    if request.max_output_tokens is not None:
+        body["max_tokens"] = request.max_output_tokens
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    if request.stop:
+        body["stop"] = list(request.stop)
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def _usage(data: dict[str, Any] | None) -> Usage:
+    if not data:
+        return Usage()
+    cached = (data.get("prompt_tokens_details") or {}).get("cached_tokens", 0) or 0
+    return Usage(
+        int(data.get("prompt_tokens", 0)), int(data.get("completion_tokens", 0)), int(cached)
+    )
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header, in seconds (it may be a number or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+@dataclass(frozen=True)
+class OpenAIProvider:
+    client: httpx.AsyncClient
+    base_url: str
+    api_key: str
+    model: str
+    """The model's id at the provider."""
+    stream: bool = True
+
+    async def complete(self, request: ChatRequest, *, timeout: float) -> ChatResult:
+        url = self.base_url.rstrip("/") + "/chat/completions"
+        headers = {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        body = _body(self.model, request, self.stream)
+        try:
+            if self.stream:
+                async with self.client.stream(
+                    "POST", url, json=body, headers=headers, timeout=timeout
+                ) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        raise _http_error(response)
+                    return await _read_stream(response)
+            response = await self.client.post(url, json=body, headers=headers, timeout=timeout)
+        except httpx.TimeoutException as e:
+            raise ProviderError(f"timed out: {e!r}", status=0, retryable=True) from e
+        except httpx.TransportError as e:
+            raise ProviderError(f"unreachable: {e!r}", status=0, retryable=True) from e
+        if response.status_code >= 400:
+            raise _http_error(response)
+        return _parse(response.json())
+
+
+def _http_error(response: httpx.Response) -> ProviderError:
+    try:
+        detail = response.json().get("error", {}).get("message", "") or response.text[:500]
+    except (ValueError, AttributeError):
+        detail = response.text[:500]
+    return ProviderError(
+        detail or response.reason_phrase,
+        status=response.status_code,
+        retryable=is_retryable(response.status_code),
+        retry_after=retry_after_seconds(response.headers.get("retry-after")),
+    )
+
+
+def _parse(data: dict[str, Any]) -> ChatResult:
+    try:
+        choice = data["choices"][0]
+        message = choice["message"]
+    except (KeyError, IndexError, TypeError) as e:
+        raise ProviderError(f"malformed response: {e!r}", status=200) from e
+    calls = tuple(
+        ToolCall(c["id"], c["function"]["name"], c["function"].get("arguments") or "{}")
+        for c in message.get("tool_calls") or []
+    )
+    return ChatResult(
+        ChatMessage("assistant", message.get("content") or "", calls),
+        _usage(data.get("usage")),
+        choice.get("finish_reason") or "",
+        data.get("id", ""),
+        data.get("model", ""),
+    )
+
+
+async def _read_stream(response: httpx.Response) -> ChatResult:
+    content: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
+    usage = Usage()
+    finish_reason = ""
+    response_id = model = ""
+    async for line in response.aiter_lines():
+        if not line.startswith("data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            break
+        try:
+            chunk = json.loads(payload)
+        except ValueError as e:
+            raise ProviderError(f"malformed stream chunk: {payload[:200]}", status=200) from e
+        response_id = chunk.get("id", response_id)
+        model = chunk.get("model", model)
+        if chunk.get("usage"):
+            usage = _usage(chunk["usage"])
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                content.append(delta["content"])
+            for call in delta.get("tool_calls") or []:
+                slot = calls.setdefault(
+                    call.get("index", 0), {"id": "", "name": "", "arguments": ""}
+                )
+                slot["id"] = call.get("id") or slot["id"]
+                function = call.get("function") or {}
+                slot["name"] += function.get("name") or ""
+                slot["arguments"] += function.get("arguments") or ""
+            finish_reason = choice.get("finish_reason") or finish_reason
+    tool_calls = tuple(
+        ToolCall(c["id"], c["name"], c["arguments"] or "{}") for _, c in sorted(calls.items())
+    )
+    return ChatResult(
+        ChatMessage("assistant", "".join(content), tool_calls),
+        usage,
+        finish_reason,
+        response_id,
+        model,
+    )

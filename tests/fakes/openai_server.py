@@ -1,0 +1,218 @@
+"""A fake OpenAI-compatible server over real HTTP on 127.0.0.1, for tests and benchmarks.
+
+It speaks the /v1/chat/completions wire format (JSON or server-sent events, usage, tool
+calls) and can be told, call by call, to answer, call tools, be slow or fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Behaviour:
+    """What the next call gets. Unset: an answer echoing the last user message."""
+
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    """[{"name": ..., "arguments": {...}}]"""
+    status: int = 200
+    retry_after: str | None = None
+    delay: float = 0.0
+
+
+@dataclass
+class FakeOpenAI:
+    default_delay: float = 0.0
+    script: deque[Behaviour] = field(default_factory=deque)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    port: int = 0
+    _server: asyncio.Server | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def then(self, *behaviours: Behaviour) -> FakeOpenAI:
+        self.script.extend(behaviours)
+        return self
+
+    async def start(self) -> FakeOpenAI:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                request_line = await reader.readline()
+                if not request_line:
+                    return
+                method, path, _ = request_line.decode().split(" ", 2)
+                headers: dict[str, str] = {}
+                while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                    name, _, value = line.decode().partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                keep = await self._respond(writer, method, path, headers, body)
+                if not keep:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            writer.close()
+
+    async def _respond(
+        self,
+        writer: asyncio.StreamWriter,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        raw: bytes,
+    ) -> bool:
+        if method != "POST" or not path.endswith("/chat/completions"):
+            return self._send(writer, 404, {"error": {"message": f"no route {method} {path}"}})
+        body = json.loads(raw)
+        self.requests.append(body)
+        self.headers.append(headers)
+        behaviour = self.script.popleft() if self.script else Behaviour()
+        delay = behaviour.delay or self.default_delay
+        if delay:
+            await asyncio.sleep(delay)
+        if behaviour.status != 200:
+            extra = {"retry-after": behaviour.retry_after} if behaviour.retry_after else {}
+            return self._send(
+                writer, behaviour.status, {"error": {"message": f"fake {behaviour.status}"}}, extra
+            )
+        message = self._message(body, behaviour)
+        prompt = sum(len(str(m.get("content") or "")) for m in body["messages"])
+        usage = {
+            "prompt_tokens": max(1, prompt // 4),
+            "completion_tokens": max(1, len(json.dumps(message)) // 4),
+        }
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        reason = "tool_calls" if message.get("tool_calls") else "stop"
+        response_id = f"chatcmpl-{len(self.requests)}"
+        if body.get("stream"):
+            await self._stream(writer, body["model"], response_id, message, reason, usage)
+            return False
+        return self._send(
+            writer,
+            200,
+            {
+                "id": response_id,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [{"index": 0, "message": message, "finish_reason": reason}],
+                "usage": usage,
+            },
+        )
+
+    @staticmethod
+    def _message(body: dict[str, Any], behaviour: Behaviour) -> dict[str, Any]:
+        if behaviour.tool_calls:
+            return {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": f"call_{i}",
+                        "type": "function",
+                        "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])},
+                    }
+                    for i, c in enumerate(behaviour.tool_calls)
+                ],
+            }
+        if behaviour.content is not None:
+            return {"role": "assistant", "content": behaviour.content}
+        last_user = next(
+            (m.get("content") for m in reversed(body["messages"]) if m["role"] == "user"), ""
+        )
+        return {"role": "assistant", "content": f"echo: {last_user}"}
+
+    @staticmethod
+    def _send(
+        writer: asyncio.StreamWriter,
+        status: int,
+        payload: dict[str, Any],
+        extra: dict[str, str] | None = None,
+    ) -> bool:
+        data = json.dumps(payload).encode()
+        head = [
+            f"HTTP/1.1 {status} X",
+            "content-type: application/json",
+            f"content-length: {len(data)}",
+        ]
+        head += [f"{k}: {v}" for k, v in (extra or {}).items()]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+        return True
+
+    @staticmethod
+    async def _stream(
+        writer: asyncio.StreamWriter,
+        model: str,
+        response_id: str,
+        message: dict[str, Any],
+        reason: str,
+        usage: dict[str, int],
+    ) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+        )
+
+        def event(delta: dict[str, Any], finish: str | None = None, **more: Any) -> None:
+            chunk = {
+                "id": response_id,
+                "object": "chat.completion.chunk",
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **more,
+            }
+            writer.write(f"data: {json.dumps(chunk)}\n\n".encode())
+
+        event({"role": "assistant"})
+        content = message.get("content") or ""
+        for i in range(0, len(content), 8):
+            event({"content": content[i : i + 8]})
+        for index, call in enumerate(message.get("tool_calls") or []):
+            arguments = call["function"]["arguments"]
+            event(
+                {
+                    "tool_calls": [
+                        {
+                            "index": index,
+                            "id": call["id"],
+                            "type": "function",
+                            "function": {"name": call["function"]["name"], "arguments": ""},
+                        }
+                    ]
+                }
+            )
+            for i in range(0, len(arguments), 10):
+                event(
+                    {
+                        "tool_calls": [
+                            {"index": index, "function": {"arguments": arguments[i : i + 10]}}
+                        ]
+                    }
+                )
+        event({}, reason)
+        writer.write(
+            f"data: {json.dumps({'id': response_id, 'choices': [], 'usage': usage})}\n\n".encode()
+        )
+        writer.write(b"data: [DONE]\n\n")
+        await writer.drain()

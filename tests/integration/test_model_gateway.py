@@ -1,0 +1,249 @@
+"""The model gateway against a fake OpenAI-compatible server over real HTTP, and the
+scripted provider."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import httpx
+import pytest
+from google.protobuf import any_pb2
+
+from dataplane.config.snapshot import ExecutorConfig, parse
+from dataplane.models.breaker import Breakers
+from dataplane.models.gateway import ModelGateway, NoModelAvailable, RetryPolicy, weighted_pick
+from dataplane.models.types import ChatMessage, ChatRequest, ProviderError, ToolSpec
+from pilothouse.v1 import model_pb2
+from tests.fakes.openai_server import Behaviour, FakeOpenAI
+
+FAST = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    server = await FakeOpenAI().start()
+    yield server
+    await server.aclose()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+def config(*models: model_pb2.Model, fallbacks: tuple[str, ...] = ()) -> ExecutorConfig:
+    route = model_pb2.ModelRoute(
+        name="tenants/t/modelRoutes/r",
+        targets=[model_pb2.ModelRouteTarget(model=models[0].name, weight=1)],
+        fallbacks=list(fallbacks),
+    )
+    packed: dict[str, list[any_pb2.Any]] = {}
+    for message in (*models, route):
+        a = any_pb2.Any()
+        a.Pack(message)
+        packed.setdefault(a.type_url, []).append(a)
+    return parse("v", packed)
+
+
+def openai_model(fake: FakeOpenAI, name: str = "gpt") -> model_pb2.Model:
+    return model_pb2.Model(
+        name=f"tenants/t/models/{name}",
+        provider=model_pb2.MODEL_PROVIDER_OPENAI,
+        endpoint=fake.base_url,
+        provider_model="gpt-test",
+        input_price_per_million="0.15",
+        output_price_per_million="0.60",
+        context_window=1000,
+        max_output_tokens=100,
+        api_key_env="FAKE_KEY",
+    )
+
+
+REQUEST = ChatRequest(
+    messages=(ChatMessage("system", "be brief"), ChatMessage("user", "where is my order?")),
+    tools=(ToolSpec("lookup", "Look an order up", {"type": "object"}),),
+    max_output_tokens=50,
+)
+
+
+def gateway(http: httpx.AsyncClient, **kwargs: object) -> ModelGateway:
+    return ModelGateway(http, retry=FAST, env={"FAKE_KEY": "sk-test"}, **kwargs)  # type: ignore[arg-type]
+
+
+async def deadline(seconds: float = 5) -> float:
+    return asyncio.get_running_loop().time() + seconds
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_answers_tool_calls_usage_and_cost(
+    fake: FakeOpenAI, http: httpx.AsyncClient, stream: bool
+) -> None:
+    fake.then(
+        Behaviour(tool_calls=[{"name": "lookup", "arguments": {"order_id": "AB-1234"}}]),
+        Behaviour(content="It ships tomorrow, with love from the fake."),
+    )
+    cfg = config(openai_model(fake))
+    g = gateway(http, stream=stream)
+    first = await g.complete(
+        cfg, "tenants/t/modelRoutes/r", REQUEST, deadline=await deadline(), pick_key="run:1"
+    )
+    (call,) = first.result.message.tool_calls
+    assert call.name == "lookup" and json.loads(call.arguments) == {"order_id": "AB-1234"}
+    assert first.result.finish_reason == "tool_calls"
+    second = await g.complete(
+        cfg, "tenants/t/modelRoutes/r", REQUEST, deadline=await deadline(), pick_key="run:2"
+    )
+    assert second.result.message.content == "It ships tomorrow, with love from the fake."
+    usage = second.result.usage
+    assert usage.input_tokens > 0 and usage.output_tokens > 0
+    expected = (
+        Decimal(usage.input_tokens) * Decimal("0.15")
+        + Decimal(usage.output_tokens) * Decimal("0.60")
+    ) / Decimal(1_000_000)
+    assert second.cost == expected
+    sent = fake.requests[0]
+    assert sent["model"] == "gpt-test" and sent["tools"][0]["function"]["name"] == "lookup"
+    assert sent["stream"] is stream and fake.headers[0]["authorization"] == "Bearer sk-test"
+
+
+async def test_retries_what_may_succeed_and_honours_retry_after(
+    fake: FakeOpenAI, http: httpx.AsyncClient
+) -> None:
+    fake.then(
+        Behaviour(status=429, retry_after="0.2"), Behaviour(status=503), Behaviour(content="ok")
+    )
+    started = asyncio.get_running_loop().time()
+    result = await gateway(http).complete(
+        config(openai_model(fake)),
+        "tenants/t/modelRoutes/r",
+        REQUEST,
+        deadline=await deadline(),
+        pick_key="k",
+    )
+    assert result.result.message.content == "ok" and result.attempts == 3
+    assert asyncio.get_running_loop().time() - started >= 0.2
+
+
+async def test_final_errors_are_not_retried(fake: FakeOpenAI, http: httpx.AsyncClient) -> None:
+    fake.then(Behaviour(status=400), Behaviour(content="never asked"))
+    with pytest.raises(ProviderError) as info:
+        await gateway(http).complete(
+            config(openai_model(fake)),
+            "tenants/t/modelRoutes/r",
+            REQUEST,
+            deadline=await deadline(),
+            pick_key="k",
+        )
+    assert info.value.status == 400 and not info.value.retryable
+    assert len(fake.requests) == 1
+
+
+async def test_falls_back_in_order_when_a_model_keeps_failing(
+    fake: FakeOpenAI, http: httpx.AsyncClient
+) -> None:
+    backup = await FakeOpenAI().start()
+    try:
+        backup.then(Behaviour(content="from the fallback"))
+        fake.then(*(Behaviour(status=500) for _ in range(3)))
+        main, spare = openai_model(fake, "main"), openai_model(backup, "spare")
+        result = await gateway(http).complete(
+            config(main, spare, fallbacks=(spare.name,)),
+            "tenants/t/modelRoutes/r",
+            REQUEST,
+            deadline=await deadline(),
+            pick_key="k",
+        )
+        assert result.result.message.content == "from the fallback"
+        assert result.model.name == spare.name and result.fallbacks_used == 1
+        assert result.attempts == 4
+    finally:
+        await backup.aclose()
+
+
+async def test_the_deadline_bounds_waiting_and_retrying(
+    fake: FakeOpenAI, http: httpx.AsyncClient
+) -> None:
+    fake.default_delay = 1.0
+    started = asyncio.get_running_loop().time()
+    with pytest.raises((ProviderError, NoModelAvailable)):
+        await gateway(http).complete(
+            config(openai_model(fake)),
+            "tenants/t/modelRoutes/r",
+            REQUEST,
+            deadline=await deadline(0.3),
+            pick_key="k",
+        )
+    assert asyncio.get_running_loop().time() - started < 0.9
+
+
+async def test_an_open_breaker_skips_the_endpoint(
+    fake: FakeOpenAI, http: httpx.AsyncClient
+) -> None:
+    breakers = Breakers(threshold=2, cooldown=60)
+    g = gateway(http, breakers=breakers)
+    cfg = config(openai_model(fake))
+    fake.then(*(Behaviour(status=500) for _ in range(3)))
+    with pytest.raises(NoModelAvailable):
+        await g.complete(
+            cfg, "tenants/t/modelRoutes/r", REQUEST, deadline=await deadline(), pick_key="k"
+        )
+    asked = len(fake.requests)
+    with pytest.raises(NoModelAvailable):
+        await g.complete(
+            cfg, "tenants/t/modelRoutes/r", REQUEST, deadline=await deadline(), pick_key="k"
+        )
+    assert len(fake.requests) == asked, "an open breaker sends nothing"
+
+
+async def test_scripted_rules(http: httpx.AsyncClient) -> None:
+    model = model_pb2.Model(
+        name="tenants/t/models/s",
+        provider=model_pb2.MODEL_PROVIDER_SCRIPTED,
+        input_price_per_million="1",
+        output_price_per_million="2",
+    )
+    first = model.scripted.rules.add(on_step=1)
+    first.tool_calls.add(tool="lookup").arguments.update({"order_id": "AB-1234"})
+    model.scripted.rules.add(
+        last_tool_result_contains="shipped", answer="Your order {{last_tool_result}}."
+    )
+    cfg = config(model)
+    g = gateway(http)
+    step1 = await g.complete(
+        cfg, "tenants/t/modelRoutes/r", REQUEST, deadline=await deadline(), pick_key="k"
+    )
+    (call,) = step1.result.message.tool_calls
+    assert call.name == "lookup" and json.loads(call.arguments) == {"order_id": "AB-1234"}
+    step2 = await g.complete(
+        cfg,
+        "tenants/t/modelRoutes/r",
+        ChatRequest(
+            messages=(
+                *REQUEST.messages,
+                step1.result.message,
+                ChatMessage("tool", "shipped", tool_call_id=call.id),
+            ),
+            step=2,
+        ),
+        deadline=await deadline(),
+        pick_key="k",
+    )
+    assert step2.result.message.content == "Your order shipped."
+    assert step2.cost > 0
+
+
+def test_weighted_pick_is_stable_and_follows_weights() -> None:
+    route = model_pb2.ModelRoute(
+        targets=[
+            model_pb2.ModelRouteTarget(model="a", weight=3),
+            model_pb2.ModelRouteTarget(model="b", weight=1),
+        ]
+    )
+    picks = Counter(weighted_pick(route, f"run-{i}") for i in range(4000))
+    assert 0.7 < picks["a"] / 4000 < 0.8
+    assert weighted_pick(route, "run-7") == weighted_pick(route, "run-7")
