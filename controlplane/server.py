@@ -89,7 +89,9 @@ class ControlPlane:
         db = open_database(settings.database_url)
         try:
             await db.migrate()
-            api_keys = ApiKeys(db, cache_ttl=settings.auth_cache_ttl)
+            api_keys = ApiKeys(
+                db, cache_ttl=settings.auth_cache_ttl, on_change=lambda: publisher.nudge()
+            )
             token = await api_keys.ensure_bootstrap_admin(settings.bootstrap_key)
         except BaseException:
             await db.aclose()

@@ -27,6 +27,7 @@ from controlplane.registry.service import resource_name
 from pilothouse.v1 import (
     agent_pb2,
     api_key_pb2,
+    discovery_pb2,
     model_pb2,
     prompt_pb2,
     tenant_pb2,
@@ -504,4 +505,16 @@ def api_key_to_proto(key: ApiKey) -> api_key_pb2.ApiKey:
     )
     _timestamp(m.expire_time, key.expire_time)
     _timestamp(m.create_time, key.create_time)
+    return m
+
+
+def api_key_digest_to_proto(record: Record[r.ApiKeyDigest]) -> discovery_pb2.ApiKeyDigest:
+    s = record.spec
+    m = discovery_pb2.ApiKeyDigest(
+        name=f"apiKeys/{record.id}",
+        role=ROLES[1][Role(s.role)],
+        tenant=f"tenants/{record.tenant}",
+        secret_sha256=s.secret_sha256,
+    )
+    _timestamp(m.expire_time, s.expire_time)
     return m

@@ -40,6 +40,7 @@ TYPE_PREFIX = "type.googleapis.com/pilothouse.v1."
 TYPE_URLS = tuple(TYPE_PREFIX + kind for kind in KIND_ORDER)
 
 _TO_PROTO: dict[str, Callable[[Record[Any]], Message]] = {
+    "ApiKeyDigest": _convert.api_key_digest_to_proto,
     "Tenant": _convert.tenant_to_proto,
     "QuotaPolicy": _convert.quota_policy_to_proto,
     "Tool": _convert.tool_to_proto,

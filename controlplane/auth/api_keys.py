@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,6 +22,7 @@ from controlplane.errors import (
 from controlplane.registry.names import tenant_name
 from controlplane.registry.pagination import decode_token, page_size, paginate
 from controlplane.store import api_keys as key_store
+from controlplane.store import revision as revision_store
 from controlplane.store import tenants as tenant_store
 from controlplane.store.database import Database
 from controlplane.store.errors import ReferenceViolation
@@ -50,11 +52,23 @@ def _key(row: ApiKeyRow) -> ApiKey:
 
 
 class ApiKeys:
-    def __init__(self, db: Database, *, cache_ttl: float = 5.0) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        cache_ttl: float = 5.0,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
         """``cache_ttl``: seconds a verified key is trusted without reading the database
-        again (see ``VerifiedKeys``); 0 reads it on every call."""
+        again (see ``VerifiedKeys``); 0 reads it on every call. ``on_change`` hears of
+        every committed change (executors receive the digests of tenant keys)."""
         self._db = db
         self._verified = VerifiedKeys(cache_ttl)
+        self._on_change = on_change
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
 
     async def authenticate(self, token: str) -> Principal:
         cached = self._verified.get(token)
@@ -126,6 +140,8 @@ class ApiKeys:
                 tenant=tenant,
                 details={"role": role.value},
             )
+            await revision_store.bump(conn)
+        self._changed()
         return _key(row), material.token
 
     async def get(self, caller: Principal, key_id: str) -> ApiKey:
@@ -160,7 +176,9 @@ class ApiKeys:
                 )
             await key_store.delete(conn, key_id)
             await audit.record(conn, caller, "api_key.delete", key.name, tenant=key.tenant)
+            await revision_store.bump(conn)
         self._verified.forget_key(key_id)
+        self._changed()
 
     async def ensure_bootstrap_admin(self, token: str | None) -> str | None:
         """Make sure an admin key exists. With ``token`` (PILOTHOUSE_BOOTSTRAP_KEY) that key

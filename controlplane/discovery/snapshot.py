@@ -22,6 +22,7 @@ from controlplane.registry.service import QUOTA_POLICY_ID, RegistryContents, eta
 
 # The order executors should apply kinds in: what is referenced before what refers to it.
 KIND_ORDER = (
+    "ApiKeyDigest",
     "Tenant",
     "QuotaPolicy",
     "Tool",

@@ -2,8 +2,8 @@
 
 ``encode`` turns a spec into JSON-compatible data; ``decode`` turns it back, guided by the
 dataclass's type hints. Decimals travel as strings (exact), durations as whole
-microseconds, enums as their values. ``canonical_json`` is the byte-stable form hashes
-are taken of.
+microseconds, timestamps in ISO 8601, enums as their values. ``canonical_json`` is the
+byte-stable form hashes are taken of.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 import types
 import typing
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cache
 from typing import Any, TypeVar
@@ -32,6 +32,8 @@ def encode(value: Any) -> Any:
         return str(value)
     if isinstance(value, timedelta):
         return value // timedelta(microseconds=1)
+    if isinstance(value, datetime):
+        return value.isoformat()
     if isinstance(value, (list, tuple)):
         return [encode(v) for v in value]
     if isinstance(value, dict):
@@ -86,6 +88,8 @@ def _decoder(tp: Any) -> Decoder:
         return Decimal
     if tp is timedelta:
         return lambda data: None if data is None else timedelta(microseconds=data)
+    if tp is datetime:
+        return lambda data: None if data is None else datetime.fromisoformat(data)
     return _identity
 
 

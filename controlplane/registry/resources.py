@@ -232,6 +232,15 @@ class QuotaPolicy:
     failure_mode: FailureMode = FailureMode.UNSPECIFIED
 
 
+@dataclass(frozen=True)
+class ApiKeyDigest:
+    """What executors get of an API key to check it themselves: never the secret."""
+
+    role: str = ""
+    secret_sha256: str = ""
+    expire_time: datetime | None = None
+
+
 S = TypeVar("S")
 
 

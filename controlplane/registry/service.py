@@ -35,6 +35,7 @@ from controlplane.registry.checks import Violations
 from controlplane.registry.kinds import Kind, Reference
 from controlplane.registry.masks import apply_mask
 from controlplane.registry.pagination import decode_token, page_size, paginate
+from controlplane.store import api_keys as key_store
 from controlplane.store import resources as resource_store
 from controlplane.store import revision as revision_store
 from controlplane.store import tenants as tenant_store
@@ -58,7 +59,8 @@ class RegistryContents:
     revision: int
     tenants: tuple[r.Record[r.Tenant], ...]
     resources: Mapping[str, tuple[r.Record[Any], ...]]
-    """Kind name → every record of that kind, all tenants, QuotaPolicy included."""
+    """Kind name → every record of that kind, all tenants, QuotaPolicy and the digests of
+    tenant-confined API keys included."""
 
 
 class SpecCache:
@@ -256,10 +258,20 @@ class Registry:
             revision = await revision_store.current(conn)
             tenant_rows = await tenant_store.list_page(conn, after="", limit=1_000_000)
             rows = await resource_store.list_everything(conn)
+            key_rows = await key_store.list_page(conn, after="", limit=10_000_000, tenant=None)
         grouped: dict[str, list[r.Record[Any]]] = defaultdict(list)
         for row in rows:
             kind = kinds.TENANT_SCOPED.get(row.kind) or kinds.QUOTA_POLICY
             grouped[row.kind].append(self._record(kind, row))
+        for key in key_rows:
+            if key.tenant is None:
+                continue  # unconfined keys (admins, executors) never run agents
+            digest = r.ApiKeyDigest(key.role, key.secret_hash, key.expire_time)
+            grouped["ApiKeyDigest"].append(
+                r.Record(
+                    key.tenant, key.id, digest, etag_of(digest), key.create_time, key.create_time
+                )
+            )
         return RegistryContents(
             revision,
             tuple(self._record(kinds.TENANT, row) for row in tenant_rows),

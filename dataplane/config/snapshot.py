@@ -21,6 +21,7 @@ from pilothouse.v1 import agent_pb2, discovery_pb2, model_pb2, prompt_pb2, tenan
 
 TYPE_PREFIX = "type.googleapis.com/pilothouse.v1."
 MESSAGES: dict[str, type[Message]] = {
+    "ApiKeyDigest": discovery_pb2.ApiKeyDigest,
     "Tenant": tenant_pb2.Tenant,
     "QuotaPolicy": tenant_pb2.QuotaPolicy,
     "Tool": tool_pb2.Tool,

@@ -98,8 +98,9 @@ async def ads(live: Live, node_id: str, key: str | None = None) -> AsyncIterator
 async def _executor_key(live: Live, tenant: str | None = None) -> str:
     """A key for an executor; by then the snapshot has caught up with every change made so
     far, so a test's first push is the last one until it changes something itself."""
+    key = await live.new_key(api_key_pb2.ROLE_EXECUTOR, tenant)
     await live.plane.publisher.refresh()
-    return await live.new_key(api_key_pb2.ROLE_EXECUTOR, tenant)
+    return key
 
 
 async def test_initial_push_ack_and_change(live: Live) -> None:

@@ -64,25 +64,40 @@ async def eventually(check: object, timeout: float = 5) -> None:
             await asyncio.sleep(0.02)
 
 
+async def executor_key(live: Live, tenant: str | None) -> str:
+    """An executor key, with the snapshot caught up with its creation."""
+    key = await live.new_key(api_key_pb2.ROLE_EXECUTOR, tenant)
+    await live.plane.publisher.refresh()
+    return key
+
+
+def current_for(live: Live, tenant: str) -> object:
+    return lambda c: c.version == live.plane.publisher.current.version_for(tenant)
+
+
 def _has_agent(tenant: str) -> object:
     return lambda c: c.get(agent_pb2.Agent, f"tenants/{tenant}/agents/helper") is not None
 
 
 async def test_watcher_applies_acks_and_follows_label_moves(live: Live, tmp_path: Path) -> None:
     tenant = await _registry_with_agent(live)
-    key = await live.new_key(api_key_pb2.ROLE_EXECUTOR, tenant)
+    key = await executor_key(live, tenant)
     node = f"exec-{tenant}"
     async with watching(live.address, key, node, tmp_path / "lkg") as watcher:
-        config = await watcher.wait_for(_has_agent(tenant), 5)
+        config = await watcher.wait_for(current_for(live, tenant), 5)
         agent = config.get(agent_pb2.Agent, f"tenants/{tenant}/agents/helper")
         assert agent is not None
         before = config.agent_prompt_version(agent)
         assert before is not None and "{{customer}}" in before.template
 
         async def acked() -> bool:
-            return (await executor_status(live, node)).acked_version == config.version
+            current = watcher.current
+            assert current is not None
+            return (await executor_status(live, node)).acked_version == current.version
 
         await eventually(acked)
+        config = watcher.current
+        assert config is not None
 
         prompt = f"tenants/{tenant}/prompts/support"
         new = await live.prompts.CreatePromptVersion(
@@ -113,7 +128,7 @@ async def test_a_rejected_snapshot_is_nacked_and_the_old_one_kept(
     live: Live, tmp_path: Path
 ) -> None:
     tenant = await _registry_with_agent(live)
-    key = await live.new_key(api_key_pb2.ROLE_EXECUTOR, tenant)
+    key = await executor_key(live, tenant)
     node = f"strict-{tenant}"
 
     def refuse_poison(config: ExecutorConfig) -> None:
@@ -121,7 +136,7 @@ async def test_a_rejected_snapshot_is_nacked_and_the_old_one_kept(
             raise ConfigError("tool poison is not allowed on this executor")
 
     async with watching(live.address, key, node, tmp_path / "lkg", check=refuse_poison) as w:
-        good = await w.wait_for(_has_agent(tenant), 5)
+        good = await w.wait_for(current_for(live, tenant), 5)
         await live.tools.CreateTool(
             tool_pb2.CreateToolRequest(parent=f"tenants/{tenant}", tool_id="poison", tool=h.tool()),
             metadata=live.md(),

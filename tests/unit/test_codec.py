@@ -36,3 +36,11 @@ def test_canonical_json_is_order_independent() -> None:
     assert codec.canonical_json(a) == codec.canonical_json(b)
     assert codec.content_hash(a) == codec.content_hash(b)
     assert codec.content_hash(a) != codec.content_hash(r.Tool(input_schema={"a": 1}))
+
+
+def test_timestamps_round_trip() -> None:
+    from datetime import UTC, datetime
+
+    digest = r.ApiKeyDigest("client", "ab" * 32, datetime(2027, 1, 2, 3, 4, 5, tzinfo=UTC))
+    assert codec.decode(r.ApiKeyDigest, codec.encode(digest)) == digest
+    assert codec.content_hash(digest) != codec.content_hash(r.ApiKeyDigest("client", "ab" * 32))

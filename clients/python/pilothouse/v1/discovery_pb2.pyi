@@ -9,6 +9,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from pilothouse.v1 import api_key_pb2 as _api_key_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -127,6 +128,46 @@ class ListExecutorsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListExecutorsResponse: _TypeAlias = ListExecutorsResponse  # noqa: Y015
+
+@_typing.final
+class ApiKeyDigest(_message.Message):
+    """What an executor needs to check an API key itself, with no call to the control plane:
+    never the secret, only its SHA-256. Sent over xDS as type
+    type.googleapis.com/pilothouse.v1.ApiKeyDigest, for the keys confined to a tenant.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    SECRET_SHA256_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Format: apiKeys/{api_key}"""
+    role: _api_key_pb2.Role.ValueType
+    tenant: _builtins.str
+    """Format: tenants/{tenant}"""
+    secret_sha256: _builtins.str
+    """Hex SHA-256 of the key's secret part."""
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        role: _api_key_pb2.Role.ValueType = ...,
+        tenant: _builtins.str = ...,
+        secret_sha256: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "name", b"name", "role", b"role", "secret_sha256", b"secret_sha256", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiKeyDigest: _TypeAlias = ApiKeyDigest  # noqa: Y015
 
 @_typing.final
 class ConfigSnapshot(_message.Message):

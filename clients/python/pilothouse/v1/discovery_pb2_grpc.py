@@ -29,7 +29,8 @@ class ExecutorServiceStub:
     """Executors receive configuration from the control plane over xDS: the control plane
     serves envoy.service.discovery.v3.AggregatedDiscoveryService (State of the World),
     with the registry's resources as Any of type.googleapis.com/pilothouse.v1.<Message>
-    (Tenant, QuotaPolicy, Tool, Model, ModelRoute, Prompt, PromptVersion, Agent).
+    (Tenant, QuotaPolicy, Tool, Model, ModelRoute, Prompt, PromptVersion, Agent,
+    ApiKeyDigest).
     Every response of one push carries the same version_info: the snapshot's version.
 
     ExecutorService reports what each executor has acknowledged.
@@ -52,7 +53,8 @@ class ExecutorServiceServicer:
     """Executors receive configuration from the control plane over xDS: the control plane
     serves envoy.service.discovery.v3.AggregatedDiscoveryService (State of the World),
     with the registry's resources as Any of type.googleapis.com/pilothouse.v1.<Message>
-    (Tenant, QuotaPolicy, Tool, Model, ModelRoute, Prompt, PromptVersion, Agent).
+    (Tenant, QuotaPolicy, Tool, Model, ModelRoute, Prompt, PromptVersion, Agent,
+    ApiKeyDigest).
     Every response of one push carries the same version_info: the snapshot's version.
 
     ExecutorService reports what each executor has acknowledged.
@@ -85,7 +87,8 @@ class ExecutorService:
     """Executors receive configuration from the control plane over xDS: the control plane
     serves envoy.service.discovery.v3.AggregatedDiscoveryService (State of the World),
     with the registry's resources as Any of type.googleapis.com/pilothouse.v1.<Message>
-    (Tenant, QuotaPolicy, Tool, Model, ModelRoute, Prompt, PromptVersion, Agent).
+    (Tenant, QuotaPolicy, Tool, Model, ModelRoute, Prompt, PromptVersion, Agent,
+    ApiKeyDigest).
     Every response of one push carries the same version_info: the snapshot's version.
 
     ExecutorService reports what each executor has acknowledged.

@@ -30,7 +30,8 @@ class ExecutorServiceStub:
     """Executors receive configuration from the control plane over xDS: the control plane
     serves envoy.service.discovery.v3.AggregatedDiscoveryService (State of the World),
     with the registry's resources as Any of type.googleapis.com/pilothouse.v1.<Message>
-    (Tenant, QuotaPolicy, Tool, Model, ModelRoute, Prompt, PromptVersion, Agent).
+    (Tenant, QuotaPolicy, Tool, Model, ModelRoute, Prompt, PromptVersion, Agent,
+    ApiKeyDigest).
     Every response of one push carries the same version_info: the snapshot's version.
 
     ExecutorService reports what each executor has acknowledged.
@@ -48,7 +49,8 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     """Executors receive configuration from the control plane over xDS: the control plane
     serves envoy.service.discovery.v3.AggregatedDiscoveryService (State of the World),
     with the registry's resources as Any of type.googleapis.com/pilothouse.v1.<Message>
-    (Tenant, QuotaPolicy, Tool, Model, ModelRoute, Prompt, PromptVersion, Agent).
+    (Tenant, QuotaPolicy, Tool, Model, ModelRoute, Prompt, PromptVersion, Agent,
+    ApiKeyDigest).
     Every response of one push carries the same version_info: the snapshot's version.
 
     ExecutorService reports what each executor has acknowledged.
@@ -62,7 +64,8 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
     """Executors receive configuration from the control plane over xDS: the control plane
     serves envoy.service.discovery.v3.AggregatedDiscoveryService (State of the World),
     with the registry's resources as Any of type.googleapis.com/pilothouse.v1.<Message>
-    (Tenant, QuotaPolicy, Tool, Model, ModelRoute, Prompt, PromptVersion, Agent).
+    (Tenant, QuotaPolicy, Tool, Model, ModelRoute, Prompt, PromptVersion, Agent,
+    ApiKeyDigest).
     Every response of one push carries the same version_info: the snapshot's version.
 
     ExecutorService reports what each executor has acknowledged.

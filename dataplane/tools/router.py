@@ -1,0 +1,158 @@
+"""The tool router: every tool call a model asks for goes through here.
+
+A tool outside the agent's list is refused whatever the model says; arguments are checked
+against the tool's input schema before anything runs; a refused or invalid call never
+reaches the tool and goes back to the model as an error result. Calls run under the
+tool's timeout (bounded by the run's deadline) and are retried only when the tool says it
+is idempotent. HTTP tools receive ``Idempotency-Key: {run}:{step}:{call}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from google.protobuf import json_format
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+
+from dataplane.tools.builtin import BUILTINS, ToolFailure
+from pilothouse.v1 import agent_pb2, tool_pb2
+
+DEFAULT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class ToolOutcome:
+    result: Any
+    """What the model is told (JSON-able)."""
+    ok: bool
+    executed: bool
+    """False when the call was refused or invalid and nothing ran."""
+    attempts: int = 0
+
+
+def agent_tools(
+    agent: agent_pb2.Agent, tools: dict[str, tool_pb2.Tool]
+) -> dict[str, tool_pb2.Tool]:
+    """The agent's tools by the name the model sees (the tool's id)."""
+    return {name.rsplit("/", 1)[-1]: tools[name] for name in agent.tools if name in tools}
+
+
+class ToolRouter:
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self._http = http
+
+    def check(
+        self, allowed: dict[str, tool_pb2.Tool], name: str, arguments: str
+    ) -> tuple[tool_pb2.Tool, dict[str, Any]] | ToolOutcome:
+        """The tool and parsed arguments, or the refusal to hand back to the model."""
+        tool = allowed.get(name)
+        if tool is None:
+            return ToolOutcome(
+                {"error": f"tool {name!r} is not available to this agent"}, False, False
+            )
+        try:
+            parsed = json.loads(arguments or "{}")
+        except ValueError as e:
+            return ToolOutcome({"error": f"arguments are not valid JSON: {e}"}, False, False)
+        if not isinstance(parsed, dict):
+            return ToolOutcome({"error": "arguments must be a JSON object"}, False, False)
+        schema = json_format.MessageToDict(tool.input_schema)
+        problem = best_match(Draft202012Validator(schema).iter_errors(parsed))
+        if problem is not None:
+            where = "/".join(str(p) for p in problem.absolute_path)
+            return ToolOutcome(
+                {"error": f"invalid arguments{' at ' + where if where else ''}: {problem.message}"},
+                False,
+                False,
+            )
+        return tool, parsed
+
+    async def execute(
+        self,
+        tool: tool_pb2.Tool,
+        arguments: dict[str, Any],
+        *,
+        idempotency_key: str,
+        deadline: float,
+    ) -> ToolOutcome:
+        timeout = (
+            tool.timeout.ToTimedelta().total_seconds()
+            if tool.HasField("timeout")
+            else DEFAULT_TIMEOUT
+        )
+        retryable = (
+            tool.annotations.HasField("idempotent_hint") and tool.annotations.idempotent_hint
+        )
+        policy = tool.retry_policy
+        attempts_allowed = (policy.max_attempts or 3) if retryable else 1
+        backoff = (
+            policy.initial_backoff.ToTimedelta().total_seconds()
+            if policy.HasField("initial_backoff")
+            else 0.2
+        )
+        cap = (
+            policy.max_backoff.ToTimedelta().total_seconds()
+            if policy.HasField("max_backoff")
+            else 5.0
+        )
+        multiplier = policy.backoff_multiplier or 2.0
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return ToolOutcome(
+                    {"error": "the run's deadline passed"}, False, attempt > 1, attempt - 1
+                )
+            try:
+                result = await asyncio.wait_for(
+                    self._run(tool, arguments, idempotency_key), min(timeout, remaining)
+                )
+                return ToolOutcome(result, True, True, attempt)
+            except ToolFailure as e:
+                return ToolOutcome({"error": str(e)}, False, True, attempt)
+            except (TimeoutError, _Transient) as e:
+                if attempt >= attempts_allowed:
+                    reason = "timed out" if isinstance(e, TimeoutError) else str(e)
+                    return ToolOutcome({"error": f"tool failed: {reason}"}, False, True, attempt)
+                await asyncio.sleep(
+                    random.uniform(0, min(cap, backoff * multiplier ** (attempt - 1)))
+                )
+
+    async def _run(self, tool: tool_pb2.Tool, arguments: dict[str, Any], key: str) -> Any:
+        if tool.kind == tool_pb2.TOOL_KIND_BUILTIN:
+            implementation = BUILTINS.get(tool.endpoint)
+            if implementation is None:
+                raise ToolFailure(f"no builtin tool {tool.endpoint!r} on this executor")
+            return await implementation(arguments)
+        if tool.kind == tool_pb2.TOOL_KIND_HTTP:
+            return await self._http_call(tool, arguments, key)
+        raise ToolFailure(
+            f"tools of kind {tool_pb2.ToolKind.Name(tool.kind)} are not supported yet"
+        )
+
+    async def _http_call(self, tool: tool_pb2.Tool, arguments: dict[str, Any], key: str) -> Any:
+        try:
+            response = await self._http.post(
+                tool.endpoint, json=arguments, headers={"Idempotency-Key": key}, timeout=None
+            )
+        except httpx.TransportError as e:
+            raise _Transient(f"unreachable: {e!r}") from e
+        if response.status_code >= 500 or response.status_code in (408, 429):
+            raise _Transient(f"HTTP {response.status_code}")
+        if response.status_code >= 400:
+            raise ToolFailure(f"HTTP {response.status_code}: {response.text[:500]}")
+        try:
+            return response.json()
+        except ValueError:
+            return {"text": response.text[:10_000]}
+
+
+class _Transient(Exception):
+    """A failure worth retrying for an idempotent tool."""
