@@ -5,16 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import signal
 import sys
 from dataclasses import dataclass
 
 import grpc
+import httpx
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from dataplane.api.agents import AgentServicer
 from dataplane.config.watcher import ConfigWatcher
+from dataplane.models.gateway import ModelGateway
+from dataplane.orchestrator.runs import Runs
+from dataplane.runstore.database import open_run_database
+from dataplane.runstore.store import RunStore
 from dataplane.settings import Settings
+from dataplane.tools.router import ToolRouter
+from pilothouse.v1 import run_pb2, run_pb2_grpc
+from storekit.database import Database
 
 log = logging.getLogger("pilothouse.executor")
 
@@ -48,6 +58,9 @@ class Executor:
     settings: Settings
     channel: grpc.aio.Channel
     watcher: ConfigWatcher
+    db: Database
+    http: httpx.AsyncClient
+    runs: Runs
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     port: int
@@ -67,16 +80,38 @@ class Executor:
             cluster=settings.cluster,
             lkg_path=settings.lkg_path,
         )
+        db = open_run_database(settings.run_store_url)
+        await db.migrate()
         await watcher.start()
+        store = RunStore(db)
+        # The gateway owns retrying: the HTTP client's own retries stay off.
+        http = httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(retries=0),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+        )
+        runs = Runs(
+            store,
+            ModelGateway(http),
+            ToolRouter(http),
+            watcher,
+            owner=f"{settings.node_id}/{secrets.token_hex(3)}",
+        )
+        await runs.start()
         server = grpc.aio.server()
+        run_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(runs, store, watcher), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection((health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        agent_service = run_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+        reflection.enable_server_reflection(
+            (agent_service, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
         port = server.add_insecure_port(settings.listen)
         await server.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         serving = asyncio.create_task(_serve_once_configured(watcher, health_servicer))
-        executor = cls(settings, channel, watcher, server, health_servicer, port, serving)
+        executor = cls(
+            settings, channel, watcher, db, http, runs, server, health_servicer, port, serving
+        )
         log.info("executor started", extra={"address": executor.address, "node": settings.node_id})
         return executor
 
@@ -84,8 +119,11 @@ class Executor:
         await self.health.enter_graceful_shutdown()
         self._serving_task.cancel()
         await self.server.stop(self.settings.shutdown_grace)
+        await self.runs.aclose()
         await self.watcher.aclose()
         await self.channel.close()
+        await self.http.aclose()
+        await self.db.aclose()
         log.info("executor stopped")
 
 

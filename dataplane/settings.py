@@ -24,6 +24,8 @@ class Settings:
     """The executor pool this one belongs to."""
     state_dir: Path = Path(".pilothouse")
     """Where the last-known-good configuration file is kept."""
+    run_store_url: str = "sqlite:///.pilothouse/runs.db"
+    """The run store the executors of this pool share: sqlite:///file or postgresql://…"""
     control_plane_ca: Path | None = None
     """CA of the control plane's certificate; TLS when set."""
     client_cert: Path | None = None
@@ -44,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node-id", help="xDS node id (PILOTHOUSE_NODE_ID; default hostname)")
     parser.add_argument("--cluster", help="executor pool (PILOTHOUSE_CLUSTER)")
     parser.add_argument("--state-dir", help="directory for state files (PILOTHOUSE_STATE_DIR)")
+    parser.add_argument("--run-store-url", help="run store database (PILOTHOUSE_RUN_STORE_URL)")
     parser.add_argument("--control-plane-ca", help="CA of the control plane (PILOTHOUSE_TLS_CA)")
     parser.add_argument("--client-cert", help="client certificate (PILOTHOUSE_TLS_CERT)")
     parser.add_argument("--client-key", help="client key (PILOTHOUSE_TLS_KEY)")
@@ -72,6 +75,7 @@ def from_arguments(ns: argparse.Namespace, env: Mapping[str, str] = os.environ) 
         node_id=pick("node_id", "PILOTHOUSE_NODE_ID") or defaults.node_id,
         cluster=pick("cluster", "PILOTHOUSE_CLUSTER") or defaults.cluster,
         state_dir=Path(pick("state_dir", "PILOTHOUSE_STATE_DIR") or defaults.state_dir),
+        run_store_url=pick("run_store_url", "PILOTHOUSE_RUN_STORE_URL") or defaults.run_store_url,
         control_plane_ca=Path(ca) if ca else None,
         client_cert=Path(cert) if cert else None,
         client_key=Path(key) if key else None,

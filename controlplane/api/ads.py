@@ -2,11 +2,13 @@
 
 Per stream and per type URL the server keeps what it last sent (version and nonce) and
 whether that response still awaits its ACK or NACK; at most one response per type is
-outstanding. A request whose nonce is not the last one sent is stale and ignored. A NACK
-marks the version rejected for that node, which is then never sent to it again. A push
-happens only when the version the stream would see differs from what was last sent, so
-nothing is pushed when nothing changed. Every response of one snapshot carries that
-snapshot's version; a key confined to a tenant sees only that tenant's resources.
+outstanding, and a newer snapshot is sent only once every type has answered for the
+current one, so the types of a stream move from snapshot to snapshot together. A request
+whose nonce is not the last one sent is stale and ignored. A NACK marks the version
+rejected for that node, which is then never sent to it again. A push happens only when
+the version the stream would see differs from what was last sent, so nothing is pushed
+when nothing changed. Every response of one snapshot carries that snapshot's version; a
+key confined to a tenant sees only that tenant's resources.
 """
 
 from __future__ import annotations
@@ -102,6 +104,9 @@ class _Stream:
     nacked: set[str] = field(default_factory=set)
     types: dict[str, _TypeState] = field(default_factory=dict)
     reported_ack: str = ""
+    round: tuple[Snapshot, str] | None = None
+    """The snapshot (and its version for this stream) being delivered: every type gets
+    it before any type gets a newer one, so an executor always sees whole snapshots."""
 
 
 class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
@@ -194,8 +199,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         state.names = frozenset(request.resource_names)
 
     def _due(self, stream: _Stream) -> list[discovery_pb2.DiscoveryResponse]:
-        snapshot = self._publisher.current
-        version = snapshot.version_for(stream.tenant)
+        if stream.round is None or not any(s.outstanding for s in stream.types.values()):
+            current = self._publisher.current
+            stream.round = (current, current.version_for(stream.tenant))
+        snapshot, version = stream.round
         if version in stream.nacked:
             return []
         responses = []

@@ -560,6 +560,21 @@ class RunStore:
                 )
         return await self.get(lease.run_id)
 
+    async def hand_back(self, lease: Lease) -> None:
+        """Give a run back untouched (the executor is shutting down): queued at once for
+        another executor, not counted as a failure."""
+        now = _now()
+        async with self._db.transaction() as conn:
+            await self._fence(
+                conn,
+                lease,
+                state=RunState.QUEUED.value,
+                lease_owner="",
+                lease_expires_at=None,
+                available_at=now,
+                updated_at=now,
+            )
+
     # -- from outside the lease --------------------------------------------------------
 
     async def make_claimable(self, run_id: str, events: Sequence[NewEvent] = ()) -> bool:

@@ -244,3 +244,24 @@ async def test_only_executors_and_admins_may_watch(live: Live) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stream.recv()
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_types_move_to_a_new_snapshot_together(live: Live) -> None:
+    tenant = await _registry_with_agent(live)
+    async with ads(live, f"lockstep-{tenant}", await _executor_key(live, tenant)) as stream:
+        first = await stream.subscribe_all()
+        urls = list(first)
+        for url in urls[:3]:
+            await stream.send(url, first[url].version_info, first[url].nonce)
+        await live.tools.CreateTool(
+            tool_pb2.CreateToolRequest(parent=f"tenants/{tenant}", tool_id="mid", tool=h.tool()),
+            metadata=live.md(),
+        )
+        await live.plane.publisher.refresh()
+        await stream.nothing_for(0.3)  # the round in progress is not broken up
+        for url in urls[3:]:
+            await stream.send(url, first[url].version_info, first[url].nonce)
+        second = await stream.collect(len(TYPE_URLS))
+        assert len({r.version_info for r in second.values()}) == 1
+        assert second[TOOL_URL].version_info != first[TOOL_URL].version_info
+        assert len(second[TOOL_URL].resources) == 2

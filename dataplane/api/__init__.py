@@ -1,0 +1,1 @@
+"""The executor's gRPC edge: AgentService, authentication, conversion, status codes."""

@@ -1,0 +1,199 @@
+"""AgentService on the executor."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from dataplane.api import auth
+from dataplane.api._convert import event_to_proto, run_to_proto
+from dataplane.config.watcher import ConfigWatcher
+from dataplane.orchestrator.context import AdmissionError
+from dataplane.orchestrator.runs import Admission, Runs
+from dataplane.runstore.errors import IdempotencyConflict, RunNotFound
+from dataplane.runstore.model import Run
+from dataplane.runstore.store import RunStore
+from pilothouse.v1 import run_pb2 as pb
+from pilothouse.v1 import run_pb2_grpc
+
+log = logging.getLogger("pilothouse.executor.api")
+Ctx = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 1000
+
+
+async def _abort(ctx: Ctx, code: grpc.StatusCode, message: str, field: str = "") -> NoReturn:
+    status = status_pb2.Status(code=code.value[0], message=message)
+    if field:
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
+                ]
+            )
+        )
+        status.details.append(detail)
+    await ctx.abort(
+        code, message, trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),)
+    )
+    raise AssertionError("unreachable")
+
+
+async def _guard(ctx: Ctx, call: Callable[[], Awaitable[T]]) -> T:
+    """Run a call, mapping refusals to their status codes (never UNKNOWN)."""
+    try:
+        return await call()
+    except auth.Unauthenticated as e:
+        await _abort(ctx, grpc.StatusCode.UNAUTHENTICATED, str(e))
+    except auth.PermissionDenied as e:
+        await _abort(ctx, grpc.StatusCode.PERMISSION_DENIED, str(e))
+    except AdmissionError as e:
+        if e.not_found:
+            await _abort(ctx, grpc.StatusCode.NOT_FOUND, str(e))
+        if not e.field:
+            await _abort(ctx, grpc.StatusCode.UNAVAILABLE, str(e))
+        await _abort(ctx, grpc.StatusCode.INVALID_ARGUMENT, f"{e.field}: {e}", e.field)
+    except RunNotFound as e:
+        await _abort(ctx, grpc.StatusCode.NOT_FOUND, f"run {e} not found")
+    except IdempotencyConflict as e:
+        await _abort(ctx, grpc.StatusCode.FAILED_PRECONDITION, str(e))
+    except grpc.aio.AbortError:
+        raise
+    except Exception:
+        log.exception("request failed")
+        await _abort(ctx, grpc.StatusCode.INTERNAL, "internal error; see the executor log")
+
+
+def _tenant_of(name: str, collection: str, field: str) -> tuple[str, str]:
+    parts = name.split("/")
+    if (
+        len(parts) != 4
+        or parts[0] != "tenants"
+        or parts[2] != collection
+        or not parts[1]
+        or not parts[3]
+    ):
+        raise AdmissionError(field, f"{name!r} is not tenants/{{tenant}}/{collection}/{{id}}")
+    return parts[1], parts[3]
+
+
+class AgentServicer(run_pb2_grpc.AgentServiceServicer):
+    def __init__(self, runs: Runs, store: RunStore, watcher: ConfigWatcher) -> None:
+        self._runs = runs
+        self._store = store
+        self._watcher = watcher
+
+    def _caller(self, ctx: Ctx) -> auth.Caller:
+        metadata = dict(ctx.invocation_metadata() or ())
+        value = metadata.get("authorization")
+        return auth.authenticate(
+            self._watcher, value.decode() if isinstance(value, bytes) else value
+        )
+
+    def _admission(self, ctx: Ctx, request: pb.RunAgentRequest | pb.StartRunRequest) -> Admission:
+        caller = self._caller(ctx)
+        tenant, _ = _tenant_of(request.agent, "agents", "agent")
+        auth.require_tenant(caller, tenant)
+        remaining = ctx.time_remaining()
+        deadline = datetime.now(UTC) + timedelta(seconds=remaining) if remaining else None
+        return Admission(
+            tenant=tenant,
+            agent=request.agent,
+            input=request.input,
+            variables=dict(request.variables),
+            budget=request.budget,
+            idempotency_key=request.idempotency_key or None,
+            session_id=request.session_id,
+            user_id=request.user_id,
+            deadline_at=deadline if isinstance(request, pb.RunAgentRequest) else None,
+        )
+
+    async def _run_for(self, ctx: Ctx, name: str) -> Run:
+        caller = self._caller(ctx)
+        tenant, run_id = _tenant_of(name, "runs", "name")
+        auth.require_tenant(caller, tenant)
+        run = await self._store.get(run_id)
+        if run.tenant != tenant:
+            raise RunNotFound(name)
+        return run
+
+    async def RunAgent(
+        self, request: pb.RunAgentRequest, context: Ctx
+    ) -> AsyncIterator[pb.RunAgentResponse]:
+        run, _ = await _guard(
+            context, lambda: self._runs.admit(self._admission(context, request), run_now=True)
+        )
+        async for event in self._runs.watch(run.id, until_pause=True):
+            yield pb.RunAgentResponse(event=event_to_proto(run, event))
+
+    async def StartRun(self, request: pb.StartRunRequest, context: Ctx) -> pb.StartRunResponse:
+        run, created = await _guard(
+            context, lambda: self._runs.admit(self._admission(context, request), run_now=False)
+        )
+        return pb.StartRunResponse(run=run_to_proto(run), created=created)
+
+    async def WatchRun(
+        self, request: pb.WatchRunRequest, context: Ctx
+    ) -> AsyncIterator[pb.WatchRunResponse]:
+        run = await _guard(context, lambda: self._run_for(context, request.name))
+        async for event in self._runs.watch(run.id, after=request.after_sequence):
+            yield pb.WatchRunResponse(event=event_to_proto(run, event))
+
+    async def GetRun(self, request: pb.GetRunRequest, context: Ctx) -> pb.GetRunResponse:
+        run = await _guard(context, lambda: self._run_for(context, request.name))
+        return pb.GetRunResponse(run=run_to_proto(run))
+
+    async def ListRuns(self, request: pb.ListRunsRequest, context: Ctx) -> pb.ListRunsResponse:
+        async def page() -> pb.ListRunsResponse:
+            caller = self._caller(context)
+            parts = request.parent.split("/")
+            if len(parts) != 2 or parts[0] != "tenants" or not parts[1]:
+                raise AdmissionError("parent", f"{request.parent!r} is not tenants/{{tenant}}")
+            auth.require_tenant(caller, parts[1])
+            if request.page_size < 0:
+                raise AdmissionError("page_size", "must not be negative")
+            size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
+            before = _decode_token(request.page_token, request.parent)
+            runs = await self._store.list_runs(parts[1], before=before, limit=size + 1)
+            token = ""
+            if len(runs) > size:
+                runs = runs[:size]
+                token = _encode_token(request.parent, runs[-1])
+            return pb.ListRunsResponse(runs=[run_to_proto(r) for r in runs], next_page_token=token)
+
+        return await _guard(context, page)
+
+    async def CancelRun(self, request: pb.CancelRunRequest, context: Ctx) -> pb.CancelRunResponse:
+        async def cancel() -> Run:
+            run = await self._run_for(context, request.name)
+            return await self._runs.cancel(run.id)
+
+        return pb.CancelRunResponse(run=run_to_proto(await _guard(context, cancel)))
+
+
+def _encode_token(parent: str, last: Run) -> str:
+    raw = json.dumps({"p": parent, "t": last.created_at.isoformat(), "i": last.id}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str, parent: str) -> tuple[datetime, str] | None:
+    if not token:
+        return None
+    with contextlib.suppress(ValueError, KeyError, TypeError, binascii.Error):
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if data["p"] == parent:
+            return datetime.fromisoformat(data["t"]), str(data["i"])
+    raise AdmissionError("page_token", "is not a token of this list")

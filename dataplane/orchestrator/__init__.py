@@ -1,0 +1,1 @@
+"""The run loop: admit, build context, plan, act, validate, checkpoint."""

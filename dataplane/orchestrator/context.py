@@ -1,0 +1,156 @@
+"""What a run needs from configuration, resolved once at admission from the executor's
+snapshot (no control-plane call): the agent, its prompt version, route, tools, budget."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from google.protobuf import json_format
+
+from dataplane.config.snapshot import ExecutorConfig
+from dataplane.models.types import ToolSpec
+from dataplane.tools.router import agent_tools
+from pilothouse.v1 import agent_pb2, prompt_pb2, tool_pb2
+
+PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z][A-Za-z0-9_]*)\s*\}\}")
+
+
+class AdmissionError(Exception):
+    """The run cannot start; ``field`` names the request field at fault."""
+
+    def __init__(self, field: str, message: str, *, not_found: bool = False) -> None:
+        super().__init__(message)
+        self.field = field
+        self.not_found = not_found
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Hard limits of a run; 0 or None: none of that kind."""
+
+    max_steps: int = 0
+    max_tool_calls: int = 0
+    max_tokens: int = 0
+    max_usd: Decimal | None = None
+    max_wall_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "max_steps": self.max_steps,
+            "max_tool_calls": self.max_tool_calls,
+            "max_tokens": self.max_tokens,
+            "max_usd": None if self.max_usd is None else str(self.max_usd),
+            "max_wall_seconds": self.max_wall_seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Limits:
+        usd = data.get("max_usd")
+        return cls(
+            int(data.get("max_steps", 0)),
+            int(data.get("max_tool_calls", 0)),
+            int(data.get("max_tokens", 0)),
+            None if usd is None else Decimal(usd),
+            float(data.get("max_wall_seconds", 0.0)),
+        )
+
+
+def _usd(text: str, field: str) -> Decimal | None:
+    if not text:
+        return None
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        raise AdmissionError(field, f"{text!r} is not a decimal number") from None
+
+
+def _tighter(agent: int, asked: int) -> int:
+    if agent and asked:
+        return min(agent, asked)
+    return agent or asked
+
+
+def limits(agent: agent_pb2.Agent, asked: agent_pb2.Budget) -> Limits:
+    """The agent's budget, tightened (never loosened) by what the caller asks."""
+    base = agent.default_budget
+    agent_usd = _usd(base.max_usd, "agent.default_budget.max_usd")
+    asked_usd = _usd(asked.max_usd, "budget.max_usd")
+    usd = (
+        min(u for u in (agent_usd, asked_usd) if u is not None)
+        if (agent_usd or asked_usd) is not None
+        else None
+    )
+    wall_agent = (
+        base.max_wall_time.ToTimedelta().total_seconds() if base.HasField("max_wall_time") else 0.0
+    )
+    wall_asked = (
+        asked.max_wall_time.ToTimedelta().total_seconds()
+        if asked.HasField("max_wall_time")
+        else 0.0
+    )
+    return Limits(
+        _tighter(base.max_steps, asked.max_steps),
+        _tighter(base.max_tool_calls, asked.max_tool_calls),
+        _tighter(base.max_tokens, asked.max_tokens),
+        usd,
+        min(w for w in (wall_agent, wall_asked) if w) if (wall_agent or wall_asked) else 0.0,
+    )
+
+
+@dataclass(frozen=True)
+class RunContext:
+    agent: agent_pb2.Agent
+    version: prompt_pb2.PromptVersion
+    route: str
+    tools: dict[str, tool_pb2.Tool]
+    """By the name the model sees."""
+    system_prompt: str
+
+    @property
+    def tool_specs(self) -> tuple[ToolSpec, ...]:
+        return tuple(
+            ToolSpec(name, tool.description, json_format.MessageToDict(tool.input_schema))
+            for name, tool in sorted(self.tools.items())
+        )
+
+
+def resolve(
+    config: ExecutorConfig, agent_name: str, variables: dict[str, str], *, pinned_version: str = ""
+) -> RunContext:
+    """The run's context from the snapshot. ``pinned_version``: the version a run was
+    admitted with (a resumed run keeps it even if a label moved since)."""
+    agent = config.get(agent_pb2.Agent, agent_name)
+    if agent is None:
+        raise AdmissionError("agent", f"agent {agent_name!r} not found", not_found=True)
+    version = (
+        config.get(prompt_pb2.PromptVersion, pinned_version)
+        if pinned_version
+        else config.agent_prompt_version(agent)
+    )
+    if version is None:
+        raise AdmissionError("agent", f"agent {agent_name!r} has no prompt version to run")
+    values: dict[str, str] = {}
+    for var in version.variables:
+        if var.name in variables:
+            values[var.name] = variables[var.name]
+        elif var.required:
+            raise AdmissionError(f"variables[{var.name}]", f"variable {var.name!r} is required")
+        else:
+            values[var.name] = var.default_value
+    unknown = sorted(set(variables) - {v.name for v in version.variables})
+    if unknown:
+        raise AdmissionError(
+            f"variables[{unknown[0]}]", f"the prompt declares no variable {unknown[0]!r}"
+        )
+    system = PLACEHOLDER.sub(lambda m: values.get(m[1], m[0]), version.template)
+    tools = {t.name: t for t in config.all(tool_pb2.Tool)}
+    return RunContext(
+        agent,
+        version,
+        agent.model_route or version.model_route,
+        agent_tools(agent, tools),
+        system,
+    )

@@ -1,0 +1,493 @@
+"""Running one run while holding its lease: plan (a model call), act (its tool calls),
+checkpoint, and again, until an answer, a limit, a cancellation or an approval wait.
+
+Every model call is checkpointed as soon as it returns, and every tool call is journaled
+before it runs and when it ends, so a run resumed by another executor repeats neither a
+model call nor a completed tool call. Budgets are checked before the spending they would
+not allow: the worst case of a model call (the prompt's estimate plus the most it may
+write) before it is made, each tool call before it runs, wall time throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from dataplane.config.snapshot import ExecutorConfig
+from dataplane.models.gateway import ModelGateway, NoModelAvailable
+from dataplane.models.pricing import cost as price
+from dataplane.models.scripted import estimate_tokens
+from dataplane.models.types import ChatMessage, ChatRequest, ProviderError
+from dataplane.models.types import Usage as CallUsage
+from dataplane.orchestrator.context import Limits, RunContext, resolve
+from dataplane.runstore.errors import LeaseLost
+from dataplane.runstore.model import CallState, Lease, NewEvent, Run, StopReason, ToolCallRecord
+from dataplane.runstore.store import RunStore
+from dataplane.tools.router import ToolOutcome, ToolRouter
+from pilothouse.v1 import model_pb2, tool_pb2
+
+
+@dataclass
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    model_calls: int = 0
+    tool_calls: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cached_input_tokens": self.cached_input_tokens,
+            "cost_usd": str(self.cost_usd),
+            "model_calls": self.model_calls,
+            "tool_calls": self.tool_calls,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Usage:
+        return cls(
+            int(data.get("input_tokens", 0)),
+            int(data.get("output_tokens", 0)),
+            int(data.get("cached_input_tokens", 0)),
+            Decimal(data.get("cost_usd", "0")),
+            int(data.get("model_calls", 0)),
+            int(data.get("tool_calls", 0)),
+        )
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass
+class _Stop(Exception):
+    reason: StopReason
+    detail: str = ""
+    final_answer: str = ""
+
+
+@dataclass
+class RunLoop:
+    store: RunStore
+    gateway: ModelGateway
+    router: ToolRouter
+    config: ExecutorConfig
+    run: Run
+    lease: Lease
+    notify: Any = None
+    """Called after every write, so watchers of this executor see events at once."""
+    cancel_reason: str = ""
+    """Set before cancelling the task that runs ``execute`` to stop the run as cancelled."""
+    _usage: Usage = field(default_factory=Usage)
+
+    async def execute(self) -> None:
+        """Drive the run until it stops or waits; LeaseLost ends it silently (another
+        executor has it now). Cancelled (CancelRun reached this executor), it stops the
+        run as cancelled, even in the middle of a step."""
+        renewer = asyncio.create_task(self._keep_lease())
+        try:
+            await self._drive()
+        except LeaseLost:
+            return
+        except asyncio.CancelledError:
+            if self.cancel_reason:
+                with contextlib.suppress(LeaseLost):
+                    await self.store.finish(
+                        self.lease,
+                        StopReason.CANCELLED,
+                        detail=self.cancel_reason,
+                        events=[
+                            NewEvent(
+                                "run_stopped",
+                                {
+                                    "reason": "STOP_REASON_CANCELLED",
+                                    "detail": self.cancel_reason,
+                                    "usage": self._usage.to_dict(),
+                                },
+                            )
+                        ],
+                    )
+                self._notify()
+                return
+            raise
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LeaseLost):
+                await renewer
+
+    async def _keep_lease(self) -> None:
+        """Renew the lease while a long step runs, so only a dead or stuck executor
+        loses it."""
+        interval = max(self.store.lease_ttl.total_seconds() / 3, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            self.lease = await self.store.renew(self.lease)
+
+    def _notify(self) -> None:
+        if self.notify is not None:
+            self.notify(self.run.id)
+
+    async def _drive(self) -> None:
+        request = self.run.request
+        ctx = resolve(
+            self.config,
+            self.run.agent,
+            request.get("variables", {}),
+            pinned_version=request.get("prompt_version", ""),
+        )
+        limits = Limits.from_dict(request.get("limits", {}))
+        checkpoints, journal = await self.store.history(self.run.id)
+        messages = [
+            ChatMessage.from_dict(m) for cp in checkpoints for m in cp.delta.get("messages", [])
+        ]
+        self._usage = Usage.from_dict(self.run.usage)
+        deadline_wall = (
+            self.run.created_at.timestamp() + limits.max_wall_seconds
+            if limits.max_wall_seconds
+            else None
+        )
+        try:
+            if not messages:
+                messages = [
+                    ChatMessage("system", ctx.system_prompt),
+                    ChatMessage("user", request.get("input", "")),
+                ]
+                self.lease = await self.store.checkpoint(
+                    self.lease,
+                    step=0,
+                    delta={"messages": [m.to_dict() for m in messages]},
+                    usage=self._usage.to_dict(),
+                    events=[
+                        NewEvent(
+                            "run_started",
+                            {
+                                "prompt_version": ctx.version.name,
+                                "config_version": self.config.version,
+                            },
+                        )
+                    ],
+                )
+                self._notify()
+            step = self.run.step
+            while True:
+                last = messages[-1]
+                pending_calls = (
+                    last.role == "assistant"
+                    and last.tool_calls
+                    and not any(m.role == "tool" for m in messages[messages.index(last) + 1 :])
+                )
+                if not pending_calls:
+                    step += 1
+                    self._check_limits(limits, deadline_wall, step)
+                    reply = await self._plan(ctx, limits, messages, step, deadline_wall)
+                    messages.append(reply)
+                    if not reply.tool_calls:
+                        raise _Stop(StopReason.COMPLETED, final_answer=reply.content)
+                results = await self._act(ctx, limits, messages[-1], step, journal, deadline_wall)
+                if results is None:
+                    return  # waiting for approval: the lease is released
+                messages.extend(results)
+                self.lease = await self.store.checkpoint(
+                    self.lease,
+                    step=step,
+                    delta={"messages": [m.to_dict() for m in results]},
+                    usage=self._usage.to_dict(),
+                )
+                self._notify()
+                journal = [j for j in journal if j.step != step]
+        except _Stop as stop:
+            events = []
+            if stop.reason is StopReason.COMPLETED:
+                events.append(NewEvent("final_answer", {"text": stop.final_answer}))
+            events.append(
+                NewEvent(
+                    "run_stopped",
+                    {
+                        "reason": "STOP_REASON_" + stop.reason.name,
+                        "detail": stop.detail,
+                        "usage": self._usage.to_dict(),
+                    },
+                )
+            )
+            await self.store.finish(
+                self.lease,
+                stop.reason,
+                detail=stop.detail,
+                final_answer=stop.final_answer,
+                events=events,
+            )
+            self._notify()
+
+    def _check_limits(self, limits: Limits, deadline_wall: float | None, step: int) -> None:
+        if limits.max_steps and step > limits.max_steps:
+            raise _Stop(StopReason.MAX_STEPS, f"{limits.max_steps} steps")
+        if deadline_wall is not None and time.time() >= deadline_wall:
+            raise _Stop(StopReason.BUDGET_EXCEEDED, "wall_time")
+        if self.run.deadline_at is not None and time.time() >= self.run.deadline_at.timestamp():
+            raise _Stop(StopReason.CANCELLED, "the caller's deadline passed")
+
+    def _deadline(self, deadline_wall: float | None) -> float:
+        loop = asyncio.get_running_loop()
+        limits = [loop.time() + 600.0]
+        if deadline_wall is not None:
+            limits.append(loop.time() + (deadline_wall - time.time()))
+        if self.run.deadline_at is not None:
+            limits.append(loop.time() + (self.run.deadline_at.timestamp() - time.time()))
+        return min(limits)
+
+    async def _plan(
+        self,
+        ctx: RunContext,
+        limits: Limits,
+        messages: list[ChatMessage],
+        step: int,
+        deadline_wall: float | None,
+    ) -> ChatMessage:
+        params = ctx.version.parameters
+        model = self._primary_model(ctx)
+        max_out = (
+            params.max_output_tokens
+            if params.HasField("max_output_tokens")
+            else (model.max_output_tokens if model is not None else 0)
+        )
+        prompt_estimate = sum(estimate_tokens(m.content) + 4 for m in messages) + sum(
+            estimate_tokens(json.dumps(t.parameters)) for t in ctx.tool_specs
+        )
+        if limits.max_tokens and self._usage.tokens + prompt_estimate + max_out > limits.max_tokens:
+            raise _Stop(StopReason.BUDGET_EXCEEDED, "tokens")
+        if limits.max_usd is not None and model is not None:
+            worst = price(model, CallUsage(prompt_estimate, max_out))
+            if self._usage.cost_usd + worst > limits.max_usd:
+                raise _Stop(StopReason.BUDGET_EXCEEDED, "usd")
+        await self._check_cancel()
+        request = ChatRequest(
+            messages=tuple(messages),
+            tools=ctx.tool_specs,
+            max_output_tokens=max_out or None,
+            temperature=params.temperature if params.HasField("temperature") else None,
+            top_p=params.top_p if params.HasField("top_p") else None,
+            stop=tuple(params.stop),
+            step=step,
+            run_input=self.run.request.get("input", ""),
+        )
+        started = time.perf_counter()
+        try:
+            result = await self.gateway.complete(
+                self.config,
+                ctx.route,
+                request,
+                deadline=self._deadline(deadline_wall),
+                pick_key=f"{self.run.id}:{step}",
+            )
+        except (ProviderError, NoModelAvailable) as e:
+            self._check_limits(limits, deadline_wall, step)  # a deadline says it better
+            raise _Stop(StopReason.FAILED, f"model_error: {e}") from e
+        usage = result.result.usage
+        self._usage.input_tokens += usage.input_tokens
+        self._usage.output_tokens += usage.output_tokens
+        self._usage.cached_input_tokens += usage.cached_input_tokens
+        self._usage.cost_usd += result.cost
+        self._usage.model_calls += 1
+        reply = result.result.message
+        events = [
+            NewEvent("step_started", {"step": step}),
+            NewEvent(
+                "model_call_finished",
+                {
+                    "step": step,
+                    "model": result.model.name,
+                    "input_tokens": usage.input_tokens,
+                    "output_tokens": usage.output_tokens,
+                    "cost_usd": str(result.cost),
+                    "finish_reason": result.result.finish_reason,
+                    "latency_seconds": round(time.perf_counter() - started, 6),
+                    "attempts": result.attempts,
+                },
+            ),
+        ]
+        events += [
+            NewEvent(
+                "tool_call_requested",
+                {
+                    "step": step,
+                    "call_id": c.id,
+                    "tool": c.name,
+                    "arguments": c.arguments,
+                },
+            )
+            for c in reply.tool_calls
+        ]
+        self.lease = await self.store.checkpoint(
+            self.lease,
+            step=step - 1 if reply.tool_calls else step,
+            delta={"messages": [reply.to_dict()]},
+            usage=self._usage.to_dict(),
+            events=events,
+        )
+        self._notify()
+        return reply
+
+    def _primary_model(self, ctx: RunContext) -> model_pb2.Model | None:
+        route = self.config.get(model_pb2.ModelRoute, ctx.route)
+        if route is None or not route.targets:
+            return None
+        return self.config.get(model_pb2.Model, route.targets[0].model)
+
+    async def _check_cancel(self) -> None:
+        current = await self.store.get(self.run.id)
+        if current.cancel_requested:
+            raise _Stop(StopReason.CANCELLED, "cancelled")
+
+    async def _act(
+        self,
+        ctx: RunContext,
+        limits: Limits,
+        reply: ChatMessage,
+        step: int,
+        journal: list[ToolCallRecord],
+        deadline_wall: float | None,
+    ) -> list[ChatMessage] | None:
+        """Run the reply's tool calls; their results, or None when the run now waits for
+        an approval."""
+        done = {(j.step, j.call_index): j for j in journal}
+        results: list[ChatMessage] = []
+        untrusted = False
+        for index, call in enumerate(reply.tool_calls):
+            record = done.get((step, index))
+            if record is not None and record.state in (CallState.COMPLETED, CallState.FAILED):
+                results.append(ChatMessage("tool", json.dumps(record.result), tool_call_id=call.id))
+                continue
+            checked = self.router.check(ctx.tools, call.name, call.arguments)
+            if isinstance(checked, ToolOutcome):
+                outcome = checked
+            else:
+                tool, arguments = checked
+                if limits.max_tool_calls and self._usage.tool_calls + 1 > limits.max_tool_calls:
+                    raise _Stop(StopReason.BUDGET_EXCEEDED, "tool_calls")
+                reason = needs_approval(ctx, tool, untrusted)
+                if reason and (record is None or record.state is CallState.AWAITING_APPROVAL):
+                    await self.store.record_call(
+                        self.lease,
+                        step=step,
+                        call_index=index,
+                        call_id=call.id,
+                        tool=call.name,
+                        arguments=arguments,
+                        state=CallState.AWAITING_APPROVAL,
+                    )
+                    await self.store.wait_for_approval(
+                        self.lease,
+                        [
+                            NewEvent(
+                                "approval_required",
+                                {
+                                    "step": step,
+                                    "call_id": call.id,
+                                    "tool": call.name,
+                                    "arguments": call.arguments,
+                                    "reason": reason,
+                                },
+                            )
+                        ],
+                    )
+                    self._notify()
+                    return None
+                if record is not None and record.state is CallState.DENIED:
+                    outcome = ToolOutcome({"error": "a person denied this call"}, False, False)
+                else:
+                    await self._check_cancel()
+                    await self.store.record_call(
+                        self.lease,
+                        step=step,
+                        call_index=index,
+                        call_id=call.id,
+                        tool=call.name,
+                        arguments=arguments,
+                        state=CallState.STARTED,
+                    )
+                    started = time.perf_counter()
+                    outcome = await self.router.execute(
+                        tool,
+                        arguments,
+                        idempotency_key=f"{self.run.id}:{step}:{index}",
+                        deadline=self._deadline(deadline_wall),
+                    )
+                    self._usage.tool_calls += 1
+                    untrusted = True
+                    await self.store.record_call(
+                        self.lease,
+                        step=step,
+                        call_index=index,
+                        call_id=call.id,
+                        tool=call.name,
+                        arguments=arguments,
+                        state=CallState.COMPLETED if outcome.ok else CallState.FAILED,
+                        result=outcome.result,
+                        events=[
+                            _finished(
+                                step, call.id, call.name, outcome, time.perf_counter() - started
+                            )
+                        ],
+                    )
+                    self._notify()
+                    results.append(
+                        ChatMessage("tool", json.dumps(outcome.result), tool_call_id=call.id)
+                    )
+                    continue
+            await self.store.record_call(
+                self.lease,
+                step=step,
+                call_index=index,
+                call_id=call.id,
+                tool=call.name,
+                arguments={},
+                state=CallState.FAILED,
+                result=outcome.result,
+                events=[_finished(step, call.id, call.name, outcome, 0.0)],
+            )
+            self._notify()
+            results.append(ChatMessage("tool", json.dumps(outcome.result), tool_call_id=call.id))
+        return results
+
+
+def _finished(step: int, call_id: str, tool: str, outcome: ToolOutcome, seconds: float) -> NewEvent:
+    return NewEvent(
+        "tool_call_finished",
+        {
+            "step": step,
+            "call_id": call_id,
+            "tool": tool,
+            "ok": outcome.ok,
+            "executed": outcome.executed,
+            "result": json.dumps(outcome.result),
+            "latency_seconds": round(seconds, 6),
+        },
+    )
+
+
+def needs_approval(ctx: RunContext, tool: tool_pb2.Tool, untrusted: bool) -> str:
+    """Why a call must wait for a person, or "" when it need not."""
+    policy = ctx.agent.approval_policy
+    mode = tool.approval or policy.default_mode
+    if tool.name in policy.always_require:
+        return "the agent's policy requires approval for this tool"
+    if mode == tool_pb2.APPROVAL_MODE_ALWAYS:
+        return "the tool always requires approval"
+    if mode == tool_pb2.APPROVAL_MODE_WHEN_UNTRUSTED and untrusted:
+        return "untrusted content has entered the run"
+    annotations = tool.annotations
+    read_only = annotations.HasField("read_only_hint") and annotations.read_only_hint
+    destructive = not read_only and (
+        not annotations.HasField("destructive_hint") or annotations.destructive_hint
+    )
+    if policy.require_for_destructive and destructive:
+        return "the tool may be destructive"
+    return ""

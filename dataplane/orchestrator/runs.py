@@ -1,0 +1,202 @@
+"""Runs on this executor: admitting them, running them, picking up queued and orphaned
+runs of the pool, watching their events, cancelling them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from dataplane.config.watcher import ConfigWatcher
+from dataplane.models.gateway import ModelGateway
+from dataplane.orchestrator.context import AdmissionError, limits, resolve
+from dataplane.orchestrator.loop import RunLoop
+from dataplane.runstore.model import Lease, Run, RunEvent, RunState
+from dataplane.runstore.store import NewRun, RunStore
+from dataplane.tools.router import ToolRouter
+from pilothouse.v1 import agent_pb2
+
+log = logging.getLogger("pilothouse.executor.runs")
+
+# A run that failed on an executor error waits this long before another try.
+RETRY_AFTER_ERROR = timedelta(seconds=1)
+
+
+@dataclass(frozen=True)
+class Admission:
+    tenant: str
+    agent: str
+    input: str
+    variables: dict[str, str]
+    budget: agent_pb2.Budget
+    idempotency_key: str | None = None
+    session_id: str = ""
+    user_id: str = ""
+    deadline_at: datetime | None = None
+
+
+class Runs:
+    def __init__(
+        self,
+        store: RunStore,
+        gateway: ModelGateway,
+        router: ToolRouter,
+        watcher: ConfigWatcher,
+        *,
+        owner: str,
+        poll_interval: float = 0.2,
+        max_concurrent: int = 256,
+    ) -> None:
+        self._store = store
+        self._gateway = gateway
+        self._router = router
+        self._watcher = watcher
+        self.owner = owner
+        self._poll = poll_interval
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._loops: dict[str, tuple[RunLoop, asyncio.Task[None]]] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        self._claimer: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    async def start(self) -> None:
+        self._claimer = asyncio.create_task(self._claim_forever(), name="run-claimer")
+
+    async def aclose(self) -> None:
+        """Stop claiming; hand runs in progress back to the pool for another executor."""
+        if self._claimer is not None:
+            self._claimer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._claimer
+        for loop, task in list(self._loops.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            with contextlib.suppress(Exception):
+                await self._store.hand_back(loop.lease)
+
+    # -- admission -------------------------------------------------------------------
+
+    async def admit(self, admission: Admission, *, run_now: bool) -> tuple[Run, bool]:
+        """Create the run (or find the one its idempotency key names). With ``run_now``
+        this executor starts it at once; otherwise it is queued for the pool."""
+        config = self._watcher.current
+        if config is None:
+            raise AdmissionError("", "this executor has no configuration yet")
+        ctx = resolve(config, admission.agent, admission.variables)
+        request = {
+            "input": admission.input,
+            "variables": admission.variables,
+            "limits": limits(ctx.agent, admission.budget).to_dict(),
+            "prompt_version": ctx.version.name,
+            "config_version": config.version,
+        }
+        run, lease, created = await self._store.create(
+            NewRun(
+                admission.tenant,
+                admission.agent,
+                request,
+                admission.idempotency_key,
+                admission.session_id,
+                admission.user_id,
+                admission.deadline_at,
+                queued=not run_now,
+            ),
+            owner=self.owner,
+        )
+        if lease is not None:
+            self._launch(run, lease)
+        elif created:
+            self._wake.set()
+        return run, created
+
+    # -- running ---------------------------------------------------------------------
+
+    def _launch(self, run: Run, lease: Lease) -> None:
+        config = self._watcher.current
+        assert config is not None
+        loop = RunLoop(self._store, self._gateway, self._router, config, run, lease, self.notify)
+
+        async def go() -> None:
+            async with self._slots:
+                try:
+                    await loop.execute()
+                except Exception:
+                    log.exception("run failed unexpectedly", extra={"run": run.id})
+                    with contextlib.suppress(Exception):
+                        from datetime import timedelta
+
+                        await self._store.release(
+                            loop.lease, retry_after=timedelta(seconds=1), error="executor error"
+                        )
+                finally:
+                    self._loops.pop(run.id, None)
+                    self.notify(run.id)
+
+        self._loops[run.id] = (loop, asyncio.create_task(go(), name=f"run-{run.id}"))
+
+    async def _claim_forever(self) -> None:
+        while True:
+            try:
+                claimed = True
+                while claimed and self._watcher.current is not None:
+                    got = await self._store.claim(self.owner)
+                    claimed = got is not None
+                    if got is not None:
+                        lease, run = got
+                        self._launch(run, lease)
+            except Exception:
+                log.exception("claiming runs failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll)
+            self._wake.clear()
+
+    # -- watching and cancelling ---------------------------------------------------
+
+    def notify(self, run_id: str) -> None:
+        event = self._changed.get(run_id)
+        if event is not None:
+            event.set()
+
+    async def watch(
+        self, run_id: str, *, after: int = 0, until_pause: bool = False
+    ) -> AsyncIterator[RunEvent]:
+        """The run's events after ``after``, then new ones as they are written (on this
+        executor at once, on another within the poll interval), until the run finishes
+        (or, with ``until_pause``, waits for an approval)."""
+        changed = self._changed.setdefault(run_id, asyncio.Event())
+        try:
+            while True:
+                changed.clear()
+                events = await self._store.events(run_id, after=after)
+                for event in events:
+                    after = event.seq
+                    yield event
+                if not events:
+                    run = await self._store.get(run_id)
+                    if run.state is RunState.FINISHED or (
+                        until_pause and run.state is RunState.WAITING_APPROVAL
+                    ):
+                        if not await self._store.events(run_id, after=after):
+                            return
+                        continue
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(changed.wait(), self._poll)
+        finally:
+            if not changed.is_set():
+                self._changed.pop(run_id, None)
+
+    async def cancel(self, run_id: str) -> Run:
+        run = await self._store.request_cancel(run_id)
+        local = self._loops.get(run_id)
+        if local is not None:
+            loop, task = local
+            loop.cancel_reason = "cancelled"
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            run = await self._store.get(run_id)
+        return run

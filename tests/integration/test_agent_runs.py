@@ -1,0 +1,309 @@
+"""Agents run end to end: a real control plane, a real executor, a scripted model, real
+tools, over gRPC on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from dataplane.server import Executor
+from dataplane.settings import Settings as ExecutorSettings
+from pilothouse.v1 import (
+    agent_pb2,
+    api_key_pb2,
+    discovery_pb2,
+    model_pb2,
+    prompt_pb2,
+    run_pb2,
+    run_pb2_grpc,
+    tool_pb2,
+)
+from tests import helpers as h
+from tests.conftest import Live
+
+Code = grpc.StatusCode
+
+
+@dataclass
+class Stage:
+    live: Live
+    executor: Executor
+    channel: grpc.aio.Channel
+
+    @property
+    def agents(self) -> run_pb2_grpc.AgentServiceStub:
+        return run_pb2_grpc.AgentServiceStub(self.channel)
+
+    async def client_key(self, tenant: str) -> str:
+        key = await self.live.keys.CreateApiKey(
+            api_key_pb2.CreateApiKeyRequest(
+                api_key=api_key_pb2.ApiKey(role=api_key_pb2.ROLE_CLIENT, tenant=f"tenants/{tenant}")
+            ),
+            metadata=self.live.md(),
+        )
+        await self.live.plane.publisher.refresh()
+        await self.executor.watcher.wait_for(
+            lambda c: c.get(discovery_pb2.ApiKeyDigest, key.api_key.name) is not None, 5
+        )
+        return key.secret
+
+    async def settled(self) -> None:
+        """The executor holds the control plane's current configuration."""
+        await self.live.plane.publisher.refresh()
+        version = self.live.plane.publisher.current.version
+        await self.executor.watcher.wait_for(lambda c: c.version == version, 5)
+
+
+@contextlib.asynccontextmanager
+async def stage(live: Live, run_store_url: str, tmp_path: Path) -> AsyncIterator[Stage]:
+    key = await live.new_key(api_key_pb2.ROLE_EXECUTOR, None)
+    executor = await Executor.start(
+        ExecutorSettings(
+            api_key=key,
+            listen="127.0.0.1:0",
+            control_plane=live.address,
+            node_id=f"exec-{os.urandom(3).hex()}",
+            state_dir=tmp_path,
+            run_store_url=run_store_url,
+            shutdown_grace=1.0,
+        )
+    )
+    channel = grpc.aio.insecure_channel(executor.address)
+    try:
+        yield Stage(live, executor, channel)
+    finally:
+        await channel.close()
+        await executor.aclose()
+
+
+async def support_agent(live: Live, *, approval: bool = False, max_steps: int = 0) -> str:
+    """A tenant with a scripted model that calls the calculator, then answers with its
+    result; an agent over it."""
+    tenant = await live.new_tenant("run")
+    parent = f"tenants/{tenant}"
+    md = live.md()
+    calc = tool_pb2.Tool(
+        description="Evaluate arithmetic",
+        kind=tool_pb2.TOOL_KIND_BUILTIN,
+        endpoint="calculator",
+    )
+    calc.input_schema.update(
+        {
+            "type": "object",
+            "properties": {"expression": {"type": "string"}},
+            "required": ["expression"],
+        }
+    )
+    calc.annotations.read_only_hint = True
+    if approval:
+        calc.approval = tool_pb2.APPROVAL_MODE_ALWAYS
+    await live.tools.CreateTool(
+        tool_pb2.CreateToolRequest(parent=parent, tool_id="calc", tool=calc), metadata=md
+    )
+    model = h.model()
+    first = model.scripted.rules.add(on_step=1)
+    first.tool_calls.add(tool="calc").arguments.update({"expression": "6 * 7"})
+    model.scripted.rules.add(on_step=2, answer="The answer is {{last_tool_result}}")
+    await live.models.CreateModel(
+        model_pb2.CreateModelRequest(parent=parent, model_id="small", model=model), metadata=md
+    )
+    await live.models.CreateModelRoute(
+        model_pb2.CreateModelRouteRequest(
+            parent=parent, model_route_id="default", model_route=h.route(tenant, "small")
+        ),
+        metadata=md,
+    )
+    await live.prompts.CreatePrompt(
+        prompt_pb2.CreatePromptRequest(
+            parent=parent, prompt_id="support", prompt=prompt_pb2.Prompt()
+        ),
+        metadata=md,
+    )
+    version = await live.prompts.CreatePromptVersion(
+        prompt_pb2.CreatePromptVersionRequest(
+            parent=f"{parent}/prompts/support", prompt_version=h.version(tenant, "default")
+        ),
+        metadata=md,
+    )
+    await live.prompts.SetPromptLabel(
+        prompt_pb2.SetPromptLabelRequest(
+            name=f"{parent}/prompts/support",
+            label="production",
+            version=version.prompt_version.name,
+        ),
+        metadata=md,
+    )
+    agent = h.agent(tenant, "support", ["calc"])
+    agent.default_budget.max_steps = max_steps
+    await live.agents.CreateAgent(
+        agent_pb2.CreateAgentRequest(parent=parent, agent_id="helper", agent=agent), metadata=md
+    )
+    return tenant
+
+
+def kinds(events: list[run_pb2.RunEvent]) -> list[str]:
+    return [e.WhichOneof("event") or "" for e in events]
+
+
+async def run_to_end(
+    s: Stage, key: str, request: run_pb2.RunAgentRequest
+) -> list[run_pb2.RunEvent]:
+    call = s.agents.RunAgent(request, metadata=(("authorization", f"Bearer {key}"),))
+    return [response.event async for response in call]
+
+
+async def test_run_agent_streams_a_whole_run(
+    live: Live, run_database_url: str, tmp_path: Path
+) -> None:
+    tenant = await support_agent(live)
+    async with stage(live, run_database_url, tmp_path) as s:
+        key = await s.client_key(tenant)
+        await s.settled()
+        request = run_pb2.RunAgentRequest(
+            agent=f"tenants/{tenant}/agents/helper",
+            input="what is six times seven?",
+            variables={"customer": "Ada"},
+            idempotency_key="q-1",
+        )
+        events = await run_to_end(s, key, request)
+        assert kinds(events) == [
+            "run_started",
+            "step_started",
+            "model_call_finished",
+            "tool_call_requested",
+            "tool_call_finished",
+            "step_started",
+            "model_call_finished",
+            "final_answer",
+            "run_stopped",
+        ]
+        assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+        finished = events[4].tool_call_finished
+        assert finished.ok and finished.executed and '"result": 42' in finished.result
+        assert events[7].final_answer.text == 'The answer is {"result": 42}'
+        stopped = events[-1].run_stopped
+        assert stopped.reason == run_pb2.STOP_REASON_COMPLETED
+        assert stopped.usage.model_calls == 2 and stopped.usage.tool_calls == 1
+        assert float(stopped.usage.cost_usd) > 0
+
+        md = (("authorization", f"Bearer {key}"),)
+        run = (await s.agents.GetRun(run_pb2.GetRunRequest(name=events[0].run), metadata=md)).run
+        assert run.state == run_pb2.RUN_STATE_FINISHED and run.steps == 2
+        assert run.final_answer.startswith("The answer is")
+        again = await run_to_end(s, key, request)
+        assert again[0].run == events[0].run, "the same idempotency key is the same run"
+        listed = await s.agents.ListRuns(
+            run_pb2.ListRunsRequest(parent=f"tenants/{tenant}"), metadata=md
+        )
+        assert [r.name for r in listed.runs] == [events[0].run]
+        watched = [
+            r.event
+            async for r in s.agents.WatchRun(
+                run_pb2.WatchRunRequest(name=events[0].run, after_sequence=7), metadata=md
+            )
+        ]
+        assert kinds(watched) == ["final_answer", "run_stopped"]
+
+
+async def test_refusals(live: Live, run_database_url: str, tmp_path: Path) -> None:
+    tenant = await support_agent(live)
+    other = await support_agent(live)
+    async with stage(live, run_database_url, tmp_path) as s:
+        key = await s.client_key(tenant)
+        await s.settled()
+        md = (("authorization", f"Bearer {key}"),)
+        agent = f"tenants/{tenant}/agents/helper"
+
+        async def first_event(request: run_pb2.RunAgentRequest, metadata: object = md) -> None:
+            async for _ in s.agents.RunAgent(request, metadata=metadata):
+                break
+
+        err = await h.fails(
+            first_event(run_pb2.RunAgentRequest(agent=agent, input="x")), Code.INVALID_ARGUMENT
+        )
+        assert "variables[customer]" in (err.details() or "")
+        await h.fails(
+            first_event(run_pb2.RunAgentRequest(agent=f"tenants/{other}/agents/helper", input="x")),
+            Code.PERMISSION_DENIED,
+        )
+        await h.fails(
+            first_event(run_pb2.RunAgentRequest(agent=f"tenants/{tenant}/agents/nope", input="x")),
+            Code.NOT_FOUND,
+        )
+        await h.fails(
+            first_event(run_pb2.RunAgentRequest(agent=agent), metadata=()), Code.UNAUTHENTICATED
+        )
+        await h.fails(
+            s.agents.GetRun(run_pb2.GetRunRequest(name=f"tenants/{tenant}/runs/nope"), metadata=md),
+            Code.NOT_FOUND,
+        )
+
+
+async def test_limits_and_approval_pause(live: Live, run_database_url: str, tmp_path: Path) -> None:
+    tenant = await support_agent(live, max_steps=1)
+    waiting = await support_agent(live, approval=True)
+    async with stage(live, run_database_url, tmp_path) as s:
+        key = await s.client_key(tenant)
+        waiting_key = await s.client_key(waiting)
+        await s.settled()
+        events = await run_to_end(
+            s,
+            key,
+            run_pb2.RunAgentRequest(
+                agent=f"tenants/{tenant}/agents/helper",
+                input="x",
+                variables={"customer": "Ada"},
+            ),
+        )
+        assert events[-1].run_stopped.reason == run_pb2.STOP_REASON_MAX_STEPS
+
+        paused = await run_to_end(
+            s,
+            waiting_key,
+            run_pb2.RunAgentRequest(
+                agent=f"tenants/{waiting}/agents/helper",
+                input="x",
+                variables={"customer": "Ada"},
+            ),
+        )
+        assert kinds(paused)[-1] == "approval_required"
+        assert paused[-1].approval_required.tool == "calc"
+        md = (("authorization", f"Bearer {waiting_key}"),)
+        run = (await s.agents.GetRun(run_pb2.GetRunRequest(name=paused[0].run), metadata=md)).run
+        assert run.state == run_pb2.RUN_STATE_WAITING_APPROVAL and run.executor == ""
+        cancelled = await s.agents.CancelRun(
+            run_pb2.CancelRunRequest(name=paused[0].run), metadata=md
+        )
+        assert cancelled.run.stop_reason == run_pb2.STOP_REASON_CANCELLED
+
+
+async def test_start_run_is_picked_up_by_the_pool(
+    live: Live, run_database_url: str, tmp_path: Path
+) -> None:
+    tenant = await support_agent(live)
+    async with stage(live, run_database_url, tmp_path) as s:
+        key = await s.client_key(tenant)
+        await s.settled()
+        md = (("authorization", f"Bearer {key}"),)
+        started = await s.agents.StartRun(
+            run_pb2.StartRunRequest(
+                agent=f"tenants/{tenant}/agents/helper",
+                input="x",
+                variables={"customer": "Ada"},
+            ),
+            metadata=md,
+        )
+        assert started.created and started.run.state == run_pb2.RUN_STATE_QUEUED
+        events = [
+            r.event
+            async for r in s.agents.WatchRun(
+                run_pb2.WatchRunRequest(name=started.run.name), metadata=md
+            )
+        ]
+        assert kinds(events)[-1] == "run_stopped"
+        assert events[-1].run_stopped.reason == run_pb2.STOP_REASON_COMPLETED
