@@ -1,15 +1,19 @@
-"""`make demo`: a control plane on embedded SQLite, the example resources applied with the
-CLI, and what they look like to an operator. Everything stays on 127.0.0.1.
+"""`make demo`: a control plane on embedded SQLite, an executor, the example resources
+applied with the CLI, and an agent run streamed live with its usage and cost. Everything
+stays on 127.0.0.1 and runs offline (the example route's first model is scripted); with
+OPENAI_BASE_URL and OPENAI_API_KEY set, point the route at gpt-4o-mini to use a real one.
 
-The control plane's database and the demo's admin key live under ./.pilothouse/, so the
-demo can be run again (the second apply then finds everything unchanged).
+The databases, the executor's snapshot file and the demo's admin key live under
+./.pilothouse/, so the demo can be run again.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from controlplane import launch
@@ -30,58 +34,138 @@ def admin_key() -> str:
     return path.read_text().strip()
 
 
-def step(title: str, *args: str, env: dict[str, str]) -> None:
-    print(f"\n$ pilothouse {' '.join(args)}    # {title}", flush=True)
-    result = subprocess.run([PY, "-m", "pilothouse.cli", *args], env=env, cwd=ROOT)
+def cli(*args: str, env: dict[str, str], show: str = "") -> str:
+    if show:
+        print(f"\n$ pilothouse {' '.join(args)}    # {show}", flush=True)
+    result = subprocess.run(
+        [PY, "-m", "pilothouse.cli", *args], env=env, cwd=ROOT, capture_output=not show, text=True
+    )
     if result.returncode != 0:
-        raise SystemExit(f"demo step failed: pilothouse {' '.join(args)}")
+        raise SystemExit(f"demo step failed: pilothouse {' '.join(args)}\n{result.stderr or ''}")
+    return result.stdout or ""
+
+
+def new_key(role: str, env: dict[str, str], tenant: str = "") -> str:
+    args = ["keys", "create", "--role", role, "--display-name", f"demo {role}"]
+    if tenant:
+        args += ["--tenant", tenant]
+    return cli(*args, env=env).strip().splitlines()[-1]
+
+
+def start_executor(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "dataplane",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--node-id",
+            "demo-executor",
+            "--state-dir",
+            str(STATE),
+            "--run-store-url",
+            f"sqlite:///{STATE / 'runs.db'}",
+            "--log-format",
+            "text",
+            "--log-level",
+            "WARNING",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    for line in process.stderr:
+        match = re.search(r"executor listening on (\S+)", line)
+        if match:
+            return process, match[1]
+    raise SystemExit("the executor did not start")
+
+
+def wait_until_current(env: dict[str, str]) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        rows = cli("executors", env=env).splitlines()
+        if any(r.startswith("demo-executor") and r.split()[2:5:2] == ["yes", "yes"] for r in rows):
+            return
+        time.sleep(0.2)
+    raise SystemExit("the executor did not take the configuration")
 
 
 def main() -> None:
     STATE.mkdir(exist_ok=True)
     key = admin_key()
-    plane = launch.start(
-        f"sqlite:///{STATE / 'controlplane.db'}", bootstrap_key=key, log_level="INFO", cwd=ROOT
-    )
-    address = plane.address
-    print(f"Control plane on {address} (SQLite at {STATE / 'controlplane.db'}).")
-    env = {**os.environ, "PILOTHOUSE_ADDR": address, "PILOTHOUSE_API_KEY": key}
+    plane = launch.start(f"sqlite:///{STATE / 'controlplane.db'}", bootstrap_key=key, cwd=ROOT)
+    print(f"Control plane on {plane.address} (SQLite at {STATE / 'controlplane.db'}).")
+    env = {**os.environ, "PILOTHOUSE_ADDR": plane.address, "PILOTHOUSE_API_KEY": key}
+    executor: subprocess.Popen[str] | None = None
     try:
-        step(
-            "declare the example tenant, models, tools, prompt and agent",
+        cli(
             "apply",
             "-f",
             "deploy/examples",
             env=env,
+            show="declare the example tenant, models, tools, prompt and agent",
         )
-        step("applying again changes nothing", "apply", "-f", "deploy/examples", env=env)
-        step("tenants", "get", "tenants", env=env)
-        step("the tenant's limits", "get", "quota", "acme", env=env)
-        step("tools", "get", "tools", "--tenant", "acme", env=env)
-        step("models", "get", "models", "--tenant", "acme", env=env)
-        step("routes", "get", "routes", "--tenant", "acme", env=env)
-        step("agents", "get", "agents", "--tenant", "acme", env=env)
-        step(
-            "prompt versions and labels",
+        cli("apply", "-f", "deploy/examples", env=env, show="applying again changes nothing")
+        cli("get", "tools", "--tenant", "acme", env=env, show="tools")
+        cli("get", "agents", "--tenant", "acme", env=env, show="agents")
+        cli(
             "prompt",
             "versions",
             "support-triage",
             "--tenant",
             "acme",
             env=env,
+            show="prompt versions and labels",
         )
-        step(
-            "one tool in full",
-            "get",
-            "tool",
-            "lookup-order",
+
+        executor_env = {
+            **env,
+            "PILOTHOUSE_EXECUTOR_KEY": new_key("executor", env),
+            "PILOTHOUSE_CONTROL_PLANE": plane.address,
+        }
+        executor, executor_address = start_executor(executor_env)
+        print(f"\nExecutor on {executor_address}, configured over xDS from the control plane.")
+        wait_until_current(env)
+        cli("executors", env=env, show="what each executor has acknowledged")
+
+        client_env = {
+            **env,
+            "PILOTHOUSE_API_KEY": new_key("client", env, "acme"),
+            "PILOTHOUSE_EXECUTOR_ADDR": executor_address,
+        }
+        wait_until_current(env)  # the client key has reached the executor too
+        cli(
+            "run",
+            "support",
             "--tenant",
             "acme",
-            "-o",
-            "yaml",
-            env=env,
+            "--var",
+            "customer_name=Ada",
+            "--input",
+            "What do three of the $19.99 mugs cost?",
+            env=client_env,
+            show="run the agent and watch it work",
+        )
+        cli(
+            "runs",
+            "list",
+            "--tenant",
+            "acme",
+            "--limit",
+            "5",
+            env=client_env,
+            show="the tenant's runs",
         )
     finally:
+        if executor is not None:
+            executor.terminate()
+            executor.wait(timeout=30)
         plane.stop()
     print(
         "\nDone. The admin key is in .pilothouse/admin.key. To keep a control plane running:\n"

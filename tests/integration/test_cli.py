@@ -57,7 +57,7 @@ async def test_apply_examples_twice_is_idempotent(live: Live) -> None:
     first = await cli(live, "apply", "-f", "-", stdin=manifests)
     assert first.code == 0, first.err
     lines = first.out.strip().splitlines()
-    assert len(lines) == 9
+    assert len(lines) == 10
     assert lines[0] == f"tenant/{tenant} (tenants/{tenant}) created"
     assert lines[1].endswith("configured")  # the quota policy always exists
     assert all(line.endswith("created") for line in lines[2:])
@@ -85,7 +85,7 @@ async def test_apply_a_directory(live: Live, tmp_path: Path) -> None:
         (tmp_path / path.name).write_text(text.replace("name: acme", f"name: {tenant}"))
     result = await cli(live, "apply", "-f", str(tmp_path))
     assert result.code == 0, result.err
-    assert result.out.count("created") == 8
+    assert result.out.count("created") == 9
 
 
 async def test_get_and_describe(live: Live) -> None:
@@ -94,11 +94,11 @@ async def test_get_and_describe(live: Live) -> None:
     table = await cli(live, "get", "tools", "--tenant", tenant)
     assert table.code == 0
     assert table.out.splitlines()[0].split() == ["NAME", "KIND", "ENDPOINT", "APPROVAL", "AGE"]
-    assert "lookup-order" in table.out and "issue-refund" in table.out
-    as_json = await cli(live, "get", "tool", "lookup-order", "--tenant", tenant, "-o", "json")
+    assert "calculator" in table.out and "issue-refund" in table.out
+    as_json = await cli(live, "get", "tool", "calculator", "--tenant", tenant, "-o", "json")
     tool = json.loads(as_json.out)
-    assert tool["name"] == f"tenants/{tenant}/tools/lookup-order"
-    assert tool["input_schema"]["required"] == ["order_id"]
+    assert tool["name"] == f"tenants/{tenant}/tools/calculator"
+    assert tool["input_schema"]["required"] == ["expression"]
     as_yaml = await cli(live, "--tenant", tenant, "get", "agents", "-o", "yaml")
     assert f"name: tenants/{tenant}/agents/support" in as_yaml.out
     described = await cli(live, "describe", "prompt", "support-triage", "--tenant", tenant)
@@ -141,7 +141,7 @@ async def test_user_mistakes_are_one_line_errors(live: Live) -> None:
 async def test_delete_in_use_and_label_and_keys(live: Live) -> None:
     tenant = f"ops-{os.urandom(3).hex()}"
     assert (await cli(live, "apply", "-f", "-", stdin=_retarget(tenant))).code == 0
-    refused = await cli(live, "delete", "tool", "lookup-order", "--tenant", tenant)
+    refused = await cli(live, "delete", "tool", "calculator", "--tenant", tenant)
     assert refused.code == 1 and "FAILED_PRECONDITION" in refused.err
     assert f"tenants/{tenant}/agents/support" in refused.err
 

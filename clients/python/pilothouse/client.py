@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -18,6 +18,7 @@ from pilothouse.v1 import (
     discovery_pb2_grpc,
     model_pb2_grpc,
     prompt_pb2_grpc,
+    run_pb2_grpc,
     tenant_pb2_grpc,
     tool_pb2_grpc,
 )
@@ -25,6 +26,7 @@ from pilothouse.v1 import (
 R = TypeVar("R")
 
 DEFAULT_ADDRESS = "127.0.0.1:7070"
+DEFAULT_EXECUTOR_ADDRESS = "127.0.0.1:7071"
 
 
 @dataclass(frozen=True)
@@ -45,11 +47,13 @@ class ClientConfig:
     tls: TlsConfig | None = None
     timeout: float = 30.0
     """Deadline of each call, in seconds."""
+    executor_address: str = DEFAULT_EXECUTOR_ADDRESS
+    """An executor of the pool (AgentService): runs go there, not to the control plane."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, **overrides: Any) -> ClientConfig:
-        """PILOTHOUSE_ADDR, PILOTHOUSE_API_KEY and PILOTHOUSE_TLS_CA / _CERT / _KEY; explicit
-        overrides that are not None win."""
+        """PILOTHOUSE_ADDR, PILOTHOUSE_EXECUTOR_ADDR, PILOTHOUSE_API_KEY and
+        PILOTHOUSE_TLS_CA / _CERT / _KEY; explicit overrides that are not None win."""
         tls = None
         ca, cert, key = (env.get(f"PILOTHOUSE_TLS_{k}") for k in ("CA", "CERT", "KEY"))
         if ca or cert:
@@ -58,6 +62,7 @@ class ClientConfig:
             )
         values: dict[str, Any] = {
             "address": env.get("PILOTHOUSE_ADDR") or DEFAULT_ADDRESS,
+            "executor_address": env.get("PILOTHOUSE_EXECUTOR_ADDR") or DEFAULT_EXECUTOR_ADDRESS,
             "api_key": env.get("PILOTHOUSE_API_KEY") or None,
             "tls": tls,
         }
@@ -79,18 +84,38 @@ class Client:
         self.tenants = tenant_pb2_grpc.TenantServiceStub(self.channel)
         self.api_keys = api_key_pb2_grpc.ApiKeyServiceStub(self.channel)
         self.executors = discovery_pb2_grpc.ExecutorServiceStub(self.channel)
+        self._executor_channel: grpc.aio.Channel | None = None
+
+    @property
+    def runs(self) -> run_pb2_grpc.AgentServiceAsyncStub:
+        """AgentService, on the configured executor."""
+        if self._executor_channel is None:
+            self._executor_channel = _channel(self.config, self.config.executor_address)
+        return run_pb2_grpc.AgentServiceStub(self._executor_channel)
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.config.api_key}"),) if self.config.api_key else ()
+
+    async def stream(
+        self, method: Callable[..., AsyncIterable[R]], request: Any, *, timeout: float | None = None
+    ) -> AsyncIterator[R]:
+        """A server-streaming call; ``timeout`` None means no deadline."""
+        try:
+            async for item in method(request, metadata=self._metadata(), timeout=timeout):
+                yield item
+        except grpc.aio.AioRpcError as e:
+            raise ApiError.from_rpc(e) from None
 
     async def call(self, method: Callable[..., Awaitable[R]], request: Any) -> R:
-        metadata = (
-            (("authorization", f"Bearer {self.config.api_key}"),) if self.config.api_key else ()
-        )
         try:
-            return await method(request, metadata=metadata, timeout=self.config.timeout)
+            return await method(request, metadata=self._metadata(), timeout=self.config.timeout)
         except grpc.aio.AioRpcError as e:
             raise ApiError.from_rpc(e) from None
 
     async def aclose(self) -> None:
         await self.channel.close()
+        if self._executor_channel is not None:
+            await self._executor_channel.close()
 
     async def __aenter__(self) -> Client:
         return self
@@ -104,9 +129,10 @@ class Client:
         await self.aclose()
 
 
-def _channel(config: ClientConfig) -> grpc.aio.Channel:
+def _channel(config: ClientConfig, address: str | None = None) -> grpc.aio.Channel:
+    address = address or config.address
     if config.tls is None:
-        return grpc.aio.insecure_channel(config.address)
+        return grpc.aio.insecure_channel(address)
     tls = config.tls
     creds = grpc.ssl_channel_credentials(
         root_certificates=tls.ca_file.read_bytes() if tls.ca_file else None,
@@ -114,4 +140,4 @@ def _channel(config: ClientConfig) -> grpc.aio.Channel:
         certificate_chain=tls.cert_file.read_bytes() if tls.cert_file else None,
     )
     options = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
-    return grpc.aio.secure_channel(config.address, creds, options=options)
+    return grpc.aio.secure_channel(address, creds, options=options)

@@ -8,6 +8,9 @@ Kubernetes.
     pilothouse prompt versions NAME
     pilothouse prompt label NAME LABEL VERSION
     pilothouse keys create --role ROLE [--tenant T]
+    pilothouse executors
+    pilothouse run AGENT --input TEXT [--var K=V] [--no-follow]
+    pilothouse runs list|get|watch|cancel
 
 The server, key and TLS come from flags or PILOTHOUSE_ADDR, PILOTHOUSE_API_KEY,
 PILOTHOUSE_TLS_CA/_CERT/_KEY; the tenant of short names from --tenant or PILOTHOUSE_TENANT.
@@ -25,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pilothouse.cli import kinds, output
+from pilothouse.cli import kinds, output, runs
 from pilothouse.cli.apply import apply_all
 from pilothouse.cli.manifests import ManifestError, load
 from pilothouse.cli.usage import UsageError
@@ -38,6 +41,7 @@ def _common_options() -> argparse.ArgumentParser:
     """Options accepted before or after the command, as kubectl does."""
     common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     common.add_argument("--addr", help="control plane host:port (PILOTHOUSE_ADDR)")
+    common.add_argument("--executor", help="executor host:port for runs (PILOTHOUSE_EXECUTOR_ADDR)")
     common.add_argument("--api-key", help="API key (PILOTHOUSE_API_KEY)")
     common.add_argument("--tls-ca", help="CA of the server's certificate; enables TLS")
     common.add_argument("--tls-cert", help="client certificate, for mutual TLS")
@@ -98,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         "executors", help="executors and the configuration they acknowledged", parents=[common]
     ).add_argument("-o", "--output", **fmt)  # type: ignore[arg-type]
 
+    runs.add_commands(sub, common, fmt)
+
     keys = sub.add_parser("keys", help="API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser(
@@ -126,6 +132,7 @@ def _config(ns: argparse.Namespace) -> ClientConfig:
         )
     return ClientConfig.from_env(
         address=_option(ns, "addr"),
+        executor_address=_option(ns, "executor"),
         api_key=_option(ns, "api_key"),
         tls=tls,
         timeout=_option(ns, "timeout"),
@@ -160,6 +167,10 @@ async def run(ns: argparse.Namespace) -> int:
             return await _prompt(client, ns)
         if ns.command == "executors":
             return await _executors(client, ns)
+        if ns.command == "run":
+            return await runs.run_agent(client, ns, _tenant(ns))
+        if ns.command == "runs":
+            return await runs.runs_command(client, ns, _tenant(ns))
         return await _keys(client, ns)
 
 
