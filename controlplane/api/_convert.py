@@ -271,7 +271,9 @@ def _scripted_to_proto(s: r.ScriptedModel, target: model_pb2.ScriptedModel) -> N
         )
         _set_duration(out.latency, rule.latency)
         for call in rule.tool_calls:
-            dict_to_struct(call.arguments, out.tool_calls.add(tool=call.tool).arguments)
+            arguments = out.tool_calls.add(tool=call.tool).arguments
+            arguments.SetInParent()  # {} is arguments too: an empty object, not none
+            dict_to_struct(call.arguments, arguments)
 
 
 def model_to_proto(record: Record[r.Model]) -> model_pb2.Model:
