@@ -9,6 +9,7 @@ import secrets
 import signal
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import grpc
 import httpx
@@ -83,7 +84,7 @@ class Executor:
         db = open_run_database(settings.run_store_url)
         await db.migrate()
         await watcher.start()
-        store = RunStore(db)
+        store = RunStore(db, lease_ttl=timedelta(seconds=settings.lease_ttl))
         # The gateway owns retrying: the HTTP client's own retries stay off.
         http = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(retries=0),

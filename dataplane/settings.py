@@ -30,6 +30,8 @@ class Settings:
     """CA of the control plane's certificate; TLS when set."""
     client_cert: Path | None = None
     client_key: Path | None = None
+    lease_ttl: float = 15.0
+    """Seconds a claim on a run lasts unless renewed; a dead executor's runs move on after it."""
     log_level: str = "INFO"
     log_format: str = "json"
     shutdown_grace: float = 10.0
@@ -50,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--control-plane-ca", help="CA of the control plane (PILOTHOUSE_TLS_CA)")
     parser.add_argument("--client-cert", help="client certificate (PILOTHOUSE_TLS_CERT)")
     parser.add_argument("--client-key", help="client key (PILOTHOUSE_TLS_KEY)")
+    parser.add_argument("--lease-ttl", type=float, help="seconds (PILOTHOUSE_LEASE_TTL)")
     parser.add_argument("--log-level", help="(PILOTHOUSE_LOG_LEVEL)")
     parser.add_argument("--log-format", choices=["json", "text"], help="(PILOTHOUSE_LOG_FORMAT)")
 
@@ -79,6 +82,7 @@ def from_arguments(ns: argparse.Namespace, env: Mapping[str, str] = os.environ) 
         control_plane_ca=Path(ca) if ca else None,
         client_cert=Path(cert) if cert else None,
         client_key=Path(key) if key else None,
+        lease_ttl=float(pick("lease_ttl", "PILOTHOUSE_LEASE_TTL") or defaults.lease_ttl),
         log_level=(pick("log_level", "PILOTHOUSE_LOG_LEVEL") or defaults.log_level).upper(),
         log_format=pick("log_format", "PILOTHOUSE_LOG_FORMAT") or defaults.log_format,
     )

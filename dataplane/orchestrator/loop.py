@@ -176,22 +176,20 @@ class RunLoop:
                     ],
                 )
                 self._notify()
-            step = self.run.step
+            completed = self.run.step
             while True:
-                last = messages[-1]
-                pending_calls = (
-                    last.role == "assistant"
-                    and last.tool_calls
-                    and not any(m.role == "tool" for m in messages[messages.index(last) + 1 :])
-                )
-                if not pending_calls:
-                    step += 1
+                step = completed + 1
+                # A resumed run may stop between a model call and its tool calls.
+                if not (messages[-1].role == "assistant" and messages[-1].tool_calls):
                     self._check_limits(limits, deadline_wall, step)
                     reply = await self._plan(ctx, limits, messages, step, deadline_wall)
                     messages.append(reply)
                     if not reply.tool_calls:
                         raise _Stop(StopReason.COMPLETED, final_answer=reply.content)
-                results = await self._act(ctx, limits, messages[-1], step, journal, deadline_wall)
+                untrusted = any(m.role == "tool" for m in messages)
+                results = await self._act(
+                    ctx, limits, messages[-1], step, journal, deadline_wall, untrusted
+                )
                 if results is None:
                     return  # waiting for approval: the lease is released
                 messages.extend(results)
@@ -203,6 +201,7 @@ class RunLoop:
                 )
                 self._notify()
                 journal = [j for j in journal if j.step != step]
+                completed = step
         except _Stop as stop:
             events = []
             if stop.reason is StopReason.COMPLETED:
@@ -354,12 +353,12 @@ class RunLoop:
         step: int,
         journal: list[ToolCallRecord],
         deadline_wall: float | None,
+        untrusted: bool,
     ) -> list[ChatMessage] | None:
         """Run the reply's tool calls; their results, or None when the run now waits for
-        an approval."""
+        an approval. ``untrusted``: tool output has entered the run already."""
         done = {(j.step, j.call_index): j for j in journal}
         results: list[ChatMessage] = []
-        untrusted = False
         for index, call in enumerate(reply.tool_calls):
             record = done.get((step, index))
             if record is not None and record.state in (CallState.COMPLETED, CallState.FAILED):
