@@ -341,8 +341,9 @@ class RunLoop:
         return self.config.get(model_pb2.Model, route.targets[0].model)
 
     async def _check_cancel(self) -> None:
-        current = await self.store.get(self.run.id)
-        if current.cancel_requested:
+        """Stop if someone asked: the flag comes back with every fenced write and lease
+        renewal, so checking it costs no read."""
+        if self.lease.cancel_requested:
             raise _Stop(StopReason.CANCELLED, "cancelled")
 
     async def _act(
@@ -403,15 +404,17 @@ class RunLoop:
                     outcome = ToolOutcome({"error": "a person denied this call"}, False, False)
                 else:
                     await self._check_cancel()
-                    await self.store.record_call(
-                        self.lease,
-                        step=step,
-                        call_index=index,
-                        call_id=call.id,
-                        tool=call.name,
-                        arguments=arguments,
-                        state=CallState.STARTED,
-                    )
+                    if not _safe_to_repeat(tool):
+                        # Journaled before it runs: a resumed run knows it may have acted.
+                        await self.store.record_call(
+                            self.lease,
+                            step=step,
+                            call_index=index,
+                            call_id=call.id,
+                            tool=call.name,
+                            arguments=arguments,
+                            state=CallState.STARTED,
+                        )
                     started = time.perf_counter()
                     outcome = await self.router.execute(
                         tool,
@@ -469,6 +472,14 @@ def _finished(step: int, call_id: str, tool: str, outcome: ToolOutcome, seconds:
             "result": json.dumps(outcome.result),
             "latency_seconds": round(seconds, 6),
         },
+    )
+
+
+def _safe_to_repeat(tool: tool_pb2.Tool) -> bool:
+    """Read-only and idempotent tools may simply run again after a crash."""
+    hints = tool.annotations
+    return (hints.HasField("read_only_hint") and hints.read_only_hint) or (
+        hints.HasField("idempotent_hint") and hints.idempotent_hint
     )
 
 

@@ -168,6 +168,7 @@ class Runs:
         executor at once, on another within the poll interval), until the run finishes
         (or, with ``until_pause``, waits for an approval)."""
         changed = self._changed.setdefault(run_id, asyncio.Event())
+        ending = {"run_stopped", "approval_required"} if until_pause else {"run_stopped"}
         try:
             while True:
                 changed.clear()
@@ -175,16 +176,20 @@ class Runs:
                 for event in events:
                     after = event.seq
                     yield event
-                if not events:
+                    if event.type in ending:
+                        return
+                if events:
+                    continue
+                try:
+                    await asyncio.wait_for(changed.wait(), self._poll)
+                except TimeoutError:
+                    # Nothing heard: the run may be on another executor, or already over.
                     run = await self._store.get(run_id)
-                    if run.state is RunState.FINISHED or (
+                    over = run.state is RunState.FINISHED or (
                         until_pause and run.state is RunState.WAITING_APPROVAL
-                    ):
-                        if not await self._store.events(run_id, after=after):
-                            return
-                        continue
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(changed.wait(), self._poll)
+                    )
+                    if over and not await self._store.events(run_id, after=after):
+                        return
         finally:
             if not changed.is_set():
                 self._changed.pop(run_id, None)

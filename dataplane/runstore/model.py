@@ -77,6 +77,8 @@ class Lease:
     owner: str
     token: int
     expires_at: datetime
+    cancel_requested: bool = False
+    """Someone asked the run to stop (seen at the holder's last fenced write)."""
 
 
 @dataclass(frozen=True)

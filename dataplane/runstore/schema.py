@@ -39,6 +39,7 @@ runs = sa.Table(
     sa.Column("deadline_at", UTCDateTime, nullable=True),
     sa.Column("cancel_requested", sa.Boolean, nullable=False),
     sa.Column("next_event_seq", sa.BigInteger, nullable=False),
+    sa.Column("next_checkpoint_seq", sa.BigInteger, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("ended_at", UTCDateTime, nullable=True),
@@ -56,7 +57,7 @@ checkpoints = sa.Table(
     sa.Column(
         "run_id", sa.String(36), sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
     ),
-    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True),
     sa.Column("step", sa.Integer, nullable=False),
     sa.Column("fencing_token", sa.BigInteger, nullable=False),
     sa.Column("delta", sa.Text, nullable=False),

@@ -33,6 +33,13 @@ from storekit.database import Database
 _RUN_COLUMNS = tuple(runs.c[name] for name in Run.__dataclass_fields__)
 
 
+@dataclass(frozen=True)
+class _Fenced:
+    first_event_seq: int
+    checkpoint_seq: int
+    cancel_requested: bool
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -103,6 +110,7 @@ class RunStore:
             "deadline_at": new.deadline_at,
             "cancel_requested": False,
             "next_event_seq": 1,
+            "next_checkpoint_seq": 1,
             "created_at": now,
             "updated_at": now,
             "ended_at": None,
@@ -301,22 +309,59 @@ class RunStore:
         now = _now()
         expires = now + self.lease_ttl
         async with self._db.transaction() as conn:
-            await self._fence(conn, lease, lease_expires_at=expires, updated_at=now)
-        return Lease(lease.run_id, lease.owner, lease.token, expires)
+            fenced = await self._fence(conn, lease, lease_expires_at=expires, updated_at=now)
+        return Lease(lease.run_id, lease.owner, lease.token, expires, fenced.cancel_requested)
 
-    async def _fence(self, conn: AsyncConnection, lease: Lease, **values: Any) -> None:
-        result = await conn.execute(
-            runs.update()
-            .where(
-                runs.c.id == lease.run_id,
-                runs.c.fencing_token == lease.token,
-                runs.c.lease_owner == lease.owner,
-                runs.c.state == RunState.RUNNING.value,
+    async def _fence(
+        self,
+        conn: AsyncConnection,
+        lease: Lease,
+        *,
+        events: Sequence[NewEvent] = (),
+        checkpoint: bool = False,
+        now: datetime | None = None,
+        **values: Any,
+    ) -> _Fenced:
+        """Apply ``values`` to the run if the lease is still current (LeaseLost if not),
+        reserving sequence numbers for ``events`` (inserted here) and a checkpoint, in
+        one statement."""
+        values["next_event_seq"] = runs.c.next_event_seq + len(events)
+        if checkpoint:
+            values["next_checkpoint_seq"] = runs.c.next_checkpoint_seq + 1
+        row = (
+            await conn.execute(
+                runs.update()
+                .where(
+                    runs.c.id == lease.run_id,
+                    runs.c.fencing_token == lease.token,
+                    runs.c.lease_owner == lease.owner,
+                    runs.c.state == RunState.RUNNING.value,
+                )
+                .values(**values)
+                .returning(
+                    runs.c.next_event_seq, runs.c.next_checkpoint_seq, runs.c.cancel_requested
+                )
             )
-            .values(**values)
-        )
-        if result.rowcount != 1:
+        ).first()
+        if row is None:
             raise LeaseLost(f"run {lease.run_id}: token {lease.token} is no longer current")
+        next_event, next_checkpoint, cancel = row
+        first = int(next_event) - len(events)
+        if events:
+            await conn.execute(
+                run_events.insert(),
+                [
+                    {
+                        "run_id": lease.run_id,
+                        "seq": first + i,
+                        "time": now or _now(),
+                        "type": e.type,
+                        "payload": json.dumps(e.payload, sort_keys=True, default=str),
+                    }
+                    for i, e in enumerate(events)
+                ],
+            )
+        return _Fenced(first, int(next_checkpoint) - (1 if checkpoint else 0), bool(cancel))
 
     # -- fenced writes of a lease holder ---------------------------------------------
 
@@ -334,34 +379,28 @@ class RunStore:
         now = _now()
         expires = now + self.lease_ttl
         async with self._db.transaction() as conn:
-            seq = await self._append_events(conn, lease, events, now)
-            await self._fence(
+            fenced = await self._fence(
                 conn,
                 lease,
+                events=events,
+                checkpoint=True,
+                now=now,
                 step=step,
                 usage=json.dumps(usage, sort_keys=True),
                 lease_expires_at=expires,
                 updated_at=now,
-                next_event_seq=seq,
             )
-            next_cp = (
-                await conn.execute(
-                    sa.select(sa.func.coalesce(sa.func.max(checkpoints.c.seq), 0) + 1).where(
-                        checkpoints.c.run_id == lease.run_id
-                    )
-                )
-            ).scalar_one()
             await conn.execute(
                 checkpoints.insert().values(
                     run_id=lease.run_id,
-                    seq=next_cp,
+                    seq=fenced.checkpoint_seq,
                     step=step,
                     fencing_token=lease.token,
                     delta=json.dumps(delta, sort_keys=True),
                     created_at=now,
                 )
             )
-        return Lease(lease.run_id, lease.owner, lease.token, expires)
+        return Lease(lease.run_id, lease.owner, lease.token, expires, fenced.cancel_requested)
 
     async def _append_events(
         self,
@@ -411,8 +450,7 @@ class RunStore:
         """Write a tool call's journal entry (before it runs, and when it ends), fenced."""
         now = _now()
         async with self._db.transaction() as conn:
-            seq = await self._append_events(conn, lease, events, now)
-            await self._fence(conn, lease, updated_at=now, next_event_seq=seq)
+            await self._fence(conn, lease, events=events, now=now, updated_at=now)
             key = (
                 (tool_calls.c.run_id == lease.run_id)
                 & (tool_calls.c.step == step)
@@ -508,15 +546,15 @@ class RunStore:
         """Pause the run on an approval: the lease is released, no executor holds it."""
         now = _now()
         async with self._db.transaction() as conn:
-            seq = await self._append_events(conn, lease, events, now)
             await self._fence(
                 conn,
                 lease,
+                events=events,
+                now=now,
                 state=RunState.WAITING_APPROVAL.value,
                 lease_owner="",
                 lease_expires_at=None,
                 updated_at=now,
-                next_event_seq=seq,
             )
 
     async def release(self, lease: Lease, *, retry_after: timedelta, error: str) -> Run:

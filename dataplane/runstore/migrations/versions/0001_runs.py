@@ -42,6 +42,7 @@ def upgrade() -> None:
         sa.Column("deadline_at", TS, nullable=True),
         sa.Column("cancel_requested", sa.Boolean, nullable=False),
         sa.Column("next_event_seq", sa.BigInteger, nullable=False),
+        sa.Column("next_checkpoint_seq", sa.BigInteger, nullable=False),
         sa.Column("created_at", TS, nullable=False),
         sa.Column("updated_at", TS, nullable=False),
         sa.Column("ended_at", TS, nullable=True),
@@ -54,7 +55,7 @@ def upgrade() -> None:
     op.create_table(
         "checkpoints",
         sa.Column("run_id", sa.String(36), nullable=False),
-        sa.Column("seq", sa.Integer, nullable=False),
+        sa.Column("seq", sa.BigInteger, nullable=False),
         sa.Column("step", sa.Integer, nullable=False),
         sa.Column("fencing_token", sa.BigInteger, nullable=False),
         sa.Column("delta", sa.Text, nullable=False),

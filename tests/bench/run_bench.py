@@ -1,0 +1,316 @@
+"""Run benchmark: what the executor adds to each step of a run, and steps per second.
+
+    make bench        # this with the registry benchmark; PILOTHOUSE_TEST_PG_DSN adds PostgreSQL
+
+A control plane and an executor run as their own processes on 127.0.0.1; the model is
+the fake OpenAI-compatible server (zero latency) in this process. A run has five steps:
+four model replies that call the builtin calculator, then an answer. Per-step overhead
+is (the run's time through RunAgent - the same five model calls made directly) / 5, the
+durable checkpoints included. Then 10 runs at a time for a while: steps per second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+
+from controlplane import launch
+from pilothouse.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    api_key_pb2,
+    api_key_pb2_grpc,
+    model_pb2,
+    model_pb2_grpc,
+    prompt_pb2,
+    prompt_pb2_grpc,
+    run_pb2,
+    run_pb2_grpc,
+    tenant_pb2,
+    tenant_pb2_grpc,
+    tool_pb2,
+    tool_pb2_grpc,
+)
+from tests.bench.registry_bench import RESULTS, ROOT, drop_pg_database, fresh_pg_database
+from tests.fakes.openai_server import Behaviour, FakeOpenAI
+
+STEPS = 5
+RUNS = 200
+CONCURRENT = 10
+CONCURRENT_SECONDS = 10.0
+
+
+def script(fake: FakeOpenAI, runs: int) -> None:
+    for _ in range(runs):
+        for i in range(STEPS - 1):
+            fake.then(
+                Behaviour(tool_calls=[{"name": "calc", "arguments": {"expression": f"{i} + 1"}}])
+            )
+        fake.then(Behaviour(content="done"))
+
+
+async def setup(address: str, admin: str, fake: FakeOpenAI) -> str:
+    md = (("authorization", f"Bearer {admin}"),)
+    async with grpc.aio.insecure_channel(address) as ch:
+        await tenant_pb2_grpc.TenantServiceStub(ch).CreateTenant(
+            tenant_pb2.CreateTenantRequest(tenant_id="bench", tenant=tenant_pb2.Tenant()),
+            metadata=md,
+        )
+        p = "tenants/bench"
+        calc = tool_pb2.Tool(
+            description="arithmetic", kind=tool_pb2.TOOL_KIND_BUILTIN, endpoint="calculator"
+        )
+        calc.input_schema.update(
+            {"type": "object", "properties": {"expression": {"type": "string"}}}
+        )
+        calc.annotations.read_only_hint = True
+        await tool_pb2_grpc.ToolServiceStub(ch).CreateTool(
+            tool_pb2.CreateToolRequest(parent=p, tool_id="calc", tool=calc), metadata=md
+        )
+        models = model_pb2_grpc.ModelServiceStub(ch)
+        await models.CreateModel(
+            model_pb2.CreateModelRequest(
+                parent=p,
+                model_id="fake",
+                model=model_pb2.Model(
+                    provider=model_pb2.MODEL_PROVIDER_OPENAI,
+                    endpoint=fake.base_url,
+                    provider_model="fake",
+                    input_price_per_million="0.15",
+                    output_price_per_million="0.60",
+                    context_window=100000,
+                    max_output_tokens=100,
+                ),
+            ),
+            metadata=md,
+        )
+        await models.CreateModelRoute(
+            model_pb2.CreateModelRouteRequest(
+                parent=p,
+                model_route_id="r",
+                model_route=model_pb2.ModelRoute(
+                    targets=[model_pb2.ModelRouteTarget(model=f"{p}/models/fake", weight=1)]
+                ),
+            ),
+            metadata=md,
+        )
+        prompts = prompt_pb2_grpc.PromptServiceStub(ch)
+        await prompts.CreatePrompt(
+            prompt_pb2.CreatePromptRequest(parent=p, prompt_id="q", prompt=prompt_pb2.Prompt()),
+            metadata=md,
+        )
+        v = await prompts.CreatePromptVersion(
+            prompt_pb2.CreatePromptVersionRequest(
+                parent=f"{p}/prompts/q",
+                prompt_version=prompt_pb2.PromptVersion(
+                    template="Be quick.", model_route=f"{p}/modelRoutes/r"
+                ),
+            ),
+            metadata=md,
+        )
+        await prompts.SetPromptLabel(
+            prompt_pb2.SetPromptLabelRequest(
+                name=f"{p}/prompts/q", label="production", version=v.prompt_version.name
+            ),
+            metadata=md,
+        )
+        await agent_pb2_grpc.AgentRegistryServiceStub(ch).CreateAgent(
+            agent_pb2.CreateAgentRequest(
+                parent=p,
+                agent_id="a",
+                agent=agent_pb2.Agent(prompt=f"{p}/prompts/q", tools=[f"{p}/tools/calc"]),
+            ),
+            metadata=md,
+        )
+        key = await api_key_pb2_grpc.ApiKeyServiceStub(ch).CreateApiKey(
+            api_key_pb2.CreateApiKeyRequest(
+                api_key=api_key_pb2.ApiKey(role=api_key_pb2.ROLE_CLIENT, tenant=p)
+            ),
+            metadata=md,
+        )
+        executor_key = await api_key_pb2_grpc.ApiKeyServiceStub(ch).CreateApiKey(
+            api_key_pb2.CreateApiKeyRequest(
+                api_key=api_key_pb2.ApiKey(role=api_key_pb2.ROLE_EXECUTOR)
+            ),
+            metadata=md,
+        )
+    return f"{key.secret} {executor_key.secret}"
+
+
+async def one_run(stub: run_pb2_grpc.AgentServiceStub, key: str) -> float:
+    started = time.perf_counter()
+    last = None
+    async for response in stub.RunAgent(
+        run_pb2.RunAgentRequest(agent="tenants/bench/agents/a", input="go"),
+        metadata=(("authorization", f"Bearer {key}"),),
+    ):
+        last = response.event
+    elapsed = time.perf_counter() - started
+    assert last is not None and last.run_stopped.reason == run_pb2.STOP_REASON_COMPLETED, last
+    return elapsed
+
+
+async def direct_calls(fake: FakeOpenAI) -> float:
+    """The same five model calls, made directly: what the run's steps cannot go below."""
+    body = {
+        "model": "fake",
+        "messages": [{"role": "user", "content": "go"}],
+        "stream": True,
+        "tools": [
+            {"type": "function", "function": {"name": "calc", "parameters": {"type": "object"}}}
+        ],
+    }
+    async with httpx.AsyncClient() as http:
+        started = time.perf_counter()
+        for _ in range(STEPS):
+            async with http.stream("POST", fake.base_url + "/chat/completions", json=body) as r:
+                await r.aread()
+        return time.perf_counter() - started
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+async def measure(run_store_url: str, workdir: Path) -> dict[str, Any]:
+    fake = await FakeOpenAI().start()
+    admin = subprocess.run(
+        [sys.executable, "-m", "controlplane", "keygen"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    plane = launch.start(
+        f"sqlite:///{workdir / f'cp-{secrets.token_hex(3)}.db'}", bootstrap_key=admin
+    )
+    executor = None
+    try:
+        client_key, executor_key = (await setup(plane.address, admin, fake)).split()
+        executor = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dataplane",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--control-plane",
+                plane.address,
+                "--node-id",
+                "bench",
+                "--state-dir",
+                str(workdir),
+                "--run-store-url",
+                run_store_url,
+                "--log-level",
+                "WARNING",
+            ],
+            env={**os.environ, "PILOTHOUSE_EXECUTOR_KEY": executor_key},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert executor.stderr is not None
+        address = next(
+            m[1] for line in executor.stderr if (m := re.search(r"listening on (\S+)", line))
+        )
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = run_pb2_grpc.AgentServiceStub(channel)
+            deadline = time.monotonic() + 20
+            while True:  # until the executor holds the client's key
+                try:
+                    script(fake, 1)
+                    await one_run(stub, client_key)
+                    break
+                except grpc.aio.AioRpcError:
+                    fake.script.clear()
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.1)
+            script(fake, 10)
+            for _ in range(10):  # warm up
+                await one_run(stub, client_key)
+            overheads = []
+            for _ in range(RUNS):
+                script(fake, 1)
+                base = await direct_calls(fake)
+                fake.script.clear()
+                script(fake, 1)
+                run = await one_run(stub, client_key)
+                overheads.append((run - base) / STEPS)
+            script(fake, 100_000)
+            done = 0
+            stop_at = time.perf_counter() + CONCURRENT_SECONDS
+
+            async def worker() -> None:
+                nonlocal done
+                while time.perf_counter() < stop_at:
+                    await one_run(stub, client_key)
+                    done += 1
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(CONCURRENT)))
+            elapsed = time.perf_counter() - started
+        ms = [o * 1000 for o in overheads]
+        return {
+            "per_step_overhead_ms": {
+                "p50": round(statistics.median(ms), 3),
+                "p99": round(pct(ms, 99), 3),
+                "mean": round(statistics.fmean(ms), 3),
+                "runs": RUNS,
+            },
+            "steps_per_second_at_10_concurrent": round(done * STEPS / elapsed, 1),
+            "runs_completed_concurrently": done,
+        }
+    finally:
+        if executor is not None:
+            executor.terminate()
+            executor.wait(timeout=30)
+        plane.stop()
+        await fake.aclose()
+
+
+async def main() -> None:
+    results: dict[str, Any] = {"benchmark": "runs", "steps_per_run": STEPS, "backends": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        backends = {"sqlite": f"sqlite:///{work / 'runs.db'}"}
+        dsn = os.environ.get("PILOTHOUSE_TEST_PG_DSN")
+        pg_name = None
+        if dsn:
+            url, pg_name = await fresh_pg_database(dsn)
+            backends["postgresql"] = url
+        try:
+            for label, url in backends.items():
+                result = await measure(url, work)
+                results["backends"][label] = result
+                o = result["per_step_overhead_ms"]
+                rate = result["steps_per_second_at_10_concurrent"]
+                print(
+                    f"{label:<11} per-step overhead p50 {o['p50']:.2f} ms, p99 {o['p99']:.2f} ms | "
+                    f"{rate:.0f} steps/s at 10 concurrent runs",
+                    flush=True,
+                )
+        finally:
+            if dsn and pg_name:
+                await drop_pg_database(dsn, pg_name)
+    if not dsn:
+        print("postgresql  skipped: set PILOTHOUSE_TEST_PG_DSN to include it")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "runs.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {(RESULTS / 'runs.json').relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
