@@ -18,12 +18,14 @@ from grpc_reflection.v1alpha import reflection
 from controlplane.api.ads import AdsServicer
 from controlplane.api.agents import AgentRegistryServicer
 from controlplane.api.api_keys import ApiKeyServicer
+from controlplane.api.approvals import ApprovalServicer
 from controlplane.api.executors import ExecutorServicer
 from controlplane.api.interceptors import AuthInterceptor, ErrorInterceptor
 from controlplane.api.models import ModelServicer
 from controlplane.api.prompts import PromptServicer
 from controlplane.api.tenants import TenantServicer
 from controlplane.api.tools import ToolServicer
+from controlplane.approvals.service import Approvals
 from controlplane.auth.api_keys import ApiKeys
 from controlplane.config import Settings
 from controlplane.discovery.executors import ExecutorRegistry
@@ -35,6 +37,8 @@ from pilothouse.v1 import (
     agent_pb2_grpc,
     api_key_pb2,
     api_key_pb2_grpc,
+    approval_pb2,
+    approval_pb2_grpc,
     discovery_pb2,
     discovery_pb2_grpc,
     model_pb2,
@@ -59,6 +63,7 @@ PILOTHOUSE_SERVICES = tuple(
         (tenant_pb2.DESCRIPTOR, "TenantService"),
         (api_key_pb2.DESCRIPTOR, "ApiKeyService"),
         (discovery_pb2.DESCRIPTOR, "ExecutorService"),
+        (approval_pb2.DESCRIPTOR, "ApprovalService"),
     )
 )
 ADS_SERVICE = ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name
@@ -119,6 +124,9 @@ class ControlPlane:
         )
         tenant_pb2_grpc.add_TenantServiceServicer_to_server(TenantServicer(registry), server)
         api_key_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(api_keys), server)
+        approval_pb2_grpc.add_ApprovalServiceServicer_to_server(
+            ApprovalServicer(Approvals(db)), server
+        )
         discovery_pb2_grpc.add_ExecutorServiceServicer_to_server(
             ExecutorServicer(executors, publisher), server
         )

@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from dataplane.api.agents import AgentServicer
+from dataplane.approvals import ApprovalBridge
 from dataplane.config.watcher import ConfigWatcher
 from dataplane.models.gateway import ModelGateway
 from dataplane.orchestrator.runs import Runs
@@ -62,6 +63,7 @@ class Executor:
     db: Database
     http: httpx.AsyncClient
     runs: Runs
+    approvals: ApprovalBridge
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     port: int
@@ -96,8 +98,11 @@ class Executor:
             ToolRouter(http),
             watcher,
             owner=f"{settings.node_id}/{secrets.token_hex(3)}",
+            on_pause=lambda: bridge.nudge(),
         )
+        bridge = ApprovalBridge(channel, store, api_key=settings.api_key, on_claimable=runs.wake)
         await runs.start()
+        await bridge.start()
         server = grpc.aio.server()
         run_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(runs, store, watcher), server)
         health_servicer = health.aio.HealthServicer()
@@ -111,7 +116,17 @@ class Executor:
         await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         serving = asyncio.create_task(_serve_once_configured(watcher, health_servicer))
         executor = cls(
-            settings, channel, watcher, db, http, runs, server, health_servicer, port, serving
+            settings,
+            channel,
+            watcher,
+            db,
+            http,
+            runs,
+            bridge,
+            server,
+            health_servicer,
+            port,
+            serving,
         )
         log.info("executor started", extra={"address": executor.address, "node": settings.node_id})
         return executor
@@ -120,6 +135,7 @@ class Executor:
         await self.health.enter_graceful_shutdown()
         self._serving_task.cancel()
         await self.server.stop(self.settings.shutdown_grace)
+        await self.approvals.aclose()
         await self.runs.aclose()
         await self.watcher.aclose()
         await self.channel.close()

@@ -21,6 +21,7 @@ from pilothouse.v1 import (
     agent_pb2_grpc,
     api_key_pb2,
     api_key_pb2_grpc,
+    approval_pb2_grpc,
     model_pb2_grpc,
     prompt_pb2_grpc,
     tenant_pb2,
@@ -117,6 +118,10 @@ class Live:
     @property
     def tenants(self) -> tenant_pb2_grpc.TenantServiceStub:
         return tenant_pb2_grpc.TenantServiceStub(self.channel)
+
+    @property
+    def approvals(self) -> approval_pb2_grpc.ApprovalServiceStub:
+        return approval_pb2_grpc.ApprovalServiceStub(self.channel)
 
     @property
     def keys(self) -> api_key_pb2_grpc.ApiKeyServiceStub:

@@ -61,6 +61,16 @@ METHOD_PERMISSIONS: dict[str, Permission] = {
         },
     ),
     **_service("ExecutorService", {"ListExecutors": Permission.EXECUTORS_READ}),
+    **_service(
+        "ApprovalService",
+        {
+            "CreateApproval": Permission.APPROVALS_FILE,
+            "WatchDecisions": Permission.APPROVALS_FILE,
+            "GetApproval": Permission.APPROVALS_READ,
+            "ListApprovals": Permission.APPROVALS_READ,
+            "DecideApproval": Permission.APPROVALS_DECIDE,
+        },
+    ),
     # State of the World only: the delta variant answers UNIMPLEMENTED to those allowed.
     **{
         f"/envoy.service.discovery.v3.AggregatedDiscoveryService/{method}": (

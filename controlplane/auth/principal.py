@@ -29,6 +29,10 @@ class Permission(StrEnum):
     """Receive configuration over xDS (a key confined to a tenant sees only that tenant)."""
     EXECUTORS_READ = "executors.read"
     """See which executors are connected and what they acknowledged."""
+    APPROVALS_FILE = "approvals.file"
+    """File approval requests and watch decisions (executors)."""
+    APPROVALS_READ = "approvals.read"
+    APPROVALS_DECIDE = "approvals.decide"
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -40,10 +44,17 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.TENANT_READ,
             Permission.KEYS_MANAGE,
             Permission.EXECUTORS_READ,
+            Permission.APPROVALS_READ,
+            Permission.APPROVALS_DECIDE,
         }
     ),
     Role.EXECUTOR: frozenset(
-        {Permission.REGISTRY_READ, Permission.TENANT_READ, Permission.CONFIG_WATCH}
+        {
+            Permission.REGISTRY_READ,
+            Permission.TENANT_READ,
+            Permission.CONFIG_WATCH,
+            Permission.APPROVALS_FILE,
+        }
     ),
     Role.CLIENT: frozenset(),
 }

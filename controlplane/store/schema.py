@@ -126,3 +126,32 @@ executors = sa.Table(
     sa.Column("last_nack_error", sa.Text, nullable=False),
     sa.Column("last_nack_time", UTCDateTime, nullable=True),
 )
+
+# Tool calls waiting for (or given) a person's decision.
+approvals = sa.Table(
+    "approvals",
+    metadata,
+    sa.Column("tenant", sa.String(63), primary_key=True),
+    sa.Column("id", sa.String(100), primary_key=True),
+    sa.Column("run", sa.String(36), nullable=False),
+    sa.Column("agent", sa.String(200), nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("call_index", sa.Integer, nullable=False),
+    sa.Column("tool", sa.String(200), nullable=False),
+    sa.Column("arguments", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("decided_by", sa.String(64), nullable=False),
+    sa.Column("comment", sa.Text, nullable=False),
+    sa.Column("create_time", UTCDateTime, nullable=False),
+    sa.Column("decide_time", UTCDateTime, nullable=True),
+    sa.Column("decision_seq", sa.BigInteger, nullable=True, unique=True),
+)
+
+# Named counters (the order of approval decisions).
+counters = sa.Table(
+    "counters",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+)

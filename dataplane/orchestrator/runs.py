@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -49,7 +49,9 @@ class Runs:
         owner: str,
         poll_interval: float = 0.2,
         max_concurrent: int = 256,
+        on_pause: Callable[[], None] | None = None,
     ) -> None:
+        """``on_pause`` hears of every run that starts waiting for a person."""
         self._store = store
         self._gateway = gateway
         self._router = router
@@ -61,6 +63,11 @@ class Runs:
         self._changed: dict[str, asyncio.Event] = {}
         self._claimer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._on_pause = on_pause
+
+    def wake(self) -> None:
+        """Runs may have become claimable: look now rather than at the next poll."""
+        self._wake.set()
 
     async def start(self) -> None:
         self._claimer = asyncio.create_task(self._claim_forever(), name="run-claimer")
@@ -135,6 +142,8 @@ class Runs:
                 finally:
                     self._loops.pop(run.id, None)
                     self.notify(run.id)
+                    if self._on_pause is not None:
+                        self._on_pause()
 
         self._loops[run.id] = (loop, asyncio.create_task(go(), name=f"run-{run.id}"))
 

@@ -613,6 +613,73 @@ class RunStore:
                 updated_at=now,
             )
 
+    async def waiting_calls(self, *, limit: int = 100) -> list[tuple[Run, ToolCallRecord]]:
+        """Calls that wait for a person, with their runs (to file the requests)."""
+        query = (
+            sa.select(
+                *_RUN_COLUMNS,
+                tool_calls.c.step,
+                tool_calls.c.call_index,
+                tool_calls.c.call_id,
+                tool_calls.c.tool,
+                tool_calls.c.arguments,
+            )
+            .join(tool_calls, tool_calls.c.run_id == runs.c.id)
+            .where(
+                runs.c.state == RunState.WAITING_APPROVAL.value,
+                tool_calls.c.state == CallState.AWAITING_APPROVAL.value,
+            )
+            .order_by(runs.c.updated_at)
+            .limit(limit)
+        )
+        n = len(_RUN_COLUMNS)
+        async with self._db.single_read() as conn:
+            rows = list(await conn.execute(query))
+        return [
+            (
+                _run(r[:n]),
+                ToolCallRecord(
+                    r[n],
+                    r[n + 1],
+                    r[n + 2],
+                    r[n + 3],
+                    json.loads(r[n + 4]),
+                    CallState.AWAITING_APPROVAL,
+                    None,
+                    "",
+                    0,
+                    None,
+                    None,
+                ),
+            )
+            for r in rows
+        ]
+
+    async def decide_call(self, run_id: str, step: int, call_index: int, *, approved: bool) -> bool:
+        """Record a person's decision on a waiting call and queue its run for any executor.
+        False when there was nothing waiting (decided already, or no such call)."""
+        now = _now()
+        state = CallState.APPROVED if approved else CallState.DENIED
+        async with self._db.transaction() as conn:
+            updated = await conn.execute(
+                tool_calls.update()
+                .where(
+                    tool_calls.c.run_id == run_id,
+                    tool_calls.c.step == step,
+                    tool_calls.c.call_index == call_index,
+                    tool_calls.c.state == CallState.AWAITING_APPROVAL.value,
+                )
+                .values(state=state.value, finished_at=None if approved else now)
+            )
+            if updated.rowcount != 1:
+                return False
+            await conn.execute(
+                runs.update()
+                .where(runs.c.id == run_id, runs.c.state == RunState.WAITING_APPROVAL.value)
+                .values(state=RunState.QUEUED.value, available_at=now, updated_at=now)
+            )
+        return True
+
     # -- from outside the lease --------------------------------------------------------
 
     async def make_claimable(self, run_id: str, events: Sequence[NewEvent] = ()) -> bool:

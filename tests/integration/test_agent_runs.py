@@ -3,6 +3,7 @@ tools, over gRPC on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
@@ -307,3 +308,97 @@ async def test_start_run_is_picked_up_by_the_pool(
         ]
         assert kinds(events)[-1] == "run_stopped"
         assert events[-1].run_stopped.reason == run_pb2.STOP_REASON_COMPLETED
+
+
+async def test_approval_resumes_the_run_and_runs_the_call_once(
+    live: Live, run_database_url: str, tmp_path: Path
+) -> None:
+    from pilothouse.v1 import approval_pb2
+
+    approved_tenant = await support_agent(live, approval=True)
+    denied_tenant = await support_agent(live, approval=True)
+    async with stage(live, run_database_url, tmp_path) as s:
+        keys = {t: await s.client_key(t) for t in (approved_tenant, denied_tenant)}
+        await s.settled()
+        paused = {}
+        for tenant, key in keys.items():
+            events = await run_to_end(
+                s,
+                key,
+                run_pb2.RunAgentRequest(
+                    agent=f"tenants/{tenant}/agents/helper",
+                    input="x",
+                    variables={"customer": "Ada"},
+                ),
+            )
+            assert kinds(events)[-1] == "approval_required"
+            paused[tenant] = events[0].run
+
+        async def pending(tenant: str) -> approval_pb2.Approval:
+            async with asyncio.timeout(10):
+                while True:
+                    listed = await live.approvals.ListApprovals(
+                        approval_pb2.ListApprovalsRequest(
+                            parent=f"tenants/{tenant}", state=approval_pb2.APPROVAL_STATE_PENDING
+                        ),
+                        metadata=live.md(),
+                    )
+                    if listed.approvals:
+                        return listed.approvals[0]
+                    await asyncio.sleep(0.05)
+
+        request = await pending(approved_tenant)
+        assert request.run == paused[approved_tenant] and request.tool == "calc"
+        for _ in range(2):  # approving twice is approving once
+            decided = await live.approvals.DecideApproval(
+                approval_pb2.DecideApprovalRequest(
+                    name=request.name, decision=approval_pb2.DECISION_APPROVE, comment="ok"
+                ),
+                metadata=live.md(),
+            )
+            assert decided.approval.state == approval_pb2.APPROVAL_STATE_APPROVED
+        await h.fails(
+            live.approvals.DecideApproval(
+                approval_pb2.DecideApprovalRequest(
+                    name=request.name, decision=approval_pb2.DECISION_DENY
+                ),
+                metadata=live.md(),
+            ),
+            Code.FAILED_PRECONDITION,
+        )
+        md = (("authorization", f"Bearer {keys[approved_tenant]}"),)
+        async with asyncio.timeout(15):
+            events = [
+                r.event
+                async for r in s.agents.WatchRun(
+                    run_pb2.WatchRunRequest(name=paused[approved_tenant]), metadata=md
+                )
+            ]
+        assert events[-1].run_stopped.reason == run_pb2.STOP_REASON_COMPLETED
+        finished = [e for e in events if e.WhichOneof("event") == "tool_call_finished"]
+        assert len(finished) == 1 and finished[0].tool_call_finished.executed
+        assert sum(1 for e in events if e.WhichOneof("event") == "model_call_finished") == 2
+
+        denied = await pending(denied_tenant)
+        await live.approvals.DecideApproval(
+            approval_pb2.DecideApprovalRequest(
+                name=denied.name, decision=approval_pb2.DECISION_DENY
+            ),
+            metadata=live.md(),
+        )
+        md = (("authorization", f"Bearer {keys[denied_tenant]}"),)
+        async with asyncio.timeout(15):
+            events = [
+                r.event
+                async for r in s.agents.WatchRun(
+                    run_pb2.WatchRunRequest(name=paused[denied_tenant]), metadata=md
+                )
+            ]
+        assert events[-1].run_stopped.reason == run_pb2.STOP_REASON_COMPLETED
+        answer = next(e for e in events if e.WhichOneof("event") == "final_answer")
+        assert "denied" in answer.final_answer.text, "the model was told of the denial"
+        assert not any(
+            e.tool_call_finished.executed
+            for e in events
+            if e.WhichOneof("event") == "tool_call_finished"
+        )

@@ -18,6 +18,7 @@ from controlplane.server import PILOTHOUSE_SERVICES
 from pilothouse.v1 import (
     agent_pb2,
     api_key_pb2,
+    approval_pb2,
     discovery_pb2,
     model_pb2,
     prompt_pb2,
@@ -146,9 +147,30 @@ CASES: dict[str, Build] = {
     "ApiKeyService/GetApiKey": lambda t: api_key_pb2.GetApiKeyRequest(name=t.key_name),
     "ApiKeyService/ListApiKeys": lambda t: api_key_pb2.ListApiKeysRequest(tenant=t.parent),
     "ApiKeyService/DeleteApiKey": lambda t: api_key_pb2.DeleteApiKeyRequest(name=t.key_name),
+    # ApprovalService
+    "ApprovalService/CreateApproval": lambda t: approval_pb2.CreateApprovalRequest(
+        parent=t.parent,
+        approval=approval_pb2.Approval(
+            run=f"{t.parent}/runs/00000000-0000-0000-0000-000000000000",
+            agent=f"{t.parent}/agents/helper",
+            step=1,
+            tool="echo",
+        ),
+    ),
+    "ApprovalService/GetApproval": lambda t: approval_pb2.GetApprovalRequest(
+        name=f"{t.parent}/approvals/x.1.0"
+    ),
+    "ApprovalService/ListApprovals": lambda t: approval_pb2.ListApprovalsRequest(parent=t.parent),
+    "ApprovalService/DecideApproval": lambda t: approval_pb2.DecideApprovalRequest(
+        name=f"{t.parent}/approvals/x.1.0", decision=approval_pb2.DECISION_APPROVE
+    ),
+    "ApprovalService/WatchDecisions": lambda t: approval_pb2.WatchDecisionsRequest(),
     # ExecutorService: executors serve every tenant and hold no tenant's data.
     "ExecutorService/ListExecutors": lambda t: discovery_pb2.ListExecutorsRequest(),
 }
+
+# Streams a tenant-confined admin may open, which carry only its own tenant's events.
+STREAMS_OWN_TENANT = {"ApprovalService/WatchDecisions"}
 
 # Calls that name no tenant: they succeed, and show nothing of another tenant.
 FILTERED = {"TenantService/ListTenants", "ExecutorService/ListExecutors"}
@@ -175,6 +197,19 @@ def _callable(live: Live, method: str) -> Callable[..., Any]:
     descriptor = _all_methods()[method]
     request_cls = type(CASES[method](Target("x", "", "")))
     response_cls = _message_class(descriptor.output_type)
+    if descriptor.server_streaming:
+        stream = live.channel.unary_stream(
+            f"/pilothouse.v1.{service}/{rpc}",
+            request_serializer=request_cls.SerializeToString,
+            response_deserializer=response_cls.FromString,
+        )
+
+        async def first(request: Any, metadata: Any) -> Any:
+            async for item in stream(request, metadata=metadata, timeout=1.0):
+                return item
+            return None
+
+        return first
     return live.channel.unary_unary(
         f"/pilothouse.v1.{service}/{rpc}",
         request_serializer=request_cls.SerializeToString,
@@ -202,6 +237,25 @@ async def _tenant_b(live: Live) -> Target:
         ),
         metadata=live.md(),
     )
+    # A decided approval in tenant B: no key of tenant A may see it in the decision feed.
+    filed = await live.approvals.CreateApproval(
+        approval_pb2.CreateApprovalRequest(
+            parent=f"tenants/{tenant}",
+            approval=approval_pb2.Approval(
+                run=f"tenants/{tenant}/runs/00000000-0000-0000-0000-000000000001",
+                agent=f"tenants/{tenant}/agents/helper",
+                step=1,
+                tool="echo",
+            ),
+        ),
+        metadata=live.md(),
+    )
+    await live.approvals.DecideApproval(
+        approval_pb2.DecideApprovalRequest(
+            name=filed.approval.name, decision=approval_pb2.DECISION_APPROVE
+        ),
+        metadata=live.md(),
+    )
     return Target(tenant, prompt.labels["production"], key.api_key.name)
 
 
@@ -223,6 +277,10 @@ async def test_key_of_tenant_a_cannot_touch_tenant_b(live: Live, role: int) -> N
             continue
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await call(build(b), metadata=live.md(key_a))
+        if method in STREAMS_OWN_TENANT and role == api_key_pb2.ROLE_ADMIN:
+            # Allowed to watch, but only its own tenant: B's decision never arrives.
+            assert info.value.code() == Code.DEADLINE_EXCEEDED, method
+            continue
         assert info.value.code() == Code.PERMISSION_DENIED, (
             f"{method}: {info.value.code()} {info.value.details()}"
         )

@@ -1,0 +1,191 @@
+"""Tool calls waiting for a person: filed by executors, decided by operators, streamed
+back to executors in the order they were decided."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from controlplane import audit
+from controlplane.auth.principal import Principal
+from controlplane.errors import FailedPrecondition, InvalidArgument, NotFound, PreconditionViolation
+from controlplane.registry import names
+from controlplane.registry.pagination import decode_token, page_size, paginate
+from controlplane.store import approvals as approval_store
+from controlplane.store.approvals import ApprovalRow
+from controlplane.store.database import Database
+from controlplane.store.errors import DuplicateKey
+
+PENDING, APPROVED, DENIED = "pending", "approved", "denied"
+
+
+@dataclass(frozen=True)
+class Filing:
+    """What an executor files for a call that waits for a person."""
+
+    run: str
+    agent: str
+    step: int
+    call_index: int
+    tool: str
+    arguments: str
+    reason: str
+
+
+_RUN_ID = re.compile(r"^[0-9a-f-]{36}$")
+
+
+class Approvals:
+    def __init__(self, db: Database, *, poll_interval: float = 1.0) -> None:
+        self._db = db
+        self._poll = poll_interval
+        self._decided = asyncio.Event()
+
+    async def create(self, caller: Principal, parent: str, row: Filing) -> tuple[ApprovalRow, bool]:
+        tenant = names.parse_tenant(parent, "parent")
+        caller.require_tenant(tenant)
+        run = row.run.split("/")
+        if len(run) != 4 or run[:3] != ["tenants", tenant, "runs"] or not _RUN_ID.match(run[3]):
+            raise InvalidArgument.of("approval.run", f"{row.run!r} is not a run of {parent}")
+        names.parse_child(row.agent, "agents", "approval.agent")
+        if row.step < 1 or row.call_index < 0:
+            raise InvalidArgument.of(
+                "approval.step", "step must be at least 1, call_index at least 0"
+            )
+        id_ = f"{run[3]}.{row.step}.{row.call_index}"
+        record = ApprovalRow(
+            tenant,
+            id_,
+            run[3],
+            row.agent,
+            row.step,
+            row.call_index,
+            row.tool[:200],
+            row.arguments,
+            row.reason,
+            PENDING,
+            "",
+            "",
+            datetime.now(UTC),
+            None,
+            None,
+        )
+        try:
+            async with self._db.transaction() as conn:
+                existing = await approval_store.get(conn, tenant, id_)
+                if existing is not None:
+                    return existing, False
+                await approval_store.insert(conn, record)
+                await audit.record(
+                    conn,
+                    caller,
+                    "Approval.create",
+                    _name(record),
+                    tenant=tenant,
+                    details={"tool": record.tool, "reason": record.reason},
+                )
+        except DuplicateKey:
+            # Filed at the same moment by another executor: theirs stands.
+            async with self._db.single_read() as conn:
+                existing = await approval_store.get(conn, tenant, id_)
+            assert existing is not None
+            return existing, False
+        return record, True
+
+    async def get(self, caller: Principal, name: str) -> ApprovalRow:
+        tenant, id_ = _parse(name)
+        caller.require_tenant(tenant)
+        async with self._db.single_read() as conn:
+            row = await approval_store.get(conn, tenant, id_)
+        if row is None:
+            raise NotFound("Approval", name)
+        return row
+
+    async def list_page(
+        self, caller: Principal, parent: str, size: int, token: str, state: str | None
+    ) -> tuple[list[ApprovalRow], str]:
+        tenant = names.parse_tenant(parent, "parent")
+        caller.require_tenant(tenant)
+        limit = page_size(size)
+        collection = f"{parent}/approvals?{state or ''}"
+        after = decode_token(token, collection)
+        async with self._db.snapshot() as conn:
+            rows = await approval_store.list_page(
+                conn, tenant, after=after, limit=limit + 1, state=state
+            )
+        return paginate(rows, limit, collection, lambda r: r.id)
+
+    async def decide(
+        self, caller: Principal, name: str, approve: bool, comment: str
+    ) -> ApprovalRow:
+        tenant, id_ = _parse(name)
+        caller.require_tenant(tenant)
+        state = APPROVED if approve else DENIED
+        async with self._db.transaction() as conn:
+            row = await approval_store.get(conn, tenant, id_, for_update=True)
+            if row is None:
+                raise NotFound("Approval", name)
+            if row.state == state:
+                return row  # the same decision again: nothing changes
+            if row.state != PENDING:
+                raise FailedPrecondition(
+                    f"{name} was already {row.state}; a decision cannot change",
+                    [PreconditionViolation("ALREADY_DECIDED", name, row.state)],
+                )
+            await approval_store.decide(
+                conn,
+                tenant,
+                id_,
+                state=state,
+                decided_by=caller.actor,
+                comment=comment[:2000],
+                now=datetime.now(UTC),
+            )
+            await audit.record(
+                conn,
+                caller,
+                f"Approval.{state}",
+                name,
+                tenant=tenant,
+                details={"comment": comment[:2000]},
+            )
+            decided = await approval_store.get(conn, tenant, id_)
+        assert decided is not None
+        self._decided.set()
+        self._decided = asyncio.Event()
+        return decided
+
+    async def watch(self, caller: Principal, after: int) -> AsyncIterator[ApprovalRow]:
+        """Decisions after ``after`` (of the caller's tenant, if it has one), then new ones
+        as they are made (on this replica at once, on others within the poll interval)."""
+        while True:
+            waiter = self._decided
+            async with self._db.single_read() as conn:
+                rows = await approval_store.decided_after(conn, after, tenant=caller.tenant)
+            for row in rows:
+                assert row.decision_seq is not None
+                after = row.decision_seq
+                yield row
+            if not rows:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter.wait(), self._poll)
+
+
+def _name(row: ApprovalRow) -> str:
+    return f"tenants/{row.tenant}/approvals/{row.id}"
+
+
+def _parse(name: str) -> tuple[str, str]:
+    parts = name.split("/")
+    if len(parts) != 4 or parts[0] != "tenants" or parts[2] != "approvals" or not parts[3]:
+        raise InvalidArgument.of(
+            "name", f"{name!r} is not tenants/{{tenant}}/approvals/{{approval}}"
+        )
+    return names.check_id(parts[1], "name"), parts[3]
+
+
+approval_name = _name

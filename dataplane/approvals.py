@@ -1,0 +1,116 @@
+"""The executor's side of approvals: file every call that waits for a person with the
+control plane (retrying until it is accepted, also after a restart: filing is idempotent),
+and turn each decision streamed back into a queued run that any executor resumes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+
+import grpc
+
+from dataplane.config.watcher import Backoff
+from dataplane.runstore.store import RunStore
+from pilothouse.v1 import approval_pb2, approval_pb2_grpc
+
+log = logging.getLogger("pilothouse.executor.approvals")
+
+
+class ApprovalBridge:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        store: RunStore,
+        *,
+        api_key: str,
+        on_claimable: Callable[[], None],
+        sweep_interval: float = 2.0,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._stub = approval_pb2_grpc.ApprovalServiceStub(channel)
+        self._metadata = (("authorization", f"Bearer {api_key}"),)
+        self._store = store
+        self._on_claimable = on_claimable
+        self._interval = sweep_interval
+        self._backoff = backoff or Backoff()
+        self._filed: set[str] = set()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._file_forever(), name="approvals-file"),
+            asyncio.create_task(self._decisions_forever(), name="approvals-decisions"),
+        ]
+
+    def nudge(self) -> None:
+        """A run paused: file its request now rather than at the next sweep."""
+        self._wake.set()
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _file_forever(self) -> None:
+        while True:
+            try:
+                for run, call in await self._store.waiting_calls():
+                    key = f"{run.id}.{call.step}.{call.call_index}"
+                    if key in self._filed:
+                        continue
+                    await self._stub.CreateApproval(
+                        approval_pb2.CreateApprovalRequest(
+                            parent=f"tenants/{run.tenant}",
+                            approval=approval_pb2.Approval(
+                                run=f"tenants/{run.tenant}/runs/{run.id}",
+                                agent=run.agent,
+                                step=call.step,
+                                call_index=call.call_index,
+                                tool=call.tool,
+                                arguments=json.dumps(call.arguments),
+                                reason="the call needs a person's approval",
+                            ),
+                        ),
+                        metadata=self._metadata,
+                        timeout=10,
+                    )
+                    self._filed.add(key)
+            except grpc.aio.AioRpcError as e:
+                log.warning("could not file approval requests: %s", e.code().name)
+            except Exception:
+                log.exception("filing approval requests failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            self._wake.clear()
+
+    async def _decisions_forever(self) -> None:
+        after = 0
+        attempt = 0
+        while True:
+            try:
+                async for response in self._stub.WatchDecisions(
+                    approval_pb2.WatchDecisionsRequest(after_sequence=after),
+                    metadata=self._metadata,
+                ):
+                    attempt = 0
+                    approval = response.approval
+                    after = approval.decision_sequence
+                    run_id = approval.run.rsplit("/", 1)[-1]
+                    approved = approval.state == approval_pb2.APPROVAL_STATE_APPROVED
+                    if await self._store.decide_call(
+                        run_id, approval.step, approval.call_index, approved=approved
+                    ):
+                        log.info("approval decided", extra={"run": run_id, "approved": approved})
+                        self._on_claimable()
+            except grpc.aio.AioRpcError as e:
+                log.warning("decision stream ended: %s", e.code().name)
+            except Exception:
+                log.exception("applying decisions failed")
+            await asyncio.sleep(self._backoff.delay(attempt))
+            attempt += 1
