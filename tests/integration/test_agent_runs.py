@@ -349,7 +349,13 @@ async def test_approval_resumes_the_run_and_runs_the_call_once(
 
         request = await pending(approved_tenant)
         assert request.run == paused[approved_tenant] and request.tool == "calc"
-        for _ in range(2):  # approving twice is approving once
+        from tests.integration.test_cli import cli
+
+        listed = await cli(live, "approvals", "list", "--tenant", approved_tenant)
+        assert request.name.rsplit("/", 1)[-1] in listed.out and "pending" in listed.out
+        approved = await cli(live, "approvals", "approve", request.name, "--comment", "fine")
+        assert approved.code == 0 and approved.out.strip().endswith(": approved"), approved.err
+        for _ in range(2):  # approving again changes nothing
             decided = await live.approvals.DecideApproval(
                 approval_pb2.DecideApprovalRequest(
                     name=request.name, decision=approval_pb2.DECISION_APPROVE, comment="ok"

@@ -15,6 +15,7 @@ from pilothouse.errors import ApiError
 from pilothouse.v1 import (
     agent_pb2_grpc,
     api_key_pb2_grpc,
+    approval_pb2_grpc,
     discovery_pb2_grpc,
     model_pb2_grpc,
     prompt_pb2_grpc,
@@ -84,6 +85,7 @@ class Client:
         self.tenants = tenant_pb2_grpc.TenantServiceStub(self.channel)
         self.api_keys = api_key_pb2_grpc.ApiKeyServiceStub(self.channel)
         self.executors = discovery_pb2_grpc.ExecutorServiceStub(self.channel)
+        self.approvals = approval_pb2_grpc.ApprovalServiceStub(self.channel)
         self._executor_channel: grpc.aio.Channel | None = None
 
     @property

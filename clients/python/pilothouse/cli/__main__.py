@@ -11,6 +11,7 @@ Kubernetes.
     pilothouse executors
     pilothouse run AGENT --input TEXT [--var K=V] [--no-follow]
     pilothouse runs list|get|watch|cancel
+    pilothouse approvals list|approve|deny
 
 The server, key and TLS come from flags or PILOTHOUSE_ADDR, PILOTHOUSE_API_KEY,
 PILOTHOUSE_TLS_CA/_CERT/_KEY; the tenant of short names from --tenant or PILOTHOUSE_TENANT.
@@ -28,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pilothouse.cli import kinds, output, runs
+from pilothouse.cli import approvals, kinds, output, runs
 from pilothouse.cli.apply import apply_all
 from pilothouse.cli.manifests import ManifestError, load
 from pilothouse.cli.usage import UsageError
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     ).add_argument("-o", "--output", **fmt)  # type: ignore[arg-type]
 
     runs.add_commands(sub, common, fmt)
+    approvals.add_commands(sub, common, fmt)
 
     keys = sub.add_parser("keys", help="API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -171,6 +173,8 @@ async def run(ns: argparse.Namespace) -> int:
             return await runs.run_agent(client, ns, _tenant(ns))
         if ns.command == "runs":
             return await runs.runs_command(client, ns, _tenant(ns))
+        if ns.command == "approvals":
+            return await approvals.command(client, ns, _tenant(ns))
         return await _keys(client, ns)
 
 
