@@ -9,12 +9,16 @@ The databases, the executor's snapshot file and the demo's admin key live under
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 from controlplane import launch
 
@@ -96,6 +100,29 @@ def wait_until_current(env: dict[str, str]) -> None:
     raise SystemExit("the executor did not take the configuration")
 
 
+class RefundDesk(BaseHTTPRequestHandler):
+    """The example's refund endpoint (the issue-refund tool), on 127.0.0.1:8089. It keeps
+    idempotency keys, as a real payments API does: a retried refund is not paid twice."""
+
+    seen: ClassVar[dict[str, bytes]] = {}
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server protocol
+        body = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))))
+        key = self.headers.get("idempotency-key", "")
+        if key not in self.seen:
+            self.seen[key] = json.dumps(
+                {"refund_id": f"rf_{len(self.seen) + 1}", "amount_usd": body.get("amount_usd")}
+            ).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(self.seen[key])))
+        self.end_headers()
+        self.wfile.write(self.seen[key])
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
 def main() -> None:
     STATE.mkdir(exist_ok=True)
     key = admin_key()
@@ -103,6 +130,8 @@ def main() -> None:
     print(f"Control plane on {plane.address} (SQLite at {STATE / 'controlplane.db'}).")
     env = {**os.environ, "PILOTHOUSE_ADDR": plane.address, "PILOTHOUSE_API_KEY": key}
     executor: subprocess.Popen[str] | None = None
+    refunds = ThreadingHTTPServer(("127.0.0.1", 8089), RefundDesk)
+    threading.Thread(target=refunds.serve_forever, daemon=True).start()
     try:
         cli(
             "apply",
@@ -153,6 +182,40 @@ def main() -> None:
             show="run the agent and watch it work",
         )
         cli(
+            "run",
+            "support",
+            "--tenant",
+            "acme",
+            "--var",
+            "customer_name=Ada",
+            "--input",
+            "My mug arrived broken (order AB-1234). Please refund the $19.99.",
+            env=client_env,
+            show="this one needs a person: the refund tool always asks",
+        )
+        request = cli("approvals", "list", "--tenant", "acme", env=env).splitlines()[1].split()[0]
+        cli("approvals", "list", "--tenant", "acme", env=env, show="what waits for a person")
+        cli(
+            "approvals",
+            "approve",
+            request,
+            "--tenant",
+            "acme",
+            "--comment",
+            "broken on arrival",
+            env=env,
+            show="an operator approves",
+        )
+        cli(
+            "runs",
+            "watch",
+            request.split(".")[0],
+            "--tenant",
+            "acme",
+            env=client_env,
+            show="an executor takes the run up again and finishes it",
+        )
+        cli(
             "runs",
             "list",
             "--tenant",
@@ -167,6 +230,7 @@ def main() -> None:
             executor.terminate()
             executor.wait(timeout=30)
         plane.stop()
+        refunds.shutdown()
     print(
         "\nDone. The admin key is in .pilothouse/admin.key. To keep a control plane running:\n"
         "  PILOTHOUSE_BOOTSTRAP_KEY=$(cat .pilothouse/admin.key) .venv/bin/controlplane serve\n"
