@@ -408,3 +408,66 @@ async def test_approval_resumes_the_run_and_runs_the_call_once(
             for e in events
             if e.WhichOneof("event") == "tool_call_finished"
         )
+
+
+async def test_budgets_and_tool_checks(live: Live, run_database_url: str, tmp_path: Path) -> None:
+    """A token budget stops a run before the call that could pass it; a tool outside the
+    agent's list, or called with invalid arguments, never runs."""
+    tight = await support_agent(live)
+    agent = f"tenants/{tight}/agents/helper"
+    change = agent_pb2.Agent(name=agent)
+    change.default_budget.max_tokens = 30
+    from google.protobuf import field_mask_pb2
+
+    await live.agents.UpdateAgent(
+        agent_pb2.UpdateAgentRequest(
+            agent=change, update_mask=field_mask_pb2.FieldMask(paths=["default_budget.max_tokens"])
+        ),
+        metadata=live.md(),
+    )
+    rogue = await support_agent(live)
+    model = (
+        await live.models.GetModel(
+            model_pb2.GetModelRequest(name=f"tenants/{rogue}/models/small"), metadata=live.md()
+        )
+    ).model
+    del model.scripted.rules[:]
+    wrong = model.scripted.rules.add(on_step=1)
+    wrong.tool_calls.add(tool="shell").arguments.update({"cmd": "rm -rf /"})
+    wrong.tool_calls.add(tool="calc").arguments.update({"expr": 1})
+    model.scripted.rules.add(on_step=2, answer="{{last_tool_result}}")
+    await live.models.UpdateModel(
+        model_pb2.UpdateModelRequest(
+            model=model, update_mask=field_mask_pb2.FieldMask(paths=["scripted"])
+        ),
+        metadata=live.md(),
+    )
+    async with stage(live, run_database_url, tmp_path) as s:
+        keys = {t: await s.client_key(t) for t in (tight, rogue)}
+        await s.settled()
+        events = await run_to_end(
+            s,
+            keys[tight],
+            run_pb2.RunAgentRequest(agent=agent, input="x", variables={"customer": "Ada"}),
+        )
+        stopped = events[-1].run_stopped
+        assert stopped.reason == run_pb2.STOP_REASON_BUDGET_EXCEEDED and stopped.detail == "tokens"
+        assert stopped.usage.model_calls == 0, "no call that could pass the budget was made"
+
+        events = await run_to_end(
+            s,
+            keys[rogue],
+            run_pb2.RunAgentRequest(
+                agent=f"tenants/{rogue}/agents/helper", input="x", variables={"customer": "Ada"}
+            ),
+        )
+        finished = [
+            e.tool_call_finished for e in events if e.WhichOneof("event") == "tool_call_finished"
+        ]
+        assert [(f.tool, f.ok, f.executed) for f in finished] == [
+            ("shell", False, False),
+            ("calc", False, False),
+        ]
+        assert "not available to this agent" in finished[0].result
+        assert "invalid arguments" in finished[1].result
+        assert events[-1].run_stopped.usage.tool_calls == 0
