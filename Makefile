@@ -59,6 +59,7 @@ demo: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python -m tests.bench.registry_bench
 	$(BIN)/python -m tests.bench.run_bench
+	$(BIN)/python -m tests.bench.propagation_bench
 
 clean:
 	rm -rf $(VENV) node_modules $(TS)/node_modules $(TS)/dist .pilothouse
