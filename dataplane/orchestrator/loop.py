@@ -26,7 +26,15 @@ from dataplane.models.types import ChatMessage, ChatRequest, ProviderError
 from dataplane.models.types import Usage as CallUsage
 from dataplane.orchestrator.context import Limits, RunContext, resolve
 from dataplane.runstore.errors import LeaseLost
-from dataplane.runstore.model import CallState, Lease, NewEvent, Run, StopReason, ToolCallRecord
+from dataplane.runstore.model import (
+    CallState,
+    Lease,
+    NewEvent,
+    Run,
+    StopReason,
+    ToolCallRecord,
+    stopped,
+)
 from dataplane.runstore.store import RunStore
 from dataplane.tools.router import ToolOutcome, ToolRouter
 from pilothouse.v1 import model_pb2, tool_pb2
@@ -105,14 +113,7 @@ class RunLoop:
                         StopReason.CANCELLED,
                         detail=self.cancel_reason,
                         events=[
-                            NewEvent(
-                                "run_stopped",
-                                {
-                                    "reason": "STOP_REASON_CANCELLED",
-                                    "detail": self.cancel_reason,
-                                    "usage": self._usage.to_dict(),
-                                },
-                            )
+                            stopped(StopReason.CANCELLED, self.cancel_reason, self._usage.to_dict())
                         ],
                     )
                 self._notify()
@@ -206,16 +207,7 @@ class RunLoop:
             events = []
             if stop.reason is StopReason.COMPLETED:
                 events.append(NewEvent("final_answer", {"text": stop.final_answer}))
-            events.append(
-                NewEvent(
-                    "run_stopped",
-                    {
-                        "reason": "STOP_REASON_" + stop.reason.name,
-                        "detail": stop.detail,
-                        "usage": self._usage.to_dict(),
-                    },
-                )
-            )
+            events.append(stopped(stop.reason, stop.detail, self._usage.to_dict()))
             await self.store.finish(
                 self.lease,
                 stop.reason,

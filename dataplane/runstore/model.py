@@ -118,3 +118,11 @@ class NewEvent:
 
     type: str
     payload: dict[str, Any]
+
+
+def stopped(reason: StopReason, detail: str = "", usage: dict[str, Any] | None = None) -> NewEvent:
+    """The ``run_stopped`` event, with the reason as the contract names it."""
+    payload: dict[str, Any] = {"reason": f"STOP_REASON_{reason.name}", "detail": detail}
+    if usage is not None:
+        payload["usage"] = usage
+    return NewEvent("run_stopped", payload)

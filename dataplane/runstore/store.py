@@ -26,6 +26,7 @@ from dataplane.runstore.model import (
     RunState,
     StopReason,
     ToolCallRecord,
+    stopped,
 )
 from dataplane.runstore.schema import checkpoints, run_events, runs, tool_calls
 from storekit.database import Database
@@ -266,7 +267,7 @@ class RunStore:
                     f"lost or failed {attempts} times",
                     "",
                     now,
-                    [NewEvent("run_stopped", {"reason": "dead_lettered", "attempts": attempts})],
+                    [stopped(StopReason.DEAD_LETTERED, f"lost or failed {attempts} times")],
                     fenced=False,
                 )
                 return None
@@ -581,7 +582,7 @@ class RunStore:
                     f"failed {attempts} times; last: {error}",
                     "",
                     now,
-                    [NewEvent("run_stopped", {"reason": "dead_lettered", "error": error})],
+                    [stopped(StopReason.DEAD_LETTERED, f"failed {attempts} times; last: {error}")],
                     fenced=True,
                     owner=lease.owner,
                 )
@@ -716,7 +717,7 @@ class RunStore:
                     "cancelled",
                     "",
                     now,
-                    [NewEvent("run_stopped", {"reason": "cancelled"})],
+                    [stopped(StopReason.CANCELLED, "cancelled")],
                     fenced=False,
                 )
             elif run.state is RunState.RUNNING:

@@ -281,6 +281,13 @@ async def test_limits_and_approval_pause(live: Live, run_database_url: str, tmp_
             run_pb2.CancelRunRequest(name=paused[0].run), metadata=md
         )
         assert cancelled.run.stop_reason == run_pb2.STOP_REASON_CANCELLED
+        watched = [
+            r.event
+            async for r in s.agents.WatchRun(
+                run_pb2.WatchRunRequest(name=paused[0].run), metadata=md
+            )
+        ]
+        assert watched[-1].run_stopped.reason == run_pb2.STOP_REASON_CANCELLED
 
 
 async def test_start_run_is_picked_up_by_the_pool(

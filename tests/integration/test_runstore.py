@@ -157,7 +157,7 @@ async def test_runs_lost_too_often_are_dead_lettered(db: Database) -> None:
     assert await store.claim("c", run_id=run.id) is None  # lost twice: dead letter
     final = await store.get(run.id)
     assert final.state is RunState.FINISHED and final.stop_reason is StopReason.DEAD_LETTERED
-    assert (await store.events(run.id))[-1].payload["reason"] == "dead_lettered"
+    assert (await store.events(run.id))[-1].payload["reason"] == "STOP_REASON_DEAD_LETTERED"
 
 
 async def test_a_released_run_waits_its_turn_then_counts_the_failure(db: Database) -> None:
