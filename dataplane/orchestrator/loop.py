@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -22,7 +23,7 @@ from dataplane.config.snapshot import ExecutorConfig
 from dataplane.models.gateway import ModelGateway, NoModelAvailable
 from dataplane.models.pricing import cost as price
 from dataplane.models.scripted import estimate_tokens
-from dataplane.models.types import ChatMessage, ChatRequest, ProviderError
+from dataplane.models.types import ChatMessage, ChatRequest, ProviderError, ToolCall
 from dataplane.models.types import Usage as CallUsage
 from dataplane.orchestrator.context import Limits, RunContext, resolve
 from dataplane.runstore.errors import LeaseLost
@@ -338,6 +339,30 @@ class RunLoop:
         if self.lease.cancel_requested:
             raise _Stop(StopReason.CANCELLED, "cancelled")
 
+    async def _journal(
+        self,
+        step: int,
+        index: int,
+        call: ToolCall,
+        *,
+        arguments: dict[str, Any],
+        state: CallState,
+        result: Any = None,
+        events: Sequence[NewEvent] = (),
+    ) -> None:
+        """The journal entry of the ``index``-th call of ``step``, fenced by our lease."""
+        await self.store.record_call(
+            self.lease,
+            step=step,
+            call_index=index,
+            call_id=call.id,
+            tool=call.name,
+            arguments=arguments,
+            state=state,
+            result=result,
+            events=events,
+        )
+
     async def _act(
         self,
         ctx: RunContext,
@@ -366,12 +391,10 @@ class RunLoop:
                     raise _Stop(StopReason.BUDGET_EXCEEDED, "tool_calls")
                 reason = needs_approval(ctx, tool, untrusted)
                 if reason and (record is None or record.state is CallState.AWAITING_APPROVAL):
-                    await self.store.record_call(
-                        self.lease,
-                        step=step,
-                        call_index=index,
-                        call_id=call.id,
-                        tool=call.name,
+                    await self._journal(
+                        step,
+                        index,
+                        call,
                         arguments=arguments,
                         state=CallState.AWAITING_APPROVAL,
                     )
@@ -398,12 +421,10 @@ class RunLoop:
                     await self._check_cancel()
                     if not _safe_to_repeat(tool):
                         # Journaled before it runs: a resumed run knows it may have acted.
-                        await self.store.record_call(
-                            self.lease,
-                            step=step,
-                            call_index=index,
-                            call_id=call.id,
-                            tool=call.name,
+                        await self._journal(
+                            step,
+                            index,
+                            call,
                             arguments=arguments,
                             state=CallState.STARTED,
                         )
@@ -416,12 +437,10 @@ class RunLoop:
                     )
                     self._usage.tool_calls += 1
                     untrusted = True
-                    await self.store.record_call(
-                        self.lease,
-                        step=step,
-                        call_index=index,
-                        call_id=call.id,
-                        tool=call.name,
+                    await self._journal(
+                        step,
+                        index,
+                        call,
                         arguments=arguments,
                         state=CallState.COMPLETED if outcome.ok else CallState.FAILED,
                         result=outcome.result,
@@ -436,12 +455,10 @@ class RunLoop:
                         ChatMessage("tool", json.dumps(outcome.result), tool_call_id=call.id)
                     )
                     continue
-            await self.store.record_call(
-                self.lease,
-                step=step,
-                call_index=index,
-                call_id=call.id,
-                tool=call.name,
+            await self._journal(
+                step,
+                index,
+                call,
                 arguments={},
                 state=CallState.FAILED,
                 result=outcome.result,
