@@ -478,3 +478,86 @@ async def test_budgets_and_tool_checks(live: Live, run_database_url: str, tmp_pa
         assert "not available to this agent" in finished[0].result
         assert "invalid arguments" in finished[1].result
         assert events[-1].run_stopped.usage.tool_calls == 0
+
+
+async def test_runs_go_on_while_the_control_plane_is_away(tmp_path: Path) -> None:
+    """Take the control plane away: runs keep completing on the last-known-good
+    configuration, an executor restarted during the outage serves from its snapshot file,
+    and once the control plane is back the executor reconnects and acknowledges."""
+    from tests.conftest import start_live
+    from tests.integration.test_executor_config import _free_port
+
+    port = _free_port()
+    url = f"sqlite:///{tmp_path / 'cp.db'}"
+    live = await start_live(url, listen=f"127.0.0.1:{port}")
+    admin = live.admin_key
+    tenant = await support_agent(live)
+    executor_key = await live.new_key(api_key_pb2.ROLE_EXECUTOR, None)
+    client_key = (
+        await live.keys.CreateApiKey(
+            api_key_pb2.CreateApiKeyRequest(
+                api_key=api_key_pb2.ApiKey(role=api_key_pb2.ROLE_CLIENT, tenant=f"tenants/{tenant}")
+            ),
+            metadata=live.md(),
+        )
+    ).secret
+    await live.plane.publisher.refresh()
+    version = live.plane.publisher.current.version
+    settings = ExecutorSettings(
+        api_key=executor_key,
+        listen="127.0.0.1:0",
+        control_plane=live.address,
+        node_id="outage-node",
+        state_dir=tmp_path,
+        run_store_url=f"sqlite:///{tmp_path / 'runs.db'}",
+        shutdown_grace=1.0,
+        lease_ttl=2.0,
+    )
+    request = run_pb2.RunAgentRequest(
+        agent=f"tenants/{tenant}/agents/helper", input="x", variables={"customer": "Ada"}
+    )
+    md = (("authorization", f"Bearer {client_key}"),)
+
+    async def run_once(executor: Executor) -> list[run_pb2.RunEvent]:
+        async with grpc.aio.insecure_channel(executor.address) as channel:
+            stub = run_pb2_grpc.AgentServiceStub(channel)
+            return [r.event async for r in stub.RunAgent(request, metadata=md)]
+
+    executor = await Executor.start(settings)
+    try:
+        await executor.watcher.wait_for(lambda c: c.version == version, 10)
+        await live.channel.close()
+        await live.plane.aclose()  # the control plane is gone
+
+        events = await run_once(executor)
+        assert events[-1].run_stopped.reason == run_pb2.STOP_REASON_COMPLETED
+        await executor.aclose()
+
+        executor = await Executor.start(settings)  # restarted during the outage
+        assert executor.watcher.current is not None
+        assert executor.watcher.current.version == version
+        events = await run_once(executor)
+        assert events[-1].run_stopped.reason == run_pb2.STOP_REASON_COMPLETED
+
+        back = await start_live(url, listen=f"127.0.0.1:{port}", bootstrap_key=admin)
+        try:
+            async with asyncio.timeout(15):
+                while True:
+                    listed = await back.channel.unary_unary(
+                        "/pilothouse.v1.ExecutorService/ListExecutors",
+                        request_serializer=discovery_pb2.ListExecutorsRequest.SerializeToString,
+                        response_deserializer=discovery_pb2.ListExecutorsResponse.FromString,
+                    )(discovery_pb2.ListExecutorsRequest(), metadata=back.md(), wait_for_ready=True)
+                    status = next((e for e in listed.executors if e.node_id == "outage-node"), None)
+                    if (
+                        status
+                        and status.connected
+                        and status.acked_version == listed.current_version
+                    ):
+                        break
+                    await asyncio.sleep(0.1)
+        finally:
+            await back.channel.close()
+            await back.plane.aclose()
+    finally:
+        await executor.aclose()
