@@ -38,11 +38,25 @@ def admin_key() -> str:
     return path.read_text().strip()
 
 
-def cli(*args: str, env: dict[str, str], show: str = "") -> str:
+REAL_MODEL_ROUTE = """
+kind: ModelRoute
+metadata: {name: default, tenant: acme}
+spec:
+  targets: [{model: gpt-4o-mini, weight: 1}]
+  fallbacks: []
+"""
+
+
+def cli(*args: str, env: dict[str, str], show: str = "", stdin: str | None = None) -> str:
     if show:
         print(f"\n$ pilothouse {' '.join(args)}    # {show}", flush=True)
     result = subprocess.run(
-        [PY, "-m", "pilothouse.cli", *args], env=env, cwd=ROOT, capture_output=not show, text=True
+        [PY, "-m", "pilothouse.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=not show,
+        text=True,
+        input=stdin,
     )
     if result.returncode != 0:
         raise SystemExit(f"demo step failed: pilothouse {' '.join(args)}\n{result.stderr or ''}")
@@ -141,6 +155,15 @@ def main() -> None:
             show="declare the example tenant, models, tools, prompt and agent",
         )
         cli("apply", "-f", "deploy/examples", env=env, show="applying again changes nothing")
+        if os.environ.get("OPENAI_BASE_URL"):
+            cli(
+                "apply",
+                "-f",
+                "-",
+                env=env,
+                show="OPENAI_BASE_URL is set: route to the real model",
+                stdin=REAL_MODEL_ROUTE,
+            )
         cli("get", "tools", "--tenant", "acme", env=env, show="tools")
         cli("get", "agents", "--tenant", "acme", env=env, show="agents")
         cli(
@@ -193,7 +216,11 @@ def main() -> None:
             env=client_env,
             show="this one needs a person: the refund tool always asks",
         )
-        request = cli("approvals", "list", "--tenant", "acme", env=env).splitlines()[1].split()[0]
+        waiting = cli("approvals", "list", "--tenant", "acme", env=env).splitlines()
+        if len(waiting) < 2:
+            print("\n(The model did not ask for a refund this time: nothing waits for a person.)")
+            return
+        request = waiting[1].split()[0]
         cli("approvals", "list", "--tenant", "acme", env=env, show="what waits for a person")
         cli(
             "approvals",
