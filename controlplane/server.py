@@ -83,6 +83,8 @@ class ControlPlane:
     port: int
     bootstrap_token: str | None
     """The admin key generated at this start, if one was; shown once."""
+    background: list[asyncio.Task[None]]
+    """Loops that run for the life of the server (approval expiry)."""
 
     @property
     def address(self) -> str:
@@ -124,9 +126,8 @@ class ControlPlane:
         )
         tenant_pb2_grpc.add_TenantServiceServicer_to_server(TenantServicer(registry), server)
         api_key_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(api_keys), server)
-        approval_pb2_grpc.add_ApprovalServiceServicer_to_server(
-            ApprovalServicer(Approvals(db)), server
-        )
+        approvals = Approvals(db)
+        approval_pb2_grpc.add_ApprovalServiceServicer_to_server(ApprovalServicer(approvals), server)
         discovery_pb2_grpc.add_ExecutorServiceServicer_to_server(
             ExecutorServicer(executors, publisher), server
         )
@@ -149,9 +150,12 @@ class ControlPlane:
             await db.aclose()
             raise OSError(f"cannot listen on {settings.listen}: {e}") from e
         await server.start()
+        background = [asyncio.create_task(approvals.expire_forever(), name="approval-expiry")]
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        plane = cls(settings, db, server, health_servicer, publisher, executors, port, token)
+        plane = cls(
+            settings, db, server, health_servicer, publisher, executors, port, token, background
+        )
         log.info(
             "control plane serving",
             extra={
@@ -169,6 +173,9 @@ class ControlPlane:
         get the grace period to finish."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace)
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
         await self.executors.aclose()
         await self.publisher.aclose()
         await self.db.aclose()

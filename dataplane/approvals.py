@@ -9,14 +9,19 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import grpc
 
-from dataplane.config.watcher import Backoff
+from dataplane.config.watcher import Backoff, ConfigWatcher
+from dataplane.runstore.model import Run
 from dataplane.runstore.store import RunStore
-from pilothouse.v1 import approval_pb2, approval_pb2_grpc
+from pilothouse.v1 import agent_pb2, approval_pb2, approval_pb2_grpc
 
 log = logging.getLogger("pilothouse.executor.approvals")
+
+# How long a request waits when the agent sets no approval timeout.
+DEFAULT_TIMEOUT = timedelta(hours=24)
 
 
 class ApprovalBridge:
@@ -24,6 +29,7 @@ class ApprovalBridge:
         self,
         channel: grpc.aio.Channel,
         store: RunStore,
+        watcher: ConfigWatcher,
         *,
         api_key: str,
         on_claimable: Callable[[], None],
@@ -33,6 +39,7 @@ class ApprovalBridge:
         self._stub = approval_pb2_grpc.ApprovalServiceStub(channel)
         self._metadata = (("authorization", f"Bearer {api_key}"),)
         self._store = store
+        self._watcher = watcher
         self._on_claimable = on_claimable
         self._interval = sweep_interval
         self._backoff = backoff or Backoff()
@@ -45,6 +52,15 @@ class ApprovalBridge:
             asyncio.create_task(self._file_forever(), name="approvals-file"),
             asyncio.create_task(self._decisions_forever(), name="approvals-decisions"),
         ]
+
+    def _expiry(self, run: Run) -> datetime:
+        """When a request filed now expires: after the agent's approval timeout."""
+        config = self._watcher.current
+        agent = config.get(agent_pb2.Agent, run.agent) if config else None
+        timeout = DEFAULT_TIMEOUT
+        if agent is not None and agent.approval_policy.HasField("timeout"):
+            timeout = agent.approval_policy.timeout.ToTimedelta()
+        return datetime.now(UTC) + timeout
 
     def nudge(self) -> None:
         """A run paused: file its request now rather than at the next sweep."""
@@ -64,18 +80,20 @@ class ApprovalBridge:
                     key = f"{run.id}.{call.step}.{call.call_index}"
                     if key in self._filed:
                         continue
+                    filed = approval_pb2.Approval(
+                        run=f"tenants/{run.tenant}/runs/{run.id}",
+                        agent=run.agent,
+                        step=call.step,
+                        call_index=call.call_index,
+                        tool=call.tool,
+                        arguments=json.dumps(call.arguments),
+                        reason="the call needs a person's approval",
+                    )
+                    filed.expire_time.FromDatetime(self._expiry(run))
                     await self._stub.CreateApproval(
                         approval_pb2.CreateApprovalRequest(
                             parent=f"tenants/{run.tenant}",
-                            approval=approval_pb2.Approval(
-                                run=f"tenants/{run.tenant}/runs/{run.id}",
-                                agent=run.agent,
-                                step=call.step,
-                                call_index=call.call_index,
-                                tool=call.tool,
-                                arguments=json.dumps(call.arguments),
-                                reason="the call needs a person's approval",
-                            ),
+                            approval=filed,
                         ),
                         metadata=self._metadata,
                         timeout=10,
@@ -103,8 +121,17 @@ class ApprovalBridge:
                     after = approval.decision_sequence
                     run_id = approval.run.rsplit("/", 1)[-1]
                     approved = approval.state == approval_pb2.APPROVAL_STATE_APPROVED
+                    note = (
+                        "nobody approved this call in time"
+                        if approval.state == approval_pb2.APPROVAL_STATE_EXPIRED
+                        else "a person denied this call"
+                    )
                     if await self._store.decide_call(
-                        run_id, approval.step, approval.call_index, approved=approved
+                        run_id,
+                        approval.step,
+                        approval.call_index,
+                        approved=approved,
+                        note="" if approved else note,
                     ):
                         log.info("approval decided", extra={"run": run_id, "approved": approved})
                         self._on_claimable()

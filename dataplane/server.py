@@ -100,7 +100,9 @@ class Executor:
             owner=f"{settings.node_id}/{secrets.token_hex(3)}",
             on_pause=lambda: bridge.nudge(),
         )
-        bridge = ApprovalBridge(channel, store, api_key=settings.api_key, on_claimable=runs.wake)
+        bridge = ApprovalBridge(
+            channel, store, watcher, api_key=settings.api_key, on_claimable=runs.wake
+        )
         await runs.start()
         await bridge.start()
         server = grpc.aio.server()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC
 from typing import Any
 
 import grpc
@@ -11,6 +12,7 @@ from controlplane.api.context import principal
 from controlplane.approvals.service import (
     APPROVED,
     DENIED,
+    EXPIRED,
     PENDING,
     Approvals,
     Filing,
@@ -26,6 +28,7 @@ STATES = {
     PENDING: pb.APPROVAL_STATE_PENDING,
     APPROVED: pb.APPROVAL_STATE_APPROVED,
     DENIED: pb.APPROVAL_STATE_DENIED,
+    EXPIRED: pb.APPROVAL_STATE_EXPIRED,
 }
 
 
@@ -47,6 +50,7 @@ def _to_proto(row: ApprovalRow) -> pb.Approval:
     m.create_time.FromDatetime(row.create_time)
     if row.decide_time is not None:
         m.decide_time.FromDatetime(row.decide_time)
+    m.expire_time.FromDatetime(row.expire_time)
     return m
 
 
@@ -58,7 +62,10 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
         self, request: pb.CreateApprovalRequest, context: Ctx
     ) -> pb.CreateApprovalResponse:
         a = request.approval
-        filing = Filing(a.run, a.agent, a.step, a.call_index, a.tool, a.arguments, a.reason)
+        expires = a.expire_time.ToDatetime(tzinfo=UTC) if a.HasField("expire_time") else None
+        filing = Filing(
+            a.run, a.agent, a.step, a.call_index, a.tool, a.arguments, a.reason, expires
+        )
         created, new = await self._approvals.create(principal(), request.parent, filing)
         return pb.CreateApprovalResponse(approval=_to_proto(created), created=new)
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from controlplane import audit
 from controlplane.auth.principal import Principal
@@ -20,7 +23,10 @@ from controlplane.store.approvals import ApprovalRow
 from controlplane.store.database import Database
 from controlplane.store.errors import DuplicateKey
 
-PENDING, APPROVED, DENIED = "pending", "approved", "denied"
+log = logging.getLogger("pilothouse.approvals")
+
+PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"
+DEFAULT_EXPIRY = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,7 @@ class Filing:
     tool: str
     arguments: str
     reason: str
+    expire_time: datetime | None = None
 
 
 _RUN_ID = re.compile(r"^[0-9a-f-]{36}$")
@@ -57,6 +64,7 @@ class Approvals:
                 "approval.step", "step must be at least 1, call_index at least 0"
             )
         id_ = f"{run[3]}.{row.step}.{row.call_index}"
+        now = datetime.now(UTC)
         record = ApprovalRow(
             tenant,
             id_,
@@ -70,9 +78,10 @@ class Approvals:
             PENDING,
             "",
             "",
-            datetime.now(UTC),
+            now,
             None,
             None,
+            row.expire_time or now + DEFAULT_EXPIRY,
         )
         try:
             async with self._db.transaction() as conn:
@@ -131,6 +140,8 @@ class Approvals:
                 raise NotFound("Approval", name)
             if row.state == state:
                 return row  # the same decision again: nothing changes
+            if row.state == PENDING and row.expire_time <= datetime.now(UTC):
+                row = await self._expire(conn, row)
             if row.state != PENDING:
                 raise FailedPrecondition(
                     f"{name} was already {row.state}; a decision cannot change",
@@ -155,9 +166,46 @@ class Approvals:
             )
             decided = await approval_store.get(conn, tenant, id_)
         assert decided is not None
+        self._wake_watchers()
+        return decided
+
+    async def expire_due(self) -> int:
+        """Expire the pending requests past their time; how many. Safe on several
+        replicas at once: a request expires once."""
+        async with self._db.transaction() as conn:
+            due = await approval_store.expired(conn, datetime.now(UTC))
+            for row in due:
+                await self._expire(conn, row)
+        if due:
+            self._wake_watchers()
+        return len(due)
+
+    async def expire_forever(self, interval: float = 1.0) -> None:
+        while True:
+            try:
+                await self.expire_due()
+            except Exception:
+                log.exception("expiring approval requests failed")
+            await asyncio.sleep(interval)
+
+    async def _expire(self, conn: AsyncConnection, row: ApprovalRow) -> ApprovalRow:
+        await approval_store.decide(
+            conn,
+            row.tenant,
+            row.id,
+            state=EXPIRED,
+            decided_by="system",
+            comment="nobody decided in time",
+            now=datetime.now(UTC),
+        )
+        await audit.record(conn, None, "Approval.expired", _name(row), tenant=row.tenant)
+        expired = await approval_store.get(conn, row.tenant, row.id)
+        assert expired is not None
+        return expired
+
+    def _wake_watchers(self) -> None:
         self._decided.set()
         self._decided = asyncio.Event()
-        return decided
 
     async def watch(self, caller: Principal, after: int) -> AsyncIterator[ApprovalRow]:
         """Decisions after ``after`` (of the caller's tenant, if it has one), then new ones

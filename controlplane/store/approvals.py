@@ -33,6 +33,7 @@ class ApprovalRow:
     create_time: datetime
     decide_time: datetime | None
     decision_seq: int | None
+    expire_time: datetime
 
 
 _COLUMNS = tuple(approvals.c[name] for name in ApprovalRow.__dataclass_fields__)
@@ -105,4 +106,14 @@ async def decided_after(
     if tenant is not None:
         query = query.where(approvals.c.tenant == tenant)
     query = query.order_by(approvals.c.decision_seq).limit(limit)
+    return [_row(r) for r in await conn.execute(query)]
+
+
+async def expired(conn: AsyncConnection, now: datetime, *, limit: int = 100) -> list[ApprovalRow]:
+    query = (
+        sa.select(*_COLUMNS)
+        .where(approvals.c.state == "pending", approvals.c.expire_time <= now)
+        .order_by(approvals.c.expire_time)
+        .limit(limit)
+    )
     return [_row(r) for r in await conn.execute(query)]

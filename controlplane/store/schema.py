@@ -146,6 +146,8 @@ approvals = sa.Table(
     sa.Column("create_time", UTCDateTime, nullable=False),
     sa.Column("decide_time", UTCDateTime, nullable=True),
     sa.Column("decision_seq", sa.BigInteger, nullable=True, unique=True),
+    sa.Column("expire_time", UTCDateTime, nullable=False),
+    sa.Index("ix_approvals_pending_expiry", "state", "expire_time"),
 )
 
 # Named counters (the order of approval decisions).

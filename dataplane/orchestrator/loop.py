@@ -416,7 +416,9 @@ class RunLoop:
                     self._notify()
                     return None
                 if record is not None and record.state is CallState.DENIED:
-                    outcome = ToolOutcome({"error": "a person denied this call"}, False, False)
+                    outcome = ToolOutcome(
+                        {"error": record.error or "a person denied this call"}, False, False
+                    )
                 else:
                     await self._check_cancel()
                     if not _safe_to_repeat(tool):

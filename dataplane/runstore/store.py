@@ -656,7 +656,9 @@ class RunStore:
             for r in rows
         ]
 
-    async def decide_call(self, run_id: str, step: int, call_index: int, *, approved: bool) -> bool:
+    async def decide_call(
+        self, run_id: str, step: int, call_index: int, *, approved: bool, note: str = ""
+    ) -> bool:
         """Record a person's decision on a waiting call and queue its run for any executor.
         False when there was nothing waiting (decided already, or no such call)."""
         now = _now()
@@ -670,7 +672,7 @@ class RunStore:
                     tool_calls.c.call_index == call_index,
                     tool_calls.c.state == CallState.AWAITING_APPROVAL.value,
                 )
-                .values(state=state.value, finished_at=None if approved else now)
+                .values(state=state.value, error=note, finished_at=None if approved else now)
             )
             if updated.rowcount != 1:
                 return False

@@ -561,3 +561,53 @@ async def test_runs_go_on_while_the_control_plane_is_away(tmp_path: Path) -> Non
             await back.plane.aclose()
     finally:
         await executor.aclose()
+
+
+async def test_an_approval_nobody_gives_expires_as_a_denial(
+    live: Live, run_database_url: str, tmp_path: Path
+) -> None:
+    from google.protobuf import field_mask_pb2
+
+    from pilothouse.v1 import approval_pb2
+
+    tenant = await support_agent(live, approval=True)
+    agent = f"tenants/{tenant}/agents/helper"
+    change = agent_pb2.Agent(name=agent)
+    change.approval_policy.timeout.FromMilliseconds(500)
+    await live.agents.UpdateAgent(
+        agent_pb2.UpdateAgentRequest(
+            agent=change, update_mask=field_mask_pb2.FieldMask(paths=["approval_policy.timeout"])
+        ),
+        metadata=live.md(),
+    )
+    async with stage(live, run_database_url, tmp_path) as s:
+        key = await s.client_key(tenant)
+        await s.settled()
+        md = (("authorization", f"Bearer {key}"),)
+        paused = await run_to_end(
+            s, key, run_pb2.RunAgentRequest(agent=agent, input="x", variables={"customer": "Ada"})
+        )
+        assert kinds(paused)[-1] == "approval_required"
+        async with asyncio.timeout(20):
+            events = [
+                r.event
+                async for r in s.agents.WatchRun(
+                    run_pb2.WatchRunRequest(name=paused[0].run), metadata=md
+                )
+            ]
+        answer = next(e for e in events if e.WhichOneof("event") == "final_answer")
+        assert "in time" in answer.final_answer.text
+        listed = await live.approvals.ListApprovals(
+            approval_pb2.ListApprovalsRequest(parent=f"tenants/{tenant}"), metadata=live.md()
+        )
+        (request,) = listed.approvals
+        assert request.state == approval_pb2.APPROVAL_STATE_EXPIRED
+        await h.fails(
+            live.approvals.DecideApproval(
+                approval_pb2.DecideApprovalRequest(
+                    name=request.name, decision=approval_pb2.DECISION_APPROVE
+                ),
+                metadata=live.md(),
+            ),
+            Code.FAILED_PRECONDITION,
+        )

@@ -30,6 +30,8 @@ class _ApprovalStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Approva
     APPROVAL_STATE_PENDING: _ApprovalState.ValueType  # 1
     APPROVAL_STATE_APPROVED: _ApprovalState.ValueType  # 2
     APPROVAL_STATE_DENIED: _ApprovalState.ValueType  # 3
+    APPROVAL_STATE_EXPIRED: _ApprovalState.ValueType  # 4
+    """Nobody decided before expire_time: the call is treated as denied."""
 
 class ApprovalState(_ApprovalState, metaclass=_ApprovalStateEnumTypeWrapper): ...
 
@@ -37,6 +39,8 @@ APPROVAL_STATE_UNSPECIFIED: ApprovalState.ValueType  # 0
 APPROVAL_STATE_PENDING: ApprovalState.ValueType  # 1
 APPROVAL_STATE_APPROVED: ApprovalState.ValueType  # 2
 APPROVAL_STATE_DENIED: ApprovalState.ValueType  # 3
+APPROVAL_STATE_EXPIRED: ApprovalState.ValueType  # 4
+"""Nobody decided before expire_time: the call is treated as denied."""
 Global___ApprovalState: _TypeAlias = ApprovalState  # noqa: Y015
 
 class _Decision:
@@ -76,6 +80,7 @@ class Approval(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     DECIDE_TIME_FIELD_NUMBER: _builtins.int
     DECISION_SEQUENCE_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Format: tenants/{tenant}/approvals/{approval}, where approval is {run}.{step}.{call}"""
     run: _builtins.str
@@ -99,6 +104,12 @@ class Approval(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def decide_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """After this the request expires (set by the filer from the agent's approval timeout;
+        unset: 24 hours after it was filed).
+        """
+
     def __init__(
         self,
         *,
@@ -116,10 +127,11 @@ class Approval(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         decide_time: _timestamp_pb2.Timestamp | None = ...,
         decision_sequence: _builtins.int = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "decide_time", b"decide_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "decide_time", b"decide_time", "expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "arguments", b"arguments", "call_index", b"call_index", "comment", b"comment", "create_time", b"create_time", "decide_time", b"decide_time", "decided_by", b"decided_by", "decision_sequence", b"decision_sequence", "name", b"name", "reason", b"reason", "run", b"run", "state", b"state", "step", b"step", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "arguments", b"arguments", "call_index", b"call_index", "comment", b"comment", "create_time", b"create_time", "decide_time", b"decide_time", "decided_by", b"decided_by", "decision_sequence", b"decision_sequence", "expire_time", b"expire_time", "name", b"name", "reason", b"reason", "run", b"run", "state", b"state", "step", b"step", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -36,9 +36,11 @@ def upgrade() -> None:
         sa.Column("create_time", TS, nullable=False),
         sa.Column("decide_time", TS, nullable=True),
         sa.Column("decision_seq", sa.BigInteger, nullable=True),
+        sa.Column("expire_time", TS, nullable=False),
         sa.PrimaryKeyConstraint("tenant", "id", name="pk_approvals"),
         sa.UniqueConstraint("decision_seq", name="uq_approvals_decision_seq"),
     )
+    op.create_index("ix_approvals_pending_expiry", "approvals", ["state", "expire_time"])
     table = op.create_table(
         "counters",
         sa.Column("name", sa.String(64), nullable=False),
