@@ -22,6 +22,7 @@ from dataplane.config.watcher import ConfigWatcher
 from dataplane.models.gateway import ModelGateway
 from dataplane.orchestrator.runs import Runs
 from dataplane.runstore.database import open_run_database
+from dataplane.runstore.memory import Memory
 from dataplane.runstore.store import RunStore
 from dataplane.settings import Settings
 from dataplane.tools.router import ToolRouter
@@ -95,7 +96,7 @@ class Executor:
         runs = Runs(
             store,
             ModelGateway(http),
-            ToolRouter(http),
+            ToolRouter(http, Memory(db)),
             watcher,
             owner=f"{settings.node_id}/{secrets.token_hex(3)}",
             on_pause=lambda: bridge.nudge(),

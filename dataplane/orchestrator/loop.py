@@ -435,6 +435,8 @@ class RunLoop:
                         tool,
                         arguments,
                         idempotency_key=f"{self.run.id}:{step}:{index}",
+                        tenant=self.run.tenant,
+                        agent=self.run.agent,
                         deadline=self._deadline(deadline_wall),
                     )
                     self._usage.tool_calls += 1

@@ -99,4 +99,15 @@ run_events = sa.Table(
     sa.Column("payload", sa.Text, nullable=False),
 )
 
-__all__ = ["checkpoints", "metadata", "run_events", "runs", "tool_calls"]
+# The builtin memory tool's entries, one namespace per tenant and agent.
+memory = sa.Table(
+    "memory",
+    metadata,
+    sa.Column("tenant", sa.String(63), primary_key=True),
+    sa.Column("agent", sa.String(200), primary_key=True),
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+__all__ = ["memory", "checkpoints", "metadata", "run_events", "runs", "tool_calls"]

@@ -20,7 +20,8 @@ from google.protobuf import json_format
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
-from dataplane.tools.builtin import BUILTINS, ToolFailure
+from dataplane.runstore.memory import Memory
+from dataplane.tools.builtin import BUILTINS, CallContext, ToolFailure
 from pilothouse.v1 import agent_pb2, tool_pb2
 
 DEFAULT_TIMEOUT = 30.0
@@ -44,8 +45,9 @@ def agent_tools(
 
 
 class ToolRouter:
-    def __init__(self, http: httpx.AsyncClient) -> None:
+    def __init__(self, http: httpx.AsyncClient, memory: Memory | None = None) -> None:
         self._http = http
+        self._memory = memory
 
     def check(
         self, allowed: dict[str, tool_pb2.Tool], name: str, arguments: str
@@ -80,7 +82,10 @@ class ToolRouter:
         *,
         idempotency_key: str,
         deadline: float,
+        tenant: str = "",
+        agent: str = "",
     ) -> ToolOutcome:
+        """Run a checked call; ``tenant`` and ``agent`` scope the builtins that keep state."""
         timeout = (
             tool.timeout.ToTimedelta().total_seconds()
             if tool.HasField("timeout")
@@ -112,7 +117,10 @@ class ToolRouter:
                 )
             try:
                 result = await asyncio.wait_for(
-                    self._run(tool, arguments, idempotency_key), min(timeout, remaining)
+                    self._run(
+                        tool, arguments, idempotency_key, CallContext(tenant, agent, self._memory)
+                    ),
+                    min(timeout, remaining),
                 )
                 return ToolOutcome(result, True, True, attempt)
             except ToolFailure as e:
@@ -125,12 +133,14 @@ class ToolRouter:
                     random.uniform(0, min(cap, backoff * multiplier ** (attempt - 1)))
                 )
 
-    async def _run(self, tool: tool_pb2.Tool, arguments: dict[str, Any], key: str) -> Any:
+    async def _run(
+        self, tool: tool_pb2.Tool, arguments: dict[str, Any], key: str, context: CallContext
+    ) -> Any:
         if tool.kind == tool_pb2.TOOL_KIND_BUILTIN:
             implementation = BUILTINS.get(tool.endpoint)
             if implementation is None:
                 raise ToolFailure(f"no builtin tool {tool.endpoint!r} on this executor")
-            return await implementation(arguments)
+            return await implementation(arguments, context)
         if tool.kind == tool_pb2.TOOL_KIND_HTTP:
             return await self._http_call(tool, arguments, key)
         raise ToolFailure(

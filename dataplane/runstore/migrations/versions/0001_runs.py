@@ -97,7 +97,17 @@ def upgrade() -> None:
         ),
     )
 
+    op.create_table(
+        "memory",
+        sa.Column("tenant", sa.String(63), nullable=False),
+        sa.Column("agent", sa.String(200), nullable=False),
+        sa.Column("key", sa.String(200), nullable=False),
+        sa.Column("value", sa.Text, nullable=False),
+        sa.Column("updated_at", TS, nullable=False),
+        sa.PrimaryKeyConstraint("tenant", "agent", "key", name="pk_memory"),
+    )
+
 
 def downgrade() -> None:
-    for name in ("run_events", "tool_calls", "checkpoints", "runs"):
+    for name in ("memory", "run_events", "tool_calls", "checkpoints", "runs"):
         op.drop_table(name)
