@@ -4,7 +4,9 @@ open, and price the result.
 
 Retries: only for retryable failures (408, 409, 429, 5xx, timeouts, unreachable), with
 exponential backoff and full jitter, never sooner than a ``retry-after`` asks, never past
-the call's deadline, at most ``max_attempts`` per model. Any other failure is final.
+the call's deadline, at most ``max_attempts`` per model, and within a retry budget shared
+by all calls (a failing provider is not sent a multiple of its traffic). Any other
+failure is final.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataplane.config.snapshot import ExecutorConfig
 from dataplane.models.breaker import Breakers
 from dataplane.models.openai import OpenAIProvider
 from dataplane.models.pricing import cost
+from dataplane.models.retry_budget import RetryBudget
 from dataplane.models.scripted import ScriptedProvider
 from dataplane.models.types import ChatRequest, ChatResult, ProviderError
 from pilothouse.v1 import model_pb2
@@ -80,10 +83,12 @@ class ModelGateway:
         breakers: Breakers | None = None,
         env: Mapping[str, str] = os.environ,
         stream: bool = True,
+        retry_budget: RetryBudget | None = None,
     ) -> None:
         """``stream``: ask OpenAI-compatible providers for server-sent events."""
         self._http = http
         self._stream = stream
+        self._budget = retry_budget or RetryBudget()
         self._retry = retry
         self._breakers = breakers or Breakers()
         self._env = env
@@ -117,6 +122,8 @@ class ModelGateway:
                 if remaining <= 0:
                     raise last or ProviderError("deadline passed before the call", retryable=False)
                 attempts += 1
+                if attempt == 0:
+                    self._budget.deposit()
                 try:
                     result = await self._call(
                         model, request, timeout=min(remaining, DEFAULT_TIMEOUT)
@@ -127,8 +134,10 @@ class ModelGateway:
                     if not e.retryable:
                         raise
                     wait = max(self._retry.delay(attempt), e.retry_after or 0.0)
-                    if attempt + 1 >= self._retry.max_attempts or (
-                        asyncio.get_running_loop().time() + wait >= deadline
+                    if (
+                        attempt + 1 >= self._retry.max_attempts
+                        or asyncio.get_running_loop().time() + wait >= deadline
+                        or not self._budget.withdraw()
                     ):
                         break  # on to the next model
                     await asyncio.sleep(wait)

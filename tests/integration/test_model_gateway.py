@@ -247,3 +247,32 @@ def test_weighted_pick_is_stable_and_follows_weights() -> None:
     picks = Counter(weighted_pick(route, f"run-{i}") for i in range(4000))
     assert 0.7 < picks["a"] / 4000 < 0.8
     assert weighted_pick(route, "run-7") == weighted_pick(route, "run-7")
+
+
+async def test_the_retry_budget_stops_retry_storms(
+    fake: FakeOpenAI, http: httpx.AsyncClient
+) -> None:
+    from dataplane.models.retry_budget import RetryBudget
+
+    budget = RetryBudget(ratio=0.0, reserve_per_second=0.0)
+    g = gateway(http, retry_budget=budget)
+    fake.then(Behaviour(status=503), Behaviour(content="never asked"))
+    with pytest.raises(NoModelAvailable):
+        await g.complete(
+            config(openai_model(fake)),
+            "tenants/t/modelRoutes/r",
+            REQUEST,
+            deadline=await deadline(),
+            pick_key="k",
+        )
+    assert len(fake.requests) == 1, "no budget, no retry"
+
+
+def test_retry_budget_accounting() -> None:
+    from dataplane.models.retry_budget import RetryBudget
+
+    now = [0.0]
+    budget = RetryBudget(ratio=0.5, reserve_per_second=0.0, clock=lambda: now[0])
+    for _ in range(4):
+        budget.deposit()
+    assert budget.withdraw() and budget.withdraw() and not budget.withdraw()
