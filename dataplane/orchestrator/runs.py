@@ -59,6 +59,7 @@ class Runs:
         self.owner = owner
         self._poll = poll_interval
         self._slots = asyncio.Semaphore(max_concurrent)
+        self._max_concurrent = max_concurrent
         self._loops: dict[str, tuple[RunLoop, asyncio.Task[None]]] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._claimer: asyncio.Task[None] | None = None
@@ -134,10 +135,8 @@ class Runs:
                 except Exception:
                     log.exception("run failed unexpectedly", extra={"run": run.id})
                     with contextlib.suppress(Exception):
-                        from datetime import timedelta
-
                         await self._store.release(
-                            loop.lease, retry_after=timedelta(seconds=1), error="executor error"
+                            loop.lease, retry_after=RETRY_AFTER_ERROR, error="executor error"
                         )
                 finally:
                     self._loops.pop(run.id, None)
@@ -151,7 +150,13 @@ class Runs:
         while True:
             try:
                 claimed = True
-                while claimed and self._watcher.current is not None:
+                # Claim only what this executor has room to run: a claimed run waiting for
+                # a slot would hold a lease nobody renews.
+                while (
+                    claimed
+                    and self._watcher.current is not None
+                    and len(self._loops) < self._max_concurrent
+                ):
                     got = await self._store.claim(self.owner)
                     claimed = got is not None
                     if got is not None:
