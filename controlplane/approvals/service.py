@@ -134,14 +134,14 @@ class Approvals:
         tenant, id_ = _parse(name)
         caller.require_tenant(tenant)
         state = APPROVED if approve else DENIED
+        if await self._expire_if_due(tenant, id_):
+            self._wake_watchers()
         async with self._db.transaction() as conn:
             row = await approval_store.get(conn, tenant, id_, for_update=True)
             if row is None:
                 raise NotFound("Approval", name)
             if row.state == state:
                 return row  # the same decision again: nothing changes
-            if row.state == PENDING and row.expire_time <= datetime.now(UTC):
-                row = await self._expire(conn, row)
             if row.state != PENDING:
                 raise FailedPrecondition(
                     f"{name} was already {row.state}; a decision cannot change",
@@ -187,6 +187,16 @@ class Approvals:
             except Exception:
                 log.exception("expiring approval requests failed")
             await asyncio.sleep(interval)
+
+    async def _expire_if_due(self, tenant: str, id_: str) -> bool:
+        """Expire one request if its time has passed (committed on its own, so a refused
+        late decision still leaves the request expired)."""
+        async with self._db.transaction() as conn:
+            row = await approval_store.get(conn, tenant, id_, for_update=True)
+            if row is None or row.state != PENDING or row.expire_time > datetime.now(UTC):
+                return False
+            await self._expire(conn, row)
+        return True
 
     async def _expire(self, conn: AsyncConnection, row: ApprovalRow) -> ApprovalRow:
         await approval_store.decide(
