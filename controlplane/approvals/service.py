@@ -58,7 +58,8 @@ class Approvals:
         run = row.run.split("/")
         if len(run) != 4 or run[:3] != ["tenants", tenant, "runs"] or not _RUN_ID.match(run[3]):
             raise InvalidArgument.of("approval.run", f"{row.run!r} is not a run of {parent}")
-        names.parse_child(row.agent, "agents", "approval.agent")
+        if names.parse_child(row.agent, "agents", "approval.agent").tenant != tenant:
+            raise InvalidArgument.of("approval.agent", f"{row.agent!r} is not an agent of {parent}")
         if row.step < 1 or row.call_index < 0:
             raise InvalidArgument.of(
                 "approval.step", "step must be at least 1, call_index at least 0"
