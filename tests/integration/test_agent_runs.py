@@ -611,3 +611,42 @@ async def test_an_approval_nobody_gives_expires_as_a_denial(
             ),
             Code.FAILED_PRECONDITION,
         )
+
+
+async def test_the_cli_runs_agents_and_reads_runs(
+    live: Live, run_database_url: str, tmp_path: Path
+) -> None:
+    from tests.integration.test_cli import cli
+
+    tenant = await support_agent(live)
+    async with stage(live, run_database_url, tmp_path) as s:
+        key = await s.client_key(tenant)
+        await s.settled()
+        common = ("--executor", s.executor.address, "--tenant", tenant)
+        ran = await cli(
+            live, "run", "helper", "--input", "x", "--var", "customer=Ada", *common, key=key
+        )
+        assert ran.code == 0, ran.err
+        lines = ran.out.strip().splitlines()
+        assert "run started" in lines[0] and "stopped: completed" in lines[-1]
+        assert any("tool calc ok" in line for line in lines)
+        listed = await cli(live, "runs", "list", *common, key=key)
+        run_id = listed.out.splitlines()[1].split()[0]
+        got = await cli(live, "runs", "get", run_id, "-o", "json", *common, key=key)
+        assert '"state": "RUN_STATE_FINISHED"' in got.out
+        queued = await cli(
+            live,
+            "run",
+            "helper",
+            "--input",
+            "x",
+            "--var",
+            "customer=Ada",
+            "--no-follow",
+            *common,
+            key=key,
+        )
+        assert queued.code == 0 and queued.out.strip().endswith("started")
+        missing = await cli(live, "run", "helper", "--input", "x", *common, key=key)
+        assert missing.code == 1 and "variables[customer]" in missing.err
+        assert "Traceback" not in missing.err
