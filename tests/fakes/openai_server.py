@@ -11,6 +11,7 @@ import contextlib
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,8 @@ class FakeOpenAI:
     script: deque[Behaviour] = field(default_factory=deque)
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
+    policy: Callable[[dict[str, Any]], Behaviour] | None = None
+    """Decides calls the script does not cover, from the request's body."""
     port: int = 0
     _server: asyncio.Server | None = None
 
@@ -72,6 +75,8 @@ class FakeOpenAI:
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
             return
+        except asyncio.CancelledError:
+            return  # the server is going away mid-call (end of a benchmark)
         finally:
             writer.close()
 
@@ -88,7 +93,10 @@ class FakeOpenAI:
         body = json.loads(raw)
         self.requests.append(body)
         self.headers.append(headers)
-        behaviour = self.script.popleft() if self.script else Behaviour()
+        if self.script:
+            behaviour = self.script.popleft()
+        else:
+            behaviour = self.policy(body) if self.policy is not None else Behaviour()
         delay = behaviour.delay or self.default_delay
         if delay:
             await asyncio.sleep(delay)
