@@ -60,6 +60,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python -m tests.bench.registry_bench
 	$(BIN)/python -m tests.bench.run_bench
 	$(BIN)/python -m tests.bench.propagation_bench
+	$(BIN)/python -m tests.bench.throughput_bench
 
 clean:
 	rm -rf $(VENV) node_modules $(TS)/node_modules $(TS)/dist .pilothouse
