@@ -67,7 +67,7 @@ class PromptServicer(prompt_pb2_grpc.PromptServiceServicer):
     async def GetPromptVersion(
         self, request: pb.GetPromptVersionRequest, context: Ctx
     ) -> pb.GetPromptVersionResponse:
-        record = await self._registry.get_prompt_version(principal(), request.name)
+        record = await self._registry.get(principal(), kinds.PROMPT_VERSION, request.name)
         return pb.GetPromptVersionResponse(prompt_version=_convert.prompt_version_to_proto(record))
 
     async def ListPromptVersions(

@@ -102,7 +102,3 @@ def canonical_json(value: Any) -> bytes:
 def content_hash(value: Any) -> str:
     """SHA-256 (hex) of the value's canonical JSON."""
     return hashlib.sha256(canonical_json(value)).hexdigest()
-
-
-def json_loads(text: str) -> Any:
-    return json.loads(text)

@@ -9,6 +9,7 @@ caller's tenant is checked here again so no path reaches another tenant's rows.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -74,7 +75,7 @@ class SpecCache:
     def record(self, kind: Kind[S], row: ResourceRow) -> r.Record[S]:
         spec = self._specs.get_or_make(
             (kind.name, row.spec),
-            lambda: codec.decode(kind.spec_type, codec.json_loads(row.spec)),
+            lambda: codec.decode(kind.spec_type, json.loads(row.spec)),
         )
         return r.Record(row.tenant, row.id, spec, row.etag, row.create_time, row.update_time)
 
@@ -313,9 +314,6 @@ class Registry:
                 details={"content_hash": digest},
             )
         return self._record(kind, row), True
-
-    async def get_prompt_version(self, caller: Principal, name: str) -> r.Record[r.PromptVersion]:
-        return await self.get(caller, kinds.PROMPT_VERSION, name)
 
     async def list_prompt_versions(
         self, caller: Principal, parent: str, size: int, token: str

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from typing import Any
 
 from google.protobuf import json_format
@@ -109,8 +110,9 @@ class RunContext:
     """By the name the model sees."""
     system_prompt: str
 
-    @property
+    @cached_property
     def tool_specs(self) -> tuple[ToolSpec, ...]:
+        """The tools as the model is shown them (built once per run, used every step)."""
         return tuple(
             ToolSpec(name, tool.description, json_format.MessageToDict(tool.input_schema))
             for name, tool in sorted(self.tools.items())
