@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from controlplane import config, logs
+from controlplane import config
 from controlplane.auth import keys
 from controlplane.server import serve
 from controlplane.store.database import open_database
+from storekit import logs
 
 
 async def _migrate(settings: config.Settings) -> None:

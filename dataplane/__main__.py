@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from dataplane import logs, settings
+from dataplane import settings
 from dataplane.server import serve
+from storekit import logs
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,2 +1,2 @@
-"""Database plumbing shared by the control plane's store and the executors' run store:
-engine set-up, transactions and migrations. It knows no table of either."""
+"""Plumbing shared by the control plane and the executors: database engine set-up,
+transactions and migrations (it knows no table of either), and structured logging."""

@@ -259,15 +259,16 @@ class RunStore:
             orphaned = run.state is RunState.RUNNING
             attempts = run.attempts + (1 if orphaned else 0)
             if attempts >= self.max_attempts:
+                why = f"lost or failed {attempts} times"
                 await self._finish(
                     conn,
                     run.id,
                     run.fencing_token,
                     StopReason.DEAD_LETTERED,
-                    f"lost or failed {attempts} times",
+                    why,
                     "",
                     now,
-                    [stopped(StopReason.DEAD_LETTERED, f"lost or failed {attempts} times")],
+                    [stopped(StopReason.DEAD_LETTERED, why)],
                     fenced=False,
                 )
                 return None
@@ -574,15 +575,16 @@ class RunStore:
                 + 1
             )
             if attempts >= self.max_attempts:
+                why = f"failed {attempts} times; last: {error}"
                 await self._finish(
                     conn,
                     lease.run_id,
                     lease.token,
                     StopReason.DEAD_LETTERED,
-                    f"failed {attempts} times; last: {error}",
+                    why,
                     "",
                     now,
-                    [stopped(StopReason.DEAD_LETTERED, f"failed {attempts} times; last: {error}")],
+                    [stopped(StopReason.DEAD_LETTERED, why)],
                     fenced=True,
                     owner=lease.owner,
                 )

@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,52 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
+async def start_executor(
+    control_plane: str, key: str, node: str, state_dir: Path, run_store_url: str, log_level: str
+) -> tuple[subprocess.Popen[str], str]:
+    """Start an executor process; return it and the address it listens on.
+
+    Its stderr is drained on a thread once the address is read, so that its logs
+    can never fill the pipe and stall the executor being measured.
+    """
+    executor = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dataplane",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--control-plane",
+            control_plane,
+            "--node-id",
+            node,
+            "--state-dir",
+            str(state_dir),
+            "--run-store-url",
+            run_store_url,
+            "--log-level",
+            log_level,
+        ],
+        env={**os.environ, "PILOTHOUSE_EXECUTOR_KEY": key},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stderr = executor.stderr
+    assert stderr is not None
+
+    def listening_address() -> str:
+        for line in stderr:
+            if m := re.search(r"listening on (\S+)", line):
+                return m[1]
+        raise RuntimeError(f"the executor exited with {executor.wait()} before listening")
+
+    address = await asyncio.to_thread(listening_address)
+    threading.Thread(target=stderr.read, daemon=True).start()
+    return executor, address
+
+
 async def measure(run_store_url: str, workdir: Path) -> dict[str, Any]:
     fake = await FakeOpenAI().start()
     admin = subprocess.run(
@@ -197,33 +244,8 @@ async def measure(run_store_url: str, workdir: Path) -> dict[str, Any]:
     executor = None
     try:
         client_key, executor_key = (await setup(plane.address, admin, fake)).split()
-        executor = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dataplane",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--control-plane",
-                plane.address,
-                "--node-id",
-                "bench",
-                "--state-dir",
-                str(workdir),
-                "--run-store-url",
-                run_store_url,
-                "--log-level",
-                "WARNING",
-            ],
-            env={**os.environ, "PILOTHOUSE_EXECUTOR_KEY": executor_key},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert executor.stderr is not None
-        address = next(
-            m[1] for line in executor.stderr if (m := re.search(r"listening on (\S+)", line))
+        executor, address = await start_executor(
+            plane.address, executor_key, "bench", workdir, run_store_url, "WARNING"
         )
         async with grpc.aio.insecure_channel(address) as channel:
             stub = run_pb2_grpc.AgentServiceStub(channel)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -23,7 +21,7 @@ import grpc
 from controlplane import launch
 from pilothouse.v1 import run_pb2, run_pb2_grpc
 from tests.bench.registry_bench import RESULTS, ROOT
-from tests.bench.run_bench import STEPS, setup
+from tests.bench.run_bench import STEPS, setup, start_executor
 from tests.fakes.openai_server import Behaviour, FakeOpenAI
 
 CONCURRENT = 1000
@@ -60,33 +58,13 @@ async def main() -> None:
         executor = None
         try:
             client_key, executor_key = (await setup(plane.address, admin, fake)).split()
-            executor = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "dataplane",
-                    "serve",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--control-plane",
-                    plane.address,
-                    "--node-id",
-                    "throughput",
-                    "--state-dir",
-                    str(work),
-                    "--run-store-url",
-                    f"sqlite:///{work / 'runs.db'}",
-                    "--log-level",
-                    "ERROR",
-                ],
-                env={**os.environ, "PILOTHOUSE_EXECUTOR_KEY": executor_key},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            assert executor.stderr is not None
-            address = next(
-                m[1] for line in executor.stderr if (m := re.search(r"listening on (\S+)", line))
+            executor, address = await start_executor(
+                plane.address,
+                executor_key,
+                "throughput",
+                work,
+                f"sqlite:///{work / 'runs.db'}",
+                "ERROR",
             )
             fake.policy = five_steps
             md = (("authorization", f"Bearer {client_key}"),)

@@ -8,12 +8,10 @@ import signal
 import sys
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from pilothouse.v1 import api_key_pb2
 from tests.conftest import Live
 from tests.integration.test_cli import cli
+from tests.integration.test_crash_safety import serving
 from tests.integration.test_registry_api import _registry_with_agent
 from tests.integration.test_server import _read_until
 
@@ -47,14 +45,7 @@ async def test_executor_serves_once_configured_and_shows_in_the_cli(
     try:
         seen = await _read_until(proc.stderr, "listening on")
         address = seen.split("listening on ")[1].split()[0]
-        async with grpc.aio.insecure_channel(address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            async with asyncio.timeout(10):
-                while True:
-                    status = await health.Check(health_pb2.HealthCheckRequest())
-                    if status.status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                    await asyncio.sleep(0.05)
+        await serving(address)
         assert (tmp_path / f"executor-{node}.snapshot").exists()
 
         async with asyncio.timeout(10):

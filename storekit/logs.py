@@ -1,4 +1,4 @@
-"""Structured logging for the executor: one JSON object per line, with ``extra=`` fields."""
+"""Structured logging for both servers: one JSON object per line, with any ``extra=`` fields."""
 
 from __future__ import annotations
 
