@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from controlplane.auth import keys
 from controlplane.config import Settings
 from controlplane.server import ControlPlane
+from dataplane.runstore.database import open_run_database
 from pilothouse.v1 import (
     agent_pb2_grpc,
     api_key_pb2,
@@ -28,6 +29,7 @@ from pilothouse.v1 import (
     tenant_pb2_grpc,
     tool_pb2_grpc,
 )
+from storekit.database import Database
 
 PG_ENV = "PILOTHOUSE_TEST_PG_DSN"
 
@@ -74,6 +76,15 @@ def run_database_url(
         return f"sqlite:///{tmp_path_factory.mktemp('runs') / 'runs.db'}"
     url: str = request.getfixturevalue("pg_run_url")
     return url
+
+
+@pytest.fixture
+async def run_db(run_database_url: str) -> AsyncIterator[Database]:
+    """A migrated run-store database, on each backend."""
+    database = open_run_database(run_database_url)
+    await database.migrate()
+    yield database
+    await database.aclose()
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])

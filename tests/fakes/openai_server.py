@@ -7,13 +7,14 @@ calls) and can be told, call by call, to answer, call tools, be slow or fail.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from tests.fakes.http import LoopbackHttpServer
 
 
 @dataclass
@@ -29,15 +30,13 @@ class Behaviour:
 
 
 @dataclass
-class FakeOpenAI:
+class FakeOpenAI(LoopbackHttpServer):
     default_delay: float = 0.0
     script: deque[Behaviour] = field(default_factory=deque)
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     policy: Callable[[dict[str, Any]], Behaviour] | None = None
     """Decides calls the script does not cover, from the request's body."""
-    port: int = 0
-    _server: asyncio.Server | None = None
 
     @property
     def base_url(self) -> str:
@@ -47,40 +46,7 @@ class FakeOpenAI:
         self.script.extend(behaviours)
         return self
 
-    async def start(self) -> FakeOpenAI:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def aclose(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                request_line = await reader.readline()
-                if not request_line:
-                    return
-                method, path, _ = request_line.decode().split(" ", 2)
-                headers: dict[str, str] = {}
-                while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    name, _, value = line.decode().partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                body = await reader.readexactly(int(headers.get("content-length", "0")))
-                keep = await self._respond(writer, method, path, headers, body)
-                if not keep:
-                    return
-        except (ConnectionError, asyncio.IncompleteReadError):
-            return
-        except asyncio.CancelledError:
-            return  # the server is going away mid-call (end of a benchmark)
-        finally:
-            writer.close()
-
-    async def _respond(
+    async def respond(
         self,
         writer: asyncio.StreamWriter,
         method: str,

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -19,14 +18,6 @@ from dataplane.runstore.store import NewRun, RunStore
 from storekit.database import Database
 
 
-@pytest.fixture
-async def db(run_database_url: str) -> AsyncIterator[Database]:
-    database = open_run_database(run_database_url)
-    await database.migrate()
-    yield database
-    await database.aclose()
-
-
 def tenant() -> str:
     return f"t-{os.urandom(4).hex()}"
 
@@ -35,8 +26,8 @@ def new_run(t: str, **kwargs: object) -> NewRun:
     return NewRun(tenant=t, agent=f"tenants/{t}/agents/a", request={"input": "hi"}, **kwargs)  # type: ignore[arg-type]
 
 
-async def test_idempotency_key_returns_the_same_run(db: Database) -> None:
-    store = RunStore(db)
+async def test_idempotency_key_returns_the_same_run(run_db: Database) -> None:
+    store = RunStore(run_db)
     t = tenant()
     first, _, created = await store.create(new_run(t, idempotency_key="order-1"))
     again, lease, created_again = await store.create(new_run(t, idempotency_key="order-1"))
@@ -49,10 +40,10 @@ async def test_idempotency_key_returns_the_same_run(db: Database) -> None:
 
 
 async def test_each_run_is_claimed_exactly_once_under_contention(
-    db: Database, run_database_url: str
+    run_db: Database, run_database_url: str
 ) -> None:
     t = tenant()
-    store = RunStore(db)
+    store = RunStore(run_db)
     ids = {(await store.create(new_run(t)))[0].id for _ in range(30)}
     # Several executors, each with its own connection pool, race for the queue.
     pools = [open_run_database(run_database_url) for _ in range(4)]
@@ -74,8 +65,8 @@ async def test_each_run_is_claimed_exactly_once_under_contention(
     assert all(count == 1 for run_id, count in claimed.items() if run_id in ids)
 
 
-async def test_an_expired_lease_moves_on_and_the_old_holder_is_fenced_off(db: Database) -> None:
-    store = RunStore(db, lease_ttl=timedelta(milliseconds=200))
+async def test_an_expired_lease_moves_on_and_the_old_holder_is_fenced_off(run_db: Database) -> None:
+    store = RunStore(run_db, lease_ttl=timedelta(milliseconds=200))
     t = tenant()
     run, lease_a, _ = await store.create(new_run(t, queued=False), owner="a")
     assert lease_a is not None and lease_a.token == 1
@@ -97,8 +88,8 @@ async def test_an_expired_lease_moves_on_and_the_old_holder_is_fenced_off(db: Da
     assert await store.claim("c", run_id=run.id) is None, "a live lease is not claimable"
 
 
-async def test_checkpoints_grow_linearly_and_replay_in_order(db: Database) -> None:
-    store = RunStore(db)
+async def test_checkpoints_grow_linearly_and_replay_in_order(run_db: Database) -> None:
+    store = RunStore(run_db)
     run, lease, _ = await store.create(new_run(tenant(), queued=False), owner="a")
     assert lease is not None
     for step in range(1, 21):
@@ -120,8 +111,8 @@ async def test_checkpoints_grow_linearly_and_replay_in_order(db: Database) -> No
     assert [e.payload["step"] for e in await store.events(run.id, after=18)] == [19, 20]
 
 
-async def test_journal_survives_a_change_of_holder(db: Database) -> None:
-    store = RunStore(db, lease_ttl=timedelta(milliseconds=200))
+async def test_journal_survives_a_change_of_holder(run_db: Database) -> None:
+    store = RunStore(run_db, lease_ttl=timedelta(milliseconds=200))
     run, lease, _ = await store.create(new_run(tenant(), queued=False), owner="a")
     assert lease is not None
     call = {"step": 1, "call_index": 0, "call_id": "c1", "tool": "refund", "arguments": {"id": 7}}
@@ -147,8 +138,8 @@ async def test_journal_survives_a_change_of_holder(db: Database) -> None:
         await store.record_call(lease, state=CallState.FAILED, **call)  # type: ignore[arg-type]
 
 
-async def test_runs_lost_too_often_are_dead_lettered(db: Database) -> None:
-    store = RunStore(db, lease_ttl=timedelta(milliseconds=100), max_attempts=2)
+async def test_runs_lost_too_often_are_dead_lettered(run_db: Database) -> None:
+    store = RunStore(run_db, lease_ttl=timedelta(milliseconds=100), max_attempts=2)
     run, _, _ = await store.create(new_run(tenant()))
     assert await store.claim("a", run_id=run.id) is not None
     await asyncio.sleep(0.15)
@@ -160,8 +151,8 @@ async def test_runs_lost_too_often_are_dead_lettered(db: Database) -> None:
     assert (await store.events(run.id))[-1].payload["reason"] == "STOP_REASON_DEAD_LETTERED"
 
 
-async def test_a_released_run_waits_its_turn_then_counts_the_failure(db: Database) -> None:
-    store = RunStore(db, max_attempts=2)
+async def test_a_released_run_waits_its_turn_then_counts_the_failure(run_db: Database) -> None:
+    store = RunStore(run_db, max_attempts=2)
     run, lease, _ = await store.create(new_run(tenant(), queued=False), owner="a")
     assert lease is not None
     again = await store.release(lease, retry_after=timedelta(milliseconds=200), error="boom")
@@ -174,8 +165,8 @@ async def test_a_released_run_waits_its_turn_then_counts_the_failure(db: Databas
     assert final.stop_reason is StopReason.DEAD_LETTERED and "boom again" in final.stop_detail
 
 
-async def test_approval_waits_hold_no_lease(db: Database) -> None:
-    store = RunStore(db)
+async def test_approval_waits_hold_no_lease(run_db: Database) -> None:
+    store = RunStore(run_db)
     run, lease, _ = await store.create(new_run(tenant(), queued=False), owner="a")
     assert lease is not None
     await store.wait_for_approval(lease, [NewEvent("approval_required", {"call": "c1"})])
@@ -189,8 +180,8 @@ async def test_approval_waits_hold_no_lease(db: Database) -> None:
     assert got[1].attempts == 0, "a pause is not a failure"
 
 
-async def test_cancellation(db: Database) -> None:
-    store = RunStore(db)
+async def test_cancellation(run_db: Database) -> None:
+    store = RunStore(run_db)
     queued, _, _ = await store.create(new_run(tenant()))
     cancelled = await store.request_cancel(queued.id)
     assert cancelled.state is RunState.FINISHED and cancelled.stop_reason is StopReason.CANCELLED
@@ -202,8 +193,8 @@ async def test_cancellation(db: Database) -> None:
     assert (await store.get(running.id)).stop_reason is StopReason.CANCELLED
 
 
-async def test_listing_is_per_tenant_newest_first(db: Database) -> None:
-    store = RunStore(db)
+async def test_listing_is_per_tenant_newest_first(run_db: Database) -> None:
+    store = RunStore(run_db)
     t = tenant()
     made = [(await store.create(new_run(t)))[0] for _ in range(5)]
     await store.create(new_run(tenant()))

@@ -4,25 +4,14 @@ tool's idempotency key."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import httpx
-import pytest
 
-from dataplane.runstore.database import open_run_database
 from dataplane.runstore.memory import Memory
 from dataplane.tools.router import ToolRouter
 from pilothouse.v1 import tool_pb2
 from storekit.database import Database
 from tests.fakes.tool_server import RefundTool
-
-
-@pytest.fixture
-async def db(run_database_url: str) -> AsyncIterator[Database]:
-    database = open_run_database(run_database_url)
-    await database.migrate()
-    yield database
-    await database.aclose()
 
 
 def builtin(endpoint: str, **hints: bool) -> tool_pb2.Tool:
@@ -39,9 +28,9 @@ async def deadline() -> float:
     return asyncio.get_running_loop().time() + 5
 
 
-async def test_memory_is_kept_per_tenant_and_agent(db: Database) -> None:
+async def test_memory_is_kept_per_tenant_and_agent(run_db: Database) -> None:
     async with httpx.AsyncClient() as http:
-        router = ToolRouter(http, Memory(db))
+        router = ToolRouter(http, Memory(run_db))
         tool = builtin("memory")
 
         async def call(args: dict[str, object], tenant: str = "t", agent: str = "a") -> object:
@@ -56,7 +45,7 @@ async def test_memory_is_kept_per_tenant_and_agent(db: Database) -> None:
             assert outcome.ok, outcome.result
             return outcome.result
 
-        key = f"fav-{id(db)}"
+        key = f"fav-{id(run_db)}"
         assert await call({"op": "set", "key": key, "value": {"color": "teal"}}) == {
             "key": key,
             "stored": True,
