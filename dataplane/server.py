@@ -25,6 +25,7 @@ from dataplane.runstore.database import open_run_database
 from dataplane.runstore.memory import Memory
 from dataplane.runstore.store import RunStore
 from dataplane.settings import Settings
+from dataplane.tools.mcp import McpSessions
 from dataplane.tools.router import ToolRouter
 from pilothouse.v1 import run_pb2, run_pb2_grpc
 from storekit.database import Database
@@ -63,6 +64,7 @@ class Executor:
     watcher: ConfigWatcher
     db: Database
     http: httpx.AsyncClient
+    mcp: McpSessions
     runs: Runs
     approvals: ApprovalBridge
     server: grpc.aio.Server
@@ -93,10 +95,11 @@ class Executor:
             transport=httpx.AsyncHTTPTransport(retries=0),
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
         )
+        mcp = McpSessions()
         runs = Runs(
             store,
             ModelGateway(http),
-            ToolRouter(http, Memory(db)),
+            ToolRouter(http, Memory(db), mcp),
             watcher,
             owner=f"{settings.node_id}/{secrets.token_hex(3)}",
             on_pause=lambda: bridge.nudge(),
@@ -124,6 +127,7 @@ class Executor:
             watcher,
             db,
             http,
+            mcp,
             runs,
             bridge,
             server,
@@ -143,6 +147,7 @@ class Executor:
         await self.watcher.aclose()
         await self.channel.close()
         await self.http.aclose()
+        await self.mcp.aclose()
         await self.db.aclose()
         log.info("executor stopped")
 

@@ -1,1 +1,1 @@
-"""The tool router and the kinds of tool: builtin, http (mcp to come)."""
+"""The tool router and the kinds of tool: builtin, http and mcp."""

@@ -4,7 +4,8 @@ A tool outside the agent's list is refused whatever the model says; arguments ar
 against the tool's input schema before anything runs; a refused or invalid call never
 reaches the tool and goes back to the model as an error result. Calls run under the
 tool's timeout (bounded by the run's deadline) and are retried only when the tool says it
-is idempotent. HTTP tools receive ``Idempotency-Key: {run}:{step}:{call}``.
+is idempotent. HTTP tools receive ``Idempotency-Key: {run}:{step}:{call}``; MCP tools
+receive the same key in the request's ``_meta``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from jsonschema.exceptions import best_match
 
 from dataplane.runstore.memory import Memory
 from dataplane.tools.builtin import BUILTINS, CallContext, ToolFailure
+from dataplane.tools.mcp import McpSessions, McpUnavailable
 from pilothouse.v1 import agent_pb2, tool_pb2
 
 DEFAULT_TIMEOUT = 30.0
@@ -45,9 +47,15 @@ def agent_tools(
 
 
 class ToolRouter:
-    def __init__(self, http: httpx.AsyncClient, memory: Memory | None = None) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        memory: Memory | None = None,
+        mcp: McpSessions | None = None,
+    ) -> None:
         self._http = http
         self._memory = memory
+        self._mcp = mcp
 
     def check(
         self, allowed: dict[str, tool_pb2.Tool], name: str, arguments: str
@@ -125,7 +133,7 @@ class ToolRouter:
                 return ToolOutcome(result, True, True, attempt)
             except ToolFailure as e:
                 return ToolOutcome({"error": str(e)}, False, True, attempt)
-            except (TimeoutError, _Transient) as e:
+            except (TimeoutError, _Transient, McpUnavailable) as e:
                 if attempt >= attempts_allowed:
                     reason = "timed out" if isinstance(e, TimeoutError) else str(e)
                     return ToolOutcome({"error": f"tool failed: {reason}"}, False, True, attempt)
@@ -143,8 +151,11 @@ class ToolRouter:
             return await implementation(arguments, context)
         if tool.kind == tool_pb2.TOOL_KIND_HTTP:
             return await self._http_call(tool, arguments, key)
+        if tool.kind == tool_pb2.TOOL_KIND_MCP and self._mcp is not None:
+            remote = tool.remote_name or tool.name.rsplit("/", 1)[-1]
+            return await self._mcp.call(tool.endpoint, remote, arguments, idempotency_key=key)
         raise ToolFailure(
-            f"tools of kind {tool_pb2.ToolKind.Name(tool.kind)} are not supported yet"
+            f"tools of kind {tool_pb2.ToolKind.Name(tool.kind)} are not enabled on this executor"
         )
 
     async def _http_call(self, tool: tool_pb2.Tool, arguments: dict[str, Any], key: str) -> Any:

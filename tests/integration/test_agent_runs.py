@@ -26,6 +26,7 @@ from pilothouse.v1 import (
 )
 from tests import helpers as h
 from tests.conftest import Live
+from tests.fakes.mcp_server import OrdersMcp
 
 Code = grpc.StatusCode
 
@@ -82,12 +83,7 @@ async def stage(live: Live, run_store_url: str, tmp_path: Path) -> AsyncIterator
         await executor.aclose()
 
 
-async def support_agent(live: Live, *, approval: bool = False, max_steps: int = 0) -> str:
-    """A tenant with a scripted model that calls the calculator, then answers with its
-    result; an agent over it."""
-    tenant = await live.new_tenant("run")
-    parent = f"tenants/{tenant}"
-    md = live.md()
+def calculator() -> tool_pb2.Tool:
     calc = tool_pb2.Tool(
         description="Evaluate arithmetic",
         kind=tool_pb2.TOOL_KIND_BUILTIN,
@@ -101,6 +97,23 @@ async def support_agent(live: Live, *, approval: bool = False, max_steps: int = 
         }
     )
     calc.annotations.read_only_hint = True
+    return calc
+
+
+async def support_agent(
+    live: Live,
+    *,
+    approval: bool = False,
+    max_steps: int = 0,
+    tool: tool_pb2.Tool | None = None,
+    arguments: dict[str, str] | None = None,
+) -> str:
+    """A tenant with a scripted model that calls a tool named calc (the calculator unless
+    ``tool`` says otherwise), then answers with its result; an agent over it."""
+    tenant = await live.new_tenant("run")
+    parent = f"tenants/{tenant}"
+    md = live.md()
+    calc = tool or calculator()
     if approval:
         calc.approval = tool_pb2.APPROVAL_MODE_ALWAYS
     await live.tools.CreateTool(
@@ -108,7 +121,7 @@ async def support_agent(live: Live, *, approval: bool = False, max_steps: int = 
     )
     model = h.model()
     first = model.scripted.rules.add(on_step=1)
-    first.tool_calls.add(tool="calc").arguments.update({"expression": "6 * 7"})
+    first.tool_calls.add(tool="calc").arguments.update(arguments or {"expression": "6 * 7"})
     model.scripted.rules.add(on_step=2, answer="The answer is {{last_tool_result}}")
     await live.models.CreateModel(
         model_pb2.CreateModelRequest(parent=parent, model_id="small", model=model), metadata=md
@@ -209,6 +222,44 @@ async def test_run_agent_streams_a_whole_run(
             )
         ]
         assert kinds(watched) == ["final_answer", "run_stopped"]
+
+
+async def test_an_agent_calls_an_mcp_tool(
+    live: Live, run_database_url: str, tmp_path: Path
+) -> None:
+    server = await OrdersMcp().start()
+    cancel = tool_pb2.Tool(
+        description="Cancel an order",
+        kind=tool_pb2.TOOL_KIND_MCP,
+        endpoint=server.url,
+        remote_name="cancel_order",
+    )
+    cancel.input_schema.update(
+        {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}
+    )
+    try:
+        tenant = await support_agent(live, tool=cancel, arguments={"order_id": "A7"})
+        async with stage(live, run_database_url, tmp_path) as s:
+            key = await s.client_key(tenant)
+            await s.settled()
+            events = await run_to_end(
+                s,
+                key,
+                run_pb2.RunAgentRequest(
+                    agent=f"tenants/{tenant}/agents/helper",
+                    input="cancel A7",
+                    variables={"customer": "Ada"},
+                ),
+            )
+            assert events[-1].run_stopped.reason == run_pb2.STOP_REASON_COMPLETED, events[-1]
+            finished = [e.tool_call_finished for e in events if e.HasField("tool_call_finished")]
+            assert len(finished) == 1 and finished[0].ok, finished
+            assert "cancelled A7" in events[-2].final_answer.text
+            run_id = events[0].run.rsplit("/", 1)[-1]
+            assert server.cancellations == 1
+            assert len(server.keys) == 1 and server.keys[0].startswith(f"{run_id}:")
+    finally:
+        await server.aclose()
 
 
 async def test_refusals(live: Live, run_database_url: str, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import Live
+from tests.fakes.mcp_server import OrdersMcp
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
 
@@ -193,3 +194,62 @@ async def test_cli_over_mutual_tls(tmp_path: Path) -> None:
     finally:
         await secured.channel.close()
         await secured.plane.aclose()
+
+
+async def test_tools_import_mcp_registers_the_servers_tools(live: Live) -> None:
+    server = await OrdersMcp().start()
+    try:
+        tenant = f"mcp-{os.urandom(3).hex()}"
+        created = await cli(
+            live, "apply", "-f", "-", stdin=f"kind: Tenant\nmetadata: {{name: {tenant}}}\n"
+        )
+        assert created.code == 0, created.err
+        first = await cli(live, "tools", "import-mcp", server.url, "--tenant", tenant)
+        assert first.code == 0, first.err
+        assert sorted(first.out.strip().splitlines()) == [
+            f"tool/cancel-order (tenants/{tenant}/tools/cancel-order) created (destructive)",
+            f"tool/lookup-order (tenants/{tenant}/tools/lookup-order) created",
+            f"tool/restock (tenants/{tenant}/tools/restock) created",
+        ]
+        shown = await cli(live, "get", "tool", "cancel-order", "--tenant", tenant, "-o", "json")
+        tool = json.loads(shown.out)
+        assert tool["kind"] == "TOOL_KIND_MCP" and tool["endpoint"] == server.url
+        assert tool["remote_name"] == "cancel_order"
+        assert tool["description"] == "Cancel an order. Cannot be undone."
+        assert tool["input_schema"]["required"] == ["order_id"]
+        assert "annotations" not in tool or tool["annotations"] == {}, "no hint was given"
+        lookup = await cli(live, "get", "tool", "lookup-order", "--tenant", tenant, "-o", "json")
+        assert json.loads(lookup.out)["annotations"] == {
+            "read_only_hint": True,
+            "idempotent_hint": True,
+        }
+
+        again = await cli(live, "tools", "import-mcp", server.url, "--tenant", tenant)
+        assert again.code == 0, again.err
+        assert all(line.split(")")[1].startswith(" unchanged") for line in again.out.splitlines())
+
+        prefixed = await cli(
+            live,
+            "tools",
+            "import-mcp",
+            server.url,
+            "--tenant",
+            tenant,
+            "--prefix",
+            "shop_",
+            "--only",
+            "restock",
+        )
+        assert prefixed.out.strip() == (
+            f"tool/shop-restock (tenants/{tenant}/tools/shop-restock) created"
+        )
+        missing = await cli(
+            live, "tools", "import-mcp", server.url, "--tenant", tenant, "--only", "refund"
+        )
+        assert missing.code == 2 and "lists no tool named refund" in missing.err
+    finally:
+        await server.aclose()
+
+    gone = await cli(live, "tools", "import-mcp", server.url, "--tenant", "x")
+    assert gone.code == 2 and gone.err.startswith("error: cannot list the tools of")
+    assert "Traceback" not in gone.err

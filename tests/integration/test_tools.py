@@ -8,9 +8,11 @@ import asyncio
 import httpx
 
 from dataplane.runstore.memory import Memory
+from dataplane.tools.mcp import McpSessions
 from dataplane.tools.router import ToolRouter
 from pilothouse.v1 import tool_pb2
 from storekit.database import Database
+from tests.fakes.mcp_server import OrdersMcp
 from tests.fakes.tool_server import RefundTool
 
 
@@ -92,4 +94,129 @@ async def test_http_tools_carry_the_idempotency_key_and_retry_only_if_idempotent
             assert first.ok and first.result == again.result
             assert server.calls == ["run:1:0", "run:1:0"] and server.effects == 1
     finally:
+        await server.aclose()
+
+
+def mcp_tool(url: str, remote_name: str, **hints: bool) -> tool_pb2.Tool:
+    tool = tool_pb2.Tool(
+        name=f"tenants/t/tools/{remote_name.replace('_', '-')}",
+        kind=tool_pb2.TOOL_KIND_MCP,
+        endpoint=url,
+        remote_name=remote_name,
+    )
+    tool.input_schema.update({"type": "object"})
+    for hint, value in hints.items():
+        setattr(tool.annotations, hint, value)
+    return tool
+
+
+async def test_mcp_tools_are_called_on_one_shared_session_with_the_idempotency_key() -> None:
+    server = await OrdersMcp().start()
+    mcp = McpSessions()
+    try:
+        async with httpx.AsyncClient() as http:
+            router = ToolRouter(http, mcp=mcp)
+            lookup = await router.execute(
+                mcp_tool(server.url, "lookup_order"),
+                {"order_id": "A1"},
+                idempotency_key="run:1:0",
+                deadline=await deadline(),
+            )
+            assert lookup.ok, lookup.result
+            assert lookup.result == {"order_id": "A1", "status": "shipped", "total_usd": 42.5}
+            cancel = mcp_tool(server.url, "cancel_order")
+            until = await deadline()
+            results = await asyncio.gather(
+                *(
+                    router.execute(cancel, {"order_id": "A1"}, idempotency_key=key, deadline=until)
+                    for key in ("run:2:0", "run:2:0", "run:3:0")
+                )
+            )
+            assert all(r.ok for r in results), results
+            assert results[0].result == {"result": "cancelled A1"}
+            assert sorted(server.keys) == ["run:2:0", "run:2:0", "run:3:0"]
+            assert server.cancellations == 2
+            assert len(mcp._sessions) == 1
+    finally:
+        await mcp.aclose()
+        await server.aclose()
+
+
+async def test_mcp_tool_errors_go_back_to_the_model() -> None:
+    server = await OrdersMcp().start()
+    mcp = McpSessions()
+    try:
+        async with httpx.AsyncClient() as http:
+            router = ToolRouter(http, mcp=mcp)
+            failed = await router.execute(
+                mcp_tool(server.url, "restock"),
+                {"sku": "X", "quantity": 1},
+                idempotency_key="k",
+                deadline=await deadline(),
+            )
+            assert not failed.ok and failed.executed and failed.attempts == 1
+            assert "warehouse closed" in failed.result["error"]
+            unknown = await router.execute(
+                mcp_tool(server.url, "no_such_tool"),
+                {},
+                idempotency_key="k",
+                deadline=await deadline(),
+            )
+            assert not unknown.ok and "no_such_tool" in unknown.result["error"]
+    finally:
+        await mcp.aclose()
+        await server.aclose()
+
+
+async def test_an_unreachable_mcp_server_is_retried_only_for_idempotent_tools() -> None:
+    server = await OrdersMcp().start()
+    url = server.url
+    await server.aclose()  # nothing listens there any more
+    mcp = McpSessions(connect_timeout=1.0)
+    try:
+        async with httpx.AsyncClient() as http:
+            router = ToolRouter(http, mcp=mcp)
+            destructive = await router.execute(
+                mcp_tool(url, "cancel_order"),
+                {"order_id": "A1"},
+                idempotency_key="k",
+                deadline=await deadline(),
+            )
+            assert not destructive.ok and destructive.attempts == 1
+            assert "unreachable" in destructive.result["error"]
+            idempotent = mcp_tool(url, "lookup_order", idempotent_hint=True)
+            idempotent.retry_policy.max_attempts = 3
+            idempotent.retry_policy.initial_backoff.FromMilliseconds(10)
+            retried = await router.execute(
+                idempotent, {"order_id": "A1"}, idempotency_key="k", deadline=await deadline()
+            )
+            assert not retried.ok and retried.attempts == 3
+    finally:
+        await mcp.aclose()
+
+
+async def test_an_mcp_session_is_reopened_after_the_server_restarts() -> None:
+    server = await OrdersMcp().start()
+    mcp = McpSessions(connect_timeout=2.0)
+    try:
+        async with httpx.AsyncClient() as http:
+            router = ToolRouter(http, mcp=mcp)
+            tool = mcp_tool(server.url, "lookup_order", idempotent_hint=True)
+            tool.retry_policy.initial_backoff.FromMilliseconds(10)
+            first = await router.execute(
+                tool, {"order_id": "A1"}, idempotency_key="k", deadline=await deadline()
+            )
+            assert first.ok, first.result
+            port = server.port
+            await server.aclose()
+            server = OrdersMcp()
+            server.port = port
+            await server.start()
+            again = await router.execute(
+                tool, {"order_id": "A2"}, idempotency_key="k", deadline=await deadline()
+            )
+            assert again.ok, again.result
+            assert again.result["order_id"] == "A2"
+    finally:
+        await mcp.aclose()
         await server.aclose()

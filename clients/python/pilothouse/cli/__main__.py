@@ -12,6 +12,7 @@ Kubernetes.
     pilothouse run AGENT --input TEXT [--var K=V] [--no-follow]
     pilothouse runs list|get|watch|cancel
     pilothouse approvals list|approve|deny
+    pilothouse tools import-mcp URL [--prefix P] [--only NAME]
 
 The server, key and TLS come from flags or PILOTHOUSE_ADDR, PILOTHOUSE_API_KEY,
 PILOTHOUSE_TLS_CA/_CERT/_KEY; the tenant of short names from --tenant or PILOTHOUSE_TENANT.
@@ -29,8 +30,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pilothouse.cli import approvals, kinds, output, runs
-from pilothouse.cli.apply import apply_all
+from pilothouse.cli import approvals, kinds, mcp_import, output, runs
+from pilothouse.cli.apply import apply_all, explain, report
 from pilothouse.cli.manifests import ManifestError, load
 from pilothouse.cli.usage import UsageError
 from pilothouse.client import Client, ClientConfig, TlsConfig
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs.add_commands(sub, common, fmt)
     approvals.add_commands(sub, common, fmt)
+    mcp_import.add_commands(sub, common)
 
     keys = sub.add_parser("keys", help="API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -175,23 +177,13 @@ async def run(ns: argparse.Namespace) -> int:
             return await runs.runs_command(client, ns, _tenant(ns))
         if ns.command == "approvals":
             return await approvals.command(client, ns, _tenant(ns))
+        if ns.command == "tools":
+            return await mcp_import.import_mcp(client, ns, _tenant(ns))
         return await _keys(client, ns)
 
 
 async def _apply(client: Client, ns: argparse.Namespace) -> int:
-    docs = load(ns.filename)
-    failed = 0
-    for outcome in await apply_all(client, docs):
-        doc = outcome.doc
-        if outcome.error is None:
-            print(f"{doc.kind.name.lower()}/{doc.id} ({doc.name}) {outcome.verb}")
-        else:
-            failed += 1
-            print(
-                f"error: {doc.source}: {doc.kind.name} {doc.name}: {_explain(outcome.error)}",
-                file=sys.stderr,
-            )
-    return 1 if failed else 0
+    return report(await apply_all(client, load(ns.filename)))
 
 
 async def _get(client: Client, ns: argparse.Namespace) -> int:
@@ -361,21 +353,12 @@ async def _keys(client: Client, ns: argparse.Namespace) -> int:
     return 0
 
 
-def _explain(error: ApiError) -> str:
-    """The error, with one line per field or precondition the server named."""
-    details = [f"  {v.field}: {v.description}" for v in error.field_violations]
-    details += [f"  {v.description}" for v in error.precondition_violations]
-    if not details:
-        return str(error)
-    return "\n".join([f"{error.code}:", *details])
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     ns = build_parser().parse_args(argv)
     try:
         code = asyncio.run(run(ns))
     except ApiError as e:
-        print(f"error: {_explain(e)}", file=sys.stderr)
+        print(f"error: {explain(e)}", file=sys.stderr)
         code = 1
     except (ManifestError, UsageError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

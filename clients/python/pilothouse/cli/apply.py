@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,3 +100,28 @@ async def _apply_version(client: Client, doc: Document, prompt: Any) -> bool:
             )
             moved = True
     return moved or bool(response.created)
+
+
+def report(outcomes: list[Outcome], note: Callable[[Document], str] = lambda _: "") -> int:
+    """Print a line per document (errors on stderr); the exit status: 1 if any failed."""
+    failed = 0
+    for outcome in outcomes:
+        doc = outcome.doc
+        if outcome.error is None:
+            print(f"{doc.kind.name.lower()}/{doc.id} ({doc.name}) {outcome.verb}{note(doc)}")
+        else:
+            failed += 1
+            print(
+                f"error: {doc.source}: {doc.kind.name} {doc.name}: {explain(outcome.error)}",
+                file=sys.stderr,
+            )
+    return 1 if failed else 0
+
+
+def explain(error: ApiError) -> str:
+    """The error, with one line per field or precondition the server named."""
+    details = [f"  {v.field}: {v.description}" for v in error.field_violations]
+    details += [f"  {v.description}" for v in error.precondition_violations]
+    if not details:
+        return str(error)
+    return "\n".join([f"{error.code}:", *details])
