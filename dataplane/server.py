@@ -102,6 +102,7 @@ class Executor:
             ToolRouter(http, Memory(db), mcp),
             watcher,
             owner=f"{settings.node_id}/{secrets.token_hex(3)}",
+            max_concurrent=settings.max_concurrent_runs,
             on_pause=lambda: bridge.nudge(),
         )
         bridge = ApprovalBridge(

@@ -32,6 +32,8 @@ class Settings:
     client_key: Path | None = None
     lease_ttl: float = 15.0
     """Seconds a claim on a run lasts unless renewed; a dead executor's runs move on after it."""
+    max_concurrent_runs: int = 1000
+    """Runs this executor drives at once; more wait in the run store's queue for any executor."""
     log_level: str = "INFO"
     log_format: str = "json"
     shutdown_grace: float = 10.0
@@ -53,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--client-cert", help="client certificate (PILOTHOUSE_TLS_CERT)")
     parser.add_argument("--client-key", help="client key (PILOTHOUSE_TLS_KEY)")
     parser.add_argument("--lease-ttl", type=float, help="seconds (PILOTHOUSE_LEASE_TTL)")
+    parser.add_argument(
+        "--max-concurrent-runs", type=int, help="(PILOTHOUSE_MAX_CONCURRENT_RUNS; default 1000)"
+    )
     parser.add_argument("--log-level", help="(PILOTHOUSE_LOG_LEVEL)")
     parser.add_argument("--log-format", choices=["json", "text"], help="(PILOTHOUSE_LOG_FORMAT)")
 
@@ -83,6 +88,10 @@ def from_arguments(ns: argparse.Namespace, env: Mapping[str, str] = os.environ) 
         client_cert=Path(cert) if cert else None,
         client_key=Path(key) if key else None,
         lease_ttl=float(pick("lease_ttl", "PILOTHOUSE_LEASE_TTL") or defaults.lease_ttl),
+        max_concurrent_runs=int(
+            pick("max_concurrent_runs", "PILOTHOUSE_MAX_CONCURRENT_RUNS")
+            or defaults.max_concurrent_runs
+        ),
         log_level=(pick("log_level", "PILOTHOUSE_LOG_LEVEL") or defaults.log_level).upper(),
         log_format=pick("log_format", "PILOTHOUSE_LOG_FORMAT") or defaults.log_format,
     )

@@ -4,10 +4,12 @@ Alembic migrations that several processes may start at once."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -28,6 +30,9 @@ def async_url(url: str) -> sa.URL:
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:/// or postgresql://")
 
 
+T = TypeVar("T")
+
+
 class Database:
     """One database, SQLite or PostgreSQL, behind one async engine."""
 
@@ -46,24 +51,51 @@ class Database:
             database = self.url.database or ""
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"timeout": 30}
-            kwargs["pool_reset_on_return"] = None
+            # A fixed set of connections: each aiosqlite connection is a thread, and one
+            # opened for a moment of overflow costs a thread and the set-up pragmas.
+            kwargs.update(
+                connect_args={"timeout": 30},
+                pool_reset_on_return=None,
+                pool_size=pool_size,
+                max_overflow=0,
+            )
         else:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        self._write_turn = asyncio.Lock()
+        self._sync_writer: sa.Engine | None = None
         if self.dialect == "sqlite":
-            _configure_sqlite(self.engine)
+            _configure_sqlite(self.engine.sync_engine)
+        if self.dialect == "sqlite" and self.url.database not in (None, "", ":memory:"):
+            # ``write`` bodies run whole on one thread that owns one connection: a
+            # transaction costs one hand-off to that thread, not one per statement.
+            self._sync_writer = sa.create_engine(
+                self.url.set(drivername="sqlite+pysqlite"),
+                connect_args={"timeout": 30, "check_same_thread": False},
+                pool_size=1,
+                max_overflow=0,
+                pool_reset_on_return=None,
+            )
+            _configure_sqlite(self._sync_writer)
+            self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """A read-write transaction, committed when the block exits cleanly.
 
         On SQLite it starts with BEGIN IMMEDIATE: the write lock is taken up front, so two
-        writers queue on the busy timeout instead of failing on a lock upgrade.
+        writers queue on the busy timeout instead of failing on a lock upgrade. Writers of
+        this process take turns on an asyncio lock first: SQLite admits one writer at a
+        time anyway, and its busy handler waits by sleeping (for up to 100 ms a try), which
+        under many concurrent writers costs far more than the writes. Other processes
+        sharing the file still queue on the busy timeout.
         """
-        async with self.engine.connect() as conn:
-            if self.dialect == "sqlite":
-                conn = await conn.execution_options(pilothouse_write=True)
+        if self.dialect != "sqlite":
+            async with self.engine.connect() as conn, conn.begin():
+                yield conn
+            return
+        async with self._write_turn, self.engine.connect() as conn:
+            conn = await conn.execution_options(pilothouse_write=True)
             async with conn.begin():
                 yield conn
 
@@ -90,22 +122,42 @@ class Database:
 
     async def migrate(self) -> None:
         """Bring the schema to the newest migration (safe with several replicas at once)."""
-        async with self.engine.connect() as conn:
-            if self.dialect == "sqlite":
-                conn = await conn.execution_options(pilothouse_write=True)
-            async with conn.begin():
-                if self.dialect == "postgresql":
-                    await conn.execute(
-                        sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": self.migration_lock}
-                    )
-                await conn.run_sync(self._upgrade)
+        async with self.transaction() as conn:
+            if self.dialect == "postgresql":
+                await conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": self.migration_lock}
+                )
+            await conn.run_sync(self._upgrade)
 
     async def current_revision(self) -> str | None:
         async with self.snapshot() as conn:
             return await conn.run_sync(_current_revision)
 
+    async def write(self, body: Callable[[Connection], T]) -> T:
+        """Run ``body`` in a read-write transaction, committed when it returns.
+
+        ``body`` is synchronous SQLAlchemy Core. On SQLite it runs on the writer thread
+        in one go (BEGIN IMMEDIATE to COMMIT), in the order the writes were asked for; on
+        PostgreSQL on a pooled connection, each statement a round trip as usual.
+        """
+        if self._sync_writer is None:
+            async with self.transaction() as conn:
+                return await conn.run_sync(body)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._write_thread, self._write_now, body)
+
+    def _write_now(self, body: Callable[[Connection], T]) -> T:
+        assert self._sync_writer is not None
+        with self._sync_writer.connect() as conn:
+            conn = conn.execution_options(pilothouse_write=True)
+            with conn.begin():
+                return body(conn)
+
     async def aclose(self) -> None:
         await self.engine.dispose()
+        if self._sync_writer is not None:
+            self._write_thread.shutdown(wait=True)
+            self._sync_writer.dispose()
 
     def _upgrade(self, connection: Connection) -> None:
         cfg = Config()
@@ -120,8 +172,8 @@ def _current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _configure_sqlite(engine: sa.Engine) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control away from the driver: BEGIN is ours (see below).
         dbapi_connection.isolation_level = None
@@ -135,7 +187,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
             cursor.execute(pragma)
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         options = conn.get_execution_options()
         if options.get("pilothouse_write"):

@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -28,7 +29,9 @@ from dataplane.models.types import Usage as CallUsage
 from dataplane.orchestrator.context import Limits, RunContext, resolve
 from dataplane.runstore.errors import LeaseLost
 from dataplane.runstore.model import (
+    CallEntry,
     CallState,
+    Checkpoint,
     Lease,
     NewEvent,
     Run,
@@ -95,6 +98,9 @@ class RunLoop:
     """Called after every write, so watchers of this executor see events at once."""
     cancel_reason: str = ""
     """Set before cancelling the task that runs ``execute`` to stop the run as cancelled."""
+    fresh: bool = False
+    """The run was created for this loop just now: it has no history to read back."""
+    _last_call: tuple[CallEntry, list[NewEvent]] | None = None
     _usage: Usage = field(default_factory=Usage)
 
     async def execute(self) -> None:
@@ -127,10 +133,15 @@ class RunLoop:
 
     async def _keep_lease(self) -> None:
         """Renew the lease while a long step runs, so only a dead or stuck executor
-        loses it."""
-        interval = max(self.store.lease_ttl.total_seconds() / 3, 0.05)
+        loses it. Every checkpoint extends the lease too, so a run that makes progress
+        is renewed only when a third of its TTL has passed without a write."""
+        ttl = self.store.lease_ttl.total_seconds()
         while True:
-            await asyncio.sleep(interval)
+            left = (self.lease.expires_at - datetime.now(UTC)).total_seconds()
+            wait = left - ttl * 2 / 3
+            if wait > 0:
+                await asyncio.sleep(max(wait, 0.05))
+                continue
             self.lease = await self.store.renew(self.lease)
 
     def _notify(self) -> None:
@@ -146,7 +157,10 @@ class RunLoop:
             pinned_version=request.get("prompt_version", ""),
         )
         limits = Limits.from_dict(request.get("limits", {}))
-        checkpoints, journal = await self.store.history(self.run.id)
+        checkpoints: list[Checkpoint] = []
+        journal: list[ToolCallRecord] = []
+        if not self.fresh:
+            checkpoints, journal = await self.store.history(self.run.id)
         messages = [
             ChatMessage.from_dict(m) for cp in checkpoints for m in cp.delta.get("messages", [])
         ]
@@ -195,11 +209,16 @@ class RunLoop:
                 if results is None:
                     return  # waiting for approval: the lease is released
                 messages.extend(results)
+                # The step's last call is journaled with the checkpoint: nothing happens
+                # between the two, so one transaction serves both.
+                last, self._last_call = self._last_call, None
                 self.lease = await self.store.checkpoint(
                     self.lease,
                     step=step,
                     delta={"messages": [m.to_dict() for m in results]},
                     usage=self._usage.to_dict(),
+                    events=last[1] if last else (),
+                    call=last[0] if last else None,
                 )
                 self._notify()
                 journal = [j for j in journal if j.step != step]
@@ -349,8 +368,15 @@ class RunLoop:
         state: CallState,
         result: Any = None,
         events: Sequence[NewEvent] = (),
+        last: bool = False,
     ) -> None:
-        """The journal entry of the ``index``-th call of ``step``, fenced by our lease."""
+        """The journal entry of the ``index``-th call of ``step``, fenced by our lease.
+        With ``last`` (the step's last call has ended), it waits for the step's
+        checkpoint, which writes it."""
+        if last:
+            entry = CallEntry(step, index, call.id, call.name, arguments, state, result)
+            self._last_call = (entry, list(events))
+            return
         await self.store.record_call(
             self.lease,
             step=step,
@@ -441,6 +467,7 @@ class RunLoop:
                     )
                     self._usage.tool_calls += 1
                     untrusted = True
+                    last = index == len(reply.tool_calls) - 1
                     await self._journal(
                         step,
                         index,
@@ -453,12 +480,15 @@ class RunLoop:
                                 step, call.id, call.name, outcome, time.perf_counter() - started
                             )
                         ],
+                        last=last,
                     )
-                    self._notify()
+                    if not last:
+                        self._notify()
                     results.append(
                         ChatMessage("tool", json.dumps(outcome.result), tool_call_id=call.id)
                     )
                     continue
+            last = index == len(reply.tool_calls) - 1
             await self._journal(
                 step,
                 index,
@@ -467,8 +497,10 @@ class RunLoop:
                 state=CallState.FAILED,
                 result=outcome.result,
                 events=[_finished(step, call.id, call.name, outcome, 0.0)],
+                last=last,
             )
-            self._notify()
+            if not last:
+                self._notify()
             results.append(ChatMessage("tool", json.dumps(outcome.result), tool_call_id=call.id))
         return results
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from dataplane.config.watcher import ConfigWatcher
@@ -48,7 +49,7 @@ class Runs:
         *,
         owner: str,
         poll_interval: float = 0.2,
-        max_concurrent: int = 256,
+        max_concurrent: int = 1000,
         on_pause: Callable[[], None] | None = None,
     ) -> None:
         """``on_pause`` hears of every run that starts waiting for a person."""
@@ -61,7 +62,8 @@ class Runs:
         self._slots = asyncio.Semaphore(max_concurrent)
         self._max_concurrent = max_concurrent
         self._loops: dict[str, tuple[RunLoop, asyncio.Task[None]]] = {}
-        self._changed: dict[str, asyncio.Event] = {}
+        self._subscribers: dict[str, set[_Subscriber]] = {}
+        store.listeners.append(self._published)
         self._claimer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._on_pause = on_pause
@@ -90,7 +92,8 @@ class Runs:
 
     async def admit(self, admission: Admission, *, run_now: bool) -> tuple[Run, bool]:
         """Create the run (or find the one its idempotency key names). With ``run_now``
-        this executor starts it at once; otherwise it is queued for the pool."""
+        this executor starts it at once if it has a free slot; otherwise it is queued for
+        the pool."""
         config = self._watcher.current
         if config is None:
             raise AdmissionError("", "this executor has no configuration yet")
@@ -111,22 +114,26 @@ class Runs:
                 admission.session_id,
                 admission.user_id,
                 admission.deadline_at,
-                queued=not run_now,
+                # Without a free slot here, the run waits in the queue for any executor
+                # rather than hold a lease nobody renews.
+                queued=not run_now or len(self._loops) >= self._max_concurrent,
             ),
             owner=self.owner,
         )
         if lease is not None:
-            self._launch(run, lease)
+            self._launch(run, lease, fresh=True)
         elif created:
             self._wake.set()
         return run, created
 
     # -- running ---------------------------------------------------------------------
 
-    def _launch(self, run: Run, lease: Lease) -> None:
+    def _launch(self, run: Run, lease: Lease, *, fresh: bool = False) -> None:
         config = self._watcher.current
         assert config is not None
-        loop = RunLoop(self._store, self._gateway, self._router, config, run, lease, self.notify)
+        loop = RunLoop(
+            self._store, self._gateway, self._router, config, run, lease, self.notify, fresh=fresh
+        )
 
         async def go() -> None:
             async with self._slots:
@@ -171,42 +178,72 @@ class Runs:
     # -- watching and cancelling ---------------------------------------------------
 
     def notify(self, run_id: str) -> None:
-        event = self._changed.get(run_id)
-        if event is not None:
-            event.set()
+        """Something about the run changed (it stopped here, or was handed on): its
+        watchers look again."""
+        for sub in self._subscribers.get(run_id, ()):
+            sub.changed.set()
+
+    def _published(self, run_id: str, events: Sequence[RunEvent]) -> None:
+        for sub in self._subscribers.get(run_id, ()):
+            sub.pending.extend(events)
+            sub.changed.set()
 
     async def watch(
         self, run_id: str, *, after: int = 0, until_pause: bool = False
     ) -> AsyncIterator[RunEvent]:
-        """The run's events after ``after``, then new ones as they are written (on this
-        executor at once, on another within the poll interval), until the run finishes
-        (or, with ``until_pause``, waits for an approval)."""
-        changed = self._changed.setdefault(run_id, asyncio.Event())
+        """The run's events after ``after``, then new ones as they are written, until the
+        run finishes (or, with ``until_pause``, waits for an approval).
+
+        Events this executor writes reach its watchers straight from the run store's
+        commit, without a read; a run on another executor is followed by reading the
+        store every poll interval.
+        """
+        sub = _Subscriber()
+        subscribers = self._subscribers.setdefault(run_id, set())
+        subscribers.add(sub)
         ending = {"run_stopped", "approval_required"} if until_pause else {"run_stopped"}
         try:
+            events: Sequence[RunEvent] = await self._store.events(run_id, after=after)
             while True:
-                changed.clear()
-                events = await self._store.events(run_id, after=after)
                 for event in events:
+                    if event.seq <= after:
+                        continue  # read back and also heard of
                     after = event.seq
                     yield event
                     if event.type in ending:
                         return
-                if events:
+                sub.changed.clear()
+                heard, sub.pending = sub.pending, []
+                heard = [e for e in heard if e.seq > after]
+                if heard:
+                    # Heard in order from a local writer, unless a writer elsewhere
+                    # came in between: then read what was missed.
+                    contiguous = heard[0].seq == after + 1 and all(
+                        b.seq == a.seq + 1 for a, b in itertools.pairwise(heard)
+                    )
+                    events = heard if contiguous else await self._store.events(run_id, after=after)
                     continue
+                local = run_id in self._loops
                 try:
-                    await asyncio.wait_for(changed.wait(), self._poll)
+                    await asyncio.wait_for(sub.changed.wait(), None if local else self._poll)
+                    events = []
+                    if not sub.pending:
+                        # Woken without events: the local loop ended or handed the run on.
+                        events = await self._store.events(run_id, after=after)
                 except TimeoutError:
                     # Nothing heard: the run may be on another executor, or already over.
-                    run = await self._store.get(run_id)
-                    over = run.state is RunState.FINISHED or (
-                        until_pause and run.state is RunState.WAITING_APPROVAL
-                    )
-                    if over and not await self._store.events(run_id, after=after):
-                        return
+                    events = await self._store.events(run_id, after=after)
+                    if not events:
+                        run = await self._store.get(run_id)
+                        over = run.state is RunState.FINISHED or (
+                            until_pause and run.state is RunState.WAITING_APPROVAL
+                        )
+                        if over and not await self._store.events(run_id, after=after):
+                            return
         finally:
-            if not changed.is_set():
-                self._changed.pop(run_id, None)
+            subscribers.discard(sub)
+            if not subscribers:
+                self._subscribers.pop(run_id, None)
 
     async def cancel(self, run_id: str) -> Run:
         run = await self._store.request_cancel(run_id)
@@ -219,3 +256,11 @@ class Runs:
                 await task
             run = await self._store.get(run_id)
         return run
+
+
+@dataclass(eq=False)
+class _Subscriber:
+    """One watcher of a run: the events heard since it last looked."""
+
+    pending: list[RunEvent] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)

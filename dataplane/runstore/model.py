@@ -126,3 +126,17 @@ def stopped(reason: StopReason, detail: str = "", usage: dict[str, Any] | None =
     if usage is not None:
         payload["usage"] = usage
     return NewEvent("run_stopped", payload)
+
+
+@dataclass(frozen=True)
+class CallEntry:
+    """A tool call's journal entry as its holder writes it."""
+
+    step: int
+    call_index: int
+    call_id: str
+    tool: str
+    arguments: dict[str, Any]
+    state: CallState
+    result: Any = None
+    error: str = ""

@@ -4,19 +4,22 @@ write itself, so an executor that lost its lease can never overwrite the new hol
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dataplane.runstore.errors import IdempotencyConflict, LeaseLost, RunNotFound
 from dataplane.runstore.model import (
+    CallEntry,
     CallState,
     Checkpoint,
     Lease,
@@ -32,6 +35,62 @@ from dataplane.runstore.schema import checkpoints, run_events, runs, tool_calls
 from storekit.database import Database
 
 _RUN_COLUMNS = tuple(runs.c[name] for name in Run.__dataclass_fields__)
+
+EventListener = Callable[[str, Sequence[RunEvent]], None]
+"""Hears of a run's events once the transaction that wrote them has committed."""
+
+_WRITTEN = "pilothouse.written_events"
+"""Key of ``Connection.info`` under which a write transaction collects its events."""
+
+T = TypeVar("T")
+
+# The statements of every step, built once: building and keying a statement afresh costs
+# more than running it.
+_INSERT_EVENT = run_events.insert()
+_INSERT_CHECKPOINT = checkpoints.insert()
+_INSERT_CALL = tool_calls.insert()
+
+
+@functools.cache
+def _fence_statement(columns: tuple[str, ...], checkpoint: bool) -> sa.Update:
+    """Set ``columns`` (parameters ``v_{column}``) on a run whose lease is still the
+    holder's (``f_run``, ``f_token``, ``f_owner``), reserving ``n_events`` event numbers
+    and, with ``checkpoint``, a checkpoint number."""
+    values: dict[str, Any] = {c: sa.bindparam(f"v_{c}", type_=runs.c[c].type) for c in columns}
+    values["next_event_seq"] = runs.c.next_event_seq + sa.bindparam("n_events", type_=sa.Integer)
+    if checkpoint:
+        values["next_checkpoint_seq"] = runs.c.next_checkpoint_seq + 1
+    return (
+        runs.update()
+        .where(
+            runs.c.id == sa.bindparam("f_run"),
+            runs.c.fencing_token == sa.bindparam("f_token"),
+            runs.c.lease_owner == sa.bindparam("f_owner"),
+            runs.c.state == RunState.RUNNING.value,
+        )
+        .values(values)
+        .returning(runs.c.next_event_seq, runs.c.next_checkpoint_seq, runs.c.cancel_requested)
+    )
+
+
+@functools.cache
+def _call_update_statement(columns: tuple[str, ...], started: bool) -> sa.Update:
+    """Set ``columns`` of a journal entry (``k_run``, ``k_step``, ``k_index``); a start
+    also counts an attempt."""
+    values: dict[str, Any] = {
+        c: sa.bindparam(f"v_{c}", type_=tool_calls.c[c].type) for c in columns
+    }
+    if started:
+        values["attempts"] = tool_calls.c.attempts + 1
+    return (
+        tool_calls.update()
+        .where(
+            tool_calls.c.run_id == sa.bindparam("k_run"),
+            tool_calls.c.step == sa.bindparam("k_step"),
+            tool_calls.c.call_index == sa.bindparam("k_index"),
+        )
+        .values(values)
+    )
 
 
 @dataclass(frozen=True)
@@ -76,6 +135,67 @@ class RunStore:
         self._db = db
         self.lease_ttl = lease_ttl
         self.max_attempts = max_attempts
+        self.listeners: list[EventListener] = []
+
+    async def _write(self, body: Callable[[Connection], T]) -> T:
+        """Run ``body`` as one write transaction. The events it inserts go to the
+        listeners once it has committed (never when it rolls back), so watchers on this
+        executor need not read them back. Once started, the transaction runs to its end
+        even if the caller is cancelled meanwhile, and its events are still heard."""
+        written: list[tuple[str, RunEvent]] = []
+
+        def transaction(conn: Connection) -> T:
+            conn.info[_WRITTEN] = written
+            try:
+                return body(conn)
+            finally:
+                del conn.info[_WRITTEN]
+
+        def publish(done: asyncio.Future[T]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                return
+            by_run: dict[str, list[RunEvent]] = {}
+            for run_id, event in written:
+                by_run.setdefault(run_id, []).append(event)
+            for run_id, events in by_run.items():
+                for listener in self.listeners:
+                    listener(run_id, events)
+
+        task = asyncio.ensure_future(self._db.write(transaction))
+        task.add_done_callback(publish)
+        return await asyncio.shield(task)
+
+    @staticmethod
+    def _insert_events(
+        conn: Connection,
+        run_id: str,
+        first_seq: int,
+        events: Sequence[NewEvent],
+        now: datetime,
+    ) -> None:
+        if not events:
+            return
+        texts = [json.dumps(e.payload, sort_keys=True, default=str) for e in events]
+        conn.execute(
+            _INSERT_EVENT,
+            [
+                {
+                    "run_id": run_id,
+                    "seq": first_seq + i,
+                    "time": now,
+                    "type": e.type,
+                    "payload": text,
+                }
+                for i, (e, text) in enumerate(zip(events, texts, strict=True))
+            ],
+        )
+        written = conn.info.get(_WRITTEN)
+        if written is not None:
+            # Listeners get the payloads as a read would give them back.
+            written.extend(
+                (run_id, RunEvent(first_seq + i, now, e.type, json.loads(text)))
+                for i, (e, text) in enumerate(zip(events, texts, strict=True))
+            )
 
     # -- creating and reading ----------------------------------------------------------
 
@@ -117,8 +237,7 @@ class RunStore:
             "ended_at": None,
         }
         try:
-            async with self._db.transaction() as conn:
-                await conn.execute(runs.insert().values(**values))
+            await self._write(lambda conn: conn.execute(runs.insert().values(**values)))
         except IntegrityError:
             if new.idempotency_key is None:
                 raise
@@ -130,7 +249,7 @@ class RunStore:
                     f"idempotency key {new.idempotency_key!r} was used for {existing.agent}"
                 ) from None
             return existing, None, False
-        run = await self.get(run_id)
+        run = _run(tuple(values[name] for name in Run.__dataclass_fields__))
         lease = Lease(run_id, owner, 1, expires) if leased else None
         return run, lease, True
 
@@ -251,8 +370,10 @@ class RunStore:
         running under an expired lease: orphaned). A run lost ``max_attempts`` times is
         dead-lettered instead. None when there is nothing to claim."""
         now = _now()
-        async with self._db.transaction() as conn:
-            row = await self._claimable(conn, now, run_id)
+        expires = now + self.lease_ttl
+
+        def claim(conn: Connection) -> tuple[Lease, Run] | None:
+            row = self._claimable(conn, now, run_id)
             if row is None:
                 return None
             run = _run(row)
@@ -260,7 +381,7 @@ class RunStore:
             attempts = run.attempts + (1 if orphaned else 0)
             if attempts >= self.max_attempts:
                 why = f"lost or failed {attempts} times"
-                await self._finish(
+                self._finish(
                     conn,
                     run.id,
                     run.fencing_token,
@@ -272,26 +393,25 @@ class RunStore:
                     fenced=False,
                 )
                 return None
-            token = run.fencing_token + 1
-            expires = now + self.lease_ttl
-            await conn.execute(
+            values: dict[str, Any] = {
+                "state": RunState.RUNNING,
+                "lease_owner": owner,
+                "lease_expires_at": expires,
+                "fencing_token": run.fencing_token + 1,
+                "attempts": attempts,
+                "updated_at": now,
+            }
+            conn.execute(
                 runs.update()
                 .where(runs.c.id == run.id)
-                .values(
-                    state=RunState.RUNNING.value,
-                    lease_owner=owner,
-                    lease_expires_at=expires,
-                    fencing_token=token,
-                    attempts=attempts,
-                    updated_at=now,
-                )
+                .values(**{**values, "state": RunState.RUNNING.value})
             )
-        claimed = await self.get(run.id)
-        return Lease(run.id, owner, token, expires), claimed
+            return Lease(run.id, owner, run.fencing_token + 1, expires), replace(run, **values)
 
-    async def _claimable(
-        self, conn: AsyncConnection, now: datetime, run_id: str | None
-    ) -> Sequence[Any] | None:
+        return await self._write(claim)
+
+    @staticmethod
+    def _claimable(conn: Connection, now: datetime, run_id: str | None) -> Sequence[Any] | None:
         due = sa.or_(
             sa.and_(runs.c.state == RunState.QUEUED.value, runs.c.available_at <= now),
             sa.and_(runs.c.state == RunState.RUNNING.value, runs.c.lease_expires_at < now),
@@ -304,19 +424,20 @@ class RunStore:
         if conn.dialect.name == "postgresql":
             # Claimers skip the rows others are claiming instead of queueing behind them.
             query = query.with_for_update(skip_locked=True)
-        return (await conn.execute(query)).first()
+        return conn.execute(query).first()
 
     async def renew(self, lease: Lease) -> Lease:
         """Extend a lease while a long step runs; LeaseLost once it is no longer ours."""
         now = _now()
         expires = now + self.lease_ttl
-        async with self._db.transaction() as conn:
-            fenced = await self._fence(conn, lease, lease_expires_at=expires, updated_at=now)
+        fenced = await self._write(
+            lambda conn: self._fence(conn, lease, lease_expires_at=expires, updated_at=now)
+        )
         return Lease(lease.run_id, lease.owner, lease.token, expires, fenced.cancel_requested)
 
-    async def _fence(
+    def _fence(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         lease: Lease,
         *,
         events: Sequence[NewEvent] = (),
@@ -327,42 +448,15 @@ class RunStore:
         """Apply ``values`` to the run if the lease is still current (LeaseLost if not),
         reserving sequence numbers for ``events`` (inserted here) and a checkpoint, in
         one statement."""
-        values["next_event_seq"] = runs.c.next_event_seq + len(events)
-        if checkpoint:
-            values["next_checkpoint_seq"] = runs.c.next_checkpoint_seq + 1
-        row = (
-            await conn.execute(
-                runs.update()
-                .where(
-                    runs.c.id == lease.run_id,
-                    runs.c.fencing_token == lease.token,
-                    runs.c.lease_owner == lease.owner,
-                    runs.c.state == RunState.RUNNING.value,
-                )
-                .values(**values)
-                .returning(
-                    runs.c.next_event_seq, runs.c.next_checkpoint_seq, runs.c.cancel_requested
-                )
-            )
-        ).first()
+        params = {f"v_{column}": value for column, value in values.items()}
+        params.update(f_run=lease.run_id, f_token=lease.token, f_owner=lease.owner)
+        params["n_events"] = len(events)
+        row = conn.execute(_fence_statement(tuple(sorted(values)), checkpoint), params).first()
         if row is None:
             raise LeaseLost(f"run {lease.run_id}: token {lease.token} is no longer current")
         next_event, next_checkpoint, cancel = row
         first = int(next_event) - len(events)
-        if events:
-            await conn.execute(
-                run_events.insert(),
-                [
-                    {
-                        "run_id": lease.run_id,
-                        "seq": first + i,
-                        "time": now or _now(),
-                        "type": e.type,
-                        "payload": json.dumps(e.payload, sort_keys=True, default=str),
-                    }
-                    for i, e in enumerate(events)
-                ],
-            )
+        self._insert_events(conn, lease.run_id, first, events, now or _now())
         return _Fenced(first, int(next_checkpoint) - (1 if checkpoint else 0), bool(cancel))
 
     # -- fenced writes of a lease holder ---------------------------------------------
@@ -375,38 +469,49 @@ class RunStore:
         delta: dict[str, Any],
         usage: dict[str, Any],
         events: Sequence[NewEvent] = (),
+        call: CallEntry | None = None,
     ) -> Lease:
         """Record what a step (or a phase of one) added, with the run's usage so far and
-        its events, in one fenced transaction that also renews the lease."""
+        its events, in one fenced transaction that also renews the lease. ``call``: the
+        journal entry of the step's last tool call, written in the same transaction."""
         now = _now()
         expires = now + self.lease_ttl
-        async with self._db.transaction() as conn:
-            fenced = await self._fence(
+        usage_text = json.dumps(usage, sort_keys=True)
+        delta_text = json.dumps(delta, sort_keys=True)
+
+        def checkpoint(conn: Connection) -> _Fenced:
+            fenced = self._fence(
                 conn,
                 lease,
                 events=events,
                 checkpoint=True,
                 now=now,
                 step=step,
-                usage=json.dumps(usage, sort_keys=True),
+                usage=usage_text,
                 lease_expires_at=expires,
                 updated_at=now,
             )
-            await conn.execute(
-                checkpoints.insert().values(
-                    run_id=lease.run_id,
-                    seq=fenced.checkpoint_seq,
-                    step=step,
-                    fencing_token=lease.token,
-                    delta=json.dumps(delta, sort_keys=True),
-                    created_at=now,
-                )
+            conn.execute(
+                _INSERT_CHECKPOINT,
+                {
+                    "run_id": lease.run_id,
+                    "seq": fenced.checkpoint_seq,
+                    "step": step,
+                    "fencing_token": lease.token,
+                    "delta": delta_text,
+                    "created_at": now,
+                },
             )
+            if call is not None:
+                self._write_call(conn, lease.run_id, call, now)
+            return fenced
+
+        fenced = await self._write(checkpoint)
         return Lease(lease.run_id, lease.owner, lease.token, expires, fenced.cancel_requested)
 
-    async def _append_events(
+    def _append_events(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         lease: Lease | None,
         events: Sequence[NewEvent],
         now: datetime,
@@ -415,24 +520,9 @@ class RunStore:
         """Insert events after the run's last; the next free sequence number."""
         target = run_id or (lease.run_id if lease else "")
         seq = int(
-            (
-                await conn.execute(sa.select(runs.c.next_event_seq).where(runs.c.id == target))
-            ).scalar_one()
+            conn.execute(sa.select(runs.c.next_event_seq).where(runs.c.id == target)).scalar_one()
         )
-        if events:
-            await conn.execute(
-                run_events.insert(),
-                [
-                    {
-                        "run_id": target,
-                        "seq": seq + i,
-                        "time": now,
-                        "type": e.type,
-                        "payload": json.dumps(e.payload, sort_keys=True, default=str),
-                    }
-                    for i, e in enumerate(events)
-                ],
-            )
+        self._insert_events(conn, target, seq, events, now)
         return seq + len(events)
 
     async def record_call(
@@ -451,38 +541,45 @@ class RunStore:
     ) -> None:
         """Write a tool call's journal entry (before it runs, and when it ends), fenced."""
         now = _now()
-        async with self._db.transaction() as conn:
-            await self._fence(conn, lease, events=events, now=now, updated_at=now)
-            key = (
-                (tool_calls.c.run_id == lease.run_id)
-                & (tool_calls.c.step == step)
-                & (tool_calls.c.call_index == call_index)
+        entry = CallEntry(step, call_index, call_id, tool, arguments, state, result, error)
+
+        def tx(conn: Connection) -> None:
+            self._fence(conn, lease, events=events, now=now, updated_at=now)
+            self._write_call(conn, lease.run_id, entry, now)
+
+        await self._write(tx)
+
+    @staticmethod
+    def _write_call(conn: Connection, run_id: str, entry: CallEntry, now: datetime) -> None:
+        values: dict[str, Any] = {
+            "state": entry.state.value,
+            "result": "" if entry.result is None else json.dumps(entry.result, sort_keys=True),
+            "error": entry.error,
+        }
+        started = entry.state is CallState.STARTED
+        if started:
+            values["started_at"] = now
+        elif entry.state in (CallState.COMPLETED, CallState.FAILED, CallState.DENIED):
+            values["finished_at"] = now
+        params = {f"v_{column}": value for column, value in values.items()}
+        params.update(k_run=run_id, k_step=entry.step, k_index=entry.call_index)
+        updated = conn.execute(_call_update_statement(tuple(sorted(values)), started), params)
+        if updated.rowcount == 0:
+            conn.execute(
+                _INSERT_CALL,
+                {
+                    "run_id": run_id,
+                    "step": entry.step,
+                    "call_index": entry.call_index,
+                    "call_id": entry.call_id,
+                    "tool": entry.tool,
+                    "arguments": json.dumps(entry.arguments, sort_keys=True),
+                    "started_at": None,
+                    "finished_at": None,
+                    **values,
+                    "attempts": 1 if started else 0,
+                },
             )
-            values: dict[str, Any] = {
-                "state": state.value,
-                "result": "" if result is None else json.dumps(result, sort_keys=True),
-                "error": error,
-            }
-            if state is CallState.STARTED:
-                values["started_at"] = now
-                values["attempts"] = tool_calls.c.attempts + 1
-            elif state in (CallState.COMPLETED, CallState.FAILED, CallState.DENIED):
-                values["finished_at"] = now
-            updated = await conn.execute(tool_calls.update().where(key).values(**values))
-            if updated.rowcount == 0:
-                first = {"started_at": None, "finished_at": None, **values}
-                first["attempts"] = 1 if state is CallState.STARTED else 0
-                await conn.execute(
-                    tool_calls.insert().values(
-                        run_id=lease.run_id,
-                        step=step,
-                        call_index=call_index,
-                        call_id=call_id,
-                        tool=tool,
-                        arguments=json.dumps(arguments, sort_keys=True),
-                        **first,
-                    )
-                )
 
     async def finish(
         self,
@@ -494,8 +591,9 @@ class RunStore:
         events: Sequence[NewEvent] = (),
     ) -> None:
         """End the run with its stop reason, fenced."""
-        async with self._db.transaction() as conn:
-            await self._finish(
+
+        def tx(conn: Connection) -> None:
+            self._finish(
                 conn,
                 lease.run_id,
                 lease.token,
@@ -508,9 +606,11 @@ class RunStore:
                 owner=lease.owner,
             )
 
-    async def _finish(
+        await self._write(tx)
+
+    def _finish(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         run_id: str,
         token: int,
         reason: StopReason,
@@ -522,11 +622,11 @@ class RunStore:
         fenced: bool,
         owner: str = "",
     ) -> None:
-        seq = await self._append_events(conn, None, events, now, run_id=run_id)
+        seq = self._append_events(conn, None, events, now, run_id=run_id)
         condition = runs.c.id == run_id
         if fenced:
             condition = condition & (runs.c.fencing_token == token) & (runs.c.lease_owner == owner)
-        result = await conn.execute(
+        result = conn.execute(
             runs.update()
             .where(condition, runs.c.state != RunState.FINISHED.value)
             .values(
@@ -547,8 +647,9 @@ class RunStore:
     async def wait_for_approval(self, lease: Lease, events: Sequence[NewEvent] = ()) -> None:
         """Pause the run on an approval: the lease is released, no executor holds it."""
         now = _now()
-        async with self._db.transaction() as conn:
-            await self._fence(
+
+        def tx(conn: Connection) -> None:
+            self._fence(
                 conn,
                 lease,
                 events=events,
@@ -559,24 +660,25 @@ class RunStore:
                 updated_at=now,
             )
 
+        await self._write(tx)
+
     async def release(self, lease: Lease, *, retry_after: timedelta, error: str) -> Run:
         """Give a run back after a failure: queued again after ``retry_after``, counted as
         a failed attempt; dead-lettered once it has failed ``max_attempts`` times."""
         now = _now()
-        async with self._db.transaction() as conn:
+
+        def tx(conn: Connection) -> None:
             attempts = (
                 int(
                     (
-                        await conn.execute(
-                            sa.select(runs.c.attempts).where(runs.c.id == lease.run_id)
-                        )
+                        conn.execute(sa.select(runs.c.attempts).where(runs.c.id == lease.run_id))
                     ).scalar_one()
                 )
                 + 1
             )
             if attempts >= self.max_attempts:
                 why = f"failed {attempts} times; last: {error}"
-                await self._finish(
+                self._finish(
                     conn,
                     lease.run_id,
                     lease.token,
@@ -589,7 +691,7 @@ class RunStore:
                     owner=lease.owner,
                 )
             else:
-                await self._fence(
+                self._fence(
                     conn,
                     lease,
                     state=RunState.QUEUED.value,
@@ -599,14 +701,17 @@ class RunStore:
                     available_at=now + retry_after,
                     updated_at=now,
                 )
+
+        await self._write(tx)
         return await self.get(lease.run_id)
 
     async def hand_back(self, lease: Lease) -> None:
         """Give a run back untouched (the executor is shutting down): queued at once for
         another executor, not counted as a failure."""
         now = _now()
-        async with self._db.transaction() as conn:
-            await self._fence(
+
+        def tx(conn: Connection) -> None:
+            self._fence(
                 conn,
                 lease,
                 state=RunState.QUEUED.value,
@@ -615,6 +720,8 @@ class RunStore:
                 available_at=now,
                 updated_at=now,
             )
+
+        await self._write(tx)
 
     async def waiting_calls(self, *, limit: int = 100) -> list[tuple[Run, ToolCallRecord]]:
         """Calls that wait for a person, with their runs (to file the requests)."""
@@ -665,8 +772,9 @@ class RunStore:
         False when there was nothing waiting (decided already, or no such call)."""
         now = _now()
         state = CallState.APPROVED if approved else CallState.DENIED
-        async with self._db.transaction() as conn:
-            updated = await conn.execute(
+
+        def tx(conn: Connection) -> bool:
+            updated = conn.execute(
                 tool_calls.update()
                 .where(
                     tool_calls.c.run_id == run_id,
@@ -678,12 +786,14 @@ class RunStore:
             )
             if updated.rowcount != 1:
                 return False
-            await conn.execute(
+            conn.execute(
                 runs.update()
                 .where(runs.c.id == run_id, runs.c.state == RunState.WAITING_APPROVAL.value)
                 .values(state=RunState.QUEUED.value, available_at=now, updated_at=now)
             )
-        return True
+            return True
+
+        return await self._write(tx)
 
     # -- from outside the lease --------------------------------------------------------
 
@@ -691,29 +801,33 @@ class RunStore:
         """A decision came for a run waiting on approval: queue it for any executor.
         False when the run was not waiting."""
         now = _now()
-        async with self._db.transaction() as conn:
-            result = await conn.execute(
+
+        def tx(conn: Connection) -> bool:
+            result = conn.execute(
                 runs.update()
                 .where(runs.c.id == run_id, runs.c.state == RunState.WAITING_APPROVAL.value)
                 .values(state=RunState.QUEUED.value, available_at=now, updated_at=now)
             )
             if result.rowcount != 1:
                 return False
-            seq = await self._append_events(conn, None, events, now, run_id=run_id)
-            await conn.execute(runs.update().where(runs.c.id == run_id).values(next_event_seq=seq))
-        return True
+            seq = self._append_events(conn, None, events, now, run_id=run_id)
+            conn.execute(runs.update().where(runs.c.id == run_id).values(next_event_seq=seq))
+            return True
+
+        return await self._write(tx)
 
     async def request_cancel(self, run_id: str) -> Run:
         """Ask a run to stop. A run no executor holds (queued, waiting) stops at once; a
         running one stops at its holder's next check."""
         now = _now()
-        async with self._db.transaction() as conn:
-            row = (await conn.execute(sa.select(*_RUN_COLUMNS).where(runs.c.id == run_id))).first()
+
+        def tx(conn: Connection) -> None:
+            row = (conn.execute(sa.select(*_RUN_COLUMNS).where(runs.c.id == run_id))).first()
             if row is None:
                 raise RunNotFound(run_id)
             run = _run(row)
             if run.state in (RunState.QUEUED, RunState.WAITING_APPROVAL):
-                await self._finish(
+                self._finish(
                     conn,
                     run_id,
                     run.fencing_token,
@@ -725,7 +839,7 @@ class RunStore:
                     fenced=False,
                 )
             elif run.state is RunState.RUNNING:
-                await conn.execute(
-                    runs.update().where(runs.c.id == run_id).values(cancel_requested=True)
-                )
+                conn.execute(runs.update().where(runs.c.id == run_id).values(cancel_requested=True))
+
+        await self._write(tx)
         return await self.get(run_id)
