@@ -9,7 +9,7 @@ from controlplane import config
 from controlplane.auth import keys
 from controlplane.server import serve
 from controlplane.store.database import open_database
-from storekit import logs
+from storekit import logs, loop
 
 
 async def _migrate(settings: config.Settings) -> None:
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     if ns.command == "migrate":
         asyncio.run(_migrate(settings))
     else:
-        asyncio.run(serve(settings))
+        loop.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from dataplane import settings
 from dataplane.server import serve
-from storekit import logs
+from storekit import logs, loop
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,7 +17,7 @@ def main(argv: list[str] | None = None) -> None:
     ns = parser.parse_args(argv)
     config = settings.from_arguments(ns)
     logs.configure(config.log_level, config.log_format)
-    asyncio.run(serve(config))
+    loop.run(serve(config))
 
 
 if __name__ == "__main__":

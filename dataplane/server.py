@@ -93,7 +93,7 @@ class Executor:
         # The gateway owns retrying: the HTTP client's own retries stay off.
         http = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(retries=0),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=1000),
         )
         mcp = McpSessions()
         runs = Runs(

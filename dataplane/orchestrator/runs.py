@@ -81,12 +81,13 @@ class Runs:
             self._claimer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._claimer
-        for loop, task in list(self._loops.values()):
+        running = list(self._loops.values())
+        for _, task in running:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            with contextlib.suppress(Exception):
-                await self._store.hand_back(loop.lease)
+        await asyncio.gather(*(task for _, task in running), return_exceptions=True)
+        await asyncio.gather(
+            *(self._store.hand_back(loop.lease) for loop, _ in running), return_exceptions=True
+        )
 
     # -- admission -------------------------------------------------------------------
 

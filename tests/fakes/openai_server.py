@@ -82,7 +82,7 @@ class FakeOpenAI(LoopbackHttpServer):
         response_id = f"chatcmpl-{len(self.requests)}"
         if body.get("stream"):
             await self._stream(writer, body["model"], response_id, message, reason, usage)
-            return False
+            return True
         return self._send(
             writer,
             200,
@@ -144,9 +144,14 @@ class FakeOpenAI(LoopbackHttpServer):
         reason: str,
         usage: dict[str, int],
     ) -> None:
+        # As the real API does: chunked transfer encoding on a kept-alive connection.
         writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"transfer-encoding: chunked\r\n\r\n"
         )
+
+        def send(data: bytes) -> None:
+            writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
 
         def event(delta: dict[str, Any], finish: str | None = None, **more: Any) -> None:
             chunk = {
@@ -156,7 +161,7 @@ class FakeOpenAI(LoopbackHttpServer):
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
                 **more,
             }
-            writer.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            send(f"data: {json.dumps(chunk)}\n\n".encode())
 
         event({"role": "assistant"})
         content = message.get("content") or ""
@@ -185,8 +190,7 @@ class FakeOpenAI(LoopbackHttpServer):
                     }
                 )
         event({}, reason)
-        writer.write(
-            f"data: {json.dumps({'id': response_id, 'choices': [], 'usage': usage})}\n\n".encode()
-        )
-        writer.write(b"data: [DONE]\n\n")
+        send(f"data: {json.dumps({'id': response_id, 'choices': [], 'usage': usage})}\n\n".encode())
+        send(b"data: [DONE]\n\n")
+        writer.write(b"0\r\n\r\n")
         await writer.drain()

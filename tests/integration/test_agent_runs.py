@@ -9,6 +9,7 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -62,7 +63,9 @@ class Stage:
 
 
 @contextlib.asynccontextmanager
-async def stage(live: Live, run_store_url: str, tmp_path: Path) -> AsyncIterator[Stage]:
+async def stage(
+    live: Live, run_store_url: str, tmp_path: Path, **settings: Any
+) -> AsyncIterator[Stage]:
     key = await live.new_key(api_key_pb2.ROLE_EXECUTOR, None)
     executor = await Executor.start(
         ExecutorSettings(
@@ -73,6 +76,7 @@ async def stage(live: Live, run_store_url: str, tmp_path: Path) -> AsyncIterator
             state_dir=tmp_path,
             run_store_url=run_store_url,
             shutdown_grace=1.0,
+            **settings,
         )
     )
     channel = grpc.aio.insecure_channel(executor.address)
@@ -260,6 +264,48 @@ async def test_an_agent_calls_an_mcp_tool(
             assert len(server.keys) == 1 and server.keys[0].startswith(f"{run_id}:")
     finally:
         await server.aclose()
+
+
+async def test_runs_beyond_the_executors_slots_wait_in_the_queue(
+    live: Live, run_database_url: str, tmp_path: Path
+) -> None:
+    tenant = await support_agent(live)
+    async with stage(live, run_database_url, tmp_path, max_concurrent_runs=1) as s:
+        key = await s.client_key(tenant)
+        await s.settled()
+        request = run_pb2.RunAgentRequest(
+            agent=f"tenants/{tenant}/agents/helper", input="x", variables={"customer": "Ada"}
+        )
+        runs = await asyncio.gather(*(run_to_end(s, key, request) for _ in range(4)))
+        assert len({events[0].run for events in runs}) == 4
+        for events in runs:
+            assert events[-1].run_stopped.reason == run_pb2.STOP_REASON_COMPLETED
+            assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+            assert events[-2].final_answer.text == 'The answer is {"result": 42}'
+
+
+async def test_every_watcher_of_a_run_sees_all_its_events(
+    live: Live, run_database_url: str, tmp_path: Path
+) -> None:
+    tenant = await support_agent(live)
+    async with stage(live, run_database_url, tmp_path) as s:
+        key = await s.client_key(tenant)
+        await s.settled()
+        md = (("authorization", f"Bearer {key}"),)
+        started = await s.agents.StartRun(
+            run_pb2.StartRunRequest(
+                agent=f"tenants/{tenant}/agents/helper", input="x", variables={"customer": "Ada"}
+            ),
+            metadata=md,
+        )
+
+        async def watch() -> list[int]:
+            request = run_pb2.WatchRunRequest(name=started.run.name)
+            return [r.event.sequence async for r in s.agents.WatchRun(request, metadata=md)]
+
+        seen = await asyncio.gather(*(watch() for _ in range(3)))
+        assert seen[0] == list(range(1, len(seen[0]) + 1)) and len(seen[0]) == 9
+        assert seen[1] == seen[0] and seen[2] == seen[0]
 
 
 async def test_refusals(live: Live, run_database_url: str, tmp_path: Path) -> None:
