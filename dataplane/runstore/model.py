@@ -140,3 +140,16 @@ class CallEntry:
     state: CallState
     result: Any = None
     error: str = ""
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    """Something that must leave the executor, such as the audit record of a run's end."""
+
+    id: str
+    tenant: str
+    run_id: str
+    kind: str
+    type: str
+    payload: dict[str, Any]
+    created_at: datetime

@@ -110,4 +110,21 @@ memory = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
-__all__ = ["memory", "checkpoints", "metadata", "run_events", "runs", "tool_calls"]
+# What must leave the executor, written in the transaction of what it records: for now the
+# audit record of every run's end. ``id`` names the event wherever it goes, so whoever
+# receives it can take it exactly once; ``relayed_at`` is set once it has been delivered.
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("tenant", sa.String(63), nullable=False),
+    sa.Column("run_id", sa.String(36), nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("type", sa.String(40), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("relayed_at", UTCDateTime, nullable=True),
+    sa.Index("ix_outbox_relayed_at_created_at", "relayed_at", "created_at"),
+)
+
+__all__ = ["checkpoints", "memory", "metadata", "outbox", "run_events", "runs", "tool_calls"]

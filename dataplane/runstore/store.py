@@ -24,6 +24,7 @@ from dataplane.runstore.model import (
     Checkpoint,
     Lease,
     NewEvent,
+    OutboxEvent,
     Run,
     RunEvent,
     RunState,
@@ -31,7 +32,7 @@ from dataplane.runstore.model import (
     ToolCallRecord,
     stopped,
 )
-from dataplane.runstore.schema import checkpoints, run_events, runs, tool_calls
+from dataplane.runstore.schema import checkpoints, outbox, run_events, runs, tool_calls
 from storekit.database import Database
 
 _RUN_COLUMNS = tuple(runs.c[name] for name in Run.__dataclass_fields__)
@@ -49,6 +50,7 @@ T = TypeVar("T")
 _INSERT_EVENT = run_events.insert()
 _INSERT_CHECKPOINT = checkpoints.insert()
 _INSERT_CALL = tool_calls.insert()
+_INSERT_OUTBOX = outbox.insert()
 
 
 @functools.cache
@@ -363,6 +365,28 @@ class RunStore:
                 for seq, t, kind, p in await conn.execute(query)
             ]
 
+    async def unrelayed(self, *, limit: int = 500) -> list[OutboxEvent]:
+        """Outbox events not yet delivered, oldest first."""
+        query = (
+            sa.select(
+                outbox.c.id,
+                outbox.c.tenant,
+                outbox.c.run_id,
+                outbox.c.kind,
+                outbox.c.type,
+                outbox.c.payload,
+                outbox.c.created_at,
+            )
+            .where(outbox.c.relayed_at.is_(None))
+            .order_by(outbox.c.created_at, outbox.c.id)
+            .limit(limit)
+        )
+        async with self._db.single_read() as conn:
+            return [
+                OutboxEvent(id_, tenant, run_id, kind, type_, json.loads(payload), at)
+                for id_, tenant, run_id, kind, type_, payload, at in await conn.execute(query)
+            ]
+
     # -- claiming ----------------------------------------------------------------------
 
     async def claim(self, owner: str, *, run_id: str | None = None) -> tuple[Lease, Run] | None:
@@ -626,7 +650,7 @@ class RunStore:
         condition = runs.c.id == run_id
         if fenced:
             condition = condition & (runs.c.fencing_token == token) & (runs.c.lease_owner == owner)
-        result = conn.execute(
+        row = conn.execute(
             runs.update()
             .where(condition, runs.c.state != RunState.FINISHED.value)
             .values(
@@ -640,9 +664,44 @@ class RunStore:
                 updated_at=now,
                 next_event_seq=seq,
             )
-        )
-        if result.rowcount != 1:
+            .returning(
+                runs.c.tenant,
+                runs.c.agent,
+                runs.c.step,
+                runs.c.usage,
+                runs.c.attempts,
+                runs.c.created_at,
+            )
+        ).first()
+        if row is None:
             raise LeaseLost(f"run {run_id}: could not finish it with token {token}")
+        tenant, agent, steps, usage, attempts, created_at = row
+        conn.execute(
+            _INSERT_OUTBOX,
+            {
+                "id": str(uuid.uuid4()),
+                "tenant": tenant,
+                "run_id": run_id,
+                "kind": "audit",
+                "type": "run.stopped",
+                "payload": json.dumps(
+                    {
+                        "run": run_id,
+                        "agent": agent,
+                        "stop_reason": reason.value,
+                        "detail": detail,
+                        "steps": steps,
+                        "usage": json.loads(usage),
+                        "attempts": attempts,
+                        "created_at": created_at.isoformat(),
+                        "ended_at": now.isoformat(),
+                    },
+                    sort_keys=True,
+                ),
+                "created_at": now,
+                "relayed_at": None,
+            },
+        )
 
     async def wait_for_approval(self, lease: Lease, events: Sequence[NewEvent] = ()) -> None:
         """Pause the run on an approval: the lease is released, no executor holds it."""

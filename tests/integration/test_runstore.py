@@ -201,3 +201,41 @@ async def test_listing_is_per_tenant_newest_first(run_db: Database) -> None:
     page = await store.list_runs(t, before=None, limit=3)
     rest = await store.list_runs(t, before=(page[-1].created_at, page[-1].id), limit=3)
     assert [r.id for r in page + rest] == [r.id for r in reversed(made)]
+
+
+async def test_every_way_a_run_ends_leaves_one_audit_record_in_the_outbox(
+    run_db: Database,
+) -> None:
+    store = RunStore(run_db, lease_ttl=timedelta(milliseconds=100), max_attempts=1)
+    t = tenant()
+    completed, lease, _ = await store.create(new_run(t, queued=False), owner="a")
+    assert lease is not None
+    await store.checkpoint(
+        lease, step=1, delta={"messages": []}, usage={"cost_usd": "0.01", "model_calls": 1}
+    )
+    await store.finish(lease, StopReason.COMPLETED, final_answer="done")
+    with pytest.raises(LeaseLost):
+        await store.finish(lease, StopReason.COMPLETED)  # a second end is refused
+    queued, _, _ = await store.create(new_run(t))
+    await store.request_cancel(queued.id)
+    await store.request_cancel(queued.id)  # cancelling again ends nothing new
+    lost, _, _ = await store.create(new_run(t))
+    assert await store.claim("b", run_id=lost.id) is not None
+    await asyncio.sleep(0.15)
+    assert await store.claim("c", run_id=lost.id) is None  # dead-lettered
+    failed, failing, _ = await store.create(new_run(t, queued=False), owner="d")
+    assert failing is not None
+    await store.release(failing, retry_after=timedelta(0), error="boom")
+
+    records = [e for e in await store.unrelayed(limit=10_000) if e.tenant == t]
+    by_run = {e.run_id: e for e in records}
+    assert len(records) == len(by_run) == 4
+    assert {e.kind for e in records} == {"audit"} and {e.type for e in records} == {"run.stopped"}
+    assert by_run[completed.id].payload["stop_reason"] == "completed"
+    assert by_run[completed.id].payload["steps"] == 1
+    assert by_run[completed.id].payload["usage"]["cost_usd"] == "0.01"
+    assert by_run[completed.id].payload["agent"] == f"tenants/{t}/agents/a"
+    assert by_run[queued.id].payload["stop_reason"] == "cancelled"
+    assert by_run[lost.id].payload["stop_reason"] == "dead_lettered"
+    assert by_run[failed.id].payload["stop_reason"] == "dead_lettered"
+    assert "boom" in by_run[failed.id].payload["detail"]
