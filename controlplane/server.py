@@ -11,10 +11,10 @@ import sys
 from dataclasses import dataclass
 
 import grpc
-from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from controlplane.api import ads
 from controlplane.api.ads import AdsServicer
 from controlplane.api.agents import AgentRegistryServicer
 from controlplane.api.api_keys import ApiKeyServicer
@@ -66,8 +66,7 @@ PILOTHOUSE_SERVICES = tuple(
         (approval_pb2.DESCRIPTOR, "ApprovalService"),
     )
 )
-ADS_SERVICE = ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name
-SERVICE_NAMES = (*PILOTHOUSE_SERVICES, ADS_SERVICE)
+SERVICE_NAMES = (*PILOTHOUSE_SERVICES, ads.ADS_SERVICE)
 
 
 @dataclass
@@ -131,7 +130,7 @@ class ControlPlane:
         discovery_pb2_grpc.add_ExecutorServiceServicer_to_server(
             ExecutorServicer(executors, publisher), server
         )
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+        ads.add_to_server(
             AdsServicer(publisher, executors, replica=f"{socket.gethostname()}/{os.getpid()}"),
             server,
         )

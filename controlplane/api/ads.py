@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
@@ -38,6 +38,7 @@ from controlplane.registry.resources import Record
 
 log = logging.getLogger("pilothouse.discovery")
 
+ADS_SERVICE = ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name
 TYPE_PREFIX = "type.googleapis.com/pilothouse.v1."
 TYPE_URLS = tuple(TYPE_PREFIX + kind for kind in KIND_ORDER)
 
@@ -87,6 +88,86 @@ class PackedResources:
         return packed
 
 
+_NONCE_TAG = bytes([(5 << 3) | 2])
+"""Wire tag of ``DiscoveryResponse.nonce`` (field 5, length-delimited)."""
+
+
+class EncodedResponses:
+    """Responses serialised once per type, version and view, and shared by every stream
+    that is due the same one. A stream's nonce is appended to the shared bytes: a field
+    appended to a serialised message is a field of that message."""
+
+    def __init__(self, packed: PackedResources, identity: base_pb2.ControlPlane) -> None:
+        self._packed = packed
+        self._identity = identity
+        self._cache: LruCache[tuple[str, str, str | None, frozenset[str]], bytes] = LruCache(4096)
+
+    def encode(
+        self,
+        snapshot: Snapshot,
+        version: str,
+        type_url: str,
+        tenant: str | None,
+        names: frozenset[str],
+        nonce: str,
+    ) -> bytes:
+        body = self._cache.get_or_make(
+            (type_url, version, tenant, names),
+            functools.partial(self._serialise, snapshot, version, type_url, tenant, names),
+        )
+        encoded = nonce.encode()
+        return body + _NONCE_TAG + _varint(len(encoded)) + encoded
+
+    def _serialise(
+        self,
+        snapshot: Snapshot,
+        version: str,
+        type_url: str,
+        tenant: str | None,
+        names: frozenset[str],
+    ) -> bytes:
+        kind = type_url.removeprefix(TYPE_PREFIX)
+        resources = [
+            packed
+            for name, packed in self._packed.for_view(snapshot, kind, tenant)
+            if not names or name in names
+        ]
+        response = discovery_pb2.DiscoveryResponse(
+            version_info=version,
+            resources=resources,
+            type_url=type_url,
+            control_plane=self._identity,
+        )
+        return bytes(response.SerializeToString())
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def add_to_server(servicer: AdsServicer, server: grpc.aio.Server) -> None:
+    """Serve ADS with responses that may come already serialised (see EncodedResponses)."""
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.StreamAggregatedResources,
+        request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+        response_serializer=_serialise_response,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(ADS_SERVICE, {"StreamAggregatedResources": handler}),)
+    )
+
+
+def _serialise_response(response: bytes | discovery_pb2.DiscoveryResponse) -> bytes:
+    if isinstance(response, bytes):
+        return response
+    return bytes(response.SerializeToString())
+
+
 @dataclass
 class _TypeState:
     names: frozenset[str] = frozenset()
@@ -115,14 +196,15 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
     ) -> None:
         self._publisher = publisher
         self._executors = executors
-        self._packed = PackedResources()
-        self._identity = base_pb2.ControlPlane(identifier=replica)
+        self._responses = EncodedResponses(
+            PackedResources(), base_pb2.ControlPlane(identifier=replica)
+        )
 
     async def StreamAggregatedResources(
         self,
         request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+    ) -> AsyncIterator[bytes]:
         stream = _Stream(tenant=principal().tenant)
         inbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
 
@@ -198,7 +280,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             state.sent_version = state.acked_version = request.version_info
         state.names = frozenset(request.resource_names)
 
-    def _due(self, stream: _Stream) -> list[discovery_pb2.DiscoveryResponse]:
+    def _due(self, stream: _Stream) -> list[bytes]:
         if stream.round is None or not any(s.outstanding for s in stream.types.values()):
             current = self._publisher.current
             stream.round = (current, current.version_for(stream.tenant))
@@ -210,20 +292,10 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
             state = stream.types.get(type_url)
             if state is None or state.outstanding or state.sent_version == version:
                 continue
-            kind = type_url.removeprefix(TYPE_PREFIX)
-            resources = [
-                packed
-                for name, packed in self._packed.for_view(snapshot, kind, stream.tenant)
-                if not state.names or name in state.names
-            ]
             nonce = secrets.token_hex(8)
             responses.append(
-                discovery_pb2.DiscoveryResponse(
-                    version_info=version,
-                    resources=resources,
-                    type_url=type_url,
-                    nonce=nonce,
-                    control_plane=self._identity,
+                self._responses.encode(
+                    snapshot, version, type_url, stream.tenant, state.names, nonce
                 )
             )
             state.sent_version, state.sent_nonce, state.outstanding = version, nonce, True

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 from controlplane.registry.pagination import decode_token, page_size, paginate
 from controlplane.store import executors as executor_store
 from controlplane.store.database import Database
@@ -55,11 +57,14 @@ def _status(row: ExecutorRow) -> ExecutorStatus:
     )
 
 
+_Write = Callable[[AsyncConnection], Awaitable[None]]
+
+
 class ExecutorRegistry:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._streams: Counter[str] = Counter()
-        self._queue: asyncio.Queue[Callable[[], Awaitable[None]] | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
         self._writer = asyncio.create_task(self._write_in_order(), name="executor-status")
 
     async def connected(self, node_id: str, cluster: str) -> set[str]:
@@ -67,10 +72,9 @@ class ExecutorRegistry:
         self._streams[node_id] += 1
         done: asyncio.Future[set[str]] = asyncio.get_running_loop().create_future()
 
-        async def write() -> None:
-            async with self._db.transaction() as conn:
-                await executor_store.connect(conn, node_id, cluster, datetime.now(UTC))
-                row = await executor_store.get(conn, node_id)
+        async def write(conn: AsyncConnection) -> None:
+            await executor_store.connect(conn, node_id, cluster, datetime.now(UTC))
+            row = await executor_store.get(conn, node_id)
             assert row is not None
             if not done.done():
                 done.set_result(set(json.loads(row.nacked_versions)))
@@ -79,30 +83,28 @@ class ExecutorRegistry:
         return await done
 
     def record_ack(self, node_id: str, version: str) -> None:
-        async def write() -> None:
-            async with self._db.transaction() as conn:
-                await executor_store.update(
-                    conn, node_id, acked_version=version, last_seen_time=datetime.now(UTC)
-                )
+        async def write(conn: AsyncConnection) -> None:
+            await executor_store.update(
+                conn, node_id, acked_version=version, last_seen_time=datetime.now(UTC)
+            )
 
         self._queue.put_nowait(write)
 
     def record_nack(self, node_id: str, version: str, error: str) -> None:
-        async def write() -> None:
+        async def write(conn: AsyncConnection) -> None:
             now = datetime.now(UTC)
-            async with self._db.transaction() as conn:
-                row = await executor_store.get(conn, node_id)
-                kept = json.loads(row.nacked_versions) if row else []
-                kept = [v for v in kept if v != version][-(NACKED_KEPT - 1) :] + [version]
-                await executor_store.update(
-                    conn,
-                    node_id,
-                    nacked_versions=json.dumps(kept),
-                    last_nack_version=version,
-                    last_nack_error=error,
-                    last_nack_time=now,
-                    last_seen_time=now,
-                )
+            row = await executor_store.get(conn, node_id)
+            kept = json.loads(row.nacked_versions) if row else []
+            kept = [v for v in kept if v != version][-(NACKED_KEPT - 1) :] + [version]
+            await executor_store.update(
+                conn,
+                node_id,
+                nacked_versions=json.dumps(kept),
+                last_nack_version=version,
+                last_nack_error=error,
+                last_nack_time=now,
+                last_seen_time=now,
+            )
 
         self._queue.put_nowait(write)
 
@@ -112,18 +114,42 @@ class ExecutorRegistry:
             return
         del self._streams[node_id]
 
-        async def write() -> None:
-            async with self._db.transaction() as conn:
-                await executor_store.update(
-                    conn, node_id, connected=False, last_seen_time=datetime.now(UTC)
-                )
+        async def write(conn: AsyncConnection) -> None:
+            await executor_store.update(
+                conn, node_id, connected=False, last_seen_time=datetime.now(UTC)
+            )
 
         self._queue.put_nowait(write)
 
     async def _write_in_order(self) -> None:
-        while (write := await self._queue.get()) is not None:
+        """Apply the writes in the order they came, all those waiting in one transaction:
+        a new snapshot brings an ACK from every executor at once."""
+        while (first := await self._queue.get()) is not None:
+            batch, stopping = [first], False
+            while not self._queue.empty():
+                write = self._queue.get_nowait()
+                if write is None:
+                    stopping = True
+                    break
+                batch.append(write)
+            await self._apply(batch)
+            if stopping:
+                return
+
+    async def _apply(self, batch: list[_Write]) -> None:
+        try:
+            async with self._db.transaction() as conn:
+                for write in batch:
+                    await write(conn)
+            return
+        except Exception:
+            if len(batch) == 1:
+                log.exception("could not record executor status")
+                return
+        for write in batch:  # one failed: the others still count
             try:
-                await write()
+                async with self._db.transaction() as conn:
+                    await write(conn)
             except Exception:
                 log.exception("could not record executor status")
 

@@ -14,6 +14,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from dataplane.config.snapshot import TYPE_URLS
+from storekit import loop
 
 
 async def stream(channel: grpc.aio.Channel, key: str, node: str) -> None:
@@ -53,4 +54,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    loop.run(main())  # the event loop executors run on
