@@ -167,7 +167,9 @@ async def _read_stream(response: httpx.Response) -> ChatResult:
             continue
         payload = line[5:].strip()
         if payload == "[DONE]":
-            break
+            # Read on to the body's end: a response left unread closes its connection,
+            # and the next call would pay for a new one.
+            continue
         try:
             chunk = json.loads(payload)
         except ValueError as e:

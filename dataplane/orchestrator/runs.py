@@ -85,6 +85,7 @@ class Runs:
         for _, task in running:
             task.cancel()
         await asyncio.gather(*(task for _, task in running), return_exceptions=True)
+        await self._store.drain()
         await asyncio.gather(
             *(self._store.hand_back(loop.lease) for loop, _ in running), return_exceptions=True
         )

@@ -33,6 +33,7 @@ from dataplane.runstore.model import (
     stopped,
 )
 from dataplane.runstore.schema import checkpoints, outbox, run_events, runs, tool_calls
+from storekit import prepared
 from storekit.database import Database
 
 _RUN_COLUMNS = tuple(runs.c[name] for name in Run.__dataclass_fields__)
@@ -138,6 +139,7 @@ class RunStore:
         self.lease_ttl = lease_ttl
         self.max_attempts = max_attempts
         self.listeners: list[EventListener] = []
+        self._in_flight: set[asyncio.Future[Any]] = set()
 
     async def _write(self, body: Callable[[Connection], T]) -> T:
         """Run ``body`` as one write transaction. The events it inserts go to the
@@ -165,7 +167,13 @@ class RunStore:
 
         task = asyncio.ensure_future(self._db.write(transaction))
         task.add_done_callback(publish)
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
         return await asyncio.shield(task)
+
+    async def drain(self) -> None:
+        """Wait for the writes still running for callers that were cancelled."""
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     @staticmethod
     def _insert_events(
@@ -178,7 +186,8 @@ class RunStore:
         if not events:
             return
         texts = [json.dumps(e.payload, sort_keys=True, default=str) for e in events]
-        conn.execute(
+        prepared.run(
+            conn,
             _INSERT_EVENT,
             [
                 {
@@ -475,7 +484,8 @@ class RunStore:
         params = {f"v_{column}": value for column, value in values.items()}
         params.update(f_run=lease.run_id, f_token=lease.token, f_owner=lease.owner)
         params["n_events"] = len(events)
-        row = conn.execute(_fence_statement(tuple(sorted(values)), checkpoint), params).first()
+        rows = prepared.run(conn, _fence_statement(tuple(sorted(values)), checkpoint), params).rows
+        row = rows[0] if rows else None
         if row is None:
             raise LeaseLost(f"run {lease.run_id}: token {lease.token} is no longer current")
         next_event, next_checkpoint, cancel = row
@@ -515,7 +525,8 @@ class RunStore:
                 lease_expires_at=expires,
                 updated_at=now,
             )
-            conn.execute(
+            prepared.run(
+                conn,
                 _INSERT_CHECKPOINT,
                 {
                     "run_id": lease.run_id,
@@ -587,9 +598,10 @@ class RunStore:
             values["finished_at"] = now
         params = {f"v_{column}": value for column, value in values.items()}
         params.update(k_run=run_id, k_step=entry.step, k_index=entry.call_index)
-        updated = conn.execute(_call_update_statement(tuple(sorted(values)), started), params)
+        updated = prepared.run(conn, _call_update_statement(tuple(sorted(values)), started), params)
         if updated.rowcount == 0:
-            conn.execute(
+            prepared.run(
+                conn,
                 _INSERT_CALL,
                 {
                     "run_id": run_id,
@@ -676,7 +688,8 @@ class RunStore:
         if row is None:
             raise LeaseLost(f"run {run_id}: could not finish it with token {token}")
         tenant, agent, steps, usage, attempts, created_at = row
-        conn.execute(
+        prepared.run(
+            conn,
             _INSERT_OUTBOX,
             {
                 "id": str(uuid.uuid4()),
