@@ -4,6 +4,8 @@ tool's idempotency key."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import httpx
 
@@ -110,12 +112,21 @@ def mcp_tool(url: str, remote_name: str, **hints: bool) -> tool_pb2.Tool:
     return tool
 
 
-async def test_mcp_tools_are_called_on_one_shared_session_with_the_idempotency_key() -> None:
-    server = await OrdersMcp().start()
-    mcp = McpSessions()
+@contextlib.asynccontextmanager
+async def mcp_router(connect_timeout: float = 10.0) -> AsyncIterator[ToolRouter]:
+    """A router whose MCP sessions are closed afterwards."""
+    mcp = McpSessions(connect_timeout=connect_timeout)
     try:
         async with httpx.AsyncClient() as http:
-            router = ToolRouter(http, mcp=mcp)
+            yield ToolRouter(http, mcp=mcp)
+    finally:
+        await mcp.aclose()
+
+
+async def test_mcp_tools_are_called_on_one_shared_session_with_the_idempotency_key() -> None:
+    server = await OrdersMcp().start()
+    try:
+        async with mcp_router() as router:
             lookup = await router.execute(
                 mcp_tool(server.url, "lookup_order"),
                 {"order_id": "A1"},
@@ -136,18 +147,15 @@ async def test_mcp_tools_are_called_on_one_shared_session_with_the_idempotency_k
             assert results[0].result == {"result": "cancelled A1"}
             assert sorted(server.keys) == ["run:2:0", "run:2:0", "run:3:0"]
             assert server.cancellations == 2
-            assert len(mcp._sessions) == 1
+            assert router._mcp is not None and len(router._mcp._sessions) == 1
     finally:
-        await mcp.aclose()
         await server.aclose()
 
 
 async def test_mcp_tool_errors_go_back_to_the_model() -> None:
     server = await OrdersMcp().start()
-    mcp = McpSessions()
     try:
-        async with httpx.AsyncClient() as http:
-            router = ToolRouter(http, mcp=mcp)
+        async with mcp_router() as router:
             failed = await router.execute(
                 mcp_tool(server.url, "restock"),
                 {"sku": "X", "quantity": 1},
@@ -164,7 +172,6 @@ async def test_mcp_tool_errors_go_back_to_the_model() -> None:
             )
             assert not unknown.ok and "no_such_tool" in unknown.result["error"]
     finally:
-        await mcp.aclose()
         await server.aclose()
 
 
@@ -172,35 +179,28 @@ async def test_an_unreachable_mcp_server_is_retried_only_for_idempotent_tools() 
     server = await OrdersMcp().start()
     url = server.url
     await server.aclose()  # nothing listens there any more
-    mcp = McpSessions(connect_timeout=1.0)
-    try:
-        async with httpx.AsyncClient() as http:
-            router = ToolRouter(http, mcp=mcp)
-            destructive = await router.execute(
-                mcp_tool(url, "cancel_order"),
-                {"order_id": "A1"},
-                idempotency_key="k",
-                deadline=await deadline(),
-            )
-            assert not destructive.ok and destructive.attempts == 1
-            assert "unreachable" in destructive.result["error"]
-            idempotent = mcp_tool(url, "lookup_order", idempotent_hint=True)
-            idempotent.retry_policy.max_attempts = 3
-            idempotent.retry_policy.initial_backoff.FromMilliseconds(10)
-            retried = await router.execute(
-                idempotent, {"order_id": "A1"}, idempotency_key="k", deadline=await deadline()
-            )
-            assert not retried.ok and retried.attempts == 3
-    finally:
-        await mcp.aclose()
+    async with mcp_router(connect_timeout=1.0) as router:
+        destructive = await router.execute(
+            mcp_tool(url, "cancel_order"),
+            {"order_id": "A1"},
+            idempotency_key="k",
+            deadline=await deadline(),
+        )
+        assert not destructive.ok and destructive.attempts == 1
+        assert "unreachable" in destructive.result["error"]
+        idempotent = mcp_tool(url, "lookup_order", idempotent_hint=True)
+        idempotent.retry_policy.max_attempts = 3
+        idempotent.retry_policy.initial_backoff.FromMilliseconds(10)
+        retried = await router.execute(
+            idempotent, {"order_id": "A1"}, idempotency_key="k", deadline=await deadline()
+        )
+        assert not retried.ok and retried.attempts == 3
 
 
 async def test_an_mcp_session_is_reopened_after_the_server_restarts() -> None:
     server = await OrdersMcp().start()
-    mcp = McpSessions(connect_timeout=2.0)
     try:
-        async with httpx.AsyncClient() as http:
-            router = ToolRouter(http, mcp=mcp)
+        async with mcp_router(connect_timeout=2.0) as router:
             tool = mcp_tool(server.url, "lookup_order", idempotent_hint=True)
             tool.retry_policy.initial_backoff.FromMilliseconds(10)
             first = await router.execute(
@@ -218,5 +218,4 @@ async def test_an_mcp_session_is_reopened_after_the_server_restarts() -> None:
             assert again.ok, again.result
             assert again.result["order_id"] == "A2"
     finally:
-        await mcp.aclose()
         await server.aclose()
