@@ -5,6 +5,7 @@ LiteLLM. It never retries: the gateway owns retrying."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -162,18 +163,15 @@ async def _read_stream(response: httpx.Response) -> ChatResult:
     usage = Usage()
     finish_reason = ""
     response_id = model = ""
-    async for line in response.aiter_lines():
-        if not line.startswith("data:"):
-            continue
-        payload = line[5:].strip()
-        if payload == "[DONE]":
+    async for line in _sse_data(response):
+        if line == b"[DONE]":
             # Read on to the body's end: a response left unread closes its connection,
             # and the next call would pay for a new one.
             continue
         try:
-            chunk = json.loads(payload)
+            chunk = json.loads(line)
         except ValueError as e:
-            raise ProviderError(f"malformed stream chunk: {payload[:200]}", status=200) from e
+            raise ProviderError(f"malformed stream chunk: {line[:200]!r}", status=200) from e
         response_id = chunk.get("id", response_id)
         model = chunk.get("model", model)
         if chunk.get("usage"):
@@ -201,3 +199,17 @@ async def _read_stream(response: httpx.Response) -> ChatResult:
         response_id,
         model,
     )
+
+
+async def _sse_data(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The payloads of the stream's ``data:`` lines, split from the raw bytes (cheaper
+    than decoding the body to text and then to lines)."""
+    pending = b""
+    async for chunk in response.aiter_bytes():
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line.startswith(b"data:"):
+                yield line[5:].strip()
+    if pending.startswith(b"data:"):
+        yield pending[5:].strip()
