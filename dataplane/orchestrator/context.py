@@ -3,6 +3,7 @@ snapshot (no control-plane call): the agent, its prompt version, route, tools, b
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -12,6 +13,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from dataplane.config.snapshot import ExecutorConfig
+from dataplane.models.scripted import estimate_tokens
 from dataplane.models.types import ToolSpec
 from dataplane.tools.router import agent_tools
 from pilothouse.v1 import agent_pb2, prompt_pb2, tool_pb2
@@ -117,6 +119,11 @@ class RunContext:
             ToolSpec(name, tool.description, json_format.MessageToDict(tool.input_schema))
             for name, tool in sorted(self.tools.items())
         )
+
+    @cached_property
+    def tool_spec_tokens(self) -> int:
+        """Estimated prompt tokens the tool schemas take, for the budget's worst case."""
+        return sum(estimate_tokens(json.dumps(t.parameters)) for t in self.tool_specs)
 
 
 def resolve(

@@ -269,8 +269,8 @@ class RunLoop:
             if params.HasField("max_output_tokens")
             else (model.max_output_tokens if model is not None else 0)
         )
-        prompt_estimate = sum(estimate_tokens(m.content) + 4 for m in messages) + sum(
-            estimate_tokens(json.dumps(t.parameters)) for t in ctx.tool_specs
+        prompt_estimate = (
+            sum(estimate_tokens(m.content) + 4 for m in messages) + ctx.tool_spec_tokens
         )
         if limits.max_tokens and self._usage.tokens + prompt_estimate + max_out > limits.max_tokens:
             raise _Stop(StopReason.BUDGET_EXCEEDED, "tokens")
