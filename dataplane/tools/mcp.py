@@ -59,7 +59,7 @@ class McpSessions:
             )
         except MCPError as e:
             raise ToolFailure(f"MCP error {e.code}: {e.error.message}") from e
-        except (httpx2.HTTPError, OSError, RuntimeError) as e:
+        except Exception as e:  # transport and stream errors of several libraries
             await self._drop(url, session)
             raise McpUnavailable(f"MCP server {url} failed: {e!r}") from e
         return tool_result(result)

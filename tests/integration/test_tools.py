@@ -212,6 +212,17 @@ async def test_an_mcp_session_is_reopened_after_the_server_restarts() -> None:
             server = OrdersMcp()
             server.port = port
             await server.start()
+            # Not idempotent: the call on the stale session fails at most once, as a
+            # result the model reads, and the next one gets a new session.
+            cancel = mcp_tool(server.url, "cancel_order")
+            outcomes = [
+                await router.execute(
+                    cancel, {"order_id": "A1"}, idempotency_key=f"k{i}", deadline=await deadline()
+                )
+                for i in range(2)
+            ]
+            assert outcomes[1].ok, outcomes
+            assert all(o.attempts == 1 for o in outcomes)
             again = await router.execute(
                 tool, {"order_id": "A2"}, idempotency_key="k", deadline=await deadline()
             )
