@@ -251,5 +251,5 @@ async def test_tools_import_mcp_registers_the_servers_tools(live: Live) -> None:
         await server.aclose()
 
     gone = await cli(live, "tools", "import-mcp", server.url, "--tenant", "x")
-    assert gone.code == 2 and gone.err.startswith("error: cannot list the tools of")
+    assert gone.code == 1 and gone.err.startswith("error: cannot list the tools of")
     assert "Traceback" not in gone.err

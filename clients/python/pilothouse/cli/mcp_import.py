@@ -113,7 +113,10 @@ async def import_mcp(client: Any, ns: argparse.Namespace, tenant: str | None) ->
     try:
         listed = await list_mcp_tools(ns.url)
     except Exception as e:  # the SDK raises transport and protocol errors of many kinds
-        raise UsageError(f"cannot list the tools of {ns.url}: {e!r}") from e
+        cause: BaseException = e
+        while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+            cause = cause.exceptions[0]  # anyio wraps what failed in task groups
+        raise ConnectionError(f"cannot list the tools of {ns.url}: {cause!r}") from e
     wanted = set(ns.only)
     if wanted:
         missing = wanted - {t.name for t in listed}
