@@ -54,6 +54,10 @@ class OrdersMcp:
             """Always fails: the warehouse is closed."""
             raise ToolError(f"warehouse closed, cannot restock {sku}")
 
+        @mcp.tool(annotations=ToolAnnotations(read_only_hint=True))
+        def ping() -> str:
+            return "pong"
+
         return mcp
 
     async def start(self) -> Self:

@@ -209,6 +209,7 @@ async def test_tools_import_mcp_registers_the_servers_tools(live: Live) -> None:
         assert sorted(first.out.strip().splitlines()) == [
             f"tool/cancel-order (tenants/{tenant}/tools/cancel-order) created (destructive)",
             f"tool/lookup-order (tenants/{tenant}/tools/lookup-order) created",
+            f"tool/ping (tenants/{tenant}/tools/ping) created",
             f"tool/restock (tenants/{tenant}/tools/restock) created",
         ]
         shown = await cli(live, "get", "tool", "cancel-order", "--tenant", tenant, "-o", "json")
@@ -218,6 +219,8 @@ async def test_tools_import_mcp_registers_the_servers_tools(live: Live) -> None:
         assert tool["description"] == "Cancel an order. Cannot be undone."
         assert tool["input_schema"]["required"] == ["order_id"]
         assert "annotations" not in tool or tool["annotations"] == {}, "no hint was given"
+        ping = await cli(live, "get", "tool", "ping", "--tenant", tenant, "-o", "json")
+        assert json.loads(ping.out)["description"] == f"ping on {server.url}"
         lookup = await cli(live, "get", "tool", "lookup-order", "--tenant", tenant, "-o", "json")
         assert json.loads(lookup.out)["annotations"] == {
             "read_only_hint": True,

@@ -78,7 +78,8 @@ def tool_id(prefix: str, mcp_name: str) -> str:
 def to_tool(url: str, tenant: str, id_: str, mcp_tool: McpTool) -> tool_pb2.Tool:
     tool = tool_pb2.Tool(
         name=f"tenants/{tenant}/tools/{id_}",
-        description=mcp_tool.description or mcp_tool.title or "",
+        # The registry requires a description (the model reads it) and keeps 4,096 chars.
+        description=(mcp_tool.description or mcp_tool.title or f"{mcp_tool.name} on {url}")[:4096],
         kind=tool_pb2.TOOL_KIND_MCP,
         endpoint=url,
         remote_name=mcp_tool.name if mcp_tool.name != id_ else "",
