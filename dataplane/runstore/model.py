@@ -90,18 +90,26 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
-class ToolCallRecord:
+class CallEntry:
+    """A tool call's journal entry as its holder writes it."""
+
     step: int
     call_index: int
     call_id: str
     tool: str
     arguments: dict[str, Any]
     state: CallState
-    result: Any
-    error: str
-    attempts: int
-    started_at: datetime | None
-    finished_at: datetime | None
+    result: Any = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class ToolCallRecord(CallEntry):
+    """A journal entry as the store keeps it."""
+
+    attempts: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -126,20 +134,6 @@ def stopped(reason: StopReason, detail: str = "", usage: dict[str, Any] | None =
     if usage is not None:
         payload["usage"] = usage
     return NewEvent("run_stopped", payload)
-
-
-@dataclass(frozen=True)
-class CallEntry:
-    """A tool call's journal entry as its holder writes it."""
-
-    step: int
-    call_index: int
-    call_id: str
-    tool: str
-    arguments: dict[str, Any]
-    state: CallState
-    result: Any = None
-    error: str = ""
 
 
 @dataclass(frozen=True)
