@@ -156,8 +156,11 @@ class Database:
     async def aclose(self) -> None:
         await self.engine.dispose()
         if self._sync_writer is not None:
-            self._write_thread.shutdown(wait=True)
-            self._sync_writer.dispose()
+            # Closed on the writer thread, after the writes queued before it.
+            await asyncio.get_running_loop().run_in_executor(
+                self._write_thread, self._sync_writer.dispose
+            )
+            self._write_thread.shutdown(wait=False)
 
     def _upgrade(self, connection: Connection) -> None:
         cfg = Config()
