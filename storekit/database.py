@@ -100,9 +100,10 @@ class Database:
                 yield conn
 
     @asynccontextmanager
-    async def single_read(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for one read statement, outside any transaction: it skips the
-        BEGIN/COMMIT round trips a one-statement read does not need."""
+    async def single_statement(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for one statement outside any transaction (a read, or on
+        PostgreSQL a write whose parts are all in that statement): it skips the
+        BEGIN/COMMIT round trips one statement does not need."""
         async with self.engine.connect() as conn:
             if self.dialect == "sqlite":
                 conn = await conn.execution_options(pilothouse_autocommit=True)

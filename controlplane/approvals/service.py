@@ -100,7 +100,7 @@ class Approvals:
                 )
         except DuplicateKey:
             # Filed at the same moment by another executor: theirs stands.
-            async with self._db.single_read() as conn:
+            async with self._db.single_statement() as conn:
                 existing = await approval_store.get(conn, tenant, id_)
             assert existing is not None
             return existing, False
@@ -109,7 +109,7 @@ class Approvals:
     async def get(self, caller: Principal, name: str) -> ApprovalRow:
         tenant, id_ = _parse(name)
         caller.require_tenant(tenant)
-        async with self._db.single_read() as conn:
+        async with self._db.single_statement() as conn:
             row = await approval_store.get(conn, tenant, id_)
         if row is None:
             raise NotFound("Approval", name)
@@ -223,7 +223,7 @@ class Approvals:
         as they are made (on this replica at once, on others within the poll interval)."""
         while True:
             waiter = self._decided
-            async with self._db.single_read() as conn:
+            async with self._db.single_statement() as conn:
                 rows = await approval_store.decided_after(conn, after, tenant=caller.tenant)
             for row in rows:
                 assert row.decision_seq is not None

@@ -78,7 +78,7 @@ class ApiKeys:
             material = keys.parse(token)
             if material is None:
                 raise Unauthenticated("malformed API key: expected ph_{id}_{secret}")
-            async with self._db.single_read() as conn:
+            async with self._db.single_statement() as conn:
                 row = await key_store.get(conn, material.id)
             if row is None or not keys.secret_matches(material.secret, row.secret_hash):
                 raise Unauthenticated("invalid API key")
@@ -146,7 +146,7 @@ class ApiKeys:
 
     async def get(self, caller: Principal, key_id: str) -> ApiKey:
         caller.require(Permission.KEYS_MANAGE)
-        async with self._db.single_read() as conn:
+        async with self._db.single_statement() as conn:
             row = await key_store.get(conn, key_id)
         return self._visible(caller, row, key_id)
 

@@ -134,7 +134,7 @@ class Registry:
 
     async def get(self, caller: Principal, kind: Kind[S], name: str) -> r.Record[S]:
         tenant, id_ = self._parse(caller, kind, name, "name")
-        async with self._db.single_read() as conn:
+        async with self._db.single_statement() as conn:
             row = await resource_store.get(conn, tenant, kind.name, id_)
         if row is None:
             raise NotFound(kind.name, name)
@@ -250,7 +250,7 @@ class Registry:
 
     async def revision(self) -> int:
         """The registry's revision: it grows with every change."""
-        async with self._db.single_read() as conn:
+        async with self._db.single_statement() as conn:
             return await revision_store.current(conn)
 
     async def export(self) -> RegistryContents:
@@ -378,7 +378,7 @@ class Registry:
     async def get_tenant(self, caller: Principal, name: str) -> r.Record[r.Tenant]:
         tenant = names.parse_tenant(name, "name")
         caller.require_tenant(tenant)
-        async with self._db.single_read() as conn:
+        async with self._db.single_statement() as conn:
             row = await tenant_store.get(conn, tenant)
         if row is None:
             raise NotFound("Tenant", name)
@@ -390,7 +390,7 @@ class Registry:
         limit = page_size(size)
         after = decode_token(token, "tenants")
         only = None if caller.tenant is None else [caller.tenant]
-        async with self._db.single_read() as conn:
+        async with self._db.single_statement() as conn:
             rows = await tenant_store.list_page(conn, after=after, limit=limit + 1, only=only)
         page, next_token = paginate(rows, limit, "tenants", lambda row: row.id)
         return [self._record(kinds.TENANT, row) for row in page], next_token

@@ -28,7 +28,7 @@ class Memory:
         query = sa.select(memory.c.value).where(
             memory.c.tenant == tenant, memory.c.agent == agent, memory.c.key == key
         )
-        async with self._db.single_read() as conn:
+        async with self._db.single_statement() as conn:
             value = (await conn.execute(query)).scalar_one_or_none()
         return None if value is None else json.loads(value)
 
@@ -38,7 +38,7 @@ class Memory:
             .where(memory.c.tenant == tenant, memory.c.agent == agent)
             .order_by(memory.c.key)
         )
-        async with self._db.single_read() as conn:
+        async with self._db.single_statement() as conn:
             return list((await conn.execute(query)).scalars())
 
     async def set(self, tenant: str, agent: str, key: str, value: Any) -> None:

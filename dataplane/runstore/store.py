@@ -306,14 +306,14 @@ class RunStore:
         return run, lease, True
 
     async def get(self, run_id: str) -> Run:
-        async with self._db.single_read() as conn:
+        async with self._db.single_statement() as conn:
             row = (await conn.execute(sa.select(*_RUN_COLUMNS).where(runs.c.id == run_id))).first()
         if row is None:
             raise RunNotFound(run_id)
         return _run(row)
 
     async def find_by_idempotency_key(self, tenant: str, key: str) -> Run | None:
-        async with self._db.single_read() as conn:
+        async with self._db.single_statement() as conn:
             row = (
                 await conn.execute(
                     sa.select(*_RUN_COLUMNS).where(
@@ -337,7 +337,7 @@ class RunStore:
                 )
             )
         query = query.order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)
-        async with self._db.single_read() as conn:
+        async with self._db.single_statement() as conn:
             return [_run(r) for r in await conn.execute(query)]
 
     async def history(self, run_id: str) -> tuple[list[Checkpoint], list[ToolCallRecord]]:
@@ -409,7 +409,7 @@ class RunStore:
             .order_by(run_events.c.seq)
             .limit(limit)
         )
-        async with self._db.single_read() as conn:
+        async with self._db.single_statement() as conn:
             return [
                 RunEvent(seq, t, kind, json.loads(p))
                 for seq, t, kind, p in await conn.execute(query)
@@ -431,7 +431,7 @@ class RunStore:
             .order_by(outbox.c.created_at, outbox.c.id)
             .limit(limit)
         )
-        async with self._db.single_read() as conn:
+        async with self._db.single_statement() as conn:
             return [
                 OutboxEvent(id_, tenant, run_id, kind, type_, json.loads(payload), at)
                 for id_, tenant, run_id, kind, type_, payload, at in await conn.execute(query)
@@ -634,7 +634,7 @@ class RunStore:
             else json.dumps(call.result, sort_keys=True),
             "c_error": call.error if call else "",
         }
-        async with self._db.single_read() as conn:
+        async with self._db.single_statement() as conn:
             row = (await conn.execute(_PG_CHECKPOINT, params)).first()
         if row is None:
             raise LeaseLost(f"run {lease.run_id}: token {lease.token} is no longer current")
@@ -917,7 +917,7 @@ class RunStore:
             .limit(limit)
         )
         n = len(_RUN_COLUMNS)
-        async with self._db.single_read() as conn:
+        async with self._db.single_statement() as conn:
             rows = list(await conn.execute(query))
         return [
             (
