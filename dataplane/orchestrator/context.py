@@ -15,7 +15,6 @@ from google.protobuf import json_format
 from dataplane.config.snapshot import ExecutorConfig
 from dataplane.models.scripted import estimate_tokens
 from dataplane.models.types import ToolSpec
-from dataplane.tools.router import agent_tools
 from pilothouse.v1 import agent_pb2, prompt_pb2, tool_pb2
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z][A-Za-z0-9_]*)\s*\}\}")
@@ -155,11 +154,11 @@ def resolve(
             f"variables[{unknown[0]}]", f"the prompt declares no variable {unknown[0]!r}"
         )
     system = PLACEHOLDER.sub(lambda m: values.get(m[1], m[0]), version.template)
-    tools = {t.name: t for t in config.all(tool_pb2.Tool)}
-    return RunContext(
-        agent,
-        version,
-        agent.model_route or version.model_route,
-        agent_tools(agent, tools),
-        system,
-    )
+    # By the name the model sees (the tool's id); looked up one by one, not by a pass
+    # over every tool of the snapshot.
+    tools = {
+        name.rsplit("/", 1)[-1]: tool
+        for name in agent.tools
+        if (tool := config.get(tool_pb2.Tool, name)) is not None
+    }
+    return RunContext(agent, version, agent.model_route or version.model_route, tools, system)

@@ -100,6 +100,8 @@ class RunLoop:
     """Set before cancelling the task that runs ``execute`` to stop the run as cancelled."""
     fresh: bool = False
     """The run was created for this loop just now: it has no history to read back."""
+    context: RunContext | None = None
+    """The context the run was admitted with, from ``config``; resolved anew if None."""
     _last_call: tuple[CallEntry, list[NewEvent]] | None = None
     _usage: Usage = field(default_factory=Usage)
 
@@ -150,7 +152,7 @@ class RunLoop:
 
     async def _drive(self) -> None:
         request = self.run.request
-        ctx = resolve(
+        ctx = self.context or resolve(
             self.config,
             self.run.agent,
             request.get("variables", {}),

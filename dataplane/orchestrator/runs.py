@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from dataplane.config.snapshot import ExecutorConfig
 from dataplane.config.watcher import ConfigWatcher
 from dataplane.models.gateway import ModelGateway
-from dataplane.orchestrator.context import AdmissionError, limits, resolve
+from dataplane.orchestrator.context import AdmissionError, RunContext, limits, resolve
 from dataplane.orchestrator.loop import RunLoop
 from dataplane.runstore.model import Lease, Run, RunEvent, RunState
 from dataplane.runstore.store import NewRun, RunStore
@@ -123,18 +124,34 @@ class Runs:
             owner=self.owner,
         )
         if lease is not None:
-            self._launch(run, lease, fresh=True)
+            self._launch(run, lease, admitted=(config, ctx))
         elif created:
             self._wake.set()
         return run, created
 
     # -- running ---------------------------------------------------------------------
 
-    def _launch(self, run: Run, lease: Lease, *, fresh: bool = False) -> None:
-        config = self._watcher.current
+    def _launch(
+        self,
+        run: Run,
+        lease: Lease,
+        *,
+        admitted: tuple[ExecutorConfig, RunContext] | None = None,
+    ) -> None:
+        """Drive ``run``; ``admitted``: it was created just now, with this configuration
+        and context (so it has no history, and its context need not be resolved again)."""
+        config = admitted[0] if admitted else self._watcher.current
         assert config is not None
         loop = RunLoop(
-            self._store, self._gateway, self._router, config, run, lease, self.notify, fresh=fresh
+            self._store,
+            self._gateway,
+            self._router,
+            config,
+            run,
+            lease,
+            self.notify,
+            fresh=admitted is not None,
+            context=admitted[1] if admitted else None,
         )
 
         async def go() -> None:

@@ -24,7 +24,7 @@ from jsonschema.exceptions import best_match
 from dataplane.runstore.memory import Memory
 from dataplane.tools.builtin import BUILTINS, CallContext, ToolFailure
 from dataplane.tools.mcp import McpSessions, McpUnavailable
-from pilothouse.v1 import agent_pb2, tool_pb2
+from pilothouse.v1 import tool_pb2
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -37,13 +37,6 @@ class ToolOutcome:
     executed: bool
     """False when the call was refused or invalid and nothing ran."""
     attempts: int = 0
-
-
-def agent_tools(
-    agent: agent_pb2.Agent, tools: dict[str, tool_pb2.Tool]
-) -> dict[str, tool_pb2.Tool]:
-    """The agent's tools by the name the model sees (the tool's id)."""
-    return {name.rsplit("/", 1)[-1]: tools[name] for name in agent.tools if name in tools}
 
 
 class ToolRouter:
