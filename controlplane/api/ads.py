@@ -151,21 +151,17 @@ def _varint(value: int) -> bytes:
 
 
 def add_to_server(servicer: AdsServicer, server: grpc.aio.Server) -> None:
-    """Serve ADS with responses that may come already serialised (see EncodedResponses)."""
-    handler = grpc.stream_stream_rpc_method_handler(
-        servicer.StreamAggregatedResources,
-        request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
-        response_serializer=_serialise_response,
+    """Serve ADS; its responses come already serialised (see EncodedResponses), so they
+    go out as they are."""
+    handler: grpc.RpcMethodHandler[discovery_pb2.DiscoveryRequest, bytes] = (
+        grpc.stream_stream_rpc_method_handler(
+            servicer.StreamAggregatedResources,
+            request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+        )
     )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(ADS_SERVICE, {"StreamAggregatedResources": handler}),)
     )
-
-
-def _serialise_response(response: bytes | discovery_pb2.DiscoveryResponse) -> bytes:
-    if isinstance(response, bytes):
-        return response
-    return bytes(response.SerializeToString())
 
 
 @dataclass

@@ -98,10 +98,10 @@ class RunLoop:
     """Called after every write, so watchers of this executor see events at once."""
     cancel_reason: str = ""
     """Set before cancelling the task that runs ``execute`` to stop the run as cancelled."""
-    fresh: bool = False
-    """The run was created for this loop just now: it has no history to read back."""
-    context: RunContext | None = None
-    """The context the run was admitted with, from ``config``; resolved anew if None."""
+    admitted: RunContext | None = None
+    """Set when the run was admitted here just now: the context it was admitted with
+    (from ``config``), and a run with no history to read back. None: resolve the context
+    and resume from the run store."""
     _last_call: tuple[CallEntry, list[NewEvent]] | None = None
     _usage: Usage = field(default_factory=Usage)
 
@@ -152,7 +152,7 @@ class RunLoop:
 
     async def _drive(self) -> None:
         request = self.run.request
-        ctx = self.context or resolve(
+        ctx = self.admitted or resolve(
             self.config,
             self.run.agent,
             request.get("variables", {}),
@@ -161,7 +161,7 @@ class RunLoop:
         limits = Limits.from_dict(request.get("limits", {}))
         checkpoints: list[Checkpoint] = []
         journal: list[ToolCallRecord] = []
-        if not self.fresh:
+        if self.admitted is None:
             checkpoints, journal = await self.store.history(self.run.id)
         messages = [
             ChatMessage.from_dict(m) for cp in checkpoints for m in cp.delta.get("messages", [])

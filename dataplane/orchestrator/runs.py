@@ -60,7 +60,6 @@ class Runs:
         self._watcher = watcher
         self.owner = owner
         self._poll = poll_interval
-        self._slots = asyncio.Semaphore(max_concurrent)
         self._max_concurrent = max_concurrent
         self._loops: dict[str, tuple[RunLoop, asyncio.Task[None]]] = {}
         self._subscribers: dict[str, set[_Subscriber]] = {}
@@ -150,25 +149,23 @@ class Runs:
             run,
             lease,
             self.notify,
-            fresh=admitted is not None,
-            context=admitted[1] if admitted else None,
+            admitted=admitted[1] if admitted else None,
         )
 
         async def go() -> None:
-            async with self._slots:
-                try:
-                    await loop.execute()
-                except Exception:
-                    log.exception("run failed unexpectedly", extra={"run": run.id})
-                    with contextlib.suppress(Exception):
-                        await self._store.release(
-                            loop.lease, retry_after=RETRY_AFTER_ERROR, error="executor error"
-                        )
-                finally:
-                    self._loops.pop(run.id, None)
-                    self.notify(run.id)
-                    if self._on_pause is not None:
-                        self._on_pause()
+            try:
+                await loop.execute()
+            except Exception:
+                log.exception("run failed unexpectedly", extra={"run": run.id})
+                with contextlib.suppress(Exception):
+                    await self._store.release(
+                        loop.lease, retry_after=RETRY_AFTER_ERROR, error="executor error"
+                    )
+            finally:
+                self._loops.pop(run.id, None)
+                self.notify(run.id)
+                if self._on_pause is not None:
+                    self._on_pause()
 
         self._loops[run.id] = (loop, asyncio.create_task(go(), name=f"run-{run.id}"))
 

@@ -131,6 +131,24 @@ def _call_update_statement(columns: tuple[str, ...], started: bool) -> sa.Update
     )
 
 
+def _payload_texts(events: Sequence[NewEvent]) -> list[str]:
+    return [json.dumps(e.payload, sort_keys=True, default=str) for e in events]
+
+
+def _as_written(
+    run_id: str, first_seq: int, events: Sequence[NewEvent], texts: list[str], now: datetime
+) -> list[tuple[str, RunEvent]]:
+    """Events as listeners hear them: the payloads as a read would give them back."""
+    return [
+        (run_id, RunEvent(first_seq + i, now, e.type, json.loads(text)))
+        for i, (e, text) in enumerate(zip(events, texts, strict=True))
+    ]
+
+
+def _result_text(result: Any) -> str:
+    return "" if result is None else json.dumps(result, sort_keys=True)
+
+
 @dataclass(frozen=True)
 class _Fenced:
     first_event_seq: int
@@ -226,7 +244,7 @@ class RunStore:
     ) -> None:
         if not events:
             return
-        texts = [json.dumps(e.payload, sort_keys=True, default=str) for e in events]
+        texts = _payload_texts(events)
         prepared.run(
             conn,
             _INSERT_EVENT,
@@ -243,11 +261,7 @@ class RunStore:
         )
         written = conn.info.get(_WRITTEN)
         if written is not None:
-            # Listeners get the payloads as a read would give them back.
-            written.extend(
-                (run_id, RunEvent(first_seq + i, now, e.type, json.loads(text)))
-                for i, (e, text) in enumerate(zip(events, texts, strict=True))
-            )
+            written.extend(_as_written(run_id, first_seq, events, texts, now))
 
     # -- creating and reading ----------------------------------------------------------
 
@@ -467,20 +481,28 @@ class RunStore:
                     fenced=False,
                 )
                 return None
-            values: dict[str, Any] = {
-                "state": RunState.RUNNING,
-                "lease_owner": owner,
-                "lease_expires_at": expires,
-                "fencing_token": run.fencing_token + 1,
-                "attempts": attempts,
-                "updated_at": now,
-            }
+            claimed = replace(
+                run,
+                state=RunState.RUNNING,
+                lease_owner=owner,
+                lease_expires_at=expires,
+                fencing_token=run.fencing_token + 1,
+                attempts=attempts,
+                updated_at=now,
+            )
             conn.execute(
                 runs.update()
                 .where(runs.c.id == run.id)
-                .values(**{**values, "state": RunState.RUNNING.value})
+                .values(
+                    state=claimed.state.value,
+                    lease_owner=owner,
+                    lease_expires_at=expires,
+                    fencing_token=claimed.fencing_token,
+                    attempts=attempts,
+                    updated_at=now,
+                )
             )
-            return Lease(run.id, owner, run.fencing_token + 1, expires), replace(run, **values)
+            return Lease(run.id, owner, claimed.fencing_token, expires), claimed
 
         return await self._write(claim)
 
@@ -608,7 +630,7 @@ class RunStore:
     ) -> _Fenced:
         """The checkpoint as one statement, committed on its own: on PostgreSQL each
         statement is a round trip, and a transaction of five would cost five more."""
-        texts = [json.dumps(e.payload, sort_keys=True, default=str) for e in events]
+        texts = _payload_texts(events)
         params: dict[str, Any] = {
             "run": lease.run_id,
             "token": lease.token,
@@ -629,9 +651,7 @@ class RunStore:
             "c_tool": call.tool if call else "",
             "c_args": json.dumps(call.arguments, sort_keys=True) if call else "",
             "c_state": call.state.value if call else "",
-            "c_result": ""
-            if call is None or call.result is None
-            else json.dumps(call.result, sort_keys=True),
+            "c_result": _result_text(call.result) if call else "",
             "c_error": call.error if call else "",
         }
         async with self._db.single_statement() as conn:
@@ -640,26 +660,17 @@ class RunStore:
             raise LeaseLost(f"run {lease.run_id}: token {lease.token} is no longer current")
         next_event, next_checkpoint, cancel = row
         first = int(next_event) - len(events)
-        written.extend(
-            (lease.run_id, RunEvent(first + i, now, e.type, json.loads(text)))
-            for i, (e, text) in enumerate(zip(events, texts, strict=True))
-        )
+        written.extend(_as_written(lease.run_id, first, events, texts, now))
         return _Fenced(first, int(next_checkpoint) - 1, bool(cancel))
 
     def _append_events(
-        self,
-        conn: Connection,
-        lease: Lease | None,
-        events: Sequence[NewEvent],
-        now: datetime,
-        run_id: str | None = None,
+        self, conn: Connection, run_id: str, events: Sequence[NewEvent], now: datetime
     ) -> int:
         """Insert events after the run's last; the next free sequence number."""
-        target = run_id or (lease.run_id if lease else "")
         seq = int(
-            conn.execute(sa.select(runs.c.next_event_seq).where(runs.c.id == target)).scalar_one()
+            conn.execute(sa.select(runs.c.next_event_seq).where(runs.c.id == run_id)).scalar_one()
         )
-        self._insert_events(conn, target, seq, events, now)
+        self._insert_events(conn, run_id, seq, events, now)
         return seq + len(events)
 
     async def record_call(
@@ -690,7 +701,7 @@ class RunStore:
     def _write_call(conn: Connection, run_id: str, entry: CallEntry, now: datetime) -> None:
         values: dict[str, Any] = {
             "state": entry.state.value,
-            "result": "" if entry.result is None else json.dumps(entry.result, sort_keys=True),
+            "result": _result_text(entry.result),
             "error": entry.error,
         }
         started = entry.state is CallState.STARTED
@@ -760,7 +771,7 @@ class RunStore:
         fenced: bool,
         owner: str = "",
     ) -> None:
-        seq = self._append_events(conn, None, events, now, run_id=run_id)
+        seq = self._append_events(conn, run_id, events, now)
         condition = runs.c.id == run_id
         if fenced:
             condition = condition & (runs.c.fencing_token == token) & (runs.c.lease_owner == owner)
@@ -842,14 +853,8 @@ class RunStore:
         now = _now()
 
         def tx(conn: Connection) -> None:
-            attempts = (
-                int(
-                    (
-                        conn.execute(sa.select(runs.c.attempts).where(runs.c.id == lease.run_id))
-                    ).scalar_one()
-                )
-                + 1
-            )
+            lost = conn.execute(sa.select(runs.c.attempts).where(runs.c.id == lease.run_id))
+            attempts = int(lost.scalar_one()) + 1
             if attempts >= self.max_attempts:
                 why = f"failed {attempts} times; last: {error}"
                 self._finish(
@@ -984,7 +989,7 @@ class RunStore:
             )
             if result.rowcount != 1:
                 return False
-            seq = self._append_events(conn, None, events, now, run_id=run_id)
+            seq = self._append_events(conn, run_id, events, now)
             conn.execute(runs.update().where(runs.c.id == run_id).values(next_event_seq=seq))
             return True
 

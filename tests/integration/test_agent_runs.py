@@ -164,6 +164,13 @@ async def support_agent(
     return tenant
 
 
+def start_request(tenant: str) -> run_pb2.StartRunRequest:
+    """An asynchronous run of the support agent's helper."""
+    return run_pb2.StartRunRequest(
+        agent=f"tenants/{tenant}/agents/helper", input="x", variables={"customer": "Ada"}
+    )
+
+
 def kinds(events: list[run_pb2.RunEvent]) -> list[str]:
     return [e.WhichOneof("event") or "" for e in events]
 
@@ -292,12 +299,7 @@ async def test_every_watcher_of_a_run_sees_all_its_events(
         key = await s.client_key(tenant)
         await s.settled()
         md = (("authorization", f"Bearer {key}"),)
-        started = await s.agents.StartRun(
-            run_pb2.StartRunRequest(
-                agent=f"tenants/{tenant}/agents/helper", input="x", variables={"customer": "Ada"}
-            ),
-            metadata=md,
-        )
+        started = await s.agents.StartRun(start_request(tenant), metadata=md)
 
         async def watch() -> list[int]:
             request = run_pb2.WatchRunRequest(name=started.run.name)
@@ -395,14 +397,7 @@ async def test_start_run_is_picked_up_by_the_pool(
         key = await s.client_key(tenant)
         await s.settled()
         md = (("authorization", f"Bearer {key}"),)
-        started = await s.agents.StartRun(
-            run_pb2.StartRunRequest(
-                agent=f"tenants/{tenant}/agents/helper",
-                input="x",
-                variables={"customer": "Ada"},
-            ),
-            metadata=md,
-        )
+        started = await s.agents.StartRun(start_request(tenant), metadata=md)
         assert started.created and started.run.state == run_pb2.RUN_STATE_QUEUED
         events = [
             r.event
