@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from dataplane.api.agents import AgentServicer
 from dataplane.approvals import ApprovalBridge
 from dataplane.config.watcher import ConfigWatcher
+from dataplane.http1 import http_client
 from dataplane.models.gateway import ModelGateway
 from dataplane.orchestrator.runs import Runs
 from dataplane.runstore.database import open_run_database
@@ -90,11 +91,7 @@ class Executor:
         await db.migrate()
         await watcher.start()
         store = RunStore(db, lease_ttl=timedelta(seconds=settings.lease_ttl))
-        # The gateway owns retrying: the HTTP client's own retries stay off.
-        http = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(retries=0),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=1000),
-        )
+        http = http_client()
         mcp = McpSessions()
         runs = Runs(
             store,

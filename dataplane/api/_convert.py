@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf import json_format
 
 from dataplane.runstore.model import Run, RunEvent, RunState, StopReason
@@ -55,9 +57,19 @@ def run_to_proto(run: Run) -> run_pb2.Run:
 
 
 def event_to_proto(run: Run | str, event: RunEvent) -> run_pb2.RunEvent:
-    message = run_pb2.RunEvent(
-        run=run if isinstance(run, str) else run_name(run), sequence=event.seq
-    )
+    name = run if isinstance(run, str) else run_name(run)
+    try:
+        # The payloads the loop writes use the messages' field names, nested messages as
+        # dicts and enums by name, which the constructor takes directly: several times
+        # cheaper than json_format, and this runs for every event sent to every watcher.
+        oneof: dict[str, Any] = {event.type: event.payload}
+        message = run_pb2.RunEvent(run=name, sequence=event.seq, **oneof)
+    except (ValueError, TypeError):
+        # Not of that shape (an unknown field, a JSON-style value): the JSON mapping,
+        # which skips what it does not know.
+        message = run_pb2.RunEvent(run=name, sequence=event.seq)
+        json_format.ParseDict(
+            event.payload, getattr(message, event.type), ignore_unknown_fields=True
+        )
     message.time.FromDatetime(event.time)
-    json_format.ParseDict(event.payload, getattr(message, event.type), ignore_unknown_fields=True)
     return message

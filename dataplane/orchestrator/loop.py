@@ -102,6 +102,8 @@ class RunLoop:
     """Set when the run was admitted here just now: the context it was admitted with
     (from ``config``), and a run with no history to read back. None: resolve the context
     and resume from the run store."""
+    paused: bool = False
+    """Set when the run stopped to wait for a person's approval."""
     _last_call: tuple[CallEntry, list[NewEvent]] | None = None
     _usage: Usage = field(default_factory=Usage)
 
@@ -441,6 +443,7 @@ class RunLoop:
                             )
                         ],
                     )
+                    self.paused = True
                     self._notify()
                     return None
                 if record is not None and record.state is CallState.DENIED:

@@ -162,9 +162,12 @@ class Runs:
                         loop.lease, retry_after=RETRY_AFTER_ERROR, error="executor error"
                     )
             finally:
+                full = len(self._loops) >= self._max_concurrent
                 self._loops.pop(run.id, None)
+                if full:
+                    self._wake.set()  # a slot is free: queued runs need not wait for a poll
                 self.notify(run.id)
-                if self._on_pause is not None:
+                if loop.paused and self._on_pause is not None:
                     self._on_pause()
 
         self._loops[run.id] = (loop, asyncio.create_task(go(), name=f"run-{run.id}"))

@@ -29,6 +29,7 @@ import grpc
 import httpx
 
 from controlplane import launch
+from dataplane.http1 import http_client
 from pilothouse.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -164,8 +165,9 @@ async def one_run(stub: run_pb2_grpc.AgentServiceStub, key: str) -> float:
     return elapsed
 
 
-async def direct_calls(fake: FakeOpenAI) -> float:
-    """The same five model calls, made directly: what the run's steps cannot go below."""
+async def direct_calls(fake: FakeOpenAI, http: httpx.AsyncClient) -> float:
+    """The same five model calls, made directly with the executor's HTTP client on a
+    kept-alive connection, as the executor's are: what the run's steps cannot go below."""
     body = {
         "model": "fake",
         "messages": [{"role": "user", "content": "go"}],
@@ -174,12 +176,11 @@ async def direct_calls(fake: FakeOpenAI) -> float:
             {"type": "function", "function": {"name": "calc", "parameters": {"type": "object"}}}
         ],
     }
-    async with httpx.AsyncClient() as http:
-        started = time.perf_counter()
-        for _ in range(STEPS):
-            async with http.stream("POST", fake.base_url + "/chat/completions", json=body) as r:
-                await r.aread()
-        return time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(STEPS):
+        async with http.stream("POST", fake.base_url + "/chat/completions", json=body) as r:
+            await r.aread()
+    return time.perf_counter() - started
 
 
 def pct(values: list[float], q: float) -> float:
@@ -264,13 +265,14 @@ async def measure(run_store_url: str, workdir: Path) -> dict[str, Any]:
             for _ in range(10):  # warm up
                 await one_run(stub, client_key)
             overheads = []
-            for _ in range(RUNS):
-                script(fake, 1)
-                base = await direct_calls(fake)
-                fake.script.clear()
-                script(fake, 1)
-                run = await one_run(stub, client_key)
-                overheads.append((run - base) / STEPS)
+            async with http_client() as http:
+                for _ in range(RUNS):
+                    script(fake, 1)
+                    base = await direct_calls(fake, http)
+                    fake.script.clear()
+                    script(fake, 1)
+                    run = await one_run(stub, client_key)
+                    overheads.append((run - base) / STEPS)
             script(fake, 100_000)
             done = 0
             stop_at = time.perf_counter() + CONCURRENT_SECONDS

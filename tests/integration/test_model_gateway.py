@@ -14,6 +14,7 @@ import pytest
 from google.protobuf import any_pb2
 
 from dataplane.config.snapshot import ExecutorConfig, parse
+from dataplane.http1 import http_client
 from dataplane.models.breaker import Breakers
 from dataplane.models.gateway import ModelGateway, NoModelAvailable, RetryPolicy, weighted_pick
 from dataplane.models.types import ChatMessage, ChatRequest, ProviderError, ToolSpec
@@ -32,7 +33,7 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
+    async with http_client() as client:
         yield client
 
 

@@ -7,8 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-import httpx
-
+from dataplane.http1 import http_client
 from dataplane.runstore.memory import Memory
 from dataplane.tools.mcp import McpSessions
 from dataplane.tools.router import ToolRouter
@@ -33,7 +32,7 @@ async def deadline() -> float:
 
 
 async def test_memory_is_kept_per_tenant_and_agent(run_db: Database) -> None:
-    async with httpx.AsyncClient() as http:
+    async with http_client() as http:
         router = ToolRouter(http, Memory(run_db))
         tool = builtin("memory")
 
@@ -66,7 +65,7 @@ async def test_memory_is_kept_per_tenant_and_agent(run_db: Database) -> None:
 
 
 async def test_calculator_is_arithmetic_only() -> None:
-    async with httpx.AsyncClient() as http:
+    async with http_client() as http:
         router = ToolRouter(http)
         tool = builtin("calculator")
         ok = await router.execute(
@@ -83,7 +82,7 @@ async def test_calculator_is_arithmetic_only() -> None:
 async def test_http_tools_carry_the_idempotency_key_and_retry_only_if_idempotent() -> None:
     server = await RefundTool().start()
     try:
-        async with httpx.AsyncClient() as http:
+        async with http_client() as http:
             router = ToolRouter(http)
             tool = tool_pb2.Tool(kind=tool_pb2.TOOL_KIND_HTTP, endpoint=server.url)
             tool.input_schema.update({"type": "object"})
@@ -117,7 +116,7 @@ async def mcp_router(connect_timeout: float = 10.0) -> AsyncIterator[ToolRouter]
     """A router whose MCP sessions are closed afterwards."""
     mcp = McpSessions(connect_timeout=connect_timeout)
     try:
-        async with httpx.AsyncClient() as http:
+        async with http_client() as http:
             yield ToolRouter(http, mcp=mcp)
     finally:
         await mcp.aclose()

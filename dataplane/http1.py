@@ -1,0 +1,347 @@
+"""The executor's HTTP client: httpx over a lean HTTP/1.1 transport.
+
+Model and tool calls are the executor's hot path. With httpx's default transport
+(httpcore on anyio, h11 framing) a streamed model call cost about a third of the
+executor's CPU per step in the run benchmark: every request enters several anyio cancel
+scopes, asks which async library is running and parses the response event by event.
+``Http1Transport`` keeps httpx's client API (timeouts, headers, content decoding, its
+exception classes) and does the wire part on asyncio streams: kept-alive connections
+pooled per origin, Content-Length, chunked and read-to-close bodies, TLS with an
+``ssl.SSLContext``. It speaks neither HTTP/2 nor proxies; model providers and tool
+endpoints are reached directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+import httpx
+
+T = TypeVar("T")
+Origin = tuple[str, str, int]
+
+_HEAD_LIMIT = 64 * 1024
+_READ_SIZE = 64 * 1024
+_NO_BODY = frozenset({204, 304})
+
+
+def http_client(
+    *,
+    max_idle_per_origin: int = 1000,
+    idle_timeout: float = 30.0,
+    ssl_context: ssl.SSLContext | None = None,
+) -> httpx.AsyncClient:
+    """The client model and tool calls go through. It never retries on its own: the model
+    gateway and the tool router decide what may be retried."""
+    return httpx.AsyncClient(
+        transport=Http1Transport(
+            max_idle_per_origin=max_idle_per_origin,
+            idle_timeout=idle_timeout,
+            ssl_context=ssl_context,
+        )
+    )
+
+
+class _Connection:
+    __slots__ = ("reader", "writer", "idle_since")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.idle_since = 0.0
+
+    def usable(self, now: float, idle_timeout: float) -> bool:
+        """Whether an idle connection may carry another request: the server has not
+        closed it (its FIN would have been read) and it has not idled too long."""
+        return (
+            not self.reader.at_eof()
+            and not self.writer.is_closing()
+            and now - self.idle_since < idle_timeout
+        )
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Http1Transport(httpx.AsyncBaseTransport):
+    def __init__(
+        self,
+        *,
+        max_idle_per_origin: int = 1000,
+        idle_timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._max_idle = max_idle_per_origin
+        self._idle_timeout = idle_timeout
+        self._ssl_context = ssl_context
+        self._idle: dict[Origin, list[_Connection]] = {}
+        self._closed = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._closed:
+            raise httpx.UnsupportedProtocol("the transport is closed", request=request)
+        url = request.url
+        if url.scheme not in ("http", "https"):
+            raise httpx.UnsupportedProtocol(
+                f"unsupported URL scheme {url.scheme!r}", request=request
+            )
+        origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        timeouts = request.extensions.get("timeout", {})
+        read_timeout: float | None = timeouts.get("read")
+        connection = self._checkout(origin)
+        if connection is None:
+            connection = await self._connect(origin, timeouts.get("connect"), request)
+        try:
+            await _guard(
+                _send(connection, request),
+                timeouts.get("write"),
+                request,
+                httpx.WriteTimeout,
+                httpx.WriteError,
+            )
+            status, reason, headers, http11 = await _guard(
+                _read_head(connection.reader),
+                read_timeout,
+                request,
+                httpx.ReadTimeout,
+                httpx.ReadError,
+            )
+            body = _Body(self, origin, connection, request, read_timeout)
+            body.frame(request.method, status, headers, http11)
+        except BaseException:
+            connection.close()
+            raise
+        return httpx.Response(
+            status,
+            headers=headers,
+            stream=body,
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason},
+        )
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for connections in self._idle.values():
+            for connection in connections:
+                connection.close()
+        self._idle.clear()
+
+    def _checkout(self, origin: Origin) -> _Connection | None:
+        idle = self._idle.get(origin)
+        now = time.monotonic()
+        while idle:
+            connection = idle.pop()
+            if connection.usable(now, self._idle_timeout):
+                return connection
+            connection.close()
+        return None
+
+    def release(self, origin: Origin, connection: _Connection) -> None:
+        """Take back a connection whose response was read to its end."""
+        idle = self._idle.setdefault(origin, [])
+        if self._closed or len(idle) >= self._max_idle:
+            connection.close()
+            return
+        connection.idle_since = time.monotonic()
+        idle.append(connection)
+
+    async def _connect(
+        self, origin: Origin, timeout: float | None, request: httpx.Request
+    ) -> _Connection:
+        scheme, host, port = origin
+        tls: ssl.SSLContext | None = None
+        if scheme == "https":
+            if self._ssl_context is None:
+                self._ssl_context = httpx.create_ssl_context()
+            tls = self._ssl_context
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(
+                    host,
+                    port,
+                    ssl=tls,
+                    server_hostname=host if tls else None,
+                    limit=_HEAD_LIMIT,
+                )
+        except TimeoutError as e:
+            raise httpx.ConnectTimeout(
+                f"connecting to {host}:{port} timed out", request=request
+            ) from e
+        except (OSError, ssl.SSLError) as e:
+            raise httpx.ConnectError(f"connecting to {host}:{port}: {e}", request=request) from e
+        return _Connection(reader, writer)
+
+
+async def _guard(
+    work: Awaitable[T],
+    timeout: float | None,
+    request: httpx.Request,
+    on_timeout: type[httpx.TimeoutException],
+    on_error: type[httpx.NetworkError],
+) -> T:
+    """Await one step of an exchange under its timeout; failures as httpx's exceptions."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await work
+    except TimeoutError as e:
+        raise on_timeout(f"timed out after {timeout} s", request=request) from e
+    except asyncio.IncompleteReadError as e:
+        raise httpx.RemoteProtocolError(
+            "the server closed the connection mid-response", request=request
+        ) from e
+    except (asyncio.LimitOverrunError, ValueError) as e:
+        raise httpx.RemoteProtocolError(f"malformed response: {e}", request=request) from e
+    except OSError as e:
+        raise on_error(f"{e!r}", request=request) from e
+
+
+async def _send(connection: _Connection, request: httpx.Request) -> None:
+    body = await request.aread()
+    head = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), request.url.raw_path)]
+    chunked = False
+    for name, value in request.headers.raw:
+        if name.lower() == b"transfer-encoding":
+            chunked = b"chunked" in value.lower()
+            continue
+        head.append(b"%s: %s\r\n" % (name, value))
+    if chunked:
+        # The body was a stream of unknown length; it has been read whole, so it is sent
+        # with its length instead.
+        head.append(b"content-length: %d\r\n" % len(body))
+    head.append(b"\r\n")
+    connection.writer.write(b"".join(head) + body)
+    await connection.writer.drain()
+
+
+async def _read_head(
+    reader: asyncio.StreamReader,
+) -> tuple[int, bytes, list[tuple[bytes, bytes]], bool]:
+    while True:
+        raw = await reader.readuntil(b"\r\n\r\n")
+        status_line, *lines = raw[:-4].split(b"\r\n")
+        version, _, rest = status_line.partition(b" ")
+        code, _, reason = rest.partition(b" ")
+        if not version.startswith(b"HTTP/1.") or len(code) != 3:
+            raise ValueError(f"bad status line {status_line[:100]!r}")
+        status = int(code)
+        if 100 <= status < 200 and status != 101:
+            continue  # an informational response precedes the real one
+        headers = []
+        for line in lines:
+            name, colon, value = line.partition(b":")
+            if not colon or not name or name != name.strip():
+                raise ValueError(f"bad header line {line[:100]!r}")
+            headers.append((name, value.strip()))
+        return status, reason, headers, version == b"HTTP/1.1"
+
+
+class _Body(httpx.AsyncByteStream):
+    """A response body, read off its connection; the connection goes back to the pool when
+    the body was read to its end and both sides allow reuse, and is closed otherwise."""
+
+    def __init__(
+        self,
+        transport: Http1Transport,
+        origin: Origin,
+        connection: _Connection,
+        request: httpx.Request,
+        read_timeout: float | None,
+    ) -> None:
+        self._transport = transport
+        self._origin = origin
+        self._connection = connection
+        self._request = request
+        self._timeout = read_timeout
+        self._length: int | None = None
+        self._chunked = False
+        self._keep_alive = False
+        self._complete = False
+        self._closed = False
+
+    def frame(
+        self, method: str, status: int, headers: list[tuple[bytes, bytes]], http11: bool
+    ) -> None:
+        connection_tokens = b""
+        encoding = b""
+        length: bytes | None = None
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                length = value
+            elif lowered == b"transfer-encoding":
+                encoding = value.lower()
+            elif lowered == b"connection":
+                connection_tokens = value.lower()
+        asked_close = b"close" in self._request.headers.get("connection", "").lower().encode()
+        self._keep_alive = http11 and b"close" not in connection_tokens and not asked_close
+        if method == "HEAD" or status in _NO_BODY:
+            self._length = 0
+        elif b"chunked" in encoding:
+            self._chunked = True
+        elif length is not None:
+            if not length.isdigit():
+                raise httpx.RemoteProtocolError(
+                    f"bad content-length {length[:40]!r}", request=self._request
+                )
+            self._length = int(length)
+        else:
+            self._keep_alive = False  # the body ends when the server closes
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        reader = self._connection.reader
+        try:
+            if self._chunked:
+                async for chunk in self._chunks(reader):
+                    yield chunk
+            elif self._length is not None:
+                remaining = self._length
+                while remaining:
+                    chunk = await self._read(reader.read(min(remaining, _READ_SIZE)))
+                    if not chunk:
+                        raise httpx.RemoteProtocolError(
+                            f"the server closed the connection {remaining} bytes short",
+                            request=self._request,
+                        )
+                    remaining -= len(chunk)
+                    yield chunk
+            else:
+                while chunk := await self._read(reader.read(_READ_SIZE)):
+                    yield chunk
+            self._complete = True
+        finally:
+            await self.aclose()
+
+    async def _chunks(self, reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+        while True:
+            size_line = await self._read(reader.readuntil(b"\r\n"))
+            try:
+                size = int(size_line.split(b";", 1)[0].strip(), 16)
+            except ValueError as e:
+                raise httpx.RemoteProtocolError(
+                    f"bad chunk size {size_line[:40]!r}", request=self._request
+                ) from e
+            if size == 0:
+                while await self._read(reader.readuntil(b"\r\n")) != b"\r\n":
+                    pass  # trailer fields, unused
+                return
+            data = await self._read(reader.readexactly(size + 2))
+            if data[-2:] != b"\r\n":
+                raise httpx.RemoteProtocolError("a chunk overran its size", request=self._request)
+            yield data[:-2]
+
+    async def _read(self, work: Awaitable[T]) -> T:
+        return await _guard(work, self._timeout, self._request, httpx.ReadTimeout, httpx.ReadError)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._complete and self._keep_alive:
+            self._transport.release(self._origin, self._connection)
+        else:
+            with contextlib.suppress(Exception):
+                self._connection.close()
