@@ -316,22 +316,23 @@ class _Body(httpx.AsyncByteStream):
             await self.aclose()
 
     async def _chunks(self, reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
-        while True:
-            size_line = await self._read(reader.readuntil(b"\r\n"))
-            try:
-                size = int(size_line.split(b";", 1)[0].strip(), 16)
-            except ValueError as e:
+        # Whole reads are decoded at once: a streamed reply's many small chunks arrive
+        # together, and each await, timer and yield through httpx's layers costs.
+        decoder = ChunkedDecoder()
+        while not decoder.done:
+            data = await self._read(reader.read(_READ_SIZE))
+            if not data:
                 raise httpx.RemoteProtocolError(
-                    f"bad chunk size {size_line[:40]!r}", request=self._request
-                ) from e
-            if size == 0:
-                while await self._read(reader.readuntil(b"\r\n")) != b"\r\n":
-                    pass  # trailer fields, unused
-                return
-            data = await self._read(reader.readexactly(size + 2))
-            if data[-2:] != b"\r\n":
-                raise httpx.RemoteProtocolError("a chunk overran its size", request=self._request)
-            yield data[:-2]
+                    "the server closed the connection mid-body", request=self._request
+                )
+            try:
+                payload = decoder.feed(data)
+            except ValueError as e:
+                raise httpx.RemoteProtocolError(str(e), request=self._request) from e
+            if payload:
+                yield payload
+        if decoder.leftover:
+            self._keep_alive = False  # bytes past the body's end: do not trust the connection
 
     async def _read(self, work: Awaitable[T]) -> T:
         return await _guard(work, self._timeout, self._request, httpx.ReadTimeout, httpx.ReadError)
@@ -345,3 +346,63 @@ class _Body(httpx.AsyncByteStream):
         else:
             with contextlib.suppress(Exception):
                 self._connection.close()
+
+
+class ChunkedDecoder:
+    """Incremental decoding of a chunked transfer-coded body (RFC 9112, section 7.1)."""
+
+    _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._state = self._SIZE
+        self._remaining = 0
+        self.done = False
+
+    @property
+    def leftover(self) -> bool:
+        return bool(self._buffer)
+
+    def feed(self, data: bytes) -> bytes:
+        """The payload bytes ``data`` completes; ValueError on malformed framing."""
+        buffer = self._buffer + data if self._buffer else data
+        out: list[bytes] = []
+        pos = 0
+        while not self.done:
+            if self._state == self._DATA:
+                take = min(self._remaining, len(buffer) - pos)
+                if not take:
+                    break
+                out.append(buffer[pos : pos + take])
+                pos += take
+                self._remaining -= take
+                if not self._remaining:
+                    self._state = self._DATA_END
+            elif self._state == self._DATA_END:
+                if len(buffer) - pos < 2:
+                    break
+                if buffer[pos : pos + 2] != b"\r\n":
+                    raise ValueError("a chunk overran its size")
+                pos += 2
+                self._state = self._SIZE
+            else:
+                end = buffer.find(b"\r\n", pos)
+                if end < 0:
+                    if len(buffer) - pos > _HEAD_LIMIT:
+                        raise ValueError("a chunk size or trailer line is too long")
+                    break
+                line = buffer[pos:end]
+                pos = end + 2
+                if self._state == self._TRAILER:
+                    self.done = not line  # trailer fields are read past, unused
+                    continue
+                try:
+                    size = int(line.split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    raise ValueError(f"bad chunk size {line[:40]!r}") from None
+                if size < 0:
+                    raise ValueError(f"bad chunk size {line[:40]!r}")
+                self._remaining = size
+                self._state = self._DATA if size else self._TRAILER
+        self._buffer = buffer[pos:]
+        return b"".join(out)

@@ -4,6 +4,7 @@ LiteLLM. It never retries: the gateway owns retrying."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -103,26 +104,48 @@ class OpenAIProvider:
     stream: bool = True
 
     async def complete(self, request: ChatRequest, *, timeout: float) -> ChatResult:
-        url = self.base_url.rstrip("/") + "/chat/completions"
-        headers = {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        body = _body(self.model, request, self.stream)
+        headers = {"content-type": "application/json"}
+        if self.api_key:
+            headers["authorization"] = f"Bearer {self.api_key}"
+        # Built here rather than by the client's request builder, which merges URLs,
+        # headers and cookies on every call: the URL is parsed once per endpoint.
+        call = httpx.Request(
+            "POST",
+            _completions_url(self.base_url),
+            headers=headers,
+            content=json.dumps(_body(self.model, request, self.stream)).encode(),
+            extensions={"timeout": httpx.Timeout(timeout).as_dict()},
+        )
         try:
-            if self.stream:
-                async with self.client.stream(
-                    "POST", url, json=body, headers=headers, timeout=timeout
-                ) as response:
-                    if response.status_code >= 400:
-                        await response.aread()
-                        raise _http_error(response)
-                    return await _read_stream(response)
-            response = await self.client.post(url, json=body, headers=headers, timeout=timeout)
+            response = await self.client.send(call, stream=self.stream)
+            if not self.stream:
+                return _parse_response(response)
+            try:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise _http_error(response)
+                return await _read_stream(response)
+            finally:
+                await response.aclose()
         except httpx.TimeoutException as e:
             raise ProviderError(f"timed out: {e!r}", status=0, retryable=True) from e
         except httpx.TransportError as e:
             raise ProviderError(f"unreachable: {e!r}", status=0, retryable=True) from e
-        if response.status_code >= 400:
-            raise _http_error(response)
-        return _parse(response.json())
+
+
+@functools.lru_cache(maxsize=256)
+def _completions_url(base_url: str) -> httpx.URL:
+    return httpx.URL(base_url.rstrip("/") + "/chat/completions")
+
+
+def _parse_response(response: httpx.Response) -> ChatResult:
+    if response.status_code >= 400:
+        raise _http_error(response)
+    try:
+        data = response.json()
+    except ValueError as e:
+        raise ProviderError(f"malformed response: {e!r}", status=200) from e
+    return _parse(data)
 
 
 def _http_error(response: httpx.Response) -> ProviderError:
