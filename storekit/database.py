@@ -5,6 +5,9 @@ Alembic migrations that several processes may start at once."""
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -78,6 +81,9 @@ class Database:
             )
             _configure_sqlite(self._sync_writer)
             self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+            self._queue: collections.deque[_Queued] = collections.deque()
+            self._queue_lock = threading.Lock()
+            self._draining = False
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -135,24 +141,67 @@ class Database:
             return await conn.run_sync(_current_revision)
 
     async def write(self, body: Callable[[Connection], T]) -> T:
-        """Run ``body`` in a read-write transaction, committed when it returns.
+        """Run ``body`` atomically in a read-write transaction; return once it is committed.
 
-        ``body`` is synchronous SQLAlchemy Core. On SQLite it runs on the writer thread
-        in one go (BEGIN IMMEDIATE to COMMIT), in the order the writes were asked for; on
-        PostgreSQL on a pooled connection, each statement a round trip as usual.
+        ``body`` is synchronous SQLAlchemy Core. On SQLite it runs on the writer thread,
+        in the order the writes were asked for, with group commit: the writes that queued
+        while the thread was busy run in one transaction (BEGIN IMMEDIATE to COMMIT), each
+        in its own savepoint, so a body that raises undoes only its own writes. On
+        PostgreSQL it runs on a pooled connection in a transaction of its own.
         """
         if self._sync_writer is None:
             async with self.transaction() as conn:
                 return await conn.run_sync(body)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._write_thread, self._write_now, body)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        with self._queue_lock:
+            self._queue.append((body, future))
+            start = not self._draining
+            self._draining = True
+        if start:
+            self._write_thread.submit(self._drain)
+        result: T = await future
+        return result
 
-    def _write_now(self, body: Callable[[Connection], T]) -> T:
+    def _drain(self) -> None:
+        """On the writer thread: write what is queued, a group at a time, until nothing is."""
+        while True:
+            with self._queue_lock:
+                if not self._queue:
+                    self._draining = False
+                    return
+                group = [self._queue.popleft() for _ in range(min(len(self._queue), GROUP))]
+            outcomes = self._write_group(group)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                group[0][1].get_loop().call_soon_threadsafe(_settle, outcomes)
+
+    def _write_group(self, group: list[_Queued]) -> list[_Outcome]:
         assert self._sync_writer is not None
-        with self._sync_writer.connect() as conn:
-            conn = conn.execution_options(pilothouse_write=True)
-            with conn.begin():
-                return body(conn)
+        outcomes: list[_Outcome] = []
+        try:
+            with self._sync_writer.connect() as conn:
+                conn = conn.execution_options(pilothouse_write=True)
+                with conn.begin():
+                    if len(group) == 1:
+                        body, future = group[0]
+                        outcomes.append((future, body(conn), None))
+                    else:
+                        driver = conn.connection.dbapi_connection
+                        assert driver is not None
+                        for body, future in group:
+                            driver.execute("SAVEPOINT pilothouse_write")
+                            try:
+                                result = body(conn)
+                            except Exception as e:
+                                driver.execute("ROLLBACK TO pilothouse_write")
+                                driver.execute("RELEASE pilothouse_write")
+                                outcomes.append((future, None, e))
+                                continue
+                            driver.execute("RELEASE pilothouse_write")
+                            outcomes.append((future, result, None))
+        except BaseException as e:
+            # Nothing of the group was committed: every write of it failed.
+            return [(future, None, e) for _, future in group]
+        return outcomes
 
     async def aclose(self) -> None:
         await self.engine.dispose()
@@ -168,6 +217,25 @@ class Database:
         cfg.set_main_option("script_location", str(self.migrations))
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, "head")
+
+
+GROUP = 100
+"""At most this many writes share a transaction (and SQLite's write lock)."""
+
+_Queued = tuple[Callable[[Connection], Any], "asyncio.Future[Any]"]
+_Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    """On the event loop: hand each write's result (or error) to its caller, unless the
+    caller stopped waiting (the write was committed all the same)."""
+    for future, result, error in outcomes:
+        if future.cancelled():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
 
 def _current_revision(connection: Connection) -> str | None:

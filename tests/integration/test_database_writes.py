@@ -1,0 +1,78 @@
+"""Database.write: each body is atomic and committed when its caller hears back, also
+when many writes share a transaction (SQLite's group commit)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from dataplane.runstore.database import open_run_database
+from storekit.database import Database
+
+
+async def test_concurrent_writes_fail_alone_and_the_rest_commit(run_db: Database) -> None:
+    table = f"w_{uuid.uuid4().hex[:8]}"
+    await run_db.write(
+        lambda conn: conn.exec_driver_sql(f"CREATE TABLE {table} (k INTEGER PRIMARY KEY)")
+    )
+
+    def insert(k: int, *, then_fail: bool, twice: bool) -> Callable[[Connection], int]:
+        def body(conn: Connection) -> int:
+            conn.execute(sa.text(f"INSERT INTO {table} (k) VALUES (:k)"), {"k": k})
+            if twice:
+                conn.execute(sa.text(f"INSERT INTO {table} (k) VALUES (:k)"), {"k": k})
+            if then_fail:
+                raise ValueError(f"write {k} refused after its insert")
+            return k
+
+        return body
+
+    results = await asyncio.gather(
+        *(run_db.write(insert(k, then_fail=k == 25, twice=k == 40)) for k in range(60)),
+        return_exceptions=True,
+    )
+    assert isinstance(results[25], ValueError)
+    assert isinstance(results[40], IntegrityError)
+    assert [r for i, r in enumerate(results) if i not in (25, 40)] == [
+        k for k in range(60) if k not in (25, 40)
+    ]
+    async with run_db.snapshot() as conn:
+        stored = [k for (k,) in await conn.execute(sa.text(f"SELECT k FROM {table} ORDER BY k"))]
+    assert stored == [k for k in range(60) if k not in (25, 40)]
+
+
+async def test_on_sqlite_a_caller_that_stops_waiting_does_not_undo_its_write(
+    tmp_path: Path,
+) -> None:
+    """SQLite's writes run on the writer thread whatever the caller does; on PostgreSQL a
+    cancelled caller's transaction is rolled back (the run store shields its writes)."""
+    run_db = open_run_database(f"sqlite:///{tmp_path / 'runs.db'}")
+    await run_db.migrate()
+    table = f"w_{uuid.uuid4().hex[:8]}"
+    await run_db.write(
+        lambda conn: conn.exec_driver_sql(f"CREATE TABLE {table} (k INTEGER PRIMARY KEY)")
+    )
+    writes = [
+        asyncio.ensure_future(
+            run_db.write(
+                lambda conn, k=k: conn.execute(
+                    sa.text(f"INSERT INTO {table} (k) VALUES (:k)"), {"k": k}
+                )
+            )
+        )
+        for k in range(20)
+    ]
+    await asyncio.sleep(0)
+    writes[3].cancel()
+    await asyncio.gather(*writes, return_exceptions=True)
+    await run_db.write(lambda conn: None)  # after every write queued before it
+    async with run_db.snapshot() as conn:
+        count = (await conn.execute(sa.text(f"SELECT count(*) FROM {table}"))).scalar_one()
+    assert count == 20
+    await run_db.aclose()
