@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 @dataclass(frozen=True)
 class Outcome:
     rows: list[tuple[Any, ...]]
-    """What RETURNING gave back (empty without it)."""
+    """What a SELECT or RETURNING gave back (empty for other statements)."""
     rowcount: int
 
 
@@ -70,6 +70,11 @@ def run(
             cursor.executemany(compiled.sql, [compiled.bind(p) for p in params])
             rows = []
         return Outcome([tuple(r) for r in rows], cursor.rowcount)
+    except conn.dialect.loaded_dbapi.Error as e:
+        # As SQLAlchemy would raise it (IntegrityError for a duplicate key, and so on).
+        raise sa.exc.DBAPIError.instance(
+            compiled.sql, None, e, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect
+        ) from e
     finally:
         cursor.close()
 
@@ -83,5 +88,5 @@ def _compile(conn: Connection, statement: sa.Executable) -> _Compiled:
         names,
         {n: b.effective_value for n, b in compiled.binds.items() if not b.required},
         dict(compiled._bind_processors),
-        bool(compiled.returning),
+        bool(compiled.returning) or bool(getattr(statement, "is_select", False)),
     )

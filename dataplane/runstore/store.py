@@ -48,7 +48,9 @@ T = TypeVar("T")
 
 # The statements of every step, built once: building and keying a statement afresh costs
 # more than running it.
+_INSERT_RUN = runs.insert()
 _INSERT_EVENT = run_events.insert()
+_NEXT_EVENT_SEQ = sa.select(runs.c.next_event_seq).where(runs.c.id == sa.bindparam("run_id"))
 _INSERT_CHECKPOINT = checkpoints.insert()
 _INSERT_CALL = tool_calls.insert()
 _INSERT_OUTBOX = outbox.insert()
@@ -108,6 +110,43 @@ def _fence_statement(columns: tuple[str, ...], checkpoint: bool) -> sa.Update:
         )
         .values(values)
         .returning(runs.c.next_event_seq, runs.c.next_checkpoint_seq, runs.c.cancel_requested)
+    )
+
+
+@functools.cache
+def _finish_statement(fenced: bool) -> sa.Update:
+    """End a run that is not finished yet (``f_run``); ``fenced``: only if the lease is
+    still the holder's (``f_token``, ``f_owner``). Returns what the audit record needs."""
+    condition = runs.c.id == sa.bindparam("f_run")
+    if fenced:
+        condition = (
+            condition
+            & (runs.c.fencing_token == sa.bindparam("f_token"))
+            & (runs.c.lease_owner == sa.bindparam("f_owner"))
+        )
+    now = sa.bindparam("v_now", type_=runs.c.updated_at.type)
+    return (
+        runs.update()
+        .where(condition, runs.c.state != RunState.FINISHED.value)
+        .values(
+            state=RunState.FINISHED.value,
+            stop_reason=sa.bindparam("v_stop_reason"),
+            stop_detail=sa.bindparam("v_stop_detail"),
+            final_answer=sa.bindparam("v_final_answer"),
+            lease_owner="",
+            lease_expires_at=None,
+            ended_at=now,
+            updated_at=now,
+            next_event_seq=sa.bindparam("v_next_event_seq"),
+        )
+        .returning(
+            runs.c.tenant,
+            runs.c.agent,
+            runs.c.step,
+            runs.c.usage,
+            runs.c.attempts,
+            runs.c.created_at,
+        )
     )
 
 
@@ -303,7 +342,7 @@ class RunStore:
             "ended_at": None,
         }
         try:
-            await self._write(lambda conn: conn.execute(runs.insert().values(**values)))
+            await self._write(lambda conn: prepared.run(conn, _INSERT_RUN, values))
         except IntegrityError:
             if new.idempotency_key is None:
                 raise
@@ -667,9 +706,7 @@ class RunStore:
         self, conn: Connection, run_id: str, events: Sequence[NewEvent], now: datetime
     ) -> int:
         """Insert events after the run's last; the next free sequence number."""
-        seq = int(
-            conn.execute(sa.select(runs.c.next_event_seq).where(runs.c.id == run_id)).scalar_one()
-        )
+        seq = int(prepared.run(conn, _NEXT_EVENT_SEQ, {"run_id": run_id}).rows[0][0])
         self._insert_events(conn, run_id, seq, events, now)
         return seq + len(events)
 
@@ -772,31 +809,18 @@ class RunStore:
         owner: str = "",
     ) -> None:
         seq = self._append_events(conn, run_id, events, now)
-        condition = runs.c.id == run_id
-        if fenced:
-            condition = condition & (runs.c.fencing_token == token) & (runs.c.lease_owner == owner)
         row = conn.execute(
-            runs.update()
-            .where(condition, runs.c.state != RunState.FINISHED.value)
-            .values(
-                state=RunState.FINISHED.value,
-                stop_reason=reason.value,
-                stop_detail=detail,
-                final_answer=final_answer,
-                lease_owner="",
-                lease_expires_at=None,
-                ended_at=now,
-                updated_at=now,
-                next_event_seq=seq,
-            )
-            .returning(
-                runs.c.tenant,
-                runs.c.agent,
-                runs.c.step,
-                runs.c.usage,
-                runs.c.attempts,
-                runs.c.created_at,
-            )
+            _finish_statement(fenced),
+            {
+                "f_run": run_id,
+                "f_token": token,
+                "f_owner": owner,
+                "v_stop_reason": reason.value,
+                "v_stop_detail": detail,
+                "v_final_answer": final_answer,
+                "v_now": now,
+                "v_next_event_seq": seq,
+            },
         ).first()
         if row is None:
             raise LeaseLost(f"run {run_id}: could not finish it with token {token}")

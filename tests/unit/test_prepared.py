@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
 import sqlalchemy as sa
 
 from storekit import prepared
@@ -50,3 +51,17 @@ def test_prepared_statements_bind_and_return_as_sqlalchemy_does() -> None:
     assert rows[0].at == at.astimezone(UTC) and rows[0].count == 1
     assert rows[1].at is None and rows[1].count == 0
     assert raw[0] == raw[2], "stored in the very form SQLAlchemy stores it"
+
+
+COUNT_OF = sa.select(items.c.count).where(items.c.id == sa.bindparam("k_id"))
+
+
+def test_selects_return_rows_and_driver_errors_are_sqlalchemys() -> None:
+    engine = sa.create_engine("sqlite://")
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        prepared.run(conn, INSERT, {"id": 1, "name": "a", "at": None, "count": 7})
+        assert prepared.run(conn, COUNT_OF, {"k_id": 1}).rows == [(7,)]
+        assert prepared.run(conn, COUNT_OF, {"k_id": 2}).rows == []
+        with pytest.raises(sa.exc.IntegrityError):
+            prepared.run(conn, INSERT, {"id": 1, "name": "again", "at": None, "count": 0})
