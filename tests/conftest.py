@@ -78,6 +78,19 @@ def run_database_url(
     return url
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def own_run_database_url(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[str]:
+    """A run store of this test alone, on each backend: for a test whose executor would
+    otherwise also claim runs other tests left queued or orphaned in the shared one."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'own-runs.db'}"
+        return
+    async for url in _fresh_pg_database():
+        yield url
+
+
 @pytest.fixture
 async def run_db(run_database_url: str) -> AsyncIterator[Database]:
     """A migrated run-store database, on each backend."""

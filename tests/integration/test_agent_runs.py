@@ -274,10 +274,10 @@ async def test_an_agent_calls_an_mcp_tool(
 
 
 async def test_runs_beyond_the_executors_slots_wait_in_the_queue(
-    live: Live, run_database_url: str, tmp_path: Path
+    live: Live, own_run_database_url: str, tmp_path: Path
 ) -> None:
     tenant = await support_agent(live)
-    async with stage(live, run_database_url, tmp_path, max_concurrent_runs=1) as s:
+    async with stage(live, own_run_database_url, tmp_path, max_concurrent_runs=1) as s:
         key = await s.client_key(tenant)
         await s.settled()
         request = run_pb2.RunAgentRequest(
