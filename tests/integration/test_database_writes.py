@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
@@ -16,7 +17,18 @@ from dataplane.runstore.database import open_run_database
 from storekit.database import Database
 
 
-async def test_concurrent_writes_fail_alone_and_the_rest_commit(run_db: Database) -> None:
+@pytest.fixture
+async def own_db(own_run_database_url: str) -> AsyncIterator[Database]:
+    """A database of this test alone: the tables made here must not reach the shared
+    run store, whose schema another test compares with the migrations."""
+    database = open_run_database(own_run_database_url)
+    await database.migrate()
+    yield database
+    await database.aclose()
+
+
+async def test_concurrent_writes_fail_alone_and_the_rest_commit(own_db: Database) -> None:
+    run_db = own_db
     table = f"w_{uuid.uuid4().hex[:8]}"
     await run_db.write(
         lambda conn: conn.exec_driver_sql(f"CREATE TABLE {table} (k INTEGER PRIMARY KEY)")
