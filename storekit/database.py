@@ -8,6 +8,7 @@ import asyncio
 import collections
 import contextlib
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -63,8 +64,10 @@ class Database:
                 max_overflow=0,
             )
         else:
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        if self.dialect == "postgresql":
+            _ping_when_idle(self.engine.sync_engine)
         self._write_turn = asyncio.Lock()
         self._sync_writer: sa.Engine | None = None
         if self.dialect == "sqlite":
@@ -242,6 +245,35 @@ def _current_revision(connection: Connection) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
     return MigrationContext.configure(connection).get_current_revision()
+
+
+PING_AFTER_IDLE = 10.0
+"""Seconds a pooled PostgreSQL connection may idle before it is checked on checkout."""
+
+
+def _ping_when_idle(engine: sa.Engine) -> None:
+    """Check a pooled connection on checkout only when it has idled a while.
+
+    SQLAlchemy's ``pool_pre_ping`` checks on every checkout, and with asyncpg a check is
+    a transaction begun and rolled back: two round trips before every statement of the
+    hot path. A connection in steady use is known to be alive; one that idled may have
+    been dropped (a server restart, an idle timeout on the way), and a failed check makes
+    the pool replace it (SQLAlchemy's disconnect handling covers the rest).
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["pilothouse_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("pilothouse_idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as e:
+            raise sa.exc.DisconnectionError(f"a pooled connection failed its check: {e}") from e
 
 
 def _configure_sqlite(engine: sa.Engine) -> None:

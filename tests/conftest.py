@@ -34,7 +34,7 @@ from storekit.database import Database
 PG_ENV = "PILOTHOUSE_TEST_PG_DSN"
 
 
-async def _fresh_pg_database() -> AsyncIterator[str]:
+async def fresh_pg_database() -> AsyncIterator[str]:
     dsn = os.environ.get(PG_ENV)
     if not dsn:
         pytest.skip(f"{PG_ENV} is not set: PostgreSQL backend tests skipped")
@@ -57,14 +57,14 @@ async def _fresh_pg_database() -> AsyncIterator[str]:
 @pytest.fixture(scope="session")
 async def pg_url() -> AsyncIterator[str]:
     """A fresh PostgreSQL database for the control plane in this session, dropped after."""
-    async for url in _fresh_pg_database():
+    async for url in fresh_pg_database():
         yield url
 
 
 @pytest.fixture(scope="session")
 async def pg_run_url() -> AsyncIterator[str]:
     """Another fresh PostgreSQL database, for the executors' run store."""
-    async for url in _fresh_pg_database():
+    async for url in fresh_pg_database():
         yield url
 
 
@@ -87,7 +87,7 @@ async def own_run_database_url(
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'own-runs.db'}"
         return
-    async for url in _fresh_pg_database():
+    async for url in fresh_pg_database():
         yield url
 
 

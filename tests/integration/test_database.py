@@ -1,20 +1,25 @@
-"""Database.write: each body is atomic and committed when its caller hears back, also
-when many writes share a transaction (SQLite's group commit)."""
+"""Database: each write is atomic and committed when its caller hears back, also when
+many writes share a transaction (SQLite's group commit); pooled PostgreSQL connections
+the server dropped are replaced."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError
 
 from dataplane.runstore.database import open_run_database
+from storekit import database as database_module
 from storekit.database import Database
+from tests.conftest import PG_ENV, fresh_pg_database
 
 
 @pytest.fixture
@@ -88,3 +93,30 @@ async def test_on_sqlite_a_caller_that_stops_waiting_does_not_undo_its_write(
         count = (await conn.execute(sa.text(f"SELECT count(*) FROM {table}"))).scalar_one()
     assert count == 20
     await run_db.aclose()
+
+
+async def test_postgresql_connections_dropped_while_idle_are_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(database_module, "PING_AFTER_IDLE", 0.0)
+    async for url in fresh_pg_database():
+        db = open_run_database(url)
+        try:
+            await db.migrate()
+            async with db.single_statement() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+            name = make_url(url).database
+            admin = await asyncpg.connect(os.environ[PG_ENV])
+            try:
+                dropped = await admin.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    name,
+                )
+            finally:
+                await admin.close()
+            assert dropped >= 1
+            async with db.single_statement() as conn:
+                assert (await conn.execute(sa.text("SELECT 1"))).scalar_one() == 1
+        finally:
+            await db.aclose()
