@@ -133,10 +133,10 @@ class AgentServicer(run_pb2_grpc.AgentServiceServicer):
     async def RunAgent(
         self, request: pb.RunAgentRequest, context: Ctx
     ) -> AsyncIterator[pb.RunAgentResponse]:
-        run, _ = await _guard(
+        run, created = await _guard(
             context, lambda: self._runs.admit(self._admission(context, request), run_now=True)
         )
-        async for event in self._runs.watch(run.id, until_pause=True):
+        async for event in self._runs.watch(run.id, until_pause=True, new=created):
             yield pb.RunAgentResponse(event=event_to_proto(run, event))
 
     async def StartRun(self, request: pb.StartRunRequest, context: Ctx) -> pb.StartRunResponse:

@@ -208,21 +208,25 @@ class Runs:
             sub.changed.set()
 
     async def watch(
-        self, run_id: str, *, after: int = 0, until_pause: bool = False
+        self, run_id: str, *, after: int = 0, until_pause: bool = False, new: bool = False
     ) -> AsyncIterator[RunEvent]:
         """The run's events after ``after``, then new ones as they are written, until the
         run finishes (or, with ``until_pause``, waits for an approval).
 
         Events this executor writes reach its watchers straight from the run store's
         commit, without a read; a run on another executor is followed by reading the
-        store every poll interval.
+        store every poll interval. ``new``: the caller admitted the run just now, so it
+        has no events to read back yet (its loop, if it runs here, has not started; one
+        elsewhere is caught up with at the first poll).
         """
         sub = _Subscriber()
         subscribers = self._subscribers.setdefault(run_id, set())
         subscribers.add(sub)
         ending = {"run_stopped", "approval_required"} if until_pause else {"run_stopped"}
         try:
-            events: Sequence[RunEvent] = await self._store.events(run_id, after=after)
+            events: Sequence[RunEvent] = (
+                [] if new else await self._store.events(run_id, after=after)
+            )
             while True:
                 for event in events:
                     if event.seq <= after:
