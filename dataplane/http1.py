@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.cookiejar
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -43,8 +44,21 @@ def http_client(
             max_idle_per_origin=max_idle_per_origin,
             idle_timeout=idle_timeout,
             ssl_context=ssl_context,
-        )
+        ),
+        cookies=NoCookies(),
     )
+
+
+class NoCookies(http.cookiejar.CookieJar):
+    """A cookie jar that keeps nothing. The client is shared by every tenant's runs: a
+    cookie one tenant's tool endpoint set must not ride along on another tenant's call
+    to the same host (and parsing cookies on every response costs)."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+        return None
 
 
 class _Connection:

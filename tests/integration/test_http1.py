@@ -239,3 +239,11 @@ async def test_https_verifies_the_server_with_the_given_context(tmp_path: Path) 
             assert (await http.get(server.url)).content == b"secure"
             assert (await http.get(server.url)).content == b"secure"
         assert server.connections == 1  # the refused handshake never became one
+
+
+async def test_cookies_a_server_sets_are_not_sent_back(client: httpx.AsyncClient) -> None:
+    async with RawServer(fixed(b"", b"set-cookie: session=tenant-a; Path=/")) as server:
+        first = await client.get(server.url)
+        assert first.headers["set-cookie"].startswith("session=")
+        await client.get(server.url)
+        assert b"cookie:" not in server.requests[1].lower()
