@@ -92,7 +92,8 @@ class Http1Transport(httpx.AsyncBaseTransport):
     ) -> None:
         self._max_idle = max_idle_per_origin
         self._idle_timeout = idle_timeout
-        self._ssl_context = ssl_context
+        # Made up front: it reads the CA bundle, which is no work for a call in progress.
+        self._ssl_context = ssl_context or httpx.create_ssl_context()
         self._idle: dict[Origin, list[_Connection]] = {}
         self._closed = False
 
@@ -169,8 +170,6 @@ class Http1Transport(httpx.AsyncBaseTransport):
         scheme, host, port = origin
         tls: ssl.SSLContext | None = None
         if scheme == "https":
-            if self._ssl_context is None:
-                self._ssl_context = httpx.create_ssl_context()
             tls = self._ssl_context
         try:
             async with asyncio.timeout(timeout):
