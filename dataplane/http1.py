@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.cookiejar
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -29,6 +30,7 @@ Origin = tuple[str, str, int]
 _HEAD_LIMIT = 64 * 1024
 _READ_SIZE = 64 * 1024
 _NO_BODY = frozenset({204, 304})
+_UNSAFE = re.compile(rb"[\r\n\0]")
 
 
 def http_client(
@@ -217,6 +219,11 @@ async def _send(connection: _Connection, request: httpx.Request) -> None:
     head = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), request.url.raw_path)]
     chunked = False
     for name, value in request.headers.raw:
+        if _UNSAFE.search(name) or _UNSAFE.search(value):
+            # A line break in a header would start a header (or a request) of its own.
+            raise httpx.LocalProtocolError(
+                f"header {name[:40]!r} has a line break or NUL in it", request=request
+            )
         if name.lower() == b"transfer-encoding":
             chunked = b"chunked" in value.lower()
             continue

@@ -75,6 +75,16 @@ def fixed(body: bytes, *headers: bytes) -> Reply:
     return reply
 
 
+def answer_and_close(data: bytes) -> Reply:
+    """Write ``data`` as the whole answer, then close the connection."""
+
+    async def reply(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(data)
+        return False
+
+    return reply
+
+
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with http_client() as http:
@@ -117,11 +127,7 @@ async def test_chunked_response_is_streamed_and_the_connection_reused(
 async def test_a_body_that_ends_with_the_connection_is_read_to_the_end(
     client: httpx.AsyncClient,
 ) -> None:
-    async def reply(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.0 200 OK\r\n\r\nall of it")
-        return False
-
-    async with RawServer(reply) as server:
+    async with RawServer(answer_and_close(b"HTTP/1.0 200 OK\r\n\r\nall of it")) as server:
         assert (await client.get(server.url)).content == b"all of it"
         assert (await client.get(server.url)).content == b"all of it"
         assert server.connections == 2
@@ -130,11 +136,10 @@ async def test_a_body_that_ends_with_the_connection_is_read_to_the_end(
 async def test_a_connection_the_server_closed_while_idle_is_not_reused(
     client: httpx.AsyncClient,
 ) -> None:
-    async def reply(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-        return False  # closes after answering, without saying so
-
-    async with RawServer(reply) as server:
+    # HTTP/1.1 without "connection: close": the server closes without saying so.
+    async with RawServer(
+        answer_and_close(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    ) as server:
         for _ in range(3):
             assert (await client.get(server.url)).content == b"ok"
             await asyncio.sleep(0.05)  # the server's FIN arrives
@@ -198,11 +203,9 @@ async def test_no_answer_in_time_is_a_read_timeout(client: httpx.AsyncClient) ->
 
 
 async def test_a_body_cut_short_is_a_protocol_error(client: httpx.AsyncClient) -> None:
-    async def reply(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
-        return False
-
-    async with RawServer(reply) as server:
+    async with RawServer(
+        answer_and_close(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
+    ) as server:
         with pytest.raises(httpx.RemoteProtocolError, match="7 bytes short"):
             await client.get(server.url)
 
@@ -210,11 +213,7 @@ async def test_a_body_cut_short_is_a_protocol_error(client: httpx.AsyncClient) -
 async def test_garbage_instead_of_a_response_is_a_protocol_error(
     client: httpx.AsyncClient,
 ) -> None:
-    async def reply(request: bytes, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
-        return False
-
-    async with RawServer(reply) as server:
+    async with RawServer(answer_and_close(b"SSH-2.0-OpenSSH\r\n\r\n")) as server:
         with pytest.raises(httpx.RemoteProtocolError, match="bad status line"):
             await client.get(server.url)
 
@@ -247,3 +246,12 @@ async def test_cookies_a_server_sets_are_not_sent_back(client: httpx.AsyncClient
         assert first.headers["set-cookie"].startswith("session=")
         await client.get(server.url)
         assert b"cookie:" not in server.requests[1].lower()
+
+
+async def test_a_header_with_a_line_break_is_refused_before_sending(
+    client: httpx.AsyncClient,
+) -> None:
+    async with RawServer(fixed(b"")) as server:
+        with pytest.raises(httpx.LocalProtocolError, match="line break"):
+            await client.post(server.url, headers={"x-key": "a\r\nx-admin: yes"})
+        assert server.requests == []
