@@ -2,9 +2,11 @@
 
 On SQLite a statement is compiled once and then run straight on the driver's cursor,
 with the same bound-parameter conversions SQLAlchemy would apply; an execution costs a
-few microseconds instead of a few dozen. On other databases it is an ordinary
-``Connection.execute``. Only for statements built once and kept (module constants or
-cached builders): the compiled form is remembered per statement object.
+few microseconds instead of a few dozen. On other databases ``run`` is an ordinary
+``Connection.execute``. ``pg_fetchrow`` runs one textual statement (untyped parameters,
+so there are no conversions to apply) straight on asyncpg. Only for statements built once
+and kept (module constants or cached builders): the compiled form is remembered per
+statement object.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 
 @dataclass(frozen=True)
@@ -90,3 +93,35 @@ def _compile(conn: Connection, statement: sa.Executable) -> _Compiled:
         dict(compiled._bind_processors),
         bool(compiled.returning) or bool(getattr(statement, "is_select", False)),
     )
+
+
+_pg_compiled: dict[int, tuple[sa.TextClause, str, tuple[str, ...]]] = {}
+
+
+async def pg_fetchrow(
+    conn: AsyncConnection, statement: sa.TextClause, params: Mapping[str, Any]
+) -> tuple[Any, ...] | None:
+    """The first row of ``statement`` run on asyncpg itself, on a connection outside any
+    transaction (``Database.single_statement``), without SQLAlchemy's async layer (about
+    90 µs of a 650 µs checkpoint on PostgreSQL here). Driver errors come back
+    as SQLAlchemy's ``DBAPIError``; a connection that died or was left mid-statement is
+    dropped from the pool."""
+    entry = _pg_compiled.get(id(statement))
+    if entry is None:
+        compiled: Any = statement.compile(dialect=conn.dialect)
+        entry = (statement, compiled.string, tuple(compiled.positiontup or ()))
+        _pg_compiled[id(statement)] = entry
+    _, sql, names = entry
+    fairy = await conn.get_raw_connection()
+    driver: Any = fairy.driver_connection
+    try:
+        row = await driver.fetchrow(sql, *(params[name] for name in names))
+    except BaseException as e:
+        closed = bool(driver.is_closed())
+        if closed or not isinstance(e, Exception):
+            # Dead, or left mid-statement by a cancellation: not fit for the pool.
+            await conn.invalidate()
+        if isinstance(e, Exception):
+            raise sa.exc.DBAPIError(sql, None, e, connection_invalidated=closed) from e
+        raise
+    return tuple(row) if row is not None else None

@@ -694,7 +694,7 @@ class RunStore:
             "c_error": call.error if call else "",
         }
         async with self._db.single_statement() as conn:
-            row = (await conn.execute(_PG_CHECKPOINT, params)).first()
+            row = await prepared.pg_fetchrow(conn, _PG_CHECKPOINT, params)
         if row is None:
             raise LeaseLost(f"run {lease.run_id}: token {lease.token} is no longer current")
         next_event, next_checkpoint, cancel = row

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from dataplane.runstore.database import open_run_database
 from storekit import database as database_module
+from storekit import prepared
 from storekit.database import Database
 from tests.conftest import PG_ENV, fresh_pg_database
 
@@ -118,5 +119,31 @@ async def test_postgresql_connections_dropped_while_idle_are_replaced(
             assert dropped >= 1
             async with db.single_statement() as conn:
                 assert (await conn.execute(sa.text("SELECT 1"))).scalar_one() == 1
+        finally:
+            await db.aclose()
+
+
+async def test_a_statement_on_asyncpg_that_finds_its_connection_dead_drops_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(database_module, "PING_AFTER_IDLE", 1e9)  # no check on checkout
+    pid_of = sa.text("SELECT pg_backend_pid()")
+    async for url in fresh_pg_database():
+        db = open_run_database(url)
+        try:
+            async with db.single_statement() as conn:
+                row = await prepared.pg_fetchrow(conn, pid_of, {})
+            assert row is not None
+            admin = await asyncpg.connect(os.environ[PG_ENV])
+            try:
+                await admin.execute("SELECT pg_terminate_backend($1)", row[0])
+            finally:
+                await admin.close()
+            with pytest.raises(sa.exc.DBAPIError):
+                async with db.single_statement() as conn:
+                    await prepared.pg_fetchrow(conn, pid_of, {})
+            async with db.single_statement() as conn:
+                again = await prepared.pg_fetchrow(conn, pid_of, {})
+            assert again is not None and again[0] != row[0]
         finally:
             await db.aclose()
