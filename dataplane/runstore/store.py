@@ -342,7 +342,11 @@ class RunStore:
             "ended_at": None,
         }
         try:
-            await self._write(lambda conn: prepared.run(conn, _INSERT_RUN, values))
+            if self._db.dialect == "postgresql":
+                # One statement, committed on its own: no BEGIN and COMMIT round trips.
+                await self._shielded(self._insert_alone(values), [])
+            else:
+                await self._write(lambda conn: prepared.run(conn, _INSERT_RUN, values))
         except IntegrityError:
             if new.idempotency_key is None:
                 raise
@@ -357,6 +361,10 @@ class RunStore:
         run = _run(tuple(values[name] for name in Run.__dataclass_fields__))
         lease = Lease(run_id, owner, 1, expires) if leased else None
         return run, lease, True
+
+    async def _insert_alone(self, values: dict[str, Any]) -> None:
+        async with self._db.single_statement() as conn:
+            await conn.execute(_INSERT_RUN, values)
 
     async def get(self, run_id: str) -> Run:
         async with self._db.single_statement() as conn:
