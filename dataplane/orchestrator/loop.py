@@ -35,6 +35,7 @@ from dataplane.runstore.model import (
     Lease,
     NewEvent,
     Run,
+    StepCheckpoint,
     StopReason,
     ToolCallRecord,
     stopped,
@@ -105,6 +106,8 @@ class RunLoop:
     paused: bool = False
     """Set when the run stopped to wait for a person's approval."""
     _last_call: tuple[CallEntry, list[NewEvent]] | None = None
+    _ending: StepCheckpoint | None = None
+    """The checkpoint of the reply that ends the run, written with the run's end."""
     _usage: Usage = field(default_factory=Usage)
 
     async def execute(self) -> None:
@@ -118,6 +121,7 @@ class RunLoop:
             return
         except asyncio.CancelledError:
             if self.cancel_reason:
+                ending, self._ending = self._ending, None
                 with contextlib.suppress(LeaseLost):
                     await self.store.finish(
                         self.lease,
@@ -126,6 +130,7 @@ class RunLoop:
                         events=[
                             stopped(StopReason.CANCELLED, self.cancel_reason, self._usage.to_dict())
                         ],
+                        checkpoint=ending,
                     )
                 self._notify()
                 return
@@ -232,12 +237,14 @@ class RunLoop:
             if stop.reason is StopReason.COMPLETED:
                 events.append(NewEvent("final_answer", {"text": stop.final_answer}))
             events.append(stopped(stop.reason, stop.detail, self._usage.to_dict()))
+            ending, self._ending = self._ending, None
             await self.store.finish(
                 self.lease,
                 stop.reason,
                 detail=stop.detail,
                 final_answer=stop.final_answer,
                 events=events,
+                checkpoint=ending,
             )
             self._notify()
 
@@ -340,11 +347,21 @@ class RunLoop:
             )
             for c in reply.tool_calls
         ]
+        checkpoint = StepCheckpoint(
+            step - 1 if reply.tool_calls else step,
+            {"messages": [reply.to_dict()]},
+            self._usage.to_dict(),
+            events,
+        )
+        if not reply.tool_calls:
+            # The run ends with this reply: its checkpoint is written with the end.
+            self._ending = checkpoint
+            return reply
         self.lease = await self.store.checkpoint(
             self.lease,
-            step=step - 1 if reply.tool_calls else step,
-            delta={"messages": [reply.to_dict()]},
-            usage=self._usage.to_dict(),
+            step=checkpoint.step,
+            delta=checkpoint.delta,
+            usage=checkpoint.usage,
             events=events,
         )
         self._notify()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -126,6 +127,17 @@ class NewEvent:
 
     type: str
     payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StepCheckpoint:
+    """A checkpoint to write: the step reached, what it added, the usage so far, and the
+    events that go with it."""
+
+    step: int
+    delta: dict[str, Any]
+    usage: dict[str, Any]
+    events: Sequence[NewEvent] = ()
 
 
 def stopped(reason: StopReason, detail: str = "", usage: dict[str, Any] | None = None) -> NewEvent:

@@ -28,6 +28,7 @@ from dataplane.runstore.model import (
     Run,
     RunEvent,
     RunState,
+    StepCheckpoint,
     StopReason,
     ToolCallRecord,
     stopped,
@@ -624,32 +625,9 @@ class RunStore:
         delta_text = json.dumps(delta, sort_keys=True)
 
         def checkpoint(conn: Connection) -> _Fenced:
-            fenced = self._fence(
-                conn,
-                lease,
-                events=events,
-                checkpoint=True,
-                now=now,
-                step=step,
-                usage=usage_text,
-                lease_expires_at=expires,
-                updated_at=now,
+            return self._write_checkpoint(
+                conn, lease, step, usage_text, delta_text, events, call, now, expires
             )
-            prepared.run(
-                conn,
-                _INSERT_CHECKPOINT,
-                {
-                    "run_id": lease.run_id,
-                    "seq": fenced.checkpoint_seq,
-                    "step": step,
-                    "fencing_token": lease.token,
-                    "delta": delta_text,
-                    "created_at": now,
-                },
-            )
-            if call is not None:
-                self._write_call(conn, lease.run_id, call, now)
-            return fenced
 
         if self._db.dialect == "postgresql":
             written: list[tuple[str, RunEvent]] = []
@@ -662,6 +640,45 @@ class RunStore:
         else:
             fenced = await self._write(checkpoint)
         return Lease(lease.run_id, lease.owner, lease.token, expires, fenced.cancel_requested)
+
+    def _write_checkpoint(
+        self,
+        conn: Connection,
+        lease: Lease,
+        step: int,
+        usage_text: str,
+        delta_text: str,
+        events: Sequence[NewEvent],
+        call: CallEntry | None,
+        now: datetime,
+        expires: datetime,
+    ) -> _Fenced:
+        fenced = self._fence(
+            conn,
+            lease,
+            events=events,
+            checkpoint=True,
+            now=now,
+            step=step,
+            usage=usage_text,
+            lease_expires_at=expires,
+            updated_at=now,
+        )
+        prepared.run(
+            conn,
+            _INSERT_CHECKPOINT,
+            {
+                "run_id": lease.run_id,
+                "seq": fenced.checkpoint_seq,
+                "step": step,
+                "fencing_token": lease.token,
+                "delta": delta_text,
+                "created_at": now,
+            },
+        )
+        if call is not None:
+            self._write_call(conn, lease.run_id, call, now)
+        return fenced
 
     async def _checkpoint_in_one_statement(
         self,
@@ -783,10 +800,42 @@ class RunStore:
         detail: str = "",
         final_answer: str = "",
         events: Sequence[NewEvent] = (),
+        checkpoint: StepCheckpoint | None = None,
     ) -> None:
-        """End the run with its stop reason, fenced."""
+        """End the run with its stop reason, fenced. ``checkpoint``: a last checkpoint
+        (the reply that ended the run), written with the end in one write on SQLite; on
+        PostgreSQL, where a checkpoint is one statement of its own, just before it."""
+        if checkpoint is not None and self._db.dialect == "postgresql":
+            lease = await self.checkpoint(
+                lease,
+                step=checkpoint.step,
+                delta=checkpoint.delta,
+                usage=checkpoint.usage,
+                events=checkpoint.events,
+            )
+            checkpoint = None
+        last = checkpoint
+        texts = (
+            (json.dumps(last.usage, sort_keys=True), json.dumps(last.delta, sort_keys=True))
+            if last is not None
+            else None
+        )
 
         def tx(conn: Connection) -> None:
+            if last is not None and texts is not None:
+                now = _now()
+                usage_text, delta_text = texts
+                self._write_checkpoint(
+                    conn,
+                    lease,
+                    last.step,
+                    usage_text,
+                    delta_text,
+                    last.events,
+                    None,
+                    now,
+                    now + self.lease_ttl,
+                )
             self._finish(
                 conn,
                 lease.run_id,

@@ -13,7 +13,7 @@ import pytest
 
 from dataplane.runstore.database import open_run_database
 from dataplane.runstore.errors import IdempotencyConflict, LeaseLost
-from dataplane.runstore.model import CallState, NewEvent, RunState, StopReason
+from dataplane.runstore.model import CallState, NewEvent, RunState, StepCheckpoint, StopReason
 from dataplane.runstore.store import NewRun, RunStore
 from storekit.database import Database
 
@@ -86,6 +86,41 @@ async def test_an_expired_lease_moves_on_and_the_old_holder_is_fenced_off(run_db
     cps, _ = await store.history(run.id)
     assert [cp.delta for cp in cps] == [{"x": 2}]
     assert await store.claim("c", run_id=run.id) is None, "a live lease is not claimable"
+
+
+async def test_the_last_checkpoint_goes_with_the_end_or_not_at_all(run_db: Database) -> None:
+    store = RunStore(run_db, lease_ttl=timedelta(milliseconds=200))
+    run, lease, _ = await store.create(new_run(tenant(), queued=False), owner="a")
+    assert lease is not None
+    lease = await store.checkpoint(
+        lease, step=1, delta={"n": 1}, usage={"calls": 1}, events=[NewEvent("step", {"n": 1})]
+    )
+    ending = StepCheckpoint(2, {"n": 2}, {"calls": 2}, [NewEvent("step", {"n": 2})])
+    await store.finish(
+        lease,
+        StopReason.COMPLETED,
+        final_answer="done",
+        events=[NewEvent("final_answer", {"text": "done"})],
+        checkpoint=ending,
+    )
+    cps, _ = await store.history(run.id)
+    assert [(cp.step, cp.delta) for cp in cps] == [(1, {"n": 1}), (2, {"n": 2})]
+    finished = await store.get(run.id)
+    assert finished.state is RunState.FINISHED and finished.step == 2
+    assert finished.usage == {"calls": 2}
+    events = await store.events(run.id)
+    assert [(e.seq, e.type) for e in events] == [(1, "step"), (2, "step"), (3, "final_answer")]
+
+    # A holder fenced off writes neither the checkpoint nor the end.
+    other, stale, _ = await store.create(new_run(tenant(), queued=False), owner="a")
+    assert stale is not None
+    await asyncio.sleep(0.3)
+    assert await store.claim("b", run_id=other.id) is not None
+    with pytest.raises(LeaseLost):
+        await store.finish(stale, StopReason.COMPLETED, checkpoint=ending)
+    cps, _ = await store.history(other.id)
+    assert cps == [] and await store.events(other.id) == []
+    assert (await store.get(other.id)).state is RunState.RUNNING
 
 
 async def test_checkpoints_grow_linearly_and_replay_in_order(run_db: Database) -> None:
