@@ -133,17 +133,18 @@ class AgentServicer(run_pb2_grpc.AgentServiceServicer):
     async def RunAgent(
         self, request: pb.RunAgentRequest, context: Ctx
     ) -> AsyncIterator[pb.RunAgentResponse]:
-        run, created = await _guard(
+        admitted = await _guard(
             context, lambda: self._runs.admit(self._admission(context, request), run_now=True)
         )
-        async for event in self._runs.watch(run.id, until_pause=True, new=created):
+        run = admitted.run
+        async for event in self._runs.watch(run.id, until_pause=True, known=admitted.events):
             yield pb.RunAgentResponse(event=event_to_proto(run, event))
 
     async def StartRun(self, request: pb.StartRunRequest, context: Ctx) -> pb.StartRunResponse:
-        run, created = await _guard(
+        admitted = await _guard(
             context, lambda: self._runs.admit(self._admission(context, request), run_now=False)
         )
-        return pb.StartRunResponse(run=run_to_proto(run), created=created)
+        return pb.StartRunResponse(run=run_to_proto(admitted.run), created=admitted.created)
 
     async def WatchRun(
         self, request: pb.WatchRunRequest, context: Ctx

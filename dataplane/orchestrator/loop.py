@@ -103,6 +103,8 @@ class RunLoop:
     """Set when the run was admitted here just now: the context it was admitted with
     (from ``config``), and a run with no history to read back. None: resolve the context
     and resume from the run store."""
+    opened: bool = False
+    """The run was created with its opening checkpoint (``opening``) already written."""
     paused: bool = False
     """Set when the run stopped to wait for a person's approval."""
     _last_call: tuple[CallEntry, list[NewEvent]] | None = None
@@ -181,26 +183,16 @@ class RunLoop:
         )
         try:
             if not messages:
-                messages = [
-                    ChatMessage("system", ctx.system_prompt),
-                    ChatMessage("user", request.get("input", "")),
-                ]
-                self.lease = await self.store.checkpoint(
-                    self.lease,
-                    step=0,
-                    delta={"messages": [m.to_dict() for m in messages]},
-                    usage=self._usage.to_dict(),
-                    events=[
-                        NewEvent(
-                            "run_started",
-                            {
-                                "prompt_version": ctx.version.name,
-                                "config_version": self.config.version,
-                            },
-                        )
-                    ],
-                )
-                self._notify()
+                messages, first = opening(ctx, self.config.version, request.get("input", ""))
+                if not self.opened:
+                    self.lease = await self.store.checkpoint(
+                        self.lease,
+                        step=first.step,
+                        delta=first.delta,
+                        usage=first.usage,
+                        events=first.events,
+                    )
+                    self._notify()
             completed = self.run.step
             while True:
                 step = completed + 1
@@ -525,6 +517,25 @@ class RunLoop:
                 self._notify()
             results.append(ChatMessage("tool", json.dumps(outcome.result), tool_call_id=call.id))
         return results
+
+
+def opening(
+    ctx: RunContext, config_version: str, run_input: str
+) -> tuple[list[ChatMessage], StepCheckpoint]:
+    """A run's first messages, and its first checkpoint: step 0, those messages, no usage
+    yet, and the ``run_started`` event."""
+    messages = [ChatMessage("system", ctx.system_prompt), ChatMessage("user", run_input)]
+    return messages, StepCheckpoint(
+        0,
+        {"messages": [m.to_dict() for m in messages]},
+        Usage().to_dict(),
+        [
+            NewEvent(
+                "run_started",
+                {"prompt_version": ctx.version.name, "config_version": config_version},
+            )
+        ],
+    )
 
 
 def _finished(step: int, call_id: str, tool: str, outcome: ToolOutcome, seconds: float) -> NewEvent:

@@ -15,7 +15,7 @@ from dataplane.config.snapshot import ExecutorConfig
 from dataplane.config.watcher import ConfigWatcher
 from dataplane.models.gateway import ModelGateway
 from dataplane.orchestrator.context import AdmissionError, RunContext, limits, resolve
-from dataplane.orchestrator.loop import RunLoop
+from dataplane.orchestrator.loop import RunLoop, opening
 from dataplane.runstore.model import Lease, Run, RunEvent, RunState
 from dataplane.runstore.store import NewRun, RunStore
 from dataplane.tools.router import ToolRouter
@@ -25,6 +25,16 @@ log = logging.getLogger("pilothouse.executor.runs")
 
 # A run that failed on an executor error waits this long before another try.
 RETRY_AFTER_ERROR = timedelta(seconds=1)
+
+
+@dataclass(frozen=True)
+class Admitted:
+    run: Run
+    created: bool
+    """False: the idempotency key named a run that already existed."""
+    events: list[RunEvent] | None
+    """A run created just now: the events it was created with (none when queued).
+    None for one that already existed."""
 
 
 @dataclass(frozen=True)
@@ -92,10 +102,10 @@ class Runs:
 
     # -- admission -------------------------------------------------------------------
 
-    async def admit(self, admission: Admission, *, run_now: bool) -> tuple[Run, bool]:
+    async def admit(self, admission: Admission, *, run_now: bool) -> Admitted:
         """Create the run (or find the one its idempotency key names). With ``run_now``
-        this executor starts it at once if it has a free slot; otherwise it is queued for
-        the pool."""
+        this executor starts it at once if it has a free slot, the run created with its
+        opening checkpoint; otherwise it is queued for the pool."""
         config = self._watcher.current
         if config is None:
             raise AdmissionError("", "this executor has no configuration yet")
@@ -107,6 +117,10 @@ class Runs:
             "prompt_version": ctx.version.name,
             "config_version": config.version,
         }
+        # Without a free slot here, the run waits in the queue for any executor rather
+        # than hold a lease nobody renews.
+        queued = not run_now or len(self._loops) >= self._max_concurrent
+        first = None if queued else opening(ctx, config.version, admission.input)[1]
         run, lease, created = await self._store.create(
             NewRun(
                 admission.tenant,
@@ -116,17 +130,26 @@ class Runs:
                 admission.session_id,
                 admission.user_id,
                 admission.deadline_at,
-                # Without a free slot here, the run waits in the queue for any executor
-                # rather than hold a lease nobody renews.
-                queued=not run_now or len(self._loops) >= self._max_concurrent,
+                queued=queued,
+                opening=first,
             ),
             owner=self.owner,
         )
-        if lease is not None:
-            self._launch(run, lease, admitted=(config, ctx))
-        elif created:
+        if not created:
+            return Admitted(run, False, None)
+        if lease is None:
             self._wake.set()
-        return run, created
+            return Admitted(run, True, [])
+        self._launch(run, lease, admitted=(config, ctx))
+        assert first is not None
+        return Admitted(
+            run,
+            True,
+            [
+                RunEvent(seq, run.created_at, e.type, e.payload)
+                for seq, e in enumerate(first.events, start=1)
+            ],
+        )
 
     # -- running ---------------------------------------------------------------------
 
@@ -150,6 +173,7 @@ class Runs:
             lease,
             self.notify,
             admitted=admitted[1] if admitted else None,
+            opened=admitted is not None,
         )
 
         async def go() -> None:
@@ -208,16 +232,21 @@ class Runs:
             sub.changed.set()
 
     async def watch(
-        self, run_id: str, *, after: int = 0, until_pause: bool = False, new: bool = False
+        self,
+        run_id: str,
+        *,
+        after: int = 0,
+        until_pause: bool = False,
+        known: Sequence[RunEvent] | None = None,
     ) -> AsyncIterator[RunEvent]:
         """The run's events after ``after``, then new ones as they are written, until the
         run finishes (or, with ``until_pause``, waits for an approval).
 
         Events this executor writes reach its watchers straight from the run store's
         commit, without a read; a run on another executor is followed by reading the
-        store every poll interval. ``new``: the caller admitted the run just now, so it
-        has no events to read back yet (its loop, if it runs here, has not started; one
-        elsewhere is caught up with at the first poll).
+        store every poll interval. ``known``: the run's events so far, when the caller
+        admitted it just now and so knows them; nothing is read back (its loop, if it runs
+        here, has not started; one elsewhere is caught up with at the first poll).
         """
         sub = _Subscriber()
         subscribers = self._subscribers.setdefault(run_id, set())
@@ -225,7 +254,7 @@ class Runs:
         ending = {"run_stopped", "approval_required"} if until_pause else {"run_stopped"}
         try:
             events: Sequence[RunEvent] = (
-                [] if new else await self._store.events(run_id, after=after)
+                known if known is not None else await self._store.events(run_id, after=after)
             )
             while True:
                 for event in events:

@@ -92,6 +92,28 @@ _PG_CHECKPOINT = sa.text(
 )
 
 
+# A run created with its opening checkpoint on PostgreSQL, in one statement: the run, the
+# checkpoint (number 1, fencing token 1) and its events (numbered from 1).
+_RUN_COLUMNS_SQL = [c.name for c in runs.columns]
+_PG_CREATE_OPENED = sa.text(
+    f"""
+    WITH new_run AS (
+        INSERT INTO runs ({", ".join(_RUN_COLUMNS_SQL)})
+        VALUES ({", ".join(":" + c for c in _RUN_COLUMNS_SQL)})
+        RETURNING id
+    ), new_checkpoint AS (
+        INSERT INTO checkpoints (run_id, seq, step, fencing_token, delta, created_at)
+        SELECT id, 1, :cp_step, 1, :cp_delta, :created_at FROM new_run
+    )
+    INSERT INTO run_events (run_id, seq, time, type, payload)
+    SELECT new_run.id, e.ord, :created_at, e.type, e.payload
+    FROM new_run,
+        unnest(CAST(:ev_types AS text[]), CAST(:ev_payloads AS text[]))
+            WITH ORDINALITY AS e(type, payload, ord)
+    """
+)
+
+
 @functools.cache
 def _fence_statement(columns: tuple[str, ...], checkpoint: bool) -> sa.Update:
     """Set ``columns`` (parameters ``v_{column}``) on a run whose lease is still the
@@ -220,6 +242,10 @@ class NewRun:
     deadline_at: datetime | None = None
     queued: bool = True
     """False for a run its creating executor will start itself (it is created leased)."""
+    opening: StepCheckpoint | None = None
+    """For a run created leased: its first checkpoint (step 0: the opening messages and
+    the ``run_started`` event), written with it. Its events are numbered from 1 and
+    stamped with the run's ``created_at``."""
 
 
 class RunStore:
@@ -342,12 +368,19 @@ class RunStore:
             "updated_at": now,
             "ended_at": None,
         }
+        opening = new.opening if leased else None
+        if opening is not None:
+            values["usage"] = json.dumps(opening.usage, sort_keys=True)
+            values["next_event_seq"] = 1 + len(opening.events)
+            values["next_checkpoint_seq"] = 2
         try:
             if self._db.dialect == "postgresql":
                 # One statement, committed on its own: no BEGIN and COMMIT round trips.
-                await self._shielded(self._insert_alone(values), [])
+                texts = _payload_texts(opening.events) if opening else []
+                written = _as_written(run_id, 1, opening.events, texts, now) if opening else []
+                await self._shielded(self._insert_alone(values, opening, texts), written)
             else:
-                await self._write(lambda conn: prepared.run(conn, _INSERT_RUN, values))
+                await self._write(lambda conn: self._insert_run(conn, values, opening))
         except IntegrityError:
             if new.idempotency_key is None:
                 raise
@@ -363,9 +396,44 @@ class RunStore:
         lease = Lease(run_id, owner, 1, expires) if leased else None
         return run, lease, True
 
-    async def _insert_alone(self, values: dict[str, Any]) -> None:
+    def _insert_run(
+        self, conn: Connection, values: dict[str, Any], opening: StepCheckpoint | None
+    ) -> None:
+        prepared.run(conn, _INSERT_RUN, values)
+        if opening is None:
+            return
+        run_id, now = values["id"], values["created_at"]
+        prepared.run(
+            conn,
+            _INSERT_CHECKPOINT,
+            {
+                "run_id": run_id,
+                "seq": 1,
+                "step": opening.step,
+                "fencing_token": 1,
+                "delta": json.dumps(opening.delta, sort_keys=True),
+                "created_at": now,
+            },
+        )
+        self._insert_events(conn, run_id, 1, opening.events, now)
+
+    async def _insert_alone(
+        self, values: dict[str, Any], opening: StepCheckpoint | None, texts: list[str]
+    ) -> None:
         async with self._db.single_statement() as conn:
-            await conn.execute(_INSERT_RUN, values)
+            if opening is None:
+                await conn.execute(_INSERT_RUN, values)
+                return
+            await conn.execute(
+                _PG_CREATE_OPENED,
+                {
+                    **values,
+                    "cp_step": opening.step,
+                    "cp_delta": json.dumps(opening.delta, sort_keys=True),
+                    "ev_types": [e.type for e in opening.events],
+                    "ev_payloads": texts,
+                },
+            )
 
     async def get(self, run_id: str) -> Run:
         async with self._db.single_statement() as conn:

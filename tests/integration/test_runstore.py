@@ -88,6 +88,27 @@ async def test_an_expired_lease_moves_on_and_the_old_holder_is_fenced_off(run_db
     assert await store.claim("c", run_id=run.id) is None, "a live lease is not claimable"
 
 
+async def test_a_run_created_leased_can_carry_its_opening_checkpoint(run_db: Database) -> None:
+    store = RunStore(run_db)
+    t = tenant()
+    first = StepCheckpoint(0, {"messages": ["hello"]}, {"calls": 0}, [NewEvent("began", {})])
+    run, lease, _ = await store.create(new_run(t, queued=False, opening=first), owner="a")
+    assert lease is not None and run.usage == {"calls": 0}
+    lease = await store.checkpoint(
+        lease, step=1, delta={"n": 1}, usage={"calls": 1}, events=[NewEvent("step", {})]
+    )
+    cps, _ = await store.history(run.id)
+    assert [(cp.seq, cp.step, cp.delta) for cp in cps] == [
+        (1, 0, {"messages": ["hello"]}),
+        (2, 1, {"n": 1}),
+    ]
+    events = await store.events(run.id)
+    assert [(e.seq, e.type) for e in events] == [(1, "began"), (2, "step")]
+    assert events[0].time == run.created_at, "stamped as the caller is told"
+    queued, _, _ = await store.create(new_run(t, opening=first))
+    assert await store.history(queued.id) == ([], []) and await store.events(queued.id) == []
+
+
 async def test_the_last_checkpoint_goes_with_the_end_or_not_at_all(run_db: Database) -> None:
     store = RunStore(run_db, lease_ttl=timedelta(milliseconds=200))
     run, lease, _ = await store.create(new_run(tenant(), queued=False), owner="a")
