@@ -183,6 +183,12 @@ async def direct_calls(fake: FakeOpenAI, http: httpx.AsyncClient) -> float:
     return time.perf_counter() - started
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
@@ -283,9 +289,10 @@ async def measure(run_store_url: str, workdir: Path) -> dict[str, Any]:
                     await one_run(stub, client_key)
                     done += 1
 
-            started = time.perf_counter()
+            started, cpu_before = time.perf_counter(), cpu_seconds(executor.pid)
             await asyncio.gather(*(worker() for _ in range(CONCURRENT)))
             elapsed = time.perf_counter() - started
+            cpu = cpu_seconds(executor.pid) - cpu_before
         ms = [o * 1000 for o in overheads]
         return {
             "per_step_overhead_ms": {
@@ -295,6 +302,7 @@ async def measure(run_store_url: str, workdir: Path) -> dict[str, Any]:
                 "runs": RUNS,
             },
             "steps_per_second_at_10_concurrent": round(done * STEPS / elapsed, 1),
+            "executor_cpu_ms_per_step_at_10_concurrent": round(cpu * 1000 / (done * STEPS), 3),
             "runs_completed_concurrently": done,
         }
     finally:
@@ -321,9 +329,10 @@ async def main() -> None:
                 results["backends"][label] = result
                 o = result["per_step_overhead_ms"]
                 rate = result["steps_per_second_at_10_concurrent"]
+                cpu = result["executor_cpu_ms_per_step_at_10_concurrent"]
                 print(
                     f"{label:<11} per-step overhead p50 {o['p50']:.2f} ms, p99 {o['p99']:.2f} ms | "
-                    f"{rate:.0f} steps/s at 10 concurrent runs",
+                    f"{rate:.0f} steps/s at 10 concurrent runs, {cpu:.2f} ms executor CPU a step",
                     flush=True,
                 )
         finally:
