@@ -212,6 +212,20 @@ def _result_text(result: Any) -> str:
 
 
 @dataclass(frozen=True)
+class _EncodedCheckpoint:
+    """A checkpoint ready to write: its texts encoded and its times fixed."""
+
+    lease: Lease
+    step: int
+    usage_text: str
+    delta_text: str
+    events: Sequence[NewEvent]
+    call: CallEntry | None
+    now: datetime
+    expires: datetime
+
+
+@dataclass(frozen=True)
 class _Fenced:
     first_event_seq: int
     checkpoint_seq: int
@@ -687,92 +701,74 @@ class RunStore:
         """Record what a step (or a phase of one) added, with the run's usage so far and
         its events, in one fenced transaction that also renews the lease. ``call``: the
         journal entry of the step's last tool call, written in the same transaction."""
-        now = _now()
-        expires = now + self.lease_ttl
-        usage_text = json.dumps(usage, sort_keys=True)
-        delta_text = json.dumps(delta, sort_keys=True)
-
-        def checkpoint(conn: Connection) -> _Fenced:
-            return self._write_checkpoint(
-                conn, lease, step, usage_text, delta_text, events, call, now, expires
-            )
-
+        cp = self._encoded(lease, StepCheckpoint(step, delta, usage, events), call)
         if self._db.dialect == "postgresql":
             written: list[tuple[str, RunEvent]] = []
-            fenced = await self._shielded(
-                self._checkpoint_in_one_statement(
-                    lease, step, usage_text, delta_text, events, call, now, expires, written
-                ),
-                written,
-            )
+            fenced = await self._shielded(self._checkpoint_in_one_statement(cp, written), written)
         else:
-            fenced = await self._write(checkpoint)
-        return Lease(lease.run_id, lease.owner, lease.token, expires, fenced.cancel_requested)
+            fenced = await self._write(lambda conn: self._write_checkpoint(conn, cp))
+        return Lease(lease.run_id, lease.owner, lease.token, cp.expires, fenced.cancel_requested)
 
-    def _write_checkpoint(
-        self,
-        conn: Connection,
-        lease: Lease,
-        step: int,
-        usage_text: str,
-        delta_text: str,
-        events: Sequence[NewEvent],
-        call: CallEntry | None,
-        now: datetime,
-        expires: datetime,
-    ) -> _Fenced:
+    def _encoded(
+        self, lease: Lease, checkpoint: StepCheckpoint, call: CallEntry | None = None
+    ) -> _EncodedCheckpoint:
+        now = _now()
+        return _EncodedCheckpoint(
+            lease,
+            checkpoint.step,
+            json.dumps(checkpoint.usage, sort_keys=True),
+            json.dumps(checkpoint.delta, sort_keys=True),
+            checkpoint.events,
+            call,
+            now,
+            now + self.lease_ttl,
+        )
+
+    def _write_checkpoint(self, conn: Connection, cp: _EncodedCheckpoint) -> _Fenced:
         fenced = self._fence(
             conn,
-            lease,
-            events=events,
+            cp.lease,
+            events=cp.events,
             checkpoint=True,
-            now=now,
-            step=step,
-            usage=usage_text,
-            lease_expires_at=expires,
-            updated_at=now,
+            now=cp.now,
+            step=cp.step,
+            usage=cp.usage_text,
+            lease_expires_at=cp.expires,
+            updated_at=cp.now,
         )
         prepared.run(
             conn,
             _INSERT_CHECKPOINT,
             {
-                "run_id": lease.run_id,
+                "run_id": cp.lease.run_id,
                 "seq": fenced.checkpoint_seq,
-                "step": step,
-                "fencing_token": lease.token,
-                "delta": delta_text,
-                "created_at": now,
+                "step": cp.step,
+                "fencing_token": cp.lease.token,
+                "delta": cp.delta_text,
+                "created_at": cp.now,
             },
         )
-        if call is not None:
-            self._write_call(conn, lease.run_id, call, now)
+        if cp.call is not None:
+            self._write_call(conn, cp.lease.run_id, cp.call, cp.now)
         return fenced
 
     async def _checkpoint_in_one_statement(
-        self,
-        lease: Lease,
-        step: int,
-        usage_text: str,
-        delta_text: str,
-        events: Sequence[NewEvent],
-        call: CallEntry | None,
-        now: datetime,
-        expires: datetime,
-        written: list[tuple[str, RunEvent]],
+        self, cp: _EncodedCheckpoint, written: list[tuple[str, RunEvent]]
     ) -> _Fenced:
         """The checkpoint as one statement, committed on its own: on PostgreSQL each
         statement is a round trip, and a transaction of five would cost five more."""
+        lease, call, events = cp.lease, cp.call, cp.events
         texts = _payload_texts(events)
         params: dict[str, Any] = {
             "run": lease.run_id,
             "token": lease.token,
             "owner": lease.owner,
             "running": RunState.RUNNING.value,
-            "step": step,
-            "usage": usage_text,
-            "delta": delta_text,
-            "expires": expires,
-            "now": now,
+            "step": cp.step,
+            "usage": cp.usage_text,
+            "delta": cp.delta_text,
+            "expires": cp.expires,
+            "now": cp.now,
             "n_events": len(events),
             "types": [e.type for e in events],
             "payloads": texts,
@@ -792,7 +788,7 @@ class RunStore:
             raise LeaseLost(f"run {lease.run_id}: token {lease.token} is no longer current")
         next_event, next_checkpoint, cancel = row
         first = int(next_event) - len(events)
-        written.extend(_as_written(lease.run_id, first, events, texts, now))
+        written.extend(_as_written(lease.run_id, first, events, texts, cp.now))
         return _Fenced(first, int(next_checkpoint) - 1, bool(cancel))
 
     def _append_events(
@@ -882,28 +878,11 @@ class RunStore:
                 events=checkpoint.events,
             )
             checkpoint = None
-        last = checkpoint
-        texts = (
-            (json.dumps(last.usage, sort_keys=True), json.dumps(last.delta, sort_keys=True))
-            if last is not None
-            else None
-        )
+        last = self._encoded(lease, checkpoint) if checkpoint is not None else None
 
         def tx(conn: Connection) -> None:
-            if last is not None and texts is not None:
-                now = _now()
-                usage_text, delta_text = texts
-                self._write_checkpoint(
-                    conn,
-                    lease,
-                    last.step,
-                    usage_text,
-                    delta_text,
-                    last.events,
-                    None,
-                    now,
-                    now + self.lease_ttl,
-                )
+            if last is not None:
+                self._write_checkpoint(conn, last)
             self._finish(
                 conn,
                 lease.run_id,
