@@ -173,9 +173,12 @@ class Database:
                     self._draining = False
                     return
                 group = [self._queue.popleft() for _ in range(min(len(self._queue), GROUP))]
-            outcomes = self._write_group(group)
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                group[0][1].get_loop().call_soon_threadsafe(_settle, outcomes)
+            by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+            for outcome in self._write_group(group):
+                by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
+            for loop, outcomes in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                    loop.call_soon_threadsafe(_settle, outcomes)
 
     def _write_group(self, group: list[_Queued]) -> list[_Outcome]:
         assert self._sync_writer is not None
