@@ -3,13 +3,13 @@ JSON mapping for every payload the loop writes, and payloads it cannot take stil
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from google.protobuf import json_format
+from google.protobuf import json_format, timestamp_pb2
 
-from dataplane.api._convert import event_to_proto
+from dataplane.api._convert import event_to_proto, timestamp
 from dataplane.runstore.model import RunEvent, StopReason, stopped
 from pilothouse.v1 import run_pb2
 
@@ -89,3 +89,19 @@ def test_payloads_with_unknown_fields_or_json_values_still_convert() -> None:
     assert message.model_call_finished.step == 1
     assert message.model_call_finished.input_tokens == 12
     assert message.time.ToDatetime(UTC) == WHEN
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        WHEN,
+        datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 12, 1, 19, 0, 0, 1, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2026, 1, 1, 0, 0, 0, 5),
+    ],
+    ids=["utc", "before-epoch", "other-zone", "naive"],
+)
+def test_timestamps_are_exactly_what_from_datetime_gives(when: datetime) -> None:
+    expected = timestamp_pb2.Timestamp()
+    expected.FromDatetime(when)
+    assert timestamp(when) == expected
