@@ -7,7 +7,6 @@ executor's run loop sees it (the write, its hand-offs and its commit), per backe
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -19,7 +18,7 @@ from dataplane.runstore.database import open_run_database
 from dataplane.runstore.model import NewEvent
 from dataplane.runstore.store import NewRun, RunStore
 from storekit.loop import run as run_on_loop
-from tests.bench.registry_bench import RESULTS, ROOT, drop_pg_database, fresh_pg_database
+from tests.bench.registry_bench import RESULTS, ROOT, run_store_urls
 from tests.bench.run_bench import pct
 
 CHECKPOINTS = 2000
@@ -60,13 +59,7 @@ async def measure(url: str) -> dict[str, float]:
 async def main() -> None:
     results: dict[str, Any] = {"benchmark": "checkpoint", "checkpoints": CHECKPOINTS}
     with tempfile.TemporaryDirectory() as tmp:
-        backends = {"sqlite": f"sqlite:///{Path(tmp) / 'runs.db'}"}
-        dsn = os.environ.get("PILOTHOUSE_TEST_PG_DSN")
-        pg_name = None
-        if dsn:
-            url, pg_name = await fresh_pg_database(dsn)
-            backends["postgresql"] = url
-        try:
+        async with run_store_urls(Path(tmp)) as backends:
             for label, url in backends.items():
                 figures = await measure(url)
                 results[label] = figures
@@ -75,9 +68,6 @@ async def main() -> None:
                     f"p90 {figures['p90_us']} µs, p99 {figures['p99_us']} µs",
                     flush=True,
                 )
-        finally:
-            if dsn and pg_name:
-                await drop_pg_database(dsn, pg_name)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "checkpoint.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {(RESULTS / 'checkpoint.json').relative_to(ROOT)}")

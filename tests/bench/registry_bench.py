@@ -12,6 +12,7 @@ tests/bench/results/registry.json.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +132,24 @@ async def drop_pg_database(dsn: str, name: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def run_store_urls(directory: Path) -> AsyncIterator[dict[str, str]]:
+    """Run-store URLs to measure, by backend: a SQLite file in ``directory``, and with
+    PILOTHOUSE_TEST_PG_DSN a fresh PostgreSQL database, dropped afterwards."""
+    urls = {"sqlite": f"sqlite:///{directory / 'runs.db'}"}
+    dsn = os.environ.get("PILOTHOUSE_TEST_PG_DSN")
+    name = None
+    if dsn:
+        urls["postgresql"], name = await fresh_pg_database(dsn)
+    try:
+        yield urls
+    finally:
+        if dsn and name:
+            await drop_pg_database(dsn, name)
+    if not dsn:
+        print("postgresql  skipped: set PILOTHOUSE_TEST_PG_DSN to include it")
 
 
 def run_backend(label: str, database_url: str, workdir: Path) -> dict[str, Any]:

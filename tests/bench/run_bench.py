@@ -46,7 +46,7 @@ from pilothouse.v1 import (
     tool_pb2,
     tool_pb2_grpc,
 )
-from tests.bench.registry_bench import RESULTS, ROOT, drop_pg_database, fresh_pg_database
+from tests.bench.registry_bench import RESULTS, ROOT, run_store_urls
 from tests.fakes.openai_server import Behaviour, FakeOpenAI
 
 STEPS = 5
@@ -317,13 +317,7 @@ async def main() -> None:
     results: dict[str, Any] = {"benchmark": "runs", "steps_per_run": STEPS, "backends": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        backends = {"sqlite": f"sqlite:///{work / 'runs.db'}"}
-        dsn = os.environ.get("PILOTHOUSE_TEST_PG_DSN")
-        pg_name = None
-        if dsn:
-            url, pg_name = await fresh_pg_database(dsn)
-            backends["postgresql"] = url
-        try:
+        async with run_store_urls(work) as backends:
             for label, url in backends.items():
                 result = await measure(url, work)
                 results["backends"][label] = result
@@ -335,11 +329,6 @@ async def main() -> None:
                     f"{rate:.0f} steps/s at 10 concurrent runs, {cpu:.2f} ms executor CPU a step",
                     flush=True,
                 )
-        finally:
-            if dsn and pg_name:
-                await drop_pg_database(dsn, pg_name)
-    if not dsn:
-        print("postgresql  skipped: set PILOTHOUSE_TEST_PG_DSN to include it")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "runs.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {(RESULTS / 'runs.json').relative_to(ROOT)}")
