@@ -1,9 +1,10 @@
 """The executor's HTTP client: httpx over a lean HTTP/1.1 transport.
 
 Model and tool calls are the executor's hot path. With httpx's default transport
-(httpcore on anyio, h11 framing) a streamed model call cost about a third of the
-executor's CPU per step in the run benchmark: every request enters several anyio cancel
-scopes, asks which async library is running and parses the response event by event.
+(httpcore on anyio, h11 framing) a streamed model call was about a third of the
+executor's CPU per step in a profile taken under the run benchmark: every request
+enters several anyio cancel scopes, asks which async library is running and parses the
+response event by event.
 ``Http1Transport`` keeps httpx's client API (timeouts, headers, content decoding, its
 exception classes) and does the wire part on asyncio streams: kept-alive connections
 pooled per origin, Content-Length, chunked and read-to-close bodies, TLS with an

@@ -101,10 +101,8 @@ class RunLoop:
     """Set before cancelling the task that runs ``execute`` to stop the run as cancelled."""
     admitted: RunContext | None = None
     """Set when the run was admitted here just now: the context it was admitted with
-    (from ``config``), and a run with no history to read back. None: resolve the context
-    and resume from the run store."""
-    opened: bool = False
-    """The run was created with its opening checkpoint (``opening``) already written."""
+    (from ``config``), and a run created with its opening checkpoint (``opening``) and no
+    more history to read back. None: resolve the context and resume from the run store."""
     paused: bool = False
     """Set when the run stopped to wait for a person's approval."""
     _last_call: tuple[CallEntry, list[NewEvent]] | None = None
@@ -184,7 +182,7 @@ class RunLoop:
         try:
             if not messages:
                 messages, first = opening(ctx, self.config.version, request.get("input", ""))
-                if not self.opened:
+                if self.admitted is None:
                     self.lease = await self.store.checkpoint(
                         self.lease,
                         step=first.step,

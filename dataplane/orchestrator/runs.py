@@ -17,7 +17,7 @@ from dataplane.models.gateway import ModelGateway
 from dataplane.orchestrator.context import AdmissionError, RunContext, limits, resolve
 from dataplane.orchestrator.loop import RunLoop, opening
 from dataplane.runstore.model import Lease, Run, RunEvent, RunState
-from dataplane.runstore.store import NewRun, RunStore
+from dataplane.runstore.store import NewRun, RunStore, opened_events
 from dataplane.tools.router import ToolRouter
 from pilothouse.v1 import agent_pb2
 
@@ -142,14 +142,7 @@ class Runs:
             return Admitted(run, True, [])
         self._launch(run, lease, admitted=(config, ctx))
         assert first is not None
-        return Admitted(
-            run,
-            True,
-            [
-                RunEvent(seq, run.created_at, e.type, e.payload)
-                for seq, e in enumerate(first.events, start=1)
-            ],
-        )
+        return Admitted(run, True, opened_events(run, first))
 
     # -- running ---------------------------------------------------------------------
 
@@ -173,7 +166,6 @@ class Runs:
             lease,
             self.notify,
             admitted=admitted[1] if admitted else None,
-            opened=admitted is not None,
         )
 
         async def go() -> None:

@@ -207,6 +207,32 @@ def _as_written(
     ]
 
 
+def _insert_checkpoint(
+    conn: Connection, run_id: str, seq: int, step: int, token: int, delta_text: str, now: datetime
+) -> None:
+    prepared.run(
+        conn,
+        _INSERT_CHECKPOINT,
+        {
+            "run_id": run_id,
+            "seq": seq,
+            "step": step,
+            "fencing_token": token,
+            "delta": delta_text,
+            "created_at": now,
+        },
+    )
+
+
+def opened_events(run: Run, opening: StepCheckpoint) -> list[RunEvent]:
+    """The events of a run just created with ``opening`` (``NewRun.opening``), as a read
+    would return them: numbered from 1, stamped with the run's creation time."""
+    return [
+        RunEvent(seq, run.created_at, e.type, e.payload)
+        for seq, e in enumerate(opening.events, start=1)
+    ]
+
+
 def _result_text(result: Any) -> str:
     return "" if result is None else json.dumps(result, sort_keys=True)
 
@@ -417,17 +443,8 @@ class RunStore:
         if opening is None:
             return
         run_id, now = values["id"], values["created_at"]
-        prepared.run(
-            conn,
-            _INSERT_CHECKPOINT,
-            {
-                "run_id": run_id,
-                "seq": 1,
-                "step": opening.step,
-                "fencing_token": 1,
-                "delta": json.dumps(opening.delta, sort_keys=True),
-                "created_at": now,
-            },
+        _insert_checkpoint(
+            conn, run_id, 1, opening.step, 1, json.dumps(opening.delta, sort_keys=True), now
         )
         self._insert_events(conn, run_id, 1, opening.events, now)
 
@@ -701,12 +718,17 @@ class RunStore:
         """Record what a step (or a phase of one) added, with the run's usage so far and
         its events, in one fenced transaction that also renews the lease. ``call``: the
         journal entry of the step's last tool call, written in the same transaction."""
-        cp = self._encoded(lease, StepCheckpoint(step, delta, usage, events), call)
+        return await self._checkpoint(
+            self._encoded(lease, StepCheckpoint(step, delta, usage, events), call)
+        )
+
+    async def _checkpoint(self, cp: _EncodedCheckpoint) -> Lease:
         if self._db.dialect == "postgresql":
             written: list[tuple[str, RunEvent]] = []
             fenced = await self._shielded(self._checkpoint_in_one_statement(cp, written), written)
         else:
             fenced = await self._write(lambda conn: self._write_checkpoint(conn, cp))
+        lease = cp.lease
         return Lease(lease.run_id, lease.owner, lease.token, cp.expires, fenced.cancel_requested)
 
     def _encoded(
@@ -736,17 +758,14 @@ class RunStore:
             lease_expires_at=cp.expires,
             updated_at=cp.now,
         )
-        prepared.run(
+        _insert_checkpoint(
             conn,
-            _INSERT_CHECKPOINT,
-            {
-                "run_id": cp.lease.run_id,
-                "seq": fenced.checkpoint_seq,
-                "step": cp.step,
-                "fencing_token": cp.lease.token,
-                "delta": cp.delta_text,
-                "created_at": cp.now,
-            },
+            cp.lease.run_id,
+            fenced.checkpoint_seq,
+            cp.step,
+            cp.lease.token,
+            cp.delta_text,
+            cp.now,
         )
         if cp.call is not None:
             self._write_call(conn, cp.lease.run_id, cp.call, cp.now)
@@ -869,16 +888,9 @@ class RunStore:
         """End the run with its stop reason, fenced. ``checkpoint``: a last checkpoint
         (the reply that ended the run), written with the end in one write on SQLite; on
         PostgreSQL, where a checkpoint is one statement of its own, just before it."""
-        if checkpoint is not None and self._db.dialect == "postgresql":
-            lease = await self.checkpoint(
-                lease,
-                step=checkpoint.step,
-                delta=checkpoint.delta,
-                usage=checkpoint.usage,
-                events=checkpoint.events,
-            )
-            checkpoint = None
         last = self._encoded(lease, checkpoint) if checkpoint is not None else None
+        if last is not None and self._db.dialect == "postgresql":
+            lease, last = await self._checkpoint(last), None
 
         def tx(conn: Connection) -> None:
             if last is not None:

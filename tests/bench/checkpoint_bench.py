@@ -6,7 +6,6 @@ executor's run loop sees it (the write, its hand-offs and its commit), per backe
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import time
@@ -18,7 +17,7 @@ from dataplane.runstore.database import open_run_database
 from dataplane.runstore.model import NewEvent
 from dataplane.runstore.store import NewRun, RunStore
 from storekit.loop import run as run_on_loop
-from tests.bench.registry_bench import RESULTS, ROOT, run_store_urls
+from tests.bench.registry_bench import run_store_urls, write_result
 from tests.bench.run_bench import pct
 
 CHECKPOINTS = 2000
@@ -68,9 +67,7 @@ async def main() -> None:
                     f"p90 {figures['p90_us']} µs, p99 {figures['p99_us']} µs",
                     flush=True,
                 )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "checkpoint.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {(RESULTS / 'checkpoint.json').relative_to(ROOT)}")
+    write_result("checkpoint", results)
 
 
 if __name__ == "__main__":

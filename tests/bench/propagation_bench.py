@@ -26,7 +26,7 @@ from pilothouse.v1 import (
     prompt_pb2,
     prompt_pb2_grpc,
 )
-from tests.bench.registry_bench import RESULTS, ROOT, apply, manifest
+from tests.bench.registry_bench import ROOT, apply, manifest, write_result
 
 PROCESSES = 4
 ROUNDS = 5
@@ -198,9 +198,7 @@ async def main() -> None:
                 f"p99 {result['p99_ms']} ms",
                 flush=True,
             )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "propagation.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {(RESULTS / 'propagation.json').relative_to(ROOT)}")
+    write_result("propagation", results)
 
 
 if __name__ == "__main__":

@@ -126,6 +126,14 @@ async def fresh_pg_database(dsn: str) -> tuple[str, str]:
     return base.set(database=name).render_as_string(False), name
 
 
+def write_result(name: str, result: dict[str, Any]) -> None:
+    """Keep a benchmark's result as ``tests/bench/results/{name}.json``."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{name}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out.relative_to(ROOT)}")
+
+
 async def drop_pg_database(dsn: str, name: str) -> None:
     conn = await asyncpg.connect(make_url(dsn).set(drivername="postgresql").render_as_string(False))
     try:
@@ -207,10 +215,7 @@ def main() -> None:
                 asyncio.run(drop_pg_database(dsn, name))
         else:
             print("postgresql  skipped: set PILOTHOUSE_TEST_PG_DSN to include it")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "registry.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    write_result("registry", results)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ durable checkpoints included. Then 10 runs at a time for a while: steps per seco
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import secrets
@@ -46,7 +45,7 @@ from pilothouse.v1 import (
     tool_pb2,
     tool_pb2_grpc,
 )
-from tests.bench.registry_bench import RESULTS, ROOT, run_store_urls
+from tests.bench.registry_bench import run_store_urls, write_result
 from tests.fakes.openai_server import Behaviour, FakeOpenAI
 
 STEPS = 5
@@ -329,9 +328,7 @@ async def main() -> None:
                     f"{rate:.0f} steps/s at 10 concurrent runs, {cpu:.2f} ms executor CPU a step",
                     flush=True,
                 )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "runs.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {(RESULTS / 'runs.json').relative_to(ROOT)}")
+    write_result("runs", results)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ second against the ideal (concurrency / latency) and the executor's peak RSS.
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import grpc
 
 from controlplane import launch
 from pilothouse.v1 import run_pb2, run_pb2_grpc
-from tests.bench.registry_bench import RESULTS, ROOT
+from tests.bench.registry_bench import write_result
 from tests.bench.run_bench import STEPS, setup, start_executor
 from tests.fakes.openai_server import Behaviour, FakeOpenAI
 
@@ -119,9 +118,7 @@ async def main() -> None:
         f"{result['ideal_steps_per_second']:.0f}; "
         f"executor peak RSS {result['executor_peak_rss_mb']} MB"
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {(RESULTS / 'throughput.json').relative_to(ROOT)}")
+    write_result("throughput", result)
 
 
 if __name__ == "__main__":
