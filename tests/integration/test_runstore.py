@@ -131,6 +131,8 @@ async def test_the_last_checkpoint_goes_with_the_end_or_not_at_all(run_db: Datab
     assert finished.usage == {"calls": 2}
     events = await store.events(run.id)
     assert [(e.seq, e.type) for e in events] == [(1, "step"), (2, "step"), (3, "final_answer")]
+    [audit] = [e for e in await store.unrelayed(limit=10_000) if e.run_id == run.id]
+    assert (audit.payload["steps"], audit.payload["usage"]) == (2, {"calls": 2})
 
     # A holder fenced off writes neither the checkpoint nor the end.
     other, stale, _ = await store.create(new_run(tenant(), queued=False), owner="a")
@@ -287,10 +289,19 @@ async def test_every_way_a_run_ends_leaves_one_audit_record_in_the_outbox(
     by_run = {e.run_id: e for e in records}
     assert len(records) == len(by_run) == 4
     assert {e.kind for e in records} == {"audit"} and {e.type for e in records} == {"run.stopped"}
-    assert by_run[completed.id].payload["stop_reason"] == "completed"
-    assert by_run[completed.id].payload["steps"] == 1
-    assert by_run[completed.id].payload["usage"]["cost_usd"] == "0.01"
-    assert by_run[completed.id].payload["agent"] == f"tenants/{t}/agents/a"
+    ended = await store.get(completed.id)
+    assert ended.ended_at is not None
+    assert by_run[completed.id].payload == {
+        "run": completed.id,
+        "agent": f"tenants/{t}/agents/a",
+        "stop_reason": "completed",
+        "detail": "",
+        "steps": 1,
+        "usage": {"cost_usd": "0.01", "model_calls": 1},
+        "attempts": 0,
+        "created_at": completed.created_at.isoformat(timespec="microseconds"),
+        "ended_at": ended.ended_at.isoformat(timespec="microseconds"),
+    }
     assert by_run[queued.id].payload["stop_reason"] == "cancelled"
     assert by_run[lost.id].payload["stop_reason"] == "dead_lettered"
     assert by_run[failed.id].payload["stop_reason"] == "dead_lettered"
