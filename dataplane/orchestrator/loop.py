@@ -108,6 +108,9 @@ class RunLoop:
     _last_call: tuple[CallEntry, list[NewEvent]] | None = None
     _ending: StepCheckpoint | None = None
     """The checkpoint of the reply that ends the run, written with the run's end."""
+    _reply: StepCheckpoint | None = None
+    """The checkpoint of the step's model reply while its write has not begun."""
+    _reply_write: asyncio.Task[None] | None = None
     _usage: Usage = field(default_factory=Usage)
 
     async def execute(self) -> None:
@@ -123,6 +126,7 @@ class RunLoop:
             if self.cancel_reason:
                 ending, self._ending = self._ending, None
                 with contextlib.suppress(LeaseLost):
+                    await self._flush_reply()
                     await self.store.finish(
                         self.lease,
                         StopReason.CANCELLED,
@@ -139,6 +143,9 @@ class RunLoop:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError, LeaseLost):
                 await renewer
+            if self._reply_write is not None:  # a run that ended in the middle of a step
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._reply_write)
 
     async def _keep_lease(self) -> None:
         """Renew the lease while a long step runs, so only a dead or stuck executor
@@ -218,6 +225,7 @@ class RunLoop:
                     usage=self._usage.to_dict(),
                     events=last[1] if last else (),
                     call=last[0] if last else None,
+                    preceding=await self._reply_written(),
                 )
                 self._notify()
                 journal = [j for j in journal if j.step != step]
@@ -228,6 +236,7 @@ class RunLoop:
                 events.append(NewEvent("final_answer", {"text": stop.final_answer}))
             events.append(stopped(stop.reason, stop.detail, self._usage.to_dict()))
             ending, self._ending = self._ending, None
+            await self._flush_reply()
             await self.store.finish(
                 self.lease,
                 stop.reason,
@@ -347,15 +356,49 @@ class RunLoop:
             # The run ends with this reply: its checkpoint is written with the end.
             self._ending = checkpoint
             return reply
+        self._reply = checkpoint
+        self._reply_write = asyncio.create_task(self._write_reply())
+        return reply
+
+    # The model reply's checkpoint is written in the background while the step goes on:
+    # the calls that are safe to repeat need not wait for it (an executor that dies before
+    # it is written costs the model call again, nothing more). Every other write of the
+    # run comes after it: it waits for it, or takes it along when its write has not begun
+    # (calls that never waited, such as builtins), so the step is one write, not two.
+
+    async def _write_reply(self) -> None:
+        reply, self._reply = self._reply, None
+        if reply is not None:  # else a later write of the run took it along
+            await self._write_step(reply)
+
+    async def _write_step(self, checkpoint: StepCheckpoint) -> None:
         self.lease = await self.store.checkpoint(
             self.lease,
             step=checkpoint.step,
             delta=checkpoint.delta,
             usage=checkpoint.usage,
-            events=events,
+            events=checkpoint.events,
         )
         self._notify()
+
+    async def _reply_written(self) -> StepCheckpoint | None:
+        """Before another write of the run: the reply's checkpoint to take along when
+        its write has not begun; otherwise None once that write has ended."""
+        reply, self._reply = self._reply, None
+        task = self._reply_write
+        if task is None:
+            return None
+        if reply is not None:
+            task.cancel()
+        else:
+            await asyncio.shield(task)
+        self._reply_write = None
         return reply
+
+    async def _flush_reply(self) -> None:
+        reply = await self._reply_written()
+        if reply is not None:
+            await self._write_step(reply)
 
     def _primary_model(self, ctx: RunContext) -> model_pb2.Model | None:
         route = self.config.get(model_pb2.ModelRoute, ctx.route)
@@ -388,6 +431,7 @@ class RunLoop:
             entry = CallEntry(step, index, call.id, call.name, arguments, state, result)
             self._last_call = (entry, list(events))
             return
+        await self._flush_reply()
         await self.store.record_call(
             self.lease,
             step=step,

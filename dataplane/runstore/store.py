@@ -56,16 +56,17 @@ _INSERT_CHECKPOINT = checkpoints.insert()
 _INSERT_CALL = tool_calls.insert()
 _INSERT_OUTBOX = outbox.insert()
 
-# A checkpoint on PostgreSQL in one statement: the fenced update of the run, its events,
-# the checkpoint and (when given) the journal entry of the step's last call. Nothing is
-# written when the fence fails: every insert selects from the update's returned row.
+# Checkpoints on PostgreSQL in one statement: the fenced update of the run, its events,
+# the checkpoints (``cp_steps``, ``cp_deltas``: usually one; two when a step's model reply
+# goes with its tool results) and (when given) the journal entry of the step's last call.
+# Nothing is written when the fence fails: every insert selects from the update's row.
 _PG_CHECKPOINT = sa.text(
     """
     WITH fenced AS (
         UPDATE runs SET
             step = :step, usage = :usage, lease_expires_at = :expires, updated_at = :now,
             next_event_seq = next_event_seq + :n_events,
-            next_checkpoint_seq = next_checkpoint_seq + 1
+            next_checkpoint_seq = next_checkpoint_seq + :n_checkpoints
         WHERE id = :run AND fencing_token = :token AND lease_owner = :owner
             AND state = :running
         RETURNING next_event_seq, next_checkpoint_seq, cancel_requested
@@ -75,9 +76,13 @@ _PG_CHECKPOINT = sa.text(
         FROM fenced,
             unnest(CAST(:types AS text[]), CAST(:payloads AS text[]))
                 WITH ORDINALITY AS e(type, payload, ord)
-    ), new_checkpoint AS (
+    ), new_checkpoints AS (
         INSERT INTO checkpoints (run_id, seq, step, fencing_token, delta, created_at)
-        SELECT :run, fenced.next_checkpoint_seq - 1, :step, :token, :delta, :now FROM fenced
+        SELECT :run, fenced.next_checkpoint_seq - :n_checkpoints + c.ord - 1, c.step, :token,
+            c.delta, :now
+        FROM fenced,
+            unnest(CAST(:cp_steps AS integer[]), CAST(:cp_deltas AS text[]))
+                WITH ORDINALITY AS c(step, delta, ord)
     ), journal AS (
         INSERT INTO tool_calls (run_id, step, call_index, call_id, tool, arguments, state,
             result, error, attempts, started_at, finished_at)
@@ -93,19 +98,19 @@ _PG_CHECKPOINT = sa.text(
 
 
 # A fenced end of a run on PostgreSQL in one statement: the last checkpoint (when
-# ``has_cp``), the run's end, its events and its audit record. The record's payload is
+# ``n_checkpoints`` is 1), the run's end, its events and its audit record. The record's payload is
 # built from the ended row, as ``RunStore._finish`` builds it on SQLite.
 _PG_FINISH = sa.text(
     """
     WITH ended AS (
         UPDATE runs SET
-            step = CASE WHEN :has_cp THEN :step ELSE step END,
-            usage = CASE WHEN :has_cp THEN :usage ELSE usage END,
+            step = CASE WHEN :n_checkpoints > 0 THEN :step ELSE step END,
+            usage = CASE WHEN :n_checkpoints > 0 THEN :usage ELSE usage END,
             state = :finished, stop_reason = :reason, stop_detail = :detail,
             final_answer = :answer, lease_owner = '', lease_expires_at = NULL,
             ended_at = :now, updated_at = :now,
             next_event_seq = next_event_seq + :n_events,
-            next_checkpoint_seq = next_checkpoint_seq + CASE WHEN :has_cp THEN 1 ELSE 0 END
+            next_checkpoint_seq = next_checkpoint_seq + :n_checkpoints
         WHERE id = :run AND fencing_token = :token AND lease_owner = :owner
             AND state != :finished
         RETURNING tenant, agent, step, usage, attempts, created_at, next_event_seq,
@@ -116,10 +121,13 @@ _PG_FINISH = sa.text(
         FROM ended,
             unnest(CAST(:types AS text[]), CAST(:payloads AS text[]))
                 WITH ORDINALITY AS e(type, payload, ord)
-    ), new_checkpoint AS (
+    ), new_checkpoints AS (
         INSERT INTO checkpoints (run_id, seq, step, fencing_token, delta, created_at)
-        SELECT :run, ended.next_checkpoint_seq - 1, :step, :token, :delta, :now
-        FROM ended WHERE :has_cp
+        SELECT :run, ended.next_checkpoint_seq - :n_checkpoints + c.ord - 1, c.step, :token,
+            c.delta, :now
+        FROM ended,
+            unnest(CAST(:cp_steps AS integer[]), CAST(:cp_deltas AS text[]))
+                WITH ORDINALITY AS c(step, delta, ord)
     ), audit AS (
         INSERT INTO outbox (id, tenant, run_id, kind, type, payload, created_at, relayed_at)
     SELECT :audit_id, tenant, :run, 'audit', 'run.stopped',
@@ -162,14 +170,15 @@ _PG_CREATE_OPENED = sa.text(
 
 
 @functools.cache
-def _fence_statement(columns: tuple[str, ...], checkpoint: bool) -> sa.Update:
+def _fence_statement(columns: tuple[str, ...]) -> sa.Update:
     """Set ``columns`` (parameters ``v_{column}``) on a run whose lease is still the
     holder's (``f_run``, ``f_token``, ``f_owner``), reserving ``n_events`` event numbers
-    and, with ``checkpoint``, a checkpoint number."""
+    and ``n_checkpoints`` checkpoint numbers."""
     values: dict[str, Any] = {c: sa.bindparam(f"v_{c}", type_=runs.c[c].type) for c in columns}
     values["next_event_seq"] = runs.c.next_event_seq + sa.bindparam("n_events", type_=sa.Integer)
-    if checkpoint:
-        values["next_checkpoint_seq"] = runs.c.next_checkpoint_seq + 1
+    values["next_checkpoint_seq"] = runs.c.next_checkpoint_seq + sa.bindparam(
+        "n_checkpoints", type_=sa.Integer
+    )
     return (
         runs.update()
         .where(
@@ -286,16 +295,28 @@ def _result_text(result: Any) -> str:
 
 @dataclass(frozen=True)
 class _EncodedCheckpoint:
-    """A checkpoint ready to write: its texts encoded and its times fixed."""
+    """Checkpoints ready to write together: their texts encoded and their times fixed.
+    ``steps`` and ``delta_texts`` have one entry per checkpoint; the run's step and usage
+    become the last one's; ``events`` are all of theirs, in order."""
 
     lease: Lease
-    step: int
+    steps: tuple[int, ...]
+    delta_texts: tuple[str, ...]
     usage_text: str
-    delta_text: str
     events: Sequence[NewEvent]
     call: CallEntry | None
     now: datetime
     expires: datetime
+
+    def params(self) -> dict[str, Any]:
+        """The parameters ``_PG_CHECKPOINT`` and ``_PG_FINISH`` share."""
+        return {
+            "n_checkpoints": len(self.steps),
+            "cp_steps": list(self.steps),
+            "cp_deltas": list(self.delta_texts),
+            "step": self.steps[-1] if self.steps else 0,
+            "usage": self.usage_text,
+        }
 
 
 @dataclass(frozen=True)
@@ -741,24 +762,25 @@ class RunStore:
         lease: Lease,
         *,
         events: Sequence[NewEvent] = (),
-        checkpoint: bool = False,
+        checkpoints: int = 0,
         now: datetime | None = None,
         **values: Any,
     ) -> _Fenced:
         """Apply ``values`` to the run if the lease is still current (LeaseLost if not),
-        reserving sequence numbers for ``events`` (inserted here) and a checkpoint, in
+        reserving sequence numbers for ``events`` (inserted here) and ``checkpoints``, in
         one statement."""
         params = {f"v_{column}": value for column, value in values.items()}
         params.update(f_run=lease.run_id, f_token=lease.token, f_owner=lease.owner)
         params["n_events"] = len(events)
-        rows = prepared.run(conn, _fence_statement(tuple(sorted(values)), checkpoint), params).rows
+        params["n_checkpoints"] = checkpoints
+        rows = prepared.run(conn, _fence_statement(tuple(sorted(values))), params).rows
         row = rows[0] if rows else None
         if row is None:
             raise LeaseLost(f"run {lease.run_id}: token {lease.token} is no longer current")
         next_event, next_checkpoint, cancel = row
         first = int(next_event) - len(events)
         self._insert_events(conn, lease.run_id, first, events, now or _now())
-        return _Fenced(first, int(next_checkpoint) - (1 if checkpoint else 0), bool(cancel))
+        return _Fenced(first, int(next_checkpoint) - checkpoints, bool(cancel))
 
     # -- fenced writes of a lease holder ---------------------------------------------
 
@@ -771,13 +793,16 @@ class RunStore:
         usage: dict[str, Any],
         events: Sequence[NewEvent] = (),
         call: CallEntry | None = None,
+        preceding: StepCheckpoint | None = None,
     ) -> Lease:
         """Record what a step (or a phase of one) added, with the run's usage so far and
         its events, in one fenced transaction that also renews the lease. ``call``: the
-        journal entry of the step's last tool call, written in the same transaction."""
-        return await self._checkpoint(
-            self._encoded(lease, StepCheckpoint(step, delta, usage, events), call)
-        )
+        journal entry of the step's last tool call, written in the same transaction.
+        ``preceding``: a checkpoint not written yet that comes before this one (the step's
+        model reply), written in the same transaction."""
+        this = StepCheckpoint(step, delta, usage, events)
+        parts = (this,) if preceding is None else (preceding, this)
+        return await self._checkpoint(self._encoded(lease, parts, call))
 
     async def _checkpoint(self, cp: _EncodedCheckpoint) -> Lease:
         if self._db.dialect == "postgresql":
@@ -789,15 +814,18 @@ class RunStore:
         return Lease(lease.run_id, lease.owner, lease.token, cp.expires, fenced.cancel_requested)
 
     def _encoded(
-        self, lease: Lease, checkpoint: StepCheckpoint, call: CallEntry | None = None
+        self,
+        lease: Lease,
+        checkpoints: Sequence[StepCheckpoint],
+        call: CallEntry | None = None,
     ) -> _EncodedCheckpoint:
         now = _now()
         return _EncodedCheckpoint(
             lease,
-            checkpoint.step,
-            json.dumps(checkpoint.usage, sort_keys=True),
-            json.dumps(checkpoint.delta, sort_keys=True),
-            checkpoint.events,
+            tuple(c.step for c in checkpoints),
+            tuple(json.dumps(c.delta, sort_keys=True) for c in checkpoints),
+            json.dumps(checkpoints[-1].usage, sort_keys=True) if checkpoints else "",
+            [e for c in checkpoints for e in c.events],
             call,
             now,
             now + self.lease_ttl,
@@ -808,22 +836,23 @@ class RunStore:
             conn,
             cp.lease,
             events=cp.events,
-            checkpoint=True,
+            checkpoints=len(cp.steps),
             now=cp.now,
-            step=cp.step,
+            step=cp.steps[-1],
             usage=cp.usage_text,
             lease_expires_at=cp.expires,
             updated_at=cp.now,
         )
-        _insert_checkpoint(
-            conn,
-            cp.lease.run_id,
-            fenced.checkpoint_seq,
-            cp.step,
-            cp.lease.token,
-            cp.delta_text,
-            cp.now,
-        )
+        for i, (step, delta_text) in enumerate(zip(cp.steps, cp.delta_texts, strict=True)):
+            _insert_checkpoint(
+                conn,
+                cp.lease.run_id,
+                fenced.checkpoint_seq + i,
+                step,
+                cp.lease.token,
+                delta_text,
+                cp.now,
+            )
         if cp.call is not None:
             self._write_call(conn, cp.lease.run_id, cp.call, cp.now)
         return fenced
@@ -831,18 +860,16 @@ class RunStore:
     async def _checkpoint_in_one_statement(
         self, cp: _EncodedCheckpoint, written: list[tuple[str, RunEvent]]
     ) -> _Fenced:
-        """The checkpoint as one statement, committed on its own: on PostgreSQL each
+        """The checkpoints as one statement, committed on its own: on PostgreSQL each
         statement is a round trip, and a transaction of five would cost five more."""
         lease, call, events = cp.lease, cp.call, cp.events
         texts = _payload_texts(events)
         params: dict[str, Any] = {
+            **cp.params(),
             "run": lease.run_id,
             "token": lease.token,
             "owner": lease.owner,
             "running": RunState.RUNNING.value,
-            "step": cp.step,
-            "usage": cp.usage_text,
-            "delta": cp.delta_text,
             "expires": cp.expires,
             "now": cp.now,
             "n_events": len(events),
@@ -865,7 +892,7 @@ class RunStore:
         next_event, next_checkpoint, cancel = row
         first = int(next_event) - len(events)
         written.extend(_as_written(lease.run_id, first, events, texts, cp.now))
-        return _Fenced(first, int(next_checkpoint) - 1, bool(cancel))
+        return _Fenced(first, int(next_checkpoint) - len(cp.steps), bool(cancel))
 
     def _append_events(
         self, conn: Connection, run_id: str, events: Sequence[NewEvent], now: datetime
@@ -945,7 +972,7 @@ class RunStore:
         """End the run with its stop reason, fenced. ``checkpoint``: a last checkpoint
         (the reply that ended the run), written with the end in one write on SQLite; on
         PostgreSQL, where a checkpoint is one statement of its own, just before it."""
-        last = self._encoded(lease, checkpoint) if checkpoint is not None else None
+        last = self._encoded(lease, [checkpoint]) if checkpoint is not None else None
         if self._db.dialect == "postgresql":
             end = _End(reason, detail, final_answer, events)
             written: list[tuple[str, RunEvent]] = []
@@ -995,10 +1022,7 @@ class RunStore:
             "n_events": len(events),
             "types": [e.type for e in events],
             "payloads": texts,
-            "has_cp": last is not None,
-            "step": last.step if last is not None else 0,
-            "usage": last.usage_text if last is not None else "",
-            "delta": last.delta_text if last is not None else "",
+            **(last or self._encoded(lease, [])).params(),
             "audit_id": str(uuid.uuid4()),
         }
         async with self._db.single_statement() as conn:

@@ -130,12 +130,12 @@ class ToolRouter:
                     {"error": "the run's deadline passed"}, False, attempt > 1, attempt - 1
                 )
             try:
-                result = await asyncio.wait_for(
-                    self._run(
+                # A timeout scope, not wait_for: the call runs in this task, so one that
+                # never waits (a builtin) completes without a turn of the event loop.
+                async with asyncio.timeout(min(timeout, remaining)):
+                    result = await self._run(
                         tool, arguments, idempotency_key, CallContext(tenant, agent, self._memory)
-                    ),
-                    min(timeout, remaining),
-                )
+                    )
                 return ToolOutcome(result, True, True, attempt)
             except ToolFailure as e:
                 return ToolOutcome({"error": str(e)}, False, True, attempt)

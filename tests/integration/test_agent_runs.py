@@ -13,6 +13,8 @@ from typing import Any
 
 import grpc
 
+from dataplane.runstore.database import open_run_database
+from dataplane.runstore.store import RunStore
 from dataplane.server import Executor
 from dataplane.settings import Settings as ExecutorSettings
 from pilothouse.v1 import (
@@ -28,6 +30,7 @@ from pilothouse.v1 import (
 from tests import helpers as h
 from tests.conftest import Live
 from tests.fakes.mcp_server import OrdersMcp
+from tests.fakes.tool_server import RefundTool
 
 Code = grpc.StatusCode
 
@@ -233,6 +236,54 @@ async def test_run_agent_streams_a_whole_run(
             )
         ]
         assert kinds(watched) == ["final_answer", "run_stopped"]
+
+    # The builtin call never waited, so the model reply's checkpoint went with the step's
+    # results: one write for the step.
+    database = open_run_database(run_database_url)
+    try:
+        checkpoints, _ = await RunStore(database).history(run.name.rsplit("/", 1)[-1])
+    finally:
+        await database.aclose()
+    assert [cp.step for cp in checkpoints] == [0, 0, 1, 2]
+    assert checkpoints[1].created_at == checkpoints[2].created_at
+
+
+async def test_a_model_reply_is_written_while_its_safe_calls_run(
+    live: Live, run_database_url: str, tmp_path: Path
+) -> None:
+    """A read-only tool does not wait for the reply's checkpoint, nor the reply's events
+    for the tool: the client sees the call requested while the tool still holds it."""
+    lookup = await RefundTool(hold_first_call=True).start()
+    tool = tool_pb2.Tool(description="look up", kind=tool_pb2.TOOL_KIND_HTTP, endpoint=lookup.url)
+    tool.input_schema.update({"type": "object"})
+    tool.annotations.read_only_hint = True
+    tenant = await support_agent(live, tool=tool, arguments={"amount_usd": "1"})
+    try:
+        async with stage(live, run_database_url, tmp_path) as s:
+            key = await s.client_key(tenant)
+            await s.settled()
+            call = s.agents.RunAgent(
+                run_pb2.RunAgentRequest(
+                    agent=f"tenants/{tenant}/agents/helper", input="x", variables={"customer": "A"}
+                ),
+                metadata=(("authorization", f"Bearer {key}"),),
+            )
+            seen: list[run_pb2.RunEvent] = []
+            stream = aiter(call)
+            while not seen or kinds(seen)[-1] != "tool_call_requested":
+                seen.append((await asyncio.wait_for(anext(stream), 5)).event)
+            await asyncio.wait_for(lookup.first_effect_done.wait(), 5)
+            assert not lookup.release.is_set(), "the tool is still running"
+            md = (("authorization", f"Bearer {key}"),)
+            run = await s.agents.GetRun(run_pb2.GetRunRequest(name=seen[0].run), metadata=md)
+            assert run.run.usage.model_calls == 1, "the reply is durable before the tool ends"
+            lookup.release.set()
+            seen += [r.event async for r in stream]
+            assert kinds(seen)[-3:] == ["model_call_finished", "final_answer", "run_stopped"]
+            assert [e.sequence for e in seen] == list(range(1, len(seen) + 1))
+            assert lookup.effects == 1
+    finally:
+        await lookup.aclose()
 
 
 async def test_an_agent_calls_an_mcp_tool(

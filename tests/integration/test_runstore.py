@@ -13,7 +13,14 @@ import pytest
 
 from dataplane.runstore.database import open_run_database
 from dataplane.runstore.errors import IdempotencyConflict, LeaseLost
-from dataplane.runstore.model import CallState, NewEvent, RunState, StepCheckpoint, StopReason
+from dataplane.runstore.model import (
+    CallEntry,
+    CallState,
+    NewEvent,
+    RunState,
+    StepCheckpoint,
+    StopReason,
+)
 from dataplane.runstore.store import NewRun, RunStore
 from storekit.database import Database
 
@@ -144,6 +151,40 @@ async def test_the_last_checkpoint_goes_with_the_end_or_not_at_all(run_db: Datab
     cps, _ = await store.history(other.id)
     assert cps == [] and await store.events(other.id) == []
     assert (await store.get(other.id)).state is RunState.RUNNING
+
+
+async def test_a_step_reply_can_go_with_the_steps_results(run_db: Database) -> None:
+    store = RunStore(run_db)
+    run, lease, _ = await store.create(new_run(tenant(), queued=False), owner="a")
+    assert lease is not None
+    reply = StepCheckpoint(0, {"n": "reply"}, {"calls": 1}, [NewEvent("requested", {})])
+    call = CallEntry(1, 0, "c1", "calc", {}, CallState.COMPLETED, {"ok": 1})
+    lease = await store.checkpoint(
+        lease,
+        step=1,
+        delta={"n": "results"},
+        usage={"calls": 2},
+        events=[NewEvent("finished", {})],
+        call=call,
+        preceding=reply,
+    )
+    cps, journal = await store.history(run.id)
+    assert [(cp.seq, cp.step, cp.delta) for cp in cps] == [
+        (1, 0, {"n": "reply"}),
+        (2, 1, {"n": "results"}),
+    ]
+    assert [(j.call_id, j.state) for j in journal] == [("c1", CallState.COMPLETED)]
+    assert [(e.seq, e.type) for e in await store.events(run.id)] == [
+        (1, "requested"),
+        (2, "finished"),
+    ]
+    now = await store.get(run.id)
+    assert (now.step, now.usage) == (1, {"calls": 2})
+    # Numbering goes on after both.
+    await store.checkpoint(lease, step=2, delta={"n": 3}, usage={}, events=[NewEvent("e", {})])
+    cps, _ = await store.history(run.id)
+    assert [cp.seq for cp in cps] == [1, 2, 3]
+    assert [e.seq for e in await store.events(run.id)] == [1, 2, 3]
 
 
 async def test_checkpoints_grow_linearly_and_replay_in_order(run_db: Database) -> None:
