@@ -20,8 +20,8 @@ import http.cookiejar
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 import httpx
 
@@ -39,11 +39,14 @@ def http_client(
     max_idle_per_origin: int = 1000,
     idle_timeout: float = 30.0,
     ssl_context: ssl.SSLContext | None = None,
+    transport: Http1Transport | None = None,
 ) -> httpx.AsyncClient:
-    """The client model and tool calls go through. It never retries on its own: the model
-    gateway and the tool router decide what may be retried."""
+    """The client tool calls go through (model calls use its ``transport`` directly). It
+    never retries on its own: the model gateway and the tool router decide what may be
+    retried."""
     return httpx.AsyncClient(
-        transport=Http1Transport(
+        transport=transport
+        or Http1Transport(
             max_idle_per_origin=max_idle_per_origin,
             idle_timeout=idle_timeout,
             ssl_context=ssl_context,
@@ -101,45 +104,79 @@ class Http1Transport(httpx.AsyncBaseTransport):
         self._closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeouts = request.extensions.get("timeout", {})
+        reply = await self._exchange(
+            request.method,
+            request.url,
+            request.headers.raw,
+            await request.aread(),
+            _Timeouts(timeouts.get("connect"), timeouts.get("write"), timeouts.get("read")),
+            request,
+        )
+        return httpx.Response(
+            reply.status,
+            headers=reply.headers,
+            stream=reply.body,
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reply.reason},
+        )
+
+    async def exchange(
+        self,
+        method: str,
+        url: httpx.URL,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes,
+        timeout: float | None,
+    ) -> RawResponse:
+        """One request without httpx's request and response objects: what a model call
+        needs, for a fraction of their cost. ``headers`` get Host and Content-Length
+        added; ``timeout`` bounds connecting, sending and each read. Failures are
+        httpx's exceptions, as for a request through the client."""
+        head = [(b"host", url.netloc), *headers, (b"content-length", b"%d" % len(body))]
+        return await self._exchange(
+            method, url, head, body, _Timeouts(timeout, timeout, timeout), None
+        )
+
+    async def _exchange(
+        self,
+        method: str,
+        url: httpx.URL,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes,
+        timeouts: _Timeouts,
+        request: httpx.Request | None,
+    ) -> RawResponse:
         if self._closed:
             raise httpx.UnsupportedProtocol("the transport is closed", request=request)
-        url = request.url
         if url.scheme not in ("http", "https"):
             raise httpx.UnsupportedProtocol(
                 f"unsupported URL scheme {url.scheme!r}", request=request
             )
         origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
-        timeouts = request.extensions.get("timeout", {})
-        read_timeout: float | None = timeouts.get("read")
         connection = self._checkout(origin)
         if connection is None:
-            connection = await self._connect(origin, timeouts.get("connect"), request)
+            connection = await self._connect(origin, timeouts.connect, request)
         try:
-            await _guard(
-                _send(connection, request),
-                timeouts.get("write"),
+            asked_close = await _guard(
+                _send(connection, method, url.raw_path, headers, body, request),
+                timeouts.write,
                 request,
                 httpx.WriteTimeout,
                 httpx.WriteError,
             )
-            status, reason, headers, http11 = await _guard(
+            status, reason, response_headers, http11 = await _guard(
                 _read_head(connection.reader),
-                read_timeout,
+                timeouts.read,
                 request,
                 httpx.ReadTimeout,
                 httpx.ReadError,
             )
-            body = _Body(self, origin, connection, request, read_timeout)
-            body.frame(request.method, status, headers, http11)
+            reader = _Body(self, origin, connection, request, timeouts.read)
+            reader.frame(method, status, response_headers, http11 and not asked_close)
         except BaseException:
             connection.close()
             raise
-        return httpx.Response(
-            status,
-            headers=headers,
-            stream=body,
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason},
-        )
+        return RawResponse(status, reason, response_headers, reader)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -168,7 +205,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
         idle.append(connection)
 
     async def _connect(
-        self, origin: Origin, timeout: float | None, request: httpx.Request
+        self, origin: Origin, timeout: float | None, request: httpx.Request | None
     ) -> _Connection:
         scheme, host, port = origin
         tls: ssl.SSLContext | None = None
@@ -195,7 +232,7 @@ class Http1Transport(httpx.AsyncBaseTransport):
 async def _guard(
     work: Awaitable[T],
     timeout: float | None,
-    request: httpx.Request,
+    request: httpx.Request | None,
     on_timeout: type[httpx.TimeoutException],
     on_error: type[httpx.NetworkError],
 ) -> T:
@@ -215,19 +252,29 @@ async def _guard(
         raise on_error(f"{e!r}", request=request) from e
 
 
-async def _send(connection: _Connection, request: httpx.Request) -> None:
-    body = await request.aread()
-    head = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), request.url.raw_path)]
-    chunked = False
-    for name, value in request.headers.raw:
+async def _send(
+    connection: _Connection,
+    method: str,
+    target: bytes,
+    headers: Sequence[tuple[bytes, bytes]],
+    body: bytes,
+    request: httpx.Request | None,
+) -> bool:
+    """Write the request; whether it asked the server to close the connection after."""
+    head = [b"%s %s HTTP/1.1\r\n" % (method.encode("ascii"), target)]
+    chunked = asked_close = False
+    for name, value in headers:
         if _UNSAFE.search(name) or _UNSAFE.search(value):
             # A line break in a header would start a header (or a request) of its own.
             raise httpx.LocalProtocolError(
                 f"header {name[:40]!r} has a line break or NUL in it", request=request
             )
-        if name.lower() == b"transfer-encoding":
+        lowered = name.lower()
+        if lowered == b"transfer-encoding":
             chunked = b"chunked" in value.lower()
             continue
+        if lowered == b"connection":
+            asked_close = b"close" in value.lower()
         head.append(b"%s: %s\r\n" % (name, value))
     if chunked:
         # The body was a stream of unknown length; it has been read whole, so it is sent
@@ -236,6 +283,7 @@ async def _send(connection: _Connection, request: httpx.Request) -> None:
     head.append(b"\r\n")
     connection.writer.write(b"".join(head) + body)
     await connection.writer.drain()
+    return asked_close
 
 
 async def _read_head(
@@ -260,6 +308,12 @@ async def _read_head(
         return status, reason, headers, version == b"HTTP/1.1"
 
 
+class _Timeouts(NamedTuple):
+    connect: float | None
+    write: float | None
+    read: float | None
+
+
 class _Body(httpx.AsyncByteStream):
     """A response body, read off its connection; the connection goes back to the pool when
     the body was read to its end and both sides allow reuse, and is closed otherwise."""
@@ -269,7 +323,7 @@ class _Body(httpx.AsyncByteStream):
         transport: Http1Transport,
         origin: Origin,
         connection: _Connection,
-        request: httpx.Request,
+        request: httpx.Request | None,
         read_timeout: float | None,
     ) -> None:
         self._transport = transport
@@ -284,8 +338,10 @@ class _Body(httpx.AsyncByteStream):
         self._closed = False
 
     def frame(
-        self, method: str, status: int, headers: list[tuple[bytes, bytes]], http11: bool
+        self, method: str, status: int, headers: list[tuple[bytes, bytes]], reusable: bool
     ) -> None:
+        """Learn how the body ends from the response's head. ``reusable``: HTTP/1.1, and
+        the request did not ask to close the connection."""
         connection_tokens = b""
         encoding = b""
         length: bytes | None = None
@@ -297,8 +353,7 @@ class _Body(httpx.AsyncByteStream):
                 encoding = value.lower()
             elif lowered == b"connection":
                 connection_tokens = value.lower()
-        asked_close = b"close" in self._request.headers.get("connection", "").lower().encode()
-        self._keep_alive = http11 and b"close" not in connection_tokens and not asked_close
+        self._keep_alive = reusable and b"close" not in connection_tokens
         if method == "HEAD" or status in _NO_BODY:
             self._length = 0
         elif b"chunked" in encoding:
@@ -367,6 +422,23 @@ class _Body(httpx.AsyncByteStream):
         else:
             with contextlib.suppress(Exception):
                 self._connection.close()
+
+
+class RawResponse(NamedTuple):
+    """A response's head, and its body to read to the end (or ``aclose``): only then does
+    its connection go back to the pool."""
+
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: _Body
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of the header ``name`` (lower case)."""
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None
 
 
 class ChunkedDecoder:

@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from dataplane.api.agents import AgentServicer
 from dataplane.approvals import ApprovalBridge
 from dataplane.config.watcher import ConfigWatcher
-from dataplane.http1 import http_client
+from dataplane.http1 import Http1Transport, http_client
 from dataplane.models.gateway import ModelGateway
 from dataplane.orchestrator.runs import Runs
 from dataplane.runstore.database import open_run_database
@@ -91,11 +91,12 @@ class Executor:
         await db.migrate()
         await watcher.start()
         store = RunStore(db, lease_ttl=timedelta(seconds=settings.lease_ttl))
-        http = http_client()
+        transport = Http1Transport()
+        http = http_client(transport=transport)
         mcp = McpSessions()
         runs = Runs(
             store,
-            ModelGateway(http),
+            ModelGateway(transport),
             ToolRouter(http, Memory(db), mcp),
             watcher,
             owner=f"{settings.node_id}/{secrets.token_hex(3)}",

@@ -19,9 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 
-import httpx
-
 from dataplane.config.snapshot import ExecutorConfig
+from dataplane.http1 import Http1Transport
 from dataplane.models.breaker import Breakers
 from dataplane.models.openai import OpenAIProvider
 from dataplane.models.pricing import cost
@@ -77,7 +76,7 @@ def weighted_pick(route: model_pb2.ModelRoute, key: str) -> str:
 class ModelGateway:
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: Http1Transport,
         *,
         retry: RetryPolicy = RetryPolicy(),
         breakers: Breakers | None = None,
@@ -85,7 +84,8 @@ class ModelGateway:
         stream: bool = True,
         retry_budget: RetryBudget | None = None,
     ) -> None:
-        """``stream``: ask OpenAI-compatible providers for server-sent events."""
+        """``http``: the transport model calls go over (shared with the tools' client).
+        ``stream``: ask OpenAI-compatible providers for server-sent events."""
         self._http = http
         self._stream = stream
         self._budget = retry_budget or RetryBudget()

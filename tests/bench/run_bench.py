@@ -12,6 +12,7 @@ durable checkpoints included. Then 10 runs at a time for a while: steps per seco
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import secrets
@@ -28,7 +29,7 @@ import grpc
 import httpx
 
 from controlplane import launch
-from dataplane.http1 import http_client
+from dataplane.http1 import Http1Transport
 from pilothouse.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -164,9 +165,11 @@ async def one_run(stub: run_pb2_grpc.AgentServiceStub, key: str) -> float:
     return elapsed
 
 
-async def direct_calls(fake: FakeOpenAI, http: httpx.AsyncClient) -> float:
-    """The same five model calls, made directly with the executor's HTTP client on a
+async def direct_calls(fake: FakeOpenAI, http: Http1Transport) -> float:
+    """The same five model calls, made directly over the executor's HTTP transport on a
     kept-alive connection, as the executor's are: what the run's steps cannot go below."""
+    url = httpx.URL(fake.base_url + "/chat/completions")
+    headers = [(b"content-type", b"application/json")]
     body = {
         "model": "fake",
         "messages": [{"role": "user", "content": "go"}],
@@ -175,10 +178,12 @@ async def direct_calls(fake: FakeOpenAI, http: httpx.AsyncClient) -> float:
             {"type": "function", "function": {"name": "calc", "parameters": {"type": "object"}}}
         ],
     }
+    content = json.dumps(body).encode()
     started = time.perf_counter()
     for _ in range(STEPS):
-        async with http.stream("POST", fake.base_url + "/chat/completions", json=body) as r:
-            await r.aread()
+        reply = await http.exchange("POST", url, headers, content, 5.0)
+        async for _chunk in reply.body:
+            pass
     return time.perf_counter() - started
 
 
@@ -270,7 +275,8 @@ async def measure(run_store_url: str, workdir: Path) -> dict[str, Any]:
             for _ in range(10):  # warm up
                 await one_run(stub, client_key)
             overheads = []
-            async with http_client() as http:
+            http = Http1Transport()
+            try:
                 for _ in range(RUNS):
                     script(fake, 1)
                     base = await direct_calls(fake, http)
@@ -278,6 +284,8 @@ async def measure(run_store_url: str, workdir: Path) -> dict[str, Any]:
                     script(fake, 1)
                     run = await one_run(stub, client_key)
                     overheads.append((run - base) / STEPS)
+            finally:
+                await http.aclose()
             script(fake, 100_000)
             done = 0
             stop_at = time.perf_counter() + CONCURRENT_SECONDS

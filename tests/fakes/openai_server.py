@@ -7,6 +7,7 @@ calls) and can be told, call by call, to answer, call tools, be slow or fail.
 from __future__ import annotations
 
 import asyncio
+import gzip as gzip_codec
 import json
 import time
 from collections import deque
@@ -27,6 +28,8 @@ class Behaviour:
     status: int = 200
     retry_after: str | None = None
     delay: float = 0.0
+    gzip: bool = False
+    """Compress a whole (not streamed) reply, whatever the client accepts."""
 
 
 @dataclass
@@ -94,6 +97,7 @@ class FakeOpenAI(LoopbackHttpServer):
                 "choices": [{"index": 0, "message": message, "finish_reason": reason}],
                 "usage": usage,
             },
+            gzip=behaviour.gzip,
         )
 
     @staticmethod
@@ -124,8 +128,13 @@ class FakeOpenAI(LoopbackHttpServer):
         status: int,
         payload: dict[str, Any],
         extra: dict[str, str] | None = None,
+        *,
+        gzip: bool = False,
     ) -> bool:
         data = json.dumps(payload).encode()
+        if gzip:
+            data = gzip_codec.compress(data)
+            extra = {**(extra or {}), "content-encoding": "gzip"}
         head = [
             f"HTTP/1.1 {status} X",
             "content-type: application/json",

@@ -9,12 +9,11 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
-import httpx
 import pytest
 from google.protobuf import any_pb2
 
 from dataplane.config.snapshot import ExecutorConfig, parse
-from dataplane.http1 import http_client
+from dataplane.http1 import Http1Transport
 from dataplane.models.breaker import Breakers
 from dataplane.models.gateway import ModelGateway, NoModelAvailable, RetryPolicy, weighted_pick
 from dataplane.models.types import ChatMessage, ChatRequest, ProviderError, ToolSpec
@@ -32,9 +31,10 @@ async def fake() -> AsyncIterator[FakeOpenAI]:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with http_client() as client:
-        yield client
+async def http() -> AsyncIterator[Http1Transport]:
+    transport = Http1Transport()
+    yield transport
+    await transport.aclose()
 
 
 def config(*models: model_pb2.Model, fallbacks: tuple[str, ...] = ()) -> ExecutorConfig:
@@ -72,7 +72,7 @@ REQUEST = ChatRequest(
 )
 
 
-def gateway(http: httpx.AsyncClient, **kwargs: object) -> ModelGateway:
+def gateway(http: Http1Transport, **kwargs: object) -> ModelGateway:
     return ModelGateway(http, retry=FAST, env={"FAKE_KEY": "sk-test"}, **kwargs)  # type: ignore[arg-type]
 
 
@@ -82,7 +82,7 @@ async def deadline(seconds: float = 5) -> float:
 
 @pytest.mark.parametrize("stream", [True, False])
 async def test_answers_tool_calls_usage_and_cost(
-    fake: FakeOpenAI, http: httpx.AsyncClient, stream: bool
+    fake: FakeOpenAI, http: Http1Transport, stream: bool
 ) -> None:
     fake.then(
         Behaviour(tool_calls=[{"name": "lookup", "arguments": {"order_id": "AB-1234"}}]),
@@ -112,8 +112,25 @@ async def test_answers_tool_calls_usage_and_cost(
     assert sent["stream"] is stream and fake.headers[0]["authorization"] == "Bearer sk-test"
 
 
+async def test_a_compressed_reply_is_read_although_none_was_asked_for(
+    fake: FakeOpenAI, http: Http1Transport
+) -> None:
+    fake.then(Behaviour(content="squeezed", gzip=True), Behaviour(content="plain"))
+    g = gateway(http, stream=False)
+    for expected in ("squeezed", "plain"):
+        result = await g.complete(
+            config(openai_model(fake)),
+            "tenants/t/modelRoutes/r",
+            REQUEST,
+            deadline=await deadline(),
+            pick_key="run:1",
+        )
+        assert result.result.message.content == expected
+    assert [h["accept-encoding"] for h in fake.headers] == ["identity", "identity"]
+
+
 async def test_retries_what_may_succeed_and_honours_retry_after(
-    fake: FakeOpenAI, http: httpx.AsyncClient
+    fake: FakeOpenAI, http: Http1Transport
 ) -> None:
     fake.then(
         Behaviour(status=429, retry_after="0.2"), Behaviour(status=503), Behaviour(content="ok")
@@ -130,7 +147,7 @@ async def test_retries_what_may_succeed_and_honours_retry_after(
     assert asyncio.get_running_loop().time() - started >= 0.2
 
 
-async def test_final_errors_are_not_retried(fake: FakeOpenAI, http: httpx.AsyncClient) -> None:
+async def test_final_errors_are_not_retried(fake: FakeOpenAI, http: Http1Transport) -> None:
     fake.then(Behaviour(status=400), Behaviour(content="never asked"))
     with pytest.raises(ProviderError) as info:
         await gateway(http).complete(
@@ -145,7 +162,7 @@ async def test_final_errors_are_not_retried(fake: FakeOpenAI, http: httpx.AsyncC
 
 
 async def test_falls_back_in_order_when_a_model_keeps_failing(
-    fake: FakeOpenAI, http: httpx.AsyncClient
+    fake: FakeOpenAI, http: Http1Transport
 ) -> None:
     backup = await FakeOpenAI().start()
     try:
@@ -167,7 +184,7 @@ async def test_falls_back_in_order_when_a_model_keeps_failing(
 
 
 async def test_the_deadline_bounds_waiting_and_retrying(
-    fake: FakeOpenAI, http: httpx.AsyncClient
+    fake: FakeOpenAI, http: Http1Transport
 ) -> None:
     fake.default_delay = 1.0
     started = asyncio.get_running_loop().time()
@@ -182,9 +199,7 @@ async def test_the_deadline_bounds_waiting_and_retrying(
     assert asyncio.get_running_loop().time() - started < 0.9
 
 
-async def test_an_open_breaker_skips_the_endpoint(
-    fake: FakeOpenAI, http: httpx.AsyncClient
-) -> None:
+async def test_an_open_breaker_skips_the_endpoint(fake: FakeOpenAI, http: Http1Transport) -> None:
     breakers = Breakers(threshold=2, cooldown=60)
     g = gateway(http, breakers=breakers)
     cfg = config(openai_model(fake))
@@ -201,7 +216,7 @@ async def test_an_open_breaker_skips_the_endpoint(
     assert len(fake.requests) == asked, "an open breaker sends nothing"
 
 
-async def test_scripted_rules(http: httpx.AsyncClient) -> None:
+async def test_scripted_rules(http: Http1Transport) -> None:
     model = model_pb2.Model(
         name="tenants/t/models/s",
         provider=model_pb2.MODEL_PROVIDER_SCRIPTED,
@@ -250,9 +265,7 @@ def test_weighted_pick_is_stable_and_follows_weights() -> None:
     assert weighted_pick(route, "run-7") == weighted_pick(route, "run-7")
 
 
-async def test_the_retry_budget_stops_retry_storms(
-    fake: FakeOpenAI, http: httpx.AsyncClient
-) -> None:
+async def test_the_retry_budget_stops_retry_storms(fake: FakeOpenAI, http: Http1Transport) -> None:
     from dataplane.models.retry_budget import RetryBudget
 
     budget = RetryBudget(ratio=0.0, reserve_per_second=0.0)
