@@ -108,9 +108,10 @@ class RunLoop:
     _last_call: tuple[CallEntry, list[NewEvent]] | None = None
     _ending: StepCheckpoint | None = None
     """The checkpoint of the reply that ends the run, written with the run's end."""
-    _reply: StepCheckpoint | None = None
-    """The checkpoint of the step's model reply while its write has not begun."""
-    _reply_write: asyncio.Task[None] | None = None
+    _queued: list[tuple[StepCheckpoint, CallEntry | None]] = field(default_factory=list)
+    """Checkpoints waiting for the background write, with the journal entry of a step's
+    last call where one goes with them."""
+    _writing: asyncio.Task[None] | None = None
     _usage: Usage = field(default_factory=Usage)
 
     async def execute(self) -> None:
@@ -126,7 +127,7 @@ class RunLoop:
             if self.cancel_reason:
                 ending, self._ending = self._ending, None
                 with contextlib.suppress(LeaseLost):
-                    await self._flush_reply()
+                    await self._written()
                     await self.store.finish(
                         self.lease,
                         StopReason.CANCELLED,
@@ -143,9 +144,9 @@ class RunLoop:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError, LeaseLost):
                 await renewer
-            if self._reply_write is not None:  # a run that ended in the middle of a step
+            if self._writing is not None:  # a run that ended in the middle of a step
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(self._reply_write)
+                    await asyncio.shield(self._writing)
 
     async def _keep_lease(self) -> None:
         """Renew the lease while a long step runs, so only a dead or stuck executor
@@ -218,16 +219,15 @@ class RunLoop:
                 # The step's last call is journaled with the checkpoint: nothing happens
                 # between the two, so one transaction serves both.
                 last, self._last_call = self._last_call, None
-                self.lease = await self.store.checkpoint(
-                    self.lease,
-                    step=step,
-                    delta={"messages": [m.to_dict() for m in results]},
-                    usage=self._usage.to_dict(),
-                    events=last[1] if last else (),
-                    call=last[0] if last else None,
-                    preceding=await self._reply_written(),
+                self._write_behind(
+                    StepCheckpoint(
+                        step,
+                        {"messages": [m.to_dict() for m in results]},
+                        self._usage.to_dict(),
+                        last[1] if last else [],
+                    ),
+                    last[0] if last else None,
                 )
-                self._notify()
                 journal = [j for j in journal if j.step != step]
                 completed = step
         except _Stop as stop:
@@ -236,7 +236,7 @@ class RunLoop:
                 events.append(NewEvent("final_answer", {"text": stop.final_answer}))
             events.append(stopped(stop.reason, stop.detail, self._usage.to_dict()))
             ending, self._ending = self._ending, None
-            await self._flush_reply()
+            await self._written()
             await self.store.finish(
                 self.lease,
                 stop.reason,
@@ -289,6 +289,7 @@ class RunLoop:
             if self._usage.cost_usd + worst > limits.max_usd:
                 raise _Stop(StopReason.BUDGET_EXCEEDED, "usd")
         await self._check_cancel()
+        self._raise_write_failure()
         request = ChatRequest(
             messages=tuple(messages),
             tools=ctx.tool_specs,
@@ -356,49 +357,58 @@ class RunLoop:
             # The run ends with this reply: its checkpoint is written with the end.
             self._ending = checkpoint
             return reply
-        self._reply = checkpoint
-        self._reply_write = asyncio.create_task(self._write_reply())
+        self._write_behind(checkpoint)
         return reply
 
-    # The model reply's checkpoint is written in the background while the step goes on:
-    # the calls that are safe to repeat need not wait for it (an executor that dies before
-    # it is written costs the model call again, nothing more). Every other write of the
-    # run comes after it: it waits for it, or takes it along when its write has not begun
-    # (calls that never waited, such as builtins), so the step is one write, not two.
+    # A step's checkpoints are written in the background (the model reply's while its
+    # calls run, the results' while the next model call is made) on one write task per
+    # run, which takes all that is queued each time: a step whose calls never wait is one
+    # write. Whatever runs before its checkpoint is durable is safe to repeat: a model
+    # call, or a call of a read-only or idempotent tool. Everything that acts otherwise
+    # waits for the run's writes first (``_written``): a call journaled before it runs,
+    # an approval, the run's end. An executor that dies with a write queued costs the
+    # calls made since then again, and nothing more.
 
-    async def _write_reply(self) -> None:
-        reply, self._reply = self._reply, None
-        if reply is not None:  # else a later write of the run took it along
-            await self._write_step(reply)
+    def _write_behind(self, checkpoint: StepCheckpoint, call: CallEntry | None = None) -> None:
+        self._raise_write_failure()
+        self._queued.append((checkpoint, call))
+        if self._writing is None:
+            self._writing = asyncio.create_task(self._write_queued())
 
-    async def _write_step(self, checkpoint: StepCheckpoint) -> None:
-        self.lease = await self.store.checkpoint(
-            self.lease,
-            step=checkpoint.step,
-            delta=checkpoint.delta,
-            usage=checkpoint.usage,
-            events=checkpoint.events,
-        )
-        self._notify()
+    async def _write_queued(self) -> None:
+        while self._queued:
+            batch, self._queued = self._queued, []
+            await self._write_checkpoints(batch)
+        self._writing = None  # a failed write task stays, for the run to hear of it
 
-    async def _reply_written(self) -> StepCheckpoint | None:
-        """Before another write of the run: the reply's checkpoint to take along when
-        its write has not begun; otherwise None once that write has ended."""
-        reply, self._reply = self._reply, None
-        task = self._reply_write
-        if task is None:
-            return None
-        if reply is not None:
-            task.cancel()
-        else:
-            await asyncio.shield(task)
-        self._reply_write = None
-        return reply
+    def _raise_write_failure(self) -> None:
+        """Stop the run as soon as a background write failed (LeaseLost: the run went to
+        another executor), before it calls a model or a tool for nothing."""
+        if self._writing is not None and self._writing.done():
+            self._writing.result()
 
-    async def _flush_reply(self) -> None:
-        reply = await self._reply_written()
-        if reply is not None:
-            await self._write_step(reply)
+    async def _write_checkpoints(
+        self, batch: list[tuple[StepCheckpoint, CallEntry | None]]
+    ) -> None:
+        """One write for each journal entry in ``batch`` and its checkpoints before it."""
+        while batch:
+            cut = next((i for i, (_, call) in enumerate(batch) if call is not None), len(batch) - 1)
+            (*earlier, (last, call)), batch = batch[: cut + 1], batch[cut + 1 :]
+            self.lease = await self.store.checkpoint(
+                self.lease,
+                step=last.step,
+                delta=last.delta,
+                usage=last.usage,
+                events=last.events,
+                call=call,
+                preceding=[cp for cp, _ in earlier],
+            )
+            self._notify()
+
+    async def _written(self) -> None:
+        """Wait until the run's queued checkpoints are durable (or raise why not)."""
+        while self._writing is not None:
+            await asyncio.shield(self._writing)
 
     def _primary_model(self, ctx: RunContext) -> model_pb2.Model | None:
         route = self.config.get(model_pb2.ModelRoute, ctx.route)
@@ -431,7 +441,7 @@ class RunLoop:
             entry = CallEntry(step, index, call.id, call.name, arguments, state, result)
             self._last_call = (entry, list(events))
             return
-        await self._flush_reply()
+        await self._written()
         await self.store.record_call(
             self.lease,
             step=step,

@@ -793,15 +793,14 @@ class RunStore:
         usage: dict[str, Any],
         events: Sequence[NewEvent] = (),
         call: CallEntry | None = None,
-        preceding: StepCheckpoint | None = None,
+        preceding: Sequence[StepCheckpoint] = (),
     ) -> Lease:
         """Record what a step (or a phase of one) added, with the run's usage so far and
         its events, in one fenced transaction that also renews the lease. ``call``: the
         journal entry of the step's last tool call, written in the same transaction.
-        ``preceding``: a checkpoint not written yet that comes before this one (the step's
+        ``preceding``: checkpoints not written yet that come before this one (a step's
         model reply), written in the same transaction."""
-        this = StepCheckpoint(step, delta, usage, events)
-        parts = (this,) if preceding is None else (preceding, this)
+        parts = [*preceding, StepCheckpoint(step, delta, usage, events)]
         return await self._checkpoint(self._encoded(lease, parts, call))
 
     async def _checkpoint(self, cp: _EncodedCheckpoint) -> Lease:

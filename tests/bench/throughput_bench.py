@@ -20,7 +20,7 @@ import grpc
 from controlplane import launch
 from pilothouse.v1 import run_pb2, run_pb2_grpc
 from tests.bench.registry_bench import write_result
-from tests.bench.run_bench import STEPS, setup, start_executor
+from tests.bench.run_bench import STEPS, cpu_seconds, setup, start_executor
 from tests.fakes.openai_server import Behaviour, FakeOpenAI
 
 CONCURRENT = 1000
@@ -89,9 +89,12 @@ async def main() -> None:
                                 steps += 1
 
                 started = time.perf_counter()
+                cpu_before = cpu_seconds(executor.pid), time.process_time()
                 workers = [asyncio.create_task(worker()) for _ in range(CONCURRENT)]
                 await asyncio.sleep(SECONDS)
                 counted, elapsed = steps, time.perf_counter() - started
+                executor_cpu = cpu_seconds(executor.pid) - cpu_before[0]
+                load_cpu = time.process_time() - cpu_before[1]
                 for task in workers:
                     task.cancel()
                 await asyncio.gather(*workers, return_exceptions=True)
@@ -105,6 +108,8 @@ async def main() -> None:
                 "ideal_steps_per_second": CONCURRENT / LATENCY,
                 "share_of_ideal": round(steps / elapsed / (CONCURRENT / LATENCY), 4),
                 "executor_peak_rss_mb": round(rss_mb(executor.pid), 1),
+                "executor_cpu_ms_per_step": round(executor_cpu * 1000 / steps, 3),
+                "load_generator_cpu_ms_per_step": round(load_cpu * 1000 / steps, 3),
             }
         finally:
             if executor is not None:
@@ -116,7 +121,9 @@ async def main() -> None:
         f"{CONCURRENT} concurrent runs, model latency {LATENCY * 1000:.0f} ms: "
         f"{result['steps_per_second']} steps/s = {result['share_of_ideal']:.1%} of the ideal "
         f"{result['ideal_steps_per_second']:.0f}; "
-        f"executor peak RSS {result['executor_peak_rss_mb']} MB"
+        f"executor peak RSS {result['executor_peak_rss_mb']} MB; CPU a step: executor "
+        f"{result['executor_cpu_ms_per_step']} ms, load generator (fake model and clients, "
+        f"this process) {result['load_generator_cpu_ms_per_step']} ms"
     )
     write_result("throughput", result)
 

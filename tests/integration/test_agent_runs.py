@@ -8,12 +8,14 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from dataplane.runstore.database import open_run_database
+from dataplane.runstore.schema import runs
 from dataplane.runstore.store import RunStore
 from dataplane.server import Executor
 from dataplane.settings import Settings as ExecutorSettings
@@ -30,6 +32,7 @@ from pilothouse.v1 import (
 from tests import helpers as h
 from tests.conftest import Live
 from tests.fakes.mcp_server import OrdersMcp
+from tests.fakes.openai_server import Behaviour, FakeOpenAI
 from tests.fakes.tool_server import RefundTool
 
 Code = grpc.StatusCode
@@ -114,9 +117,11 @@ async def support_agent(
     max_steps: int = 0,
     tool: tool_pb2.Tool | None = None,
     arguments: dict[str, str] | None = None,
+    model: model_pb2.Model | None = None,
 ) -> str:
     """A tenant with a scripted model that calls a tool named calc (the calculator unless
-    ``tool`` says otherwise), then answers with its result; an agent over it."""
+    ``tool`` says otherwise), then answers with its result (unless ``model`` replaces
+    it); an agent over it."""
     tenant = await live.new_tenant("run")
     parent = f"tenants/{tenant}"
     md = live.md()
@@ -126,10 +131,11 @@ async def support_agent(
     await live.tools.CreateTool(
         tool_pb2.CreateToolRequest(parent=parent, tool_id="calc", tool=calc), metadata=md
     )
-    model = h.model()
-    first = model.scripted.rules.add(on_step=1)
-    first.tool_calls.add(tool="calc").arguments.update(arguments or {"expression": "6 * 7"})
-    model.scripted.rules.add(on_step=2, answer="The answer is {{last_tool_result}}")
+    if model is None:
+        model = h.model()
+        first = model.scripted.rules.add(on_step=1)
+        first.tool_calls.add(tool="calc").arguments.update(arguments or {"expression": "6 * 7"})
+        model.scripted.rules.add(on_step=2, answer="The answer is {{last_tool_result}}")
     await live.models.CreateModel(
         model_pb2.CreateModelRequest(parent=parent, model_id="small", model=model), metadata=md
     )
@@ -284,6 +290,61 @@ async def test_a_model_reply_is_written_while_its_safe_calls_run(
             assert lookup.effects == 1
     finally:
         await lookup.aclose()
+
+
+async def test_a_run_whose_lease_was_taken_stops_calling_the_model(
+    live: Live, run_database_url: str, tmp_path: Path
+) -> None:
+    """Checkpoints are written in the background; one refused because another executor
+    took the run over stops the run before its next model call but one."""
+    fake = await FakeOpenAI(default_delay=0.3).start()
+    fake.policy = lambda body: Behaviour(
+        tool_calls=[{"name": "calc", "arguments": {"expression": "1 + 1"}}]
+    )
+    model = model_pb2.Model(
+        provider=model_pb2.MODEL_PROVIDER_OPENAI,
+        endpoint=fake.base_url,
+        provider_model="fake",
+        input_price_per_million="0.15",
+        output_price_per_million="0.60",
+        context_window=100000,
+        max_output_tokens=100,
+    )
+    tenant = await support_agent(live, max_steps=20, model=model)
+    database = open_run_database(run_database_url)
+    try:
+        async with stage(live, run_database_url, tmp_path) as s:
+            key = await s.client_key(tenant)
+            await s.settled()
+            call = s.agents.RunAgent(
+                run_pb2.RunAgentRequest(
+                    agent=f"tenants/{tenant}/agents/helper", input="x", variables={"customer": "A"}
+                ),
+                metadata=(("authorization", f"Bearer {key}"),),
+            )
+            run_id = (await anext(aiter(call))).event.run.rsplit("/", 1)[-1]
+            while not fake.requests:
+                await asyncio.sleep(0.01)
+            far = datetime.now(UTC) + timedelta(hours=1)
+            await database.write(
+                lambda conn: conn.execute(
+                    runs.update()
+                    .where(runs.c.id == run_id)
+                    .values(
+                        fencing_token=runs.c.fencing_token + 1,
+                        lease_owner="another",
+                        lease_expires_at=far,
+                    )
+                )
+            )
+            await asyncio.sleep(1.5)  # five more model calls' time
+            assert len(fake.requests) == 2, "the call in flight, and at most one more"
+            checkpoints, _ = await RunStore(database).history(run_id)
+            assert [cp.step for cp in checkpoints] == [0], "the old holder wrote nothing"
+            call.cancel()
+    finally:
+        await database.aclose()
+        await fake.aclose()
 
 
 async def test_an_agent_calls_an_mcp_tool(

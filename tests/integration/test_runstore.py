@@ -166,7 +166,7 @@ async def test_a_step_reply_can_go_with_the_steps_results(run_db: Database) -> N
         usage={"calls": 2},
         events=[NewEvent("finished", {})],
         call=call,
-        preceding=reply,
+        preceding=[reply],
     )
     cps, journal = await store.history(run.id)
     assert [(cp.seq, cp.step, cp.delta) for cp in cps] == [
