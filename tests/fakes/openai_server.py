@@ -160,7 +160,8 @@ class FakeOpenAI(LoopbackHttpServer):
         )
 
         def send(data: bytes) -> None:
-            writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            if not writer.is_closing():  # a client gone mid-stream (the end of a benchmark)
+                writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
 
         def event(delta: dict[str, Any], finish: str | None = None, **more: Any) -> None:
             chunk = {
