@@ -35,6 +35,21 @@ def model(**fields: Any) -> model_pb2.Model:
     return model_pb2.Model(**values)
 
 
+def openai_model(base_url: str, **fields: Any) -> model_pb2.Model:
+    """A model served by an OpenAI-compatible server (the fake one) at ``base_url``."""
+    values: dict[str, Any] = {
+        "provider": model_pb2.MODEL_PROVIDER_OPENAI,
+        "endpoint": base_url,
+        "provider_model": "fake",
+        "input_price_per_million": "0.15",
+        "output_price_per_million": "0.60",
+        "context_window": 100000,
+        "max_output_tokens": 100,
+    }
+    values.update(fields)
+    return model_pb2.Model(**values)
+
+
 def route(tenant: str, *models: str) -> model_pb2.ModelRoute:
     return model_pb2.ModelRoute(
         targets=[

@@ -191,14 +191,7 @@ class RunLoop:
             if not messages:
                 messages, first = opening(ctx, self.config.version, request.get("input", ""))
                 if self.admitted is None:
-                    self.lease = await self.store.checkpoint(
-                        self.lease,
-                        step=first.step,
-                        delta=first.delta,
-                        usage=first.usage,
-                        events=first.events,
-                    )
-                    self._notify()
+                    await self._write_checkpoints([(first, None)])
             completed = self.run.step
             while True:
                 step = completed + 1

@@ -56,12 +56,33 @@ _INSERT_CHECKPOINT = checkpoints.insert()
 _INSERT_CALL = tool_calls.insert()
 _INSERT_OUTBOX = outbox.insert()
 
+
+def _pg_inserts(source: str) -> str:
+    """Common table expressions inserting a write's events (``types``, ``payloads``) and
+    checkpoints (``cp_steps``, ``cp_deltas``), numbered from the run's row as ``source``
+    (the update before them) returns it, its counters already advanced past them."""
+    return f"""new_events AS (
+        INSERT INTO run_events (run_id, seq, time, type, payload)
+        SELECT :run, {source}.next_event_seq - :n_events + e.ord - 1, :now, e.type, e.payload
+        FROM {source},
+            unnest(CAST(:types AS text[]), CAST(:payloads AS text[]))
+                WITH ORDINALITY AS e(type, payload, ord)
+    ), new_checkpoints AS (
+        INSERT INTO checkpoints (run_id, seq, step, fencing_token, delta, created_at)
+        SELECT :run, {source}.next_checkpoint_seq - :n_checkpoints + c.ord - 1, c.step,
+            :token, c.delta, :now
+        FROM {source},
+            unnest(CAST(:cp_steps AS integer[]), CAST(:cp_deltas AS text[]))
+                WITH ORDINALITY AS c(step, delta, ord)
+    )"""
+
+
 # Checkpoints on PostgreSQL in one statement: the fenced update of the run, its events,
-# the checkpoints (``cp_steps``, ``cp_deltas``: usually one; two when a step's model reply
-# goes with its tool results) and (when given) the journal entry of the step's last call.
+# the checkpoints (``cp_steps``, ``cp_deltas``: one, or all that queued behind the run) and
+# (when given) the journal entry of the step's last call.
 # Nothing is written when the fence fails: every insert selects from the update's row.
 _PG_CHECKPOINT = sa.text(
-    """
+    f"""
     WITH fenced AS (
         UPDATE runs SET
             step = :step, usage = :usage, lease_expires_at = :expires, updated_at = :now,
@@ -70,20 +91,7 @@ _PG_CHECKPOINT = sa.text(
         WHERE id = :run AND fencing_token = :token AND lease_owner = :owner
             AND state = :running
         RETURNING next_event_seq, next_checkpoint_seq, cancel_requested
-    ), new_events AS (
-        INSERT INTO run_events (run_id, seq, time, type, payload)
-        SELECT :run, fenced.next_event_seq - :n_events + e.ord - 1, :now, e.type, e.payload
-        FROM fenced,
-            unnest(CAST(:types AS text[]), CAST(:payloads AS text[]))
-                WITH ORDINALITY AS e(type, payload, ord)
-    ), new_checkpoints AS (
-        INSERT INTO checkpoints (run_id, seq, step, fencing_token, delta, created_at)
-        SELECT :run, fenced.next_checkpoint_seq - :n_checkpoints + c.ord - 1, c.step, :token,
-            c.delta, :now
-        FROM fenced,
-            unnest(CAST(:cp_steps AS integer[]), CAST(:cp_deltas AS text[]))
-                WITH ORDINALITY AS c(step, delta, ord)
-    ), journal AS (
+    ), {_pg_inserts("fenced")}, journal AS (
         INSERT INTO tool_calls (run_id, step, call_index, call_id, tool, arguments, state,
             result, error, attempts, started_at, finished_at)
         SELECT :run, :c_step, :c_index, :c_id, :c_tool, :c_args, :c_state, :c_result,
@@ -98,10 +106,10 @@ _PG_CHECKPOINT = sa.text(
 
 
 # A fenced end of a run on PostgreSQL in one statement: the last checkpoint (when
-# ``n_checkpoints`` is 1), the run's end, its events and its audit record. The record's payload is
-# built from the ended row, as ``RunStore._finish`` builds it on SQLite.
+# ``n_checkpoints`` is 1), the run's end, its events and its audit record, whose payload
+# is built from the ended row as ``RunStore._finish`` builds it on SQLite.
 _PG_FINISH = sa.text(
-    """
+    f"""
     WITH ended AS (
         UPDATE runs SET
             step = CASE WHEN :n_checkpoints > 0 THEN :step ELSE step END,
@@ -115,31 +123,18 @@ _PG_FINISH = sa.text(
             AND state != :finished
         RETURNING tenant, agent, step, usage, attempts, created_at, next_event_seq,
             next_checkpoint_seq
-    ), new_events AS (
-        INSERT INTO run_events (run_id, seq, time, type, payload)
-        SELECT :run, ended.next_event_seq - :n_events + e.ord - 1, :now, e.type, e.payload
-        FROM ended,
-            unnest(CAST(:types AS text[]), CAST(:payloads AS text[]))
-                WITH ORDINALITY AS e(type, payload, ord)
-    ), new_checkpoints AS (
-        INSERT INTO checkpoints (run_id, seq, step, fencing_token, delta, created_at)
-        SELECT :run, ended.next_checkpoint_seq - :n_checkpoints + c.ord - 1, c.step, :token,
-            c.delta, :now
-        FROM ended,
-            unnest(CAST(:cp_steps AS integer[]), CAST(:cp_deltas AS text[]))
-                WITH ORDINALITY AS c(step, delta, ord)
-    ), audit AS (
+    ), {_pg_inserts("ended")}, audit AS (
         INSERT INTO outbox (id, tenant, run_id, kind, type, payload, created_at, relayed_at)
-    SELECT :audit_id, tenant, :run, 'audit', 'run.stopped',
-        CAST(jsonb_build_object(
-            'run', CAST(:run AS text), 'agent', agent, 'stop_reason', CAST(:reason AS text),
-            'detail', CAST(:detail AS text), 'steps', step, 'usage', CAST(usage AS jsonb),
-            'attempts', attempts,
-            'created_at', to_char(created_at AT TIME ZONE 'UTC',
-                'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
-            'ended_at', CAST(:ended_iso AS text)
-        ) AS text),
-        :now, NULL
+        SELECT :audit_id, tenant, :run, 'audit', 'run.stopped',
+            CAST(jsonb_build_object(
+                'run', CAST(:run AS text), 'agent', agent,
+                'stop_reason', CAST(:reason AS text), 'detail', CAST(:detail AS text),
+                'steps', step, 'usage', CAST(usage AS jsonb), 'attempts', attempts,
+                'created_at', to_char(created_at AT TIME ZONE 'UTC',
+                    'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+                'ended_at', CAST(:ended_iso AS text)
+            ) AS text),
+            :now, NULL
         FROM ended
     )
     SELECT next_event_seq FROM ended
@@ -289,6 +284,22 @@ def opened_events(run: Run, opening: StepCheckpoint) -> list[RunEvent]:
     ]
 
 
+def _pg_write_params(
+    lease: Lease, events: Sequence[NewEvent], texts: list[str], now: datetime
+) -> dict[str, Any]:
+    """The parameters of a fenced one-statement write that ``_pg_inserts`` and the fence
+    read: the lease, the time, the events."""
+    return {
+        "run": lease.run_id,
+        "token": lease.token,
+        "owner": lease.owner,
+        "now": now,
+        "n_events": len(events),
+        "types": [e.type for e in events],
+        "payloads": texts,
+    }
+
+
 def _result_text(result: Any) -> str:
     return "" if result is None else json.dumps(result, sort_keys=True)
 
@@ -317,6 +328,9 @@ class _EncodedCheckpoint:
             "step": self.steps[-1] if self.steps else 0,
             "usage": self.usage_text,
         }
+
+
+_NO_CHECKPOINT = {"n_checkpoints": 0, "cp_steps": [], "cp_deltas": [], "step": 0, "usage": ""}
 
 
 @dataclass(frozen=True)
@@ -798,8 +812,8 @@ class RunStore:
         """Record what a step (or a phase of one) added, with the run's usage so far and
         its events, in one fenced transaction that also renews the lease. ``call``: the
         journal entry of the step's last tool call, written in the same transaction.
-        ``preceding``: checkpoints not written yet that come before this one (a step's
-        model reply), written in the same transaction."""
+        ``preceding``: checkpoints not written yet that come before this one (those
+        queued behind the run, such as the step's model reply), written with it."""
         parts = [*preceding, StepCheckpoint(step, delta, usage, events)]
         return await self._checkpoint(self._encoded(lease, parts, call))
 
@@ -865,15 +879,9 @@ class RunStore:
         texts = _payload_texts(events)
         params: dict[str, Any] = {
             **cp.params(),
-            "run": lease.run_id,
-            "token": lease.token,
-            "owner": lease.owner,
+            **_pg_write_params(lease, events, texts, cp.now),
             "running": RunState.RUNNING.value,
             "expires": cp.expires,
-            "now": cp.now,
-            "n_events": len(events),
-            "types": [e.type for e in events],
-            "payloads": texts,
             "has_call": call is not None,
             "c_step": call.step if call else 0,
             "c_index": call.call_index if call else 0,
@@ -1009,19 +1017,14 @@ class RunStore:
         events = [*(last.events if last is not None else ()), *end.events]
         texts = _payload_texts(events)
         params: dict[str, Any] = {
-            "run": lease.run_id,
-            "token": lease.token,
-            "owner": lease.owner,
+            **_pg_write_params(lease, events, texts, now),
             "finished": RunState.FINISHED.value,
             "reason": end.reason.value,
             "detail": end.detail,
             "answer": end.final_answer,
             "now": now,
             "ended_iso": now.isoformat(timespec="microseconds"),
-            "n_events": len(events),
-            "types": [e.type for e in events],
-            "payloads": texts,
-            **(last or self._encoded(lease, [])).params(),
+            **(last.params() if last is not None else _NO_CHECKPOINT),
             "audit_id": str(uuid.uuid4()),
         }
         async with self._db.single_statement() as conn:

@@ -46,6 +46,7 @@ from pilothouse.v1 import (
     tool_pb2,
     tool_pb2_grpc,
 )
+from tests import helpers as h
 from tests.bench.registry_bench import run_store_urls, write_result
 from tests.fakes.openai_server import Behaviour, FakeOpenAI
 
@@ -87,15 +88,7 @@ async def setup(address: str, admin: str, fake: FakeOpenAI) -> str:
             model_pb2.CreateModelRequest(
                 parent=p,
                 model_id="fake",
-                model=model_pb2.Model(
-                    provider=model_pb2.MODEL_PROVIDER_OPENAI,
-                    endpoint=fake.base_url,
-                    provider_model="fake",
-                    input_price_per_million="0.15",
-                    output_price_per_million="0.60",
-                    context_window=100000,
-                    max_output_tokens=100,
-                ),
+                model=h.openai_model(fake.base_url),
             ),
             metadata=md,
         )

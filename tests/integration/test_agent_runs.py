@@ -184,6 +184,18 @@ def kinds(events: list[run_pb2.RunEvent]) -> list[str]:
     return [e.WhichOneof("event") or "" for e in events]
 
 
+def run_agent(
+    s: Stage, key: str, tenant: str
+) -> grpc.aio.UnaryStreamCall[run_pb2.RunAgentRequest, run_pb2.RunAgentResponse]:
+    """A run of the support agent's helper, its events read as the caller likes."""
+    return s.agents.RunAgent(
+        run_pb2.RunAgentRequest(
+            agent=f"tenants/{tenant}/agents/helper", input="x", variables={"customer": "A"}
+        ),
+        metadata=(("authorization", f"Bearer {key}"),),
+    )
+
+
 async def run_to_end(
     s: Stage, key: str, request: run_pb2.RunAgentRequest
 ) -> list[run_pb2.RunEvent]:
@@ -268,12 +280,7 @@ async def test_a_model_reply_is_written_while_its_safe_calls_run(
         async with stage(live, run_database_url, tmp_path) as s:
             key = await s.client_key(tenant)
             await s.settled()
-            call = s.agents.RunAgent(
-                run_pb2.RunAgentRequest(
-                    agent=f"tenants/{tenant}/agents/helper", input="x", variables={"customer": "A"}
-                ),
-                metadata=(("authorization", f"Bearer {key}"),),
-            )
+            call = run_agent(s, key, tenant)
             seen: list[run_pb2.RunEvent] = []
             stream = aiter(call)
             while not seen or kinds(seen)[-1] != "tool_call_requested":
@@ -301,27 +308,13 @@ async def test_a_run_whose_lease_was_taken_stops_calling_the_model(
     fake.policy = lambda body: Behaviour(
         tool_calls=[{"name": "calc", "arguments": {"expression": "1 + 1"}}]
     )
-    model = model_pb2.Model(
-        provider=model_pb2.MODEL_PROVIDER_OPENAI,
-        endpoint=fake.base_url,
-        provider_model="fake",
-        input_price_per_million="0.15",
-        output_price_per_million="0.60",
-        context_window=100000,
-        max_output_tokens=100,
-    )
-    tenant = await support_agent(live, max_steps=20, model=model)
+    tenant = await support_agent(live, max_steps=20, model=h.openai_model(fake.base_url))
     database = open_run_database(run_database_url)
     try:
         async with stage(live, run_database_url, tmp_path) as s:
             key = await s.client_key(tenant)
             await s.settled()
-            call = s.agents.RunAgent(
-                run_pb2.RunAgentRequest(
-                    agent=f"tenants/{tenant}/agents/helper", input="x", variables={"customer": "A"}
-                ),
-                metadata=(("authorization", f"Bearer {key}"),),
-            )
+            call = run_agent(s, key, tenant)
             run_id = (await anext(aiter(call))).event.run.rsplit("/", 1)[-1]
             while not fake.requests:
                 await asyncio.sleep(0.01)

@@ -18,6 +18,7 @@ from dataplane.models.breaker import Breakers
 from dataplane.models.gateway import ModelGateway, NoModelAvailable, RetryPolicy, weighted_pick
 from dataplane.models.types import ChatMessage, ChatRequest, ProviderError, ToolSpec
 from pilothouse.v1 import model_pb2
+from tests import helpers as h
 from tests.fakes.openai_server import Behaviour, FakeOpenAI
 
 FAST = RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.05)
@@ -52,15 +53,11 @@ def config(*models: model_pb2.Model, fallbacks: tuple[str, ...] = ()) -> Executo
 
 
 def openai_model(fake: FakeOpenAI, name: str = "gpt") -> model_pb2.Model:
-    return model_pb2.Model(
+    return h.openai_model(
+        fake.base_url,
         name=f"tenants/t/models/{name}",
-        provider=model_pb2.MODEL_PROVIDER_OPENAI,
-        endpoint=fake.base_url,
         provider_model="gpt-test",
-        input_price_per_million="0.15",
-        output_price_per_million="0.60",
         context_window=1000,
-        max_output_tokens=100,
         api_key_env="FAKE_KEY",
     )
 
