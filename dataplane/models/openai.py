@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from dataplane import fastjson
 from dataplane.http1 import Http1Transport, RawResponse
 from dataplane.models.types import (
     ChatMessage,
@@ -111,7 +112,7 @@ class OpenAIProvider:
         headers = [*_JSON_HEADERS]
         if self.api_key:
             headers.append((b"authorization", b"Bearer " + self.api_key.encode()))
-        body = json.dumps(_body(self.model, request, self.stream)).encode()
+        body = fastjson.dumps(_body(self.model, request, self.stream))
         try:
             reply = await self.transport.exchange(
                 "POST", _completions_url(self.base_url), headers, body, timeout
@@ -213,7 +214,7 @@ async def _read_stream(chunks: AsyncIterator[bytes]) -> ChatResult:
             # and the next call would pay for a new one.
             continue
         try:
-            chunk = json.loads(line)
+            chunk = fastjson.loads(line)
         except ValueError as e:
             raise ProviderError(f"malformed stream chunk: {line[:200]!r}", status=200) from e
         response_id = chunk.get("id", response_id)

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from dataplane import fastjson
 from dataplane.runstore.errors import IdempotencyConflict, LeaseLost, RunNotFound
 from dataplane.runstore.model import (
     CallEntry,
@@ -244,17 +245,19 @@ def _call_update_statement(columns: tuple[str, ...], started: bool) -> sa.Update
     )
 
 
-def _payload_texts(events: Sequence[NewEvent]) -> list[str]:
-    return [json.dumps(e.payload, sort_keys=True, default=str) for e in events]
+def _stored_payloads(events: Sequence[NewEvent]) -> tuple[list[str], list[Any]]:
+    """The events' payloads as stored, and as a read gives them back."""
+    pairs = [fastjson.stored(e.payload) for e in events]
+    return [text for text, _ in pairs], [value for _, value in pairs]
 
 
 def _as_written(
-    run_id: str, first_seq: int, events: Sequence[NewEvent], texts: list[str], now: datetime
+    run_id: str, first_seq: int, events: Sequence[NewEvent], payloads: list[Any], now: datetime
 ) -> list[tuple[str, RunEvent]]:
     """Events as listeners hear them: the payloads as a read would give them back."""
     return [
-        (run_id, RunEvent(first_seq + i, now, e.type, json.loads(text)))
-        for i, (e, text) in enumerate(zip(events, texts, strict=True))
+        (run_id, RunEvent(first_seq + i, now, e.type, payload))
+        for i, (e, payload) in enumerate(zip(events, payloads, strict=True))
     ]
 
 
@@ -442,7 +445,7 @@ class RunStore:
     ) -> None:
         if not events:
             return
-        texts = _payload_texts(events)
+        texts, payloads = _stored_payloads(events)
         prepared.run(
             conn,
             _INSERT_EVENT,
@@ -459,7 +462,7 @@ class RunStore:
         )
         written = conn.info.get(_WRITTEN)
         if written is not None:
-            written.extend(_as_written(run_id, first_seq, events, texts, now))
+            written.extend(_as_written(run_id, first_seq, events, payloads, now))
 
     # -- creating and reading ----------------------------------------------------------
 
@@ -480,7 +483,7 @@ class RunStore:
             "state": (RunState.RUNNING if leased else RunState.QUEUED).value,
             "stop_reason": "",
             "stop_detail": "",
-            "request": json.dumps(new.request, sort_keys=True),
+            "request": fastjson.dumps_text(new.request, sort_keys=True),
             "idempotency_key": new.idempotency_key,
             "session_id": new.session_id,
             "user_id": new.user_id,
@@ -502,14 +505,14 @@ class RunStore:
         }
         opening = new.opening if leased else None
         if opening is not None:
-            values["usage"] = json.dumps(opening.usage, sort_keys=True)
+            values["usage"] = fastjson.dumps_text(opening.usage, sort_keys=True)
             values["next_event_seq"] = 1 + len(opening.events)
             values["next_checkpoint_seq"] = 2
         try:
             if self._db.dialect == "postgresql":
                 # One statement, committed on its own: no BEGIN and COMMIT round trips.
-                texts = _payload_texts(opening.events) if opening else []
-                written = _as_written(run_id, 1, opening.events, texts, now) if opening else []
+                texts, payloads = _stored_payloads(opening.events if opening else [])
+                written = _as_written(run_id, 1, opening.events, payloads, now) if opening else []
                 await self._shielded(self._insert_alone(values, opening, texts), written)
             else:
                 await self._write(lambda conn: self._insert_run(conn, values, opening))
@@ -535,9 +538,8 @@ class RunStore:
         if opening is None:
             return
         run_id, now = values["id"], values["created_at"]
-        _insert_checkpoint(
-            conn, run_id, 1, opening.step, 1, json.dumps(opening.delta, sort_keys=True), now
-        )
+        delta = fastjson.dumps_text(opening.delta, sort_keys=True)
+        _insert_checkpoint(conn, run_id, 1, opening.step, 1, delta, now)
         self._insert_events(conn, run_id, 1, opening.events, now)
 
     async def _insert_alone(
@@ -552,7 +554,7 @@ class RunStore:
                 {
                     **values,
                     "cp_step": opening.step,
-                    "cp_delta": json.dumps(opening.delta, sort_keys=True),
+                    "cp_delta": fastjson.dumps_text(opening.delta, sort_keys=True),
                     "ev_types": [e.type for e in opening.events],
                     "ev_payloads": texts,
                 },
@@ -836,8 +838,8 @@ class RunStore:
         return _EncodedCheckpoint(
             lease,
             tuple(c.step for c in checkpoints),
-            tuple(json.dumps(c.delta, sort_keys=True) for c in checkpoints),
-            json.dumps(checkpoints[-1].usage, sort_keys=True) if checkpoints else "",
+            tuple(fastjson.dumps_text(c.delta, sort_keys=True) for c in checkpoints),
+            fastjson.dumps_text(checkpoints[-1].usage, sort_keys=True) if checkpoints else "",
             [e for c in checkpoints for e in c.events],
             call,
             now,
@@ -876,7 +878,7 @@ class RunStore:
         """The checkpoints as one statement, committed on its own: on PostgreSQL each
         statement is a round trip, and a transaction of five would cost five more."""
         lease, call, events = cp.lease, cp.call, cp.events
-        texts = _payload_texts(events)
+        texts, payloads = _stored_payloads(events)
         params: dict[str, Any] = {
             **cp.params(),
             **_pg_write_params(lease, events, texts, cp.now),
@@ -898,7 +900,7 @@ class RunStore:
             raise LeaseLost(f"run {lease.run_id}: token {lease.token} is no longer current")
         next_event, next_checkpoint, cancel = row
         first = int(next_event) - len(events)
-        written.extend(_as_written(lease.run_id, first, events, texts, cp.now))
+        written.extend(_as_written(lease.run_id, first, events, payloads, cp.now))
         return _Fenced(first, int(next_checkpoint) - len(cp.steps), bool(cancel))
 
     def _append_events(
@@ -1015,7 +1017,7 @@ class RunStore:
         on its own (``_PG_FINISH``): a transaction of its parts would be six round trips."""
         now = last.now if last is not None else _now()
         events = [*(last.events if last is not None else ()), *end.events]
-        texts = _payload_texts(events)
+        texts, payloads = _stored_payloads(events)
         params: dict[str, Any] = {
             **_pg_write_params(lease, events, texts, now),
             "finished": RunState.FINISHED.value,
@@ -1032,7 +1034,7 @@ class RunStore:
         if row is None:
             raise LeaseLost(f"run {lease.run_id}: could not finish it with token {lease.token}")
         first = int(row[0]) - len(events)
-        written.extend(_as_written(lease.run_id, first, events, texts, now))
+        written.extend(_as_written(lease.run_id, first, events, payloads, now))
 
     def _finish(
         self,
