@@ -30,6 +30,8 @@ class Behaviour:
     delay: float = 0.0
     gzip: bool = False
     """Compress a whole (not streamed) reply, whatever the client accepts."""
+    stream_data: list[str] | None = None
+    """A streamed reply of these ``data:`` payloads, as they are."""
 
 
 @dataclass
@@ -74,6 +76,14 @@ class FakeOpenAI(LoopbackHttpServer):
             return self._send(
                 writer, behaviour.status, {"error": {"message": f"fake {behaviour.status}"}}, extra
             )
+        if behaviour.stream_data is not None:
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: "
+                + str(sum(len(f"data: {d}\n\n") for d in behaviour.stream_data)).encode()
+                + b"\r\n\r\n"
+                + "".join(f"data: {d}\n\n" for d in behaviour.stream_data).encode()
+            )
+            return True
         message = self._message(body, behaviour)
         prompt = sum(len(str(m.get("content") or "")) for m in body["messages"])
         usage = {

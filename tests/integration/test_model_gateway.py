@@ -15,7 +15,13 @@ from google.protobuf import any_pb2
 from dataplane.config.snapshot import ExecutorConfig, parse
 from dataplane.http1 import Http1Transport
 from dataplane.models.breaker import Breakers
-from dataplane.models.gateway import ModelGateway, NoModelAvailable, RetryPolicy, weighted_pick
+from dataplane.models.gateway import (
+    GatewayResult,
+    ModelGateway,
+    NoModelAvailable,
+    RetryPolicy,
+    weighted_pick,
+)
 from dataplane.models.types import ChatMessage, ChatRequest, ProviderError, ToolSpec
 from pilothouse.v1 import model_pb2
 from tests import helpers as h
@@ -73,6 +79,17 @@ def gateway(http: Http1Transport, **kwargs: object) -> ModelGateway:
     return ModelGateway(http, retry=FAST, env={"FAKE_KEY": "sk-test"}, **kwargs)  # type: ignore[arg-type]
 
 
+async def ask(g: ModelGateway, fake: FakeOpenAI, pick_key: str) -> GatewayResult:
+    """One call of the request over the route to the fake's one model."""
+    return await g.complete(
+        config(openai_model(fake)),
+        "tenants/t/modelRoutes/r",
+        REQUEST,
+        deadline=await deadline(),
+        pick_key=pick_key,
+    )
+
+
 async def deadline(seconds: float = 5) -> float:
     return asyncio.get_running_loop().time() + seconds
 
@@ -115,13 +132,7 @@ async def test_a_compressed_reply_is_read_although_none_was_asked_for(
     fake.then(Behaviour(content="squeezed", gzip=True), Behaviour(content="plain"))
     g = gateway(http, stream=False)
     for expected in ("squeezed", "plain"):
-        result = await g.complete(
-            config(openai_model(fake)),
-            "tenants/t/modelRoutes/r",
-            REQUEST,
-            deadline=await deadline(),
-            pick_key="run:1",
-        )
+        result = await ask(g, fake, "run:1")
         assert result.result.message.content == expected
     assert [h["accept-encoding"] for h in fake.headers] == ["identity", "identity"]
 
@@ -133,27 +144,26 @@ async def test_retries_what_may_succeed_and_honours_retry_after(
         Behaviour(status=429, retry_after="0.2"), Behaviour(status=503), Behaviour(content="ok")
     )
     started = asyncio.get_running_loop().time()
-    result = await gateway(http).complete(
-        config(openai_model(fake)),
-        "tenants/t/modelRoutes/r",
-        REQUEST,
-        deadline=await deadline(),
-        pick_key="k",
-    )
+    result = await ask(gateway(http), fake, "k")
     assert result.result.message.content == "ok" and result.attempts == 3
     assert asyncio.get_running_loop().time() - started >= 0.2
+
+
+@pytest.mark.parametrize("data", ["{not json", "42", '["a list"]'])
+async def test_a_malformed_stream_is_a_final_provider_error(
+    fake: FakeOpenAI, http: Http1Transport, data: str
+) -> None:
+    fake.then(Behaviour(stream_data=[data, "[DONE]"]), Behaviour(content="never asked"))
+    with pytest.raises(ProviderError) as info:
+        await ask(gateway(http), fake, "k")
+    assert "malformed stream chunk" in str(info.value) and not info.value.retryable
+    assert len(fake.requests) == 1
 
 
 async def test_final_errors_are_not_retried(fake: FakeOpenAI, http: Http1Transport) -> None:
     fake.then(Behaviour(status=400), Behaviour(content="never asked"))
     with pytest.raises(ProviderError) as info:
-        await gateway(http).complete(
-            config(openai_model(fake)),
-            "tenants/t/modelRoutes/r",
-            REQUEST,
-            deadline=await deadline(),
-            pick_key="k",
-        )
+        await ask(gateway(http), fake, "k")
     assert info.value.status == 400 and not info.value.retryable
     assert len(fake.requests) == 1
 
@@ -269,13 +279,7 @@ async def test_the_retry_budget_stops_retry_storms(fake: FakeOpenAI, http: Http1
     g = gateway(http, retry_budget=budget)
     fake.then(Behaviour(status=503), Behaviour(content="never asked"))
     with pytest.raises(NoModelAvailable):
-        await g.complete(
-            config(openai_model(fake)),
-            "tenants/t/modelRoutes/r",
-            REQUEST,
-            deadline=await deadline(),
-            pick_key="k",
-        )
+        await ask(g, fake, "k")
     assert len(fake.requests) == 1, "no budget, no retry"
 
 
