@@ -9,7 +9,8 @@ response event by event.
 exception classes) and does the wire part on asyncio streams: kept-alive connections
 pooled per origin, Content-Length, chunked and read-to-close bodies, TLS with an
 ``ssl.SSLContext``. It speaks neither HTTP/2 nor proxies; model providers and tool
-endpoints are reached directly.
+endpoints are reached directly. Tool calls go through an httpx client on it; model
+calls use its raw ``exchange``, which skips httpx's request and response objects.
 """
 
 from __future__ import annotations
