@@ -158,13 +158,18 @@ class Http1Transport(httpx.AsyncBaseTransport):
         if connection is None:
             connection = await self._connect(origin, timeouts.connect, request)
         try:
-            asked_close = await _guard(
-                _send(connection, method, url.raw_path, headers, body, request),
-                timeouts.write,
-                request,
-                httpx.WriteTimeout,
-                httpx.WriteError,
-            )
+            asked_close = _send(connection, method, url.raw_path, headers, body, request)
+            if connection.writer.transport.get_write_buffer_size():
+                # The socket did not take it all at once: wait, within the write timeout,
+                # until it has (a timeout scope for every request costs a timer for
+                # nothing when it does).
+                await _guard(
+                    connection.writer.drain(),
+                    timeouts.write,
+                    request,
+                    httpx.WriteTimeout,
+                    httpx.WriteError,
+                )
             status, reason, response_headers, http11 = await _guard(
                 _read_head(connection.reader),
                 timeouts.read,
@@ -253,7 +258,7 @@ async def _guard(
         raise on_error(f"{e!r}", request=request) from e
 
 
-async def _send(
+def _send(
     connection: _Connection,
     method: str,
     target: bytes,
@@ -261,7 +266,8 @@ async def _send(
     body: bytes,
     request: httpx.Request | None,
 ) -> bool:
-    """Write the request; whether it asked the server to close the connection after."""
+    """Hand the request to the connection's transport; whether it asked the server to
+    close the connection after."""
     head = [b"%s %s HTTP/1.1\r\n" % (method.encode("ascii"), target)]
     chunked = asked_close = False
     for name, value in headers:
@@ -283,7 +289,6 @@ async def _send(
         head.append(b"content-length: %d\r\n" % len(body))
     head.append(b"\r\n")
     connection.writer.write(b"".join(head) + body)
-    await connection.writer.drain()
     return asked_close
 
 

@@ -192,6 +192,38 @@ async def test_a_streamed_request_body_is_sent_with_its_length(
         assert b"content-length: 4" in head.lower() and b"transfer-encoding" not in head.lower()
 
 
+async def test_a_body_larger_than_the_socket_takes_at_once_is_sent_whole(
+    client: httpx.AsyncClient,
+) -> None:
+    big = bytes(range(256)) * 40_000  # 10 MB
+    async with RawServer(fixed(b"ok")) as server:
+        response = await client.post(server.url, content=big)
+        assert response.text == "ok"
+        assert server.requests[0].partition(b"\r\n\r\n")[2] == big
+
+
+async def test_a_server_that_reads_nothing_is_a_write_timeout(
+    client: httpx.AsyncClient,
+) -> None:
+    accepted, done = asyncio.Event(), asyncio.Event()
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await done.wait()
+        writer.close()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(httpx.WriteTimeout):
+            await client.post(f"http://127.0.0.1:{port}/x", content=b"x" * 50_000_000, timeout=0.5)
+        assert accepted.is_set()
+    finally:
+        done.set()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_no_answer_in_time_is_a_read_timeout(client: httpx.AsyncClient) -> None:
     async def reply(request: bytes, writer: asyncio.StreamWriter) -> bool:
         await asyncio.sleep(5)
