@@ -304,7 +304,7 @@ async def test_a_run_whose_lease_was_taken_stops_calling_the_model(
 ) -> None:
     """Checkpoints are written in the background; one refused because another executor
     took the run over stops the run before its next model call but one."""
-    fake = await FakeOpenAI(default_delay=0.3).start()
+    fake = await FakeOpenAI(default_delay=0.5).start()
     fake.policy = lambda body: Behaviour(
         tool_calls=[{"name": "calc", "arguments": {"expression": "1 + 1"}}]
     )
@@ -330,7 +330,7 @@ async def test_a_run_whose_lease_was_taken_stops_calling_the_model(
                     )
                 )
             )
-            await asyncio.sleep(1.5)  # five more model calls' time
+            await asyncio.sleep(2.5)  # five more model calls' time
             assert len(fake.requests) == 2, "the call in flight, and at most one more"
             checkpoints, _ = await RunStore(database).history(run_id)
             assert [cp.step for cp in checkpoints] == [0], "the old holder wrote nothing"
