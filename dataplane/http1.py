@@ -35,25 +35,11 @@ _NO_BODY = frozenset({204, 304})
 _UNSAFE = re.compile(rb"[\r\n\0]")
 
 
-def http_client(
-    *,
-    max_idle_per_origin: int = 1000,
-    idle_timeout: float = 30.0,
-    ssl_context: ssl.SSLContext | None = None,
-    transport: Http1Transport | None = None,
-) -> httpx.AsyncClient:
-    """The client tool calls go through (model calls use its ``transport`` directly). It
-    never retries on its own: the model gateway and the tool router decide what may be
-    retried."""
-    return httpx.AsyncClient(
-        transport=transport
-        or Http1Transport(
-            max_idle_per_origin=max_idle_per_origin,
-            idle_timeout=idle_timeout,
-            ssl_context=ssl_context,
-        ),
-        cookies=NoCookies(),
-    )
+def http_client(transport: Http1Transport | None = None) -> httpx.AsyncClient:
+    """The client tool calls go through, on ``transport`` (a new one by default; model
+    calls use the transport directly). It never retries on its own: the model gateway and
+    the tool router decide what may be retried."""
+    return httpx.AsyncClient(transport=transport or Http1Transport(), cookies=NoCookies())
 
 
 class NoCookies(http.cookiejar.CookieJar):
@@ -177,12 +163,12 @@ class Http1Transport(httpx.AsyncBaseTransport):
                 httpx.ReadTimeout,
                 httpx.ReadError,
             )
-            reader = _Body(self, origin, connection, request, timeouts.read)
-            reader.frame(method, status, response_headers, http11 and not asked_close)
+            response_body = _Body(self, origin, connection, request, timeouts.read)
+            response_body.frame(method, status, response_headers, http11 and not asked_close)
         except BaseException:
             connection.close()
             raise
-        return RawResponse(status, reason, response_headers, reader)
+        return RawResponse(status, reason, response_headers, response_body)
 
     async def aclose(self) -> None:
         self._closed = True

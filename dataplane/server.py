@@ -92,7 +92,7 @@ class Executor:
         await watcher.start()
         store = RunStore(db, lease_ttl=timedelta(seconds=settings.lease_ttl))
         transport = Http1Transport()
-        http = http_client(transport=transport)
+        http = http_client(transport)
         mcp = McpSessions()
         runs = Runs(
             store,

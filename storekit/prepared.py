@@ -102,10 +102,9 @@ async def pg_fetchrow(
     conn: AsyncConnection, statement: sa.TextClause, params: Mapping[str, Any]
 ) -> tuple[Any, ...] | None:
     """The first row of ``statement`` run on asyncpg itself, on a connection outside any
-    transaction (``Database.single_statement``), without SQLAlchemy's async layer (a
-    checkpoint's p50 is 552–579 µs so against 627–683 µs through it, in the checkpoint
-    benchmark). Driver errors come back
-    as SQLAlchemy's ``DBAPIError``; a connection that died or was left mid-statement is
+    transaction (``Database.single_statement``), without SQLAlchemy's async layer, which
+    cost a tenth more a checkpoint (docs/benchmarks.md). Driver errors come back as
+    SQLAlchemy's ``DBAPIError``; a connection that died or was left mid-statement is
     dropped from the pool."""
     entry = _pg_compiled.get(id(statement))
     if entry is None:

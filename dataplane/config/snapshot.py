@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from google.protobuf import any_pb2, json_format
@@ -47,6 +47,18 @@ class ExecutorConfig:
 
     version: str
     resources: Mapping[str, Mapping[str, Message]]
+    _validators: dict[str, Draft202012Validator] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def input_validator(self, tool: tool_pb2.Tool) -> Draft202012Validator:
+        """The validator of a tool's arguments, built on its first call and kept as long
+        as the snapshot is."""
+        validator = self._validators.get(tool.name)
+        if validator is None:
+            validator = Draft202012Validator(json_format.MessageToDict(tool.input_schema))
+            self._validators[tool.name] = validator
+        return validator
 
     def get(self, kind: type[M], name: str) -> M | None:
         found = self.resources.get(kind.DESCRIPTOR.name, {}).get(name)
@@ -121,9 +133,9 @@ def _problems(config: ExecutorConfig) -> list[str]:
             problems.append(f"{what} names missing {kind.DESCRIPTOR.name} {name}")
 
     for tool in config.all(tool_pb2.Tool):
-        for field in ("input_schema", "output_schema"):
-            if tool.HasField(field):
-                _check_schema(problems, f"tool {tool.name} {field}", getattr(tool, field))
+        for schema in ("input_schema", "output_schema"):
+            if tool.HasField(schema):
+                _check_schema(problems, f"tool {tool.name} {schema}", getattr(tool, schema))
     for route in config.all(model_pb2.ModelRoute):
         if not route.targets:
             problems.append(f"model route {route.name} has no targets")

@@ -76,7 +76,7 @@ def weighted_pick(route: model_pb2.ModelRoute, key: str) -> str:
 class ModelGateway:
     def __init__(
         self,
-        http: Http1Transport,
+        transport: Http1Transport,
         *,
         retry: RetryPolicy = RetryPolicy(),
         breakers: Breakers | None = None,
@@ -84,9 +84,9 @@ class ModelGateway:
         stream: bool = True,
         retry_budget: RetryBudget | None = None,
     ) -> None:
-        """``http``: the transport model calls go over (shared with the tools' client).
+        """``transport``: what model calls go over (shared with the tools' client).
         ``stream``: ask OpenAI-compatible providers for server-sent events."""
-        self._http = http
+        self._transport = transport
         self._stream = stream
         self._budget = retry_budget or RetryBudget()
         self._retry = retry
@@ -164,7 +164,7 @@ class ModelGateway:
                 raise ProviderError(f"timed out after {timeout:.1f}s", retryable=True) from e
         if model.provider == model_pb2.MODEL_PROVIDER_OPENAI:
             provider = OpenAIProvider(
-                self._http,
+                self._transport,
                 self._base_url(model),
                 self._env.get(model.api_key_env or "OPENAI_API_KEY", ""),
                 model.provider_model or model.name.rsplit("/", 1)[-1],

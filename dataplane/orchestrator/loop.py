@@ -466,7 +466,7 @@ class RunLoop:
             if record is not None and record.state in (CallState.COMPLETED, CallState.FAILED):
                 results.append(ChatMessage("tool", json.dumps(record.result), tool_call_id=call.id))
                 continue
-            checked = self.router.check(ctx.tools, call.name, call.arguments)
+            checked = self.router.check(self.config, ctx.tools, call.name, call.arguments)
             if isinstance(checked, ToolOutcome):
                 outcome = checked
             else:

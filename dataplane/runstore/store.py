@@ -144,23 +144,16 @@ _PG_FINISH = sa.text(
 
 
 # A run created with its opening checkpoint on PostgreSQL, in one statement: the run, the
-# checkpoint (number 1, fencing token 1) and its events (numbered from 1).
+# checkpoint (number 1) and its events (numbered from 1), its counters set past them.
 _RUN_COLUMNS_SQL = [c.name for c in runs.columns]
 _PG_CREATE_OPENED = sa.text(
     f"""
     WITH new_run AS (
         INSERT INTO runs ({", ".join(_RUN_COLUMNS_SQL)})
         VALUES ({", ".join(":" + c for c in _RUN_COLUMNS_SQL)})
-        RETURNING id
-    ), new_checkpoint AS (
-        INSERT INTO checkpoints (run_id, seq, step, fencing_token, delta, created_at)
-        SELECT id, 1, :cp_step, 1, :cp_delta, :created_at FROM new_run
-    )
-    INSERT INTO run_events (run_id, seq, time, type, payload)
-    SELECT new_run.id, e.ord, :created_at, e.type, e.payload
-    FROM new_run,
-        unnest(CAST(:ev_types AS text[]), CAST(:ev_payloads AS text[]))
-            WITH ORDINALITY AS e(type, payload, ord)
+        RETURNING next_event_seq, next_checkpoint_seq
+    ), {_pg_inserts("new_run")}
+    SELECT next_event_seq FROM new_run
     """
 )
 
@@ -328,7 +321,7 @@ class _EncodedCheckpoint:
             "n_checkpoints": len(self.steps),
             "cp_steps": list(self.steps),
             "cp_deltas": list(self.delta_texts),
-            "step": self.steps[-1] if self.steps else 0,
+            "step": self.steps[-1],
             "usage": self.usage_text,
         }
 
@@ -553,10 +546,15 @@ class RunStore:
                 _PG_CREATE_OPENED,
                 {
                     **values,
-                    "cp_step": opening.step,
-                    "cp_delta": fastjson.dumps_text(opening.delta, sort_keys=True),
-                    "ev_types": [e.type for e in opening.events],
-                    "ev_payloads": texts,
+                    "run": values["id"],
+                    "token": values["fencing_token"],
+                    "now": values["created_at"],
+                    "n_events": len(opening.events),
+                    "types": [e.type for e in opening.events],
+                    "payloads": texts,
+                    "n_checkpoints": 1,
+                    "cp_steps": [opening.step],
+                    "cp_deltas": [fastjson.dumps_text(opening.delta, sort_keys=True)],
                 },
             )
 
@@ -839,7 +837,7 @@ class RunStore:
             lease,
             tuple(c.step for c in checkpoints),
             tuple(fastjson.dumps_text(c.delta, sort_keys=True) for c in checkpoints),
-            fastjson.dumps_text(checkpoints[-1].usage, sort_keys=True) if checkpoints else "",
+            fastjson.dumps_text(checkpoints[-1].usage, sort_keys=True),
             [e for c in checkpoints for e in c.events],
             call,
             now,
@@ -979,8 +977,7 @@ class RunStore:
         checkpoint: StepCheckpoint | None = None,
     ) -> None:
         """End the run with its stop reason, fenced. ``checkpoint``: a last checkpoint
-        (the reply that ended the run), written with the end in one write on SQLite; on
-        PostgreSQL, where a checkpoint is one statement of its own, just before it."""
+        (the reply that ended the run), written in the same write as the end."""
         last = self._encoded(lease, [checkpoint]) if checkpoint is not None else None
         if self._db.dialect == "postgresql":
             end = _End(reason, detail, final_answer, events)
@@ -1024,7 +1021,6 @@ class RunStore:
             "reason": end.reason.value,
             "detail": end.detail,
             "answer": end.final_answer,
-            "now": now,
             "ended_iso": now.isoformat(timespec="microseconds"),
             **(last.params() if last is not None else _NO_CHECKPOINT),
             "audit_id": str(uuid.uuid4()),

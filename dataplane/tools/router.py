@@ -17,17 +17,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from google.protobuf import json_format
-from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
+from dataplane.config.snapshot import ExecutorConfig
 from dataplane.runstore.memory import Memory
 from dataplane.tools.builtin import BUILTINS, CallContext, ToolFailure
 from dataplane.tools.mcp import McpSessions, McpUnavailable
 from pilothouse.v1 import tool_pb2
 
 DEFAULT_TIMEOUT = 30.0
-VALIDATORS_KEPT = 4096
 
 
 @dataclass(frozen=True)
@@ -50,12 +48,12 @@ class ToolRouter:
         self._http = http
         self._memory = memory
         self._mcp = mcp
-        self._validators: dict[int, tuple[tool_pb2.Tool, Draft202012Validator]] = {}
 
     def check(
-        self, allowed: dict[str, tool_pb2.Tool], name: str, arguments: str
+        self, config: ExecutorConfig, allowed: dict[str, tool_pb2.Tool], name: str, arguments: str
     ) -> tuple[tool_pb2.Tool, dict[str, Any]] | ToolOutcome:
-        """The tool and parsed arguments, or the refusal to hand back to the model."""
+        """The tool (one of ``allowed``, from ``config``) and parsed arguments, or the
+        refusal to hand back to the model."""
         tool = allowed.get(name)
         if tool is None:
             return ToolOutcome(
@@ -67,7 +65,7 @@ class ToolRouter:
             return ToolOutcome({"error": f"arguments are not valid JSON: {e}"}, False, False)
         if not isinstance(parsed, dict):
             return ToolOutcome({"error": "arguments must be a JSON object"}, False, False)
-        problem = best_match(self._validator(tool).iter_errors(parsed))
+        problem = best_match(config.input_validator(tool).iter_errors(parsed))
         if problem is not None:
             where = "/".join(str(p) for p in problem.absolute_path)
             return ToolOutcome(
@@ -76,18 +74,6 @@ class ToolRouter:
                 False,
             )
         return tool, parsed
-
-    def _validator(self, tool: tool_pb2.Tool) -> Draft202012Validator:
-        """The tool's input validator, built once per tool of a snapshot (runs share the
-        snapshot's tool messages). The entry holds the tool, so its id is not reused."""
-        kept = self._validators.get(id(tool))
-        if kept is not None and kept[0] is tool:
-            return kept[1]
-        if len(self._validators) >= VALIDATORS_KEPT:
-            self._validators.clear()  # tools of snapshots long replaced
-        validator = Draft202012Validator(json_format.MessageToDict(tool.input_schema))
-        self._validators[id(tool)] = (tool, validator)
-        return validator
 
     async def execute(
         self,

@@ -17,7 +17,7 @@ from dataplane.runstore.database import open_run_database
 from dataplane.runstore.model import NewEvent
 from dataplane.runstore.store import NewRun, RunStore
 from storekit.loop import run as run_on_loop
-from tests.bench.registry_bench import run_store_urls, write_result
+from tests.bench.registry_bench import database_urls, write_result
 from tests.bench.run_bench import pct
 
 CHECKPOINTS = 2000
@@ -58,7 +58,7 @@ async def measure(url: str) -> dict[str, float]:
 async def main() -> None:
     results: dict[str, Any] = {"benchmark": "checkpoint", "checkpoints": CHECKPOINTS}
     with tempfile.TemporaryDirectory() as tmp:
-        async with run_store_urls(Path(tmp)) as backends:
+        async with database_urls(Path(tmp), "runs.db") as backends:
             for label, url in backends.items():
                 figures = await measure(url)
                 results[label] = figures

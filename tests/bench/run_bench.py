@@ -47,7 +47,7 @@ from pilothouse.v1 import (
     tool_pb2_grpc,
 )
 from tests import helpers as h
-from tests.bench.registry_bench import run_store_urls, write_result
+from tests.bench.registry_bench import database_urls, write_result
 from tests.fakes.openai_server import Behaviour, FakeOpenAI
 
 STEPS = 5
@@ -317,7 +317,7 @@ async def main() -> None:
     results: dict[str, Any] = {"benchmark": "runs", "steps_per_run": STEPS, "backends": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        async with run_store_urls(work) as backends:
+        async with database_urls(work, "runs.db") as backends:
             for label, url in backends.items():
                 result = await measure(url, work)
                 results["backends"][label] = result

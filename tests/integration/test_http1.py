@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dataplane.http1 import http_client
+from dataplane.http1 import Http1Transport, http_client
 from tests.certs import make_certs
 
 Reply = Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]
@@ -266,7 +266,7 @@ async def test_https_verifies_the_server_with_the_given_context(tmp_path: Path) 
             with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
                 await untrusting.get(server.url)
         trusting = ssl.create_default_context(cafile=str(certs.ca))
-        async with http_client(ssl_context=trusting) as http:
+        async with http_client(Http1Transport(ssl_context=trusting)) as http:
             assert (await http.get(server.url)).content == b"secure"
             assert (await http.get(server.url)).content == b"secure"
         assert server.connections == 1  # the refused handshake never became one

@@ -76,3 +76,15 @@ def test_backoff_grows_is_capped_and_jittered() -> None:
         delays = [backoff.delay(attempt) for _ in range(50)]
         assert all(0 <= d <= bound for d in delays)
         assert len(set(delays)) > 1
+
+
+def test_a_tools_input_validator_is_built_once_per_snapshot() -> None:
+    schema = {"type": "object", "required": ["text"]}
+    first, second = parse("v1", config(schema=schema)), parse("v2", config(schema=schema))
+    tool = first.get(tool_pb2.Tool, "tenants/a/tools/t")
+    assert tool is not None
+    validator = first.input_validator(tool)
+    assert first.input_validator(tool) is validator
+    assert not validator.is_valid({}) and validator.is_valid({"text": "hi"})
+    other = second.get(tool_pb2.Tool, "tenants/a/tools/t")
+    assert other is not None and second.input_validator(other) is not validator
