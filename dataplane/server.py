@@ -100,6 +100,7 @@ class Executor:
             ToolRouter(http, Memory(db), mcp),
             watcher,
             owner=f"{settings.node_id}/{secrets.token_hex(3)}",
+            executor=settings.node_id,
             max_concurrent=settings.max_concurrent_runs,
             on_pause=lambda: bridge.nudge(),
         )

@@ -83,6 +83,11 @@ class Violations:
         if value is not None and value < 0:
             self.add(field, f"must be at least 0 (is {value})")
 
+    def decimal_places(self, field: str, value: Decimal, places: int) -> None:
+        exponent = value.as_tuple().exponent
+        if isinstance(exponent, int) and -exponent > places:
+            self.add(field, f"may have at most {places} decimal places (is {value})")
+
     def duration(self, field: str, value: timedelta | None, *, maximum: timedelta) -> None:
         if value is None:
             return

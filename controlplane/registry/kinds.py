@@ -98,6 +98,10 @@ def _check_model(m: r.Model, v: Violations) -> None:
     v.text("provider_model", m.provider_model, max_len=200)
     v.non_negative("input_price_per_million", m.input_price_per_million)
     v.non_negative("output_price_per_million", m.output_price_per_million)
+    # A call's cost (tokens x price / 10^6) then has at most 12 decimal places: the
+    # usage ledger sums costs exactly in units of 10^-12 USD.
+    v.decimal_places("input_price_per_million", m.input_price_per_million, 6)
+    v.decimal_places("output_price_per_million", m.output_price_per_million, 6)
     if m.context_window < 1:
         v.add("context_window", "must be at least 1")
     if m.max_output_tokens < 1:

@@ -41,6 +41,8 @@ from dataplane.runstore.model import (
     stopped,
 )
 from dataplane.runstore.store import RunStore
+from dataplane.telemetry import records
+from dataplane.telemetry.records import RunLabels
 from dataplane.tools.router import ToolOutcome, ToolRouter
 from pilothouse.v1 import model_pb2, tool_pb2
 
@@ -105,6 +107,8 @@ class RunLoop:
     more history to read back. None: resolve the context and resume from the run store."""
     paused: bool = False
     """Set when the run stopped to wait for a person's approval."""
+    executor: str = ""
+    """This executor's node id, as the run's telemetry names it."""
     _last_call: tuple[CallEntry, list[NewEvent]] | None = None
     _ending: StepCheckpoint | None = None
     """The checkpoint of the reply that ends the run, written with the run's end."""
@@ -113,6 +117,12 @@ class RunLoop:
     last call where one goes with them."""
     _writing: asyncio.Task[None] | None = None
     _usage: Usage = field(default_factory=Usage)
+    _labels: RunLabels | None = None
+    _completed: int = 0
+    """Steps completed and checkpointed (or queued to be)."""
+    _queued_for: float = 0.0
+    """Time the run waited for an executor before this one took it, told with the first
+    usage record this executor writes for it."""
 
     async def execute(self) -> None:
         """Drive the run until it stops or waits; LeaseLost ends it silently (another
@@ -132,9 +142,7 @@ class RunLoop:
                         self.lease,
                         StopReason.CANCELLED,
                         detail=self.cancel_reason,
-                        events=[
-                            stopped(StopReason.CANCELLED, self.cancel_reason, self._usage.to_dict())
-                        ],
+                        events=[self._stopped(StopReason.CANCELLED, self.cancel_reason)],
                         checkpoint=ending,
                     )
                 self._notify()
@@ -161,6 +169,20 @@ class RunLoop:
                 continue
             self.lease = await self.store.renew(self.lease)
 
+    def _stopped(self, reason: StopReason, detail: str) -> NewEvent:
+        return stopped(
+            reason,
+            detail,
+            self._usage.to_dict(),
+            steps=self._completed,
+            executor=self.executor,
+        )
+
+    def _waited(self) -> float:
+        """The queue time not told yet: once, with the first usage record."""
+        waited, self._queued_for = self._queued_for, 0.0
+        return waited
+
     def _notify(self) -> None:
         if self.notify is not None:
             self.notify(self.run.id)
@@ -182,6 +204,11 @@ class RunLoop:
             ChatMessage.from_dict(m) for cp in checkpoints for m in cp.delta.get("messages", [])
         ]
         self._usage = Usage.from_dict(self.run.usage)
+        labels = self._labels = RunLabels(self.run.agent, ctx.version.name, self.executor)
+        if self.admitted is None:
+            # Claimed from the pool: it waited since it became claimable.
+            waited = self.run.updated_at - self.run.available_at
+            self._queued_for = max(waited.total_seconds(), 0.0)
         deadline_wall = (
             self.run.created_at.timestamp() + limits.max_wall_seconds
             if limits.max_wall_seconds
@@ -189,12 +216,18 @@ class RunLoop:
         )
         try:
             if not messages:
-                messages, first = opening(ctx, self.config.version, request.get("input", ""))
+                messages, first = opening(
+                    ctx,
+                    self.config.version,
+                    request.get("input", ""),
+                    labels,
+                    created_at=self.run.created_at,
+                )
                 if self.admitted is None:
                     await self._write_checkpoints([(first, None)])
-            completed = self.run.step
+            self._completed = self.run.step
             while True:
-                step = completed + 1
+                step = self._completed + 1
                 # A resumed run may stop between a model call and its tool calls.
                 if not (messages[-1].role == "assistant" and messages[-1].tool_calls):
                     self._check_limits(limits, deadline_wall, step)
@@ -222,12 +255,12 @@ class RunLoop:
                     last[0] if last else None,
                 )
                 journal = [j for j in journal if j.step != step]
-                completed = step
+                self._completed = step
         except _Stop as stop:
             events = []
             if stop.reason is StopReason.COMPLETED:
                 events.append(NewEvent("final_answer", {"text": stop.final_answer}))
-            events.append(stopped(stop.reason, stop.detail, self._usage.to_dict()))
+            events.append(self._stopped(stop.reason, stop.detail))
             ending, self._ending = self._ending, None
             await self._written()
             await self.store.finish(
@@ -312,6 +345,8 @@ class RunLoop:
         self._usage.cost_usd += result.cost
         self._usage.model_calls += 1
         reply = result.result.message
+        seconds = time.perf_counter() - started
+        assert self._labels is not None
         events = [
             NewEvent("step_started", {"step": step}),
             NewEvent(
@@ -323,9 +358,22 @@ class RunLoop:
                     "output_tokens": usage.output_tokens,
                     "cost_usd": str(result.cost),
                     "finish_reason": result.result.finish_reason,
-                    "latency_seconds": round(time.perf_counter() - started, 6),
+                    "latency_seconds": round(seconds, 6),
                     "attempts": result.attempts,
                 },
+                records.model_usage(
+                    self._labels,
+                    step=step,
+                    model=result.model,
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    cached_input_tokens=usage.cached_input_tokens,
+                    cost_usd=result.cost,
+                    queue_seconds=self._waited(),
+                    model_seconds=seconds,
+                    attempts=result.attempts,
+                    finish_reason=result.result.finish_reason,
+                ),
             ),
         ]
         events += [
@@ -447,6 +495,46 @@ class RunLoop:
             events=events,
         )
 
+    def _finished(
+        self,
+        step: int,
+        call: ToolCall,
+        outcome: ToolOutcome,
+        seconds: float,
+        record: ToolCallRecord | None,
+    ) -> NewEvent:
+        """The ``tool_call_finished`` event and its usage record. A call a person decided
+        on waited from when it was filed (``record.started_at``) until the decision made
+        the run claimable again (``available_at``)."""
+        assert self._labels is not None
+        waited = 0.0
+        decided = record is not None and record.state in (CallState.APPROVED, CallState.DENIED)
+        if decided and record is not None and record.started_at is not None:
+            waited = max((self.run.available_at - record.started_at).total_seconds(), 0.0)
+        return NewEvent(
+            "tool_call_finished",
+            {
+                "step": step,
+                "call_id": call.id,
+                "tool": call.name,
+                "ok": outcome.ok,
+                "executed": outcome.executed,
+                "result": json.dumps(outcome.result),
+                "latency_seconds": round(seconds, 6),
+            },
+            records.tool_usage(
+                self._labels,
+                step=step,
+                tool=call.name,
+                call_id=call.id,
+                ok=outcome.ok,
+                executed=outcome.executed,
+                tool_seconds=seconds,
+                approval_wait_seconds=waited,
+                queue_seconds=self._waited(),
+            ),
+        )
+
     async def _act(
         self,
         ctx: RunContext,
@@ -459,6 +547,7 @@ class RunLoop:
     ) -> list[ChatMessage] | None:
         """Run the reply's tool calls; their results, or None when the run now waits for
         an approval. ``untrusted``: tool output has entered the run already."""
+        assert self._labels is not None
         done = {(j.step, j.call_index): j for j in journal}
         results: list[ChatMessage] = []
         for index, call in enumerate(reply.tool_calls):
@@ -494,6 +583,7 @@ class RunLoop:
                                     "arguments": call.arguments,
                                     "reason": reason,
                                 },
+                                records.run_waiting(self._labels, step=step, tool=call.name),
                             )
                         ],
                     )
@@ -535,8 +625,8 @@ class RunLoop:
                         state=CallState.COMPLETED if outcome.ok else CallState.FAILED,
                         result=outcome.result,
                         events=[
-                            _finished(
-                                step, call.id, call.name, outcome, time.perf_counter() - started
+                            self._finished(
+                                step, call, outcome, time.perf_counter() - started, record
                             )
                         ],
                         last=last,
@@ -555,7 +645,7 @@ class RunLoop:
                 arguments={},
                 state=CallState.FAILED,
                 result=outcome.result,
-                events=[_finished(step, call.id, call.name, outcome, 0.0)],
+                events=[self._finished(step, call, outcome, 0.0, record)],
                 last=last,
             )
             if not last:
@@ -565,10 +655,16 @@ class RunLoop:
 
 
 def opening(
-    ctx: RunContext, config_version: str, run_input: str
+    ctx: RunContext,
+    config_version: str,
+    run_input: str,
+    labels: RunLabels,
+    *,
+    created_at: datetime | None = None,
 ) -> tuple[list[ChatMessage], StepCheckpoint]:
     """A run's first messages, and its first checkpoint: step 0, those messages, no usage
-    yet, and the ``run_started`` event."""
+    yet, and the ``run_started`` event (``created_at``: when the run was created, if that
+    was before now)."""
     messages = [ChatMessage("system", ctx.system_prompt), ChatMessage("user", run_input)]
     return messages, StepCheckpoint(
         0,
@@ -578,23 +674,9 @@ def opening(
             NewEvent(
                 "run_started",
                 {"prompt_version": ctx.version.name, "config_version": config_version},
+                records.run_opened(labels, config_version, created_at),
             )
         ],
-    )
-
-
-def _finished(step: int, call_id: str, tool: str, outcome: ToolOutcome, seconds: float) -> NewEvent:
-    return NewEvent(
-        "tool_call_finished",
-        {
-            "step": step,
-            "call_id": call_id,
-            "tool": tool,
-            "ok": outcome.ok,
-            "executed": outcome.executed,
-            "result": json.dumps(outcome.result),
-            "latency_seconds": round(seconds, 6),
-        },
     )
 
 

@@ -18,6 +18,7 @@ from dataplane.orchestrator.context import AdmissionError, RunContext, limits, r
 from dataplane.orchestrator.loop import RunLoop, opening
 from dataplane.runstore.model import Lease, Run, RunEvent, RunState
 from dataplane.runstore.store import NewRun, RunStore, opened_events
+from dataplane.telemetry.records import RunLabels
 from dataplane.tools.router import ToolRouter
 from pilothouse.v1 import agent_pb2
 
@@ -59,16 +60,20 @@ class Runs:
         watcher: ConfigWatcher,
         *,
         owner: str,
+        executor: str = "",
         poll_interval: float = 0.2,
         max_concurrent: int = 1000,
         on_pause: Callable[[], None] | None = None,
     ) -> None:
-        """``on_pause`` hears of every run that starts waiting for a person."""
+        """``owner``: this executor's name on the leases it holds; ``executor``: its node
+        id, as telemetry names it. ``on_pause`` hears of every run that starts waiting
+        for a person."""
         self._store = store
         self._gateway = gateway
         self._router = router
         self._watcher = watcher
         self.owner = owner
+        self.executor = executor
         self._poll = poll_interval
         self._max_concurrent = max_concurrent
         self._loops: dict[str, tuple[RunLoop, asyncio.Task[None]]] = {}
@@ -120,7 +125,8 @@ class Runs:
         # Without a free slot here, the run waits in the queue for any executor rather
         # than hold a lease nobody renews.
         queued = not run_now or len(self._loops) >= self._max_concurrent
-        first = None if queued else opening(ctx, config.version, admission.input)[1]
+        labels = RunLabels(admission.agent, ctx.version.name, self.executor)
+        first = None if queued else opening(ctx, config.version, admission.input, labels)[1]
         run, lease, created = await self._store.create(
             NewRun(
                 admission.tenant,
@@ -166,6 +172,7 @@ class Runs:
             lease,
             self.notify,
             admitted=admitted[1] if admitted else None,
+            executor=self.executor,
         )
 
         async def go() -> None:
@@ -175,7 +182,10 @@ class Runs:
                 log.exception("run failed unexpectedly", extra={"run": run.id})
                 with contextlib.suppress(Exception):
                     await self._store.release(
-                        loop.lease, retry_after=RETRY_AFTER_ERROR, error="executor error"
+                        loop.lease,
+                        retry_after=RETRY_AFTER_ERROR,
+                        error="executor error",
+                        executor=self.executor,
                     )
             finally:
                 full = len(self._loops) >= self._max_concurrent

@@ -63,6 +63,7 @@ class Run:
     lease_expires_at: datetime | None
     fencing_token: int
     available_at: datetime
+    """When it became claimable: queued (again), or its holder's lease expired."""
     deadline_at: datetime | None
     cancel_requested: bool
     created_at: datetime
@@ -110,6 +111,7 @@ class ToolCallRecord(CallEntry):
 
     attempts: int = 0
     started_at: datetime | None = None
+    """When it last started; for a call filed for approval, when it began to wait."""
     finished_at: datetime | None = None
 
 
@@ -122,11 +124,25 @@ class RunEvent:
 
 
 @dataclass(frozen=True)
+class Telemetry:
+    """What of an event leaves the executor, through the outbox: a field of the contract's
+    ``TelemetryEvent`` (``kind``, such as ``model_usage``) and its values. Never prompt,
+    completion or tool text: those stay in the run store."""
+
+    kind: str
+    fields: dict[str, Any]
+    executor: str = ""
+    """The executor (xDS node id) that holds the run; empty when none does."""
+
+
+@dataclass(frozen=True)
 class NewEvent:
-    """An event to append in a fenced write."""
+    """An event to append in a fenced write. With ``telemetry``, the same write puts that
+    in the outbox, under the id "{run}:{sequence}"."""
 
     type: str
     payload: dict[str, Any]
+    telemetry: Telemetry | None = None
 
 
 @dataclass(frozen=True)
@@ -140,17 +156,27 @@ class StepCheckpoint:
     events: Sequence[NewEvent] = ()
 
 
-def stopped(reason: StopReason, detail: str = "", usage: dict[str, Any] | None = None) -> NewEvent:
-    """The ``run_stopped`` event, with the reason as the contract names it."""
+def stopped(
+    reason: StopReason,
+    detail: str = "",
+    usage: dict[str, Any] | None = None,
+    *,
+    steps: int,
+    executor: str = "",
+) -> NewEvent:
+    """The ``run_stopped`` event, with the reason as the contract names it, and its
+    telemetry (``run_ended``): ``steps`` completed, by ``executor`` when one holds it."""
     payload: dict[str, Any] = {"reason": f"STOP_REASON_{reason.name}", "detail": detail}
     if usage is not None:
         payload["usage"] = usage
-    return NewEvent("run_stopped", payload)
+    ended: dict[str, Any] = {**payload, "steps": steps}
+    return NewEvent("run_stopped", payload, Telemetry("run_ended", ended, executor))
 
 
 @dataclass(frozen=True)
 class OutboxEvent:
-    """Something that must leave the executor, such as the audit record of a run's end."""
+    """Something that must leave the executor: an event's telemetry (``kind`` is its
+    ``TelemetryEvent`` field) or an audit record (``kind`` "audit", ``type`` its action)."""
 
     id: str
     tenant: str
@@ -159,3 +185,10 @@ class OutboxEvent:
     type: str
     payload: dict[str, Any]
     created_at: datetime
+    executor: str = ""
+
+    @property
+    def sequence(self) -> int:
+        """The run event's sequence number it goes with; 0 for an audit record."""
+        _, sep, seq = self.id.rpartition(":")
+        return int(seq) if sep else 0

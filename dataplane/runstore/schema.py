@@ -110,21 +110,25 @@ memory = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
-# What must leave the executor, written in the transaction of what it records: for now the
-# audit record of every run's end. ``id`` names the event wherever it goes, so whoever
-# receives it can take it exactly once; ``relayed_at`` is set once it has been delivered.
+# What must leave the executor, written in the transaction of what it records: the
+# telemetry of runs' events and the audit records of their ends. ``id`` names the event
+# wherever it goes ("{run}:{sequence}" for a run's event), so whoever receives it takes it
+# exactly once. A relay claims a batch (``claimed_by`` until ``claim_expires_at``) and
+# deletes it once the control plane has acknowledged it.
 outbox = sa.Table(
     "outbox",
     metadata,
-    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("id", sa.String(80), primary_key=True),
     sa.Column("tenant", sa.String(63), nullable=False),
     sa.Column("run_id", sa.String(36), nullable=False),
     sa.Column("kind", sa.String(20), nullable=False),
     sa.Column("type", sa.String(40), nullable=False),
     sa.Column("payload", sa.Text, nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
-    sa.Column("relayed_at", UTCDateTime, nullable=True),
-    sa.Index("ix_outbox_relayed_at_created_at", "relayed_at", "created_at"),
+    sa.Column("claimed_by", sa.String(200), nullable=False, server_default=""),
+    sa.Column("claim_expires_at", UTCDateTime, nullable=True),
+    sa.Column("executor", sa.String(200), nullable=False, server_default=""),
+    sa.Index("ix_outbox_created_at", "created_at"),
 )
 
 __all__ = ["checkpoints", "memory", "metadata", "outbox", "run_events", "runs", "tool_calls"]

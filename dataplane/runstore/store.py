@@ -25,7 +25,6 @@ from dataplane.runstore.model import (
     Checkpoint,
     Lease,
     NewEvent,
-    OutboxEvent,
     Run,
     RunEvent,
     RunState,
@@ -52,16 +51,20 @@ T = TypeVar("T")
 # more than running it.
 _INSERT_RUN = runs.insert()
 _INSERT_EVENT = run_events.insert()
-_NEXT_EVENT_SEQ = sa.select(runs.c.next_event_seq).where(runs.c.id == sa.bindparam("run_id"))
+_NEXT_EVENT_SEQ = sa.select(runs.c.next_event_seq, runs.c.tenant).where(
+    runs.c.id == sa.bindparam("run_id")
+)
 _INSERT_CHECKPOINT = checkpoints.insert()
 _INSERT_CALL = tool_calls.insert()
 _INSERT_OUTBOX = outbox.insert()
 
 
 def _pg_inserts(source: str) -> str:
-    """Common table expressions inserting a write's events (``types``, ``payloads``) and
-    checkpoints (``cp_steps``, ``cp_deltas``), numbered from the run's row as ``source``
-    (the update before them) returns it, its counters already advanced past them."""
+    """Common table expressions inserting a write's events (``types``, ``payloads``), their
+    telemetry into the outbox (``o_ords``: which events, from 1; ``o_kinds``,
+    ``o_payloads``, ``o_executors``) and checkpoints (``cp_steps``, ``cp_deltas``),
+    numbered from the run's row as ``source`` (the update before them) returns it, its
+    counters already advanced past them."""
     return f"""new_events AS (
         INSERT INTO run_events (run_id, seq, time, type, payload)
         SELECT :run, {source}.next_event_seq - :n_events + e.ord - 1, :now, e.type, e.payload
@@ -75,6 +78,15 @@ def _pg_inserts(source: str) -> str:
         FROM {source},
             unnest(CAST(:cp_steps AS integer[]), CAST(:cp_deltas AS text[]))
                 WITH ORDINALITY AS c(step, delta, ord)
+    ), new_outbox AS (
+        INSERT INTO outbox (id, tenant, run_id, kind, type, payload, created_at, claimed_by,
+            claim_expires_at, executor)
+        SELECT :run || ':' || CAST({source}.next_event_seq - :n_events + o.ord - 1 AS text),
+            {source}.tenant, :run, o.kind, o.type, o.payload, :now, '', NULL, o.executor
+        FROM {source},
+            unnest(CAST(:o_ords AS integer[]), CAST(:o_kinds AS text[]),
+                CAST(:o_types AS text[]), CAST(:o_payloads AS text[]),
+                CAST(:o_executors AS text[])) AS o(ord, kind, type, payload, executor)
     )"""
 
 
@@ -91,7 +103,7 @@ _PG_CHECKPOINT = sa.text(
             next_checkpoint_seq = next_checkpoint_seq + :n_checkpoints
         WHERE id = :run AND fencing_token = :token AND lease_owner = :owner
             AND state = :running
-        RETURNING next_event_seq, next_checkpoint_seq, cancel_requested
+        RETURNING tenant, next_event_seq, next_checkpoint_seq, cancel_requested
     ), {_pg_inserts("fenced")}, journal AS (
         INSERT INTO tool_calls (run_id, step, call_index, call_id, tool, arguments, state,
             result, error, attempts, started_at, finished_at)
@@ -125,7 +137,8 @@ _PG_FINISH = sa.text(
         RETURNING tenant, agent, step, usage, attempts, created_at, next_event_seq,
             next_checkpoint_seq
     ), {_pg_inserts("ended")}, audit AS (
-        INSERT INTO outbox (id, tenant, run_id, kind, type, payload, created_at, relayed_at)
+        INSERT INTO outbox (id, tenant, run_id, kind, type, payload, created_at, claimed_by,
+            claim_expires_at, executor)
         SELECT :audit_id, tenant, :run, 'audit', 'run.stopped',
             CAST(jsonb_build_object(
                 'run', CAST(:run AS text), 'agent', agent,
@@ -135,7 +148,7 @@ _PG_FINISH = sa.text(
                     'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
                 'ended_at', CAST(:ended_iso AS text)
             ) AS text),
-            :now, NULL
+            :now, '', NULL, :executor
         FROM ended
     )
     SELECT next_event_seq FROM ended
@@ -151,7 +164,7 @@ _PG_CREATE_OPENED = sa.text(
     WITH new_run AS (
         INSERT INTO runs ({", ".join(_RUN_COLUMNS_SQL)})
         VALUES ({", ".join(":" + c for c in _RUN_COLUMNS_SQL)})
-        RETURNING next_event_seq, next_checkpoint_seq
+        RETURNING tenant, next_event_seq, next_checkpoint_seq
     ), {_pg_inserts("new_run")}
     SELECT next_event_seq FROM new_run
     """
@@ -177,7 +190,12 @@ def _fence_statement(columns: tuple[str, ...]) -> sa.Update:
             runs.c.state == RunState.RUNNING.value,
         )
         .values(values)
-        .returning(runs.c.next_event_seq, runs.c.next_checkpoint_seq, runs.c.cancel_requested)
+        .returning(
+            runs.c.tenant,
+            runs.c.next_event_seq,
+            runs.c.next_checkpoint_seq,
+            runs.c.cancel_requested,
+        )
     )
 
 
@@ -280,6 +298,21 @@ def opened_events(run: Run, opening: StepCheckpoint) -> list[RunEvent]:
     ]
 
 
+def _pg_event_params(events: Sequence[NewEvent], texts: list[str]) -> dict[str, Any]:
+    """The parameters of ``_pg_inserts`` that carry the events and their telemetry."""
+    outbound = [(i, e.telemetry, e.type) for i, e in enumerate(events, 1) if e.telemetry]
+    return {
+        "n_events": len(events),
+        "types": [e.type for e in events],
+        "payloads": texts,
+        "o_ords": [i for i, _, _ in outbound],
+        "o_kinds": [t.kind for _, t, _ in outbound],
+        "o_types": [type_ for _, _, type_ in outbound],
+        "o_payloads": [fastjson.dumps_text(t.fields) for _, t, _ in outbound],
+        "o_executors": [t.executor for _, t, _ in outbound],
+    }
+
+
 def _pg_write_params(
     lease: Lease, events: Sequence[NewEvent], texts: list[str], now: datetime
 ) -> dict[str, Any]:
@@ -290,9 +323,7 @@ def _pg_write_params(
         "token": lease.token,
         "owner": lease.owner,
         "now": now,
-        "n_events": len(events),
-        "types": [e.type for e in events],
-        "payloads": texts,
+        **_pg_event_params(events, texts),
     }
 
 
@@ -344,6 +375,11 @@ class _Fenced:
     first_event_seq: int
     checkpoint_seq: int
     cancel_requested: bool
+
+
+def _executor_of(events: Sequence[NewEvent]) -> str:
+    """The executor that ends a run with ``events``, as their telemetry names it."""
+    return next((e.telemetry.executor for e in events if e.telemetry is not None), "")
 
 
 def _now() -> datetime:
@@ -432,10 +468,12 @@ class RunStore:
     def _insert_events(
         conn: Connection,
         run_id: str,
+        tenant: str,
         first_seq: int,
         events: Sequence[NewEvent],
         now: datetime,
     ) -> None:
+        """Insert the events numbered from ``first_seq``, and their telemetry."""
         if not events:
             return
         texts, payloads = _stored_payloads(events)
@@ -453,6 +491,24 @@ class RunStore:
                 for i, (e, text) in enumerate(zip(events, texts, strict=True))
             ],
         )
+        outbound = [
+            {
+                "id": f"{run_id}:{first_seq + i}",
+                "tenant": tenant,
+                "run_id": run_id,
+                "kind": e.telemetry.kind,
+                "type": e.type,
+                "payload": fastjson.dumps_text(e.telemetry.fields),
+                "created_at": now,
+                "claimed_by": "",
+                "claim_expires_at": None,
+                "executor": e.telemetry.executor,
+            }
+            for i, e in enumerate(events)
+            if e.telemetry is not None
+        ]
+        if outbound:
+            prepared.run(conn, _INSERT_OUTBOX, outbound)
         written = conn.info.get(_WRITTEN)
         if written is not None:
             written.extend(_as_written(run_id, first_seq, events, payloads, now))
@@ -533,7 +589,7 @@ class RunStore:
         run_id, now = values["id"], values["created_at"]
         delta = fastjson.dumps_text(opening.delta, sort_keys=True)
         _insert_checkpoint(conn, run_id, 1, opening.step, 1, delta, now)
-        self._insert_events(conn, run_id, 1, opening.events, now)
+        self._insert_events(conn, run_id, values["tenant"], 1, opening.events, now)
 
     async def _insert_alone(
         self, values: dict[str, Any], opening: StepCheckpoint | None, texts: list[str]
@@ -549,9 +605,7 @@ class RunStore:
                     "run": values["id"],
                     "token": values["fencing_token"],
                     "now": values["created_at"],
-                    "n_events": len(opening.events),
-                    "types": [e.type for e in opening.events],
-                    "payloads": texts,
+                    **_pg_event_params(opening.events, texts),
                     "n_checkpoints": 1,
                     "cp_steps": [opening.step],
                     "cp_deltas": [fastjson.dumps_text(opening.delta, sort_keys=True)],
@@ -668,28 +722,6 @@ class RunStore:
                 for seq, t, kind, p in await conn.execute(query)
             ]
 
-    async def unrelayed(self, *, limit: int = 500) -> list[OutboxEvent]:
-        """Outbox events not yet delivered, oldest first."""
-        query = (
-            sa.select(
-                outbox.c.id,
-                outbox.c.tenant,
-                outbox.c.run_id,
-                outbox.c.kind,
-                outbox.c.type,
-                outbox.c.payload,
-                outbox.c.created_at,
-            )
-            .where(outbox.c.relayed_at.is_(None))
-            .order_by(outbox.c.created_at, outbox.c.id)
-            .limit(limit)
-        )
-        async with self._db.single_statement() as conn:
-            return [
-                OutboxEvent(id_, tenant, run_id, kind, type_, json.loads(payload), at)
-                for id_, tenant, run_id, kind, type_, payload, at in await conn.execute(query)
-            ]
-
     # -- claiming ----------------------------------------------------------------------
 
     async def claim(self, owner: str, *, run_id: str | None = None) -> tuple[Lease, Run] | None:
@@ -706,6 +738,9 @@ class RunStore:
             run = _run(row)
             orphaned = run.state is RunState.RUNNING
             attempts = run.attempts + (1 if orphaned else 0)
+            # An orphaned run became claimable when its holder's lease expired.
+            available = run.lease_expires_at if orphaned else run.available_at
+            assert available is not None
             if attempts >= self.max_attempts:
                 why = f"lost or failed {attempts} times"
                 self._finish(
@@ -716,7 +751,7 @@ class RunStore:
                     why,
                     "",
                     now,
-                    [stopped(StopReason.DEAD_LETTERED, why)],
+                    [stopped(StopReason.DEAD_LETTERED, why, run.usage, steps=run.step)],
                     fenced=False,
                 )
                 return None
@@ -727,6 +762,7 @@ class RunStore:
                 lease_expires_at=expires,
                 fencing_token=run.fencing_token + 1,
                 attempts=attempts,
+                available_at=available,
                 updated_at=now,
             )
             conn.execute(
@@ -738,6 +774,7 @@ class RunStore:
                     lease_expires_at=expires,
                     fencing_token=claimed.fencing_token,
                     attempts=attempts,
+                    available_at=available,
                     updated_at=now,
                 )
             )
@@ -791,9 +828,9 @@ class RunStore:
         row = rows[0] if rows else None
         if row is None:
             raise LeaseLost(f"run {lease.run_id}: token {lease.token} is no longer current")
-        next_event, next_checkpoint, cancel = row
+        tenant, next_event, next_checkpoint, cancel = row
         first = int(next_event) - len(events)
-        self._insert_events(conn, lease.run_id, first, events, now or _now())
+        self._insert_events(conn, lease.run_id, tenant, first, events, now or _now())
         return _Fenced(first, int(next_checkpoint) - checkpoints, bool(cancel))
 
     # -- fenced writes of a lease holder ---------------------------------------------
@@ -905,8 +942,9 @@ class RunStore:
         self, conn: Connection, run_id: str, events: Sequence[NewEvent], now: datetime
     ) -> int:
         """Insert events after the run's last; the next free sequence number."""
-        seq = int(prepared.run(conn, _NEXT_EVENT_SEQ, {"run_id": run_id}).rows[0][0])
-        self._insert_events(conn, run_id, seq, events, now)
+        seq, tenant = prepared.run(conn, _NEXT_EVENT_SEQ, {"run_id": run_id}).rows[0]
+        seq = int(seq)
+        self._insert_events(conn, run_id, tenant, seq, events, now)
         return seq + len(events)
 
     async def record_call(
@@ -941,8 +979,8 @@ class RunStore:
             "error": entry.error,
         }
         started = entry.state is CallState.STARTED
-        if started:
-            values["started_at"] = now
+        if started or entry.state is CallState.AWAITING_APPROVAL:
+            values["started_at"] = now  # for a call filed for approval: since when it waits
         elif entry.state in (CallState.COMPLETED, CallState.FAILED, CallState.DENIED):
             values["finished_at"] = now
         params = {f"v_{column}": value for column, value in values.items()}
@@ -1024,6 +1062,7 @@ class RunStore:
             "ended_iso": now.isoformat(timespec="microseconds"),
             **(last.params() if last is not None else _NO_CHECKPOINT),
             "audit_id": str(uuid.uuid4()),
+            "executor": _executor_of(end.events),
         }
         async with self._db.single_statement() as conn:
             row = await prepared.pg_fetchrow(conn, _PG_FINISH, params)
@@ -1087,7 +1126,9 @@ class RunStore:
                     sort_keys=True,
                 ),
                 "created_at": now,
-                "relayed_at": None,
+                "claimed_by": "",
+                "claim_expires_at": None,
+                "executor": _executor_of(events),
             },
         )
 
@@ -1109,14 +1150,21 @@ class RunStore:
 
         await self._write(tx)
 
-    async def release(self, lease: Lease, *, retry_after: timedelta, error: str) -> Run:
+    async def release(
+        self, lease: Lease, *, retry_after: timedelta, error: str, executor: str = ""
+    ) -> Run:
         """Give a run back after a failure: queued again after ``retry_after``, counted as
-        a failed attempt; dead-lettered once it has failed ``max_attempts`` times."""
+        a failed attempt; dead-lettered once it has failed ``max_attempts`` times.
+        ``executor``: the node id of the holder, for the telemetry of a dead letter."""
         now = _now()
 
         def tx(conn: Connection) -> None:
-            lost = conn.execute(sa.select(runs.c.attempts).where(runs.c.id == lease.run_id))
-            attempts = int(lost.scalar_one()) + 1
+            lost = conn.execute(
+                sa.select(runs.c.attempts, runs.c.step, runs.c.usage).where(
+                    runs.c.id == lease.run_id
+                )
+            ).one()
+            attempts = int(lost.attempts) + 1
             if attempts >= self.max_attempts:
                 why = f"failed {attempts} times; last: {error}"
                 self._finish(
@@ -1127,7 +1175,15 @@ class RunStore:
                     why,
                     "",
                     now,
-                    [stopped(StopReason.DEAD_LETTERED, why)],
+                    [
+                        stopped(
+                            StopReason.DEAD_LETTERED,
+                            why,
+                            json.loads(lost.usage),
+                            steps=lost.step,
+                            executor=executor,
+                        )
+                    ],
                     fenced=True,
                     owner=lease.owner,
                 )
@@ -1276,7 +1332,7 @@ class RunStore:
                     "cancelled",
                     "",
                     now,
-                    [stopped(StopReason.CANCELLED, "cancelled")],
+                    [stopped(StopReason.CANCELLED, "cancelled", run.usage, steps=run.step)],
                     fenced=False,
                 )
             elif run.state is RunState.RUNNING:

@@ -241,6 +241,18 @@ async def test_models_validate_prices_and_limits(live: Live) -> None:
         "model.input_price_per_million",
         "model.max_output_tokens",
     }
+    err = await h.fails(
+        live.models.CreateModel(
+            model_pb2.CreateModelRequest(
+                parent=f"tenants/{tenant}",
+                model_id="m",
+                model=h.model(output_price_per_million="0.0000001"),
+            ),
+            metadata=live.md(),
+        ),
+        Code.INVALID_ARGUMENT,
+    )
+    assert "decimal places" in h.field_violations(err)["model.output_price_per_million"]
     created = await live.models.CreateModel(
         model_pb2.CreateModelRequest(
             parent=f"tenants/{tenant}", model_id="m", model=h.model(input_price_per_million="2.50")

@@ -17,16 +17,24 @@ from dataplane.runstore.model import (
     CallEntry,
     CallState,
     NewEvent,
+    OutboxEvent,
     RunState,
     StepCheckpoint,
     StopReason,
+    Telemetry,
+    stopped,
 )
+from dataplane.runstore.outbox import Outbox
 from dataplane.runstore.store import NewRun, RunStore
 from storekit.database import Database
 
 
 def tenant() -> str:
     return f"t-{os.urandom(4).hex()}"
+
+
+async def outbox_of(db: Database, t: str) -> list[OutboxEvent]:
+    return await Outbox(db).peek(limit=10_000, tenant=t)
 
 
 def new_run(t: str, **kwargs: object) -> NewRun:
@@ -118,7 +126,8 @@ async def test_a_run_created_leased_can_carry_its_opening_checkpoint(run_db: Dat
 
 async def test_the_last_checkpoint_goes_with_the_end_or_not_at_all(run_db: Database) -> None:
     store = RunStore(run_db, lease_ttl=timedelta(milliseconds=200))
-    run, lease, _ = await store.create(new_run(tenant(), queued=False), owner="a")
+    t = tenant()
+    run, lease, _ = await store.create(new_run(t, queued=False), owner="a")
     assert lease is not None
     lease = await store.checkpoint(
         lease, step=1, delta={"n": 1}, usage={"calls": 1}, events=[NewEvent("step", {"n": 1})]
@@ -138,7 +147,7 @@ async def test_the_last_checkpoint_goes_with_the_end_or_not_at_all(run_db: Datab
     assert finished.usage == {"calls": 2}
     events = await store.events(run.id)
     assert [(e.seq, e.type) for e in events] == [(1, "step"), (2, "step"), (3, "final_answer")]
-    [audit] = [e for e in await store.unrelayed(limit=10_000) if e.run_id == run.id]
+    [audit] = [e for e in await outbox_of(run_db, t) if e.run_id == run.id and e.kind == "audit"]
     assert (audit.payload["steps"], audit.payload["usage"]) == (2, {"calls": 2})
 
     # A holder fenced off writes neither the checkpoint nor the end.
@@ -326,7 +335,7 @@ async def test_every_way_a_run_ends_leaves_one_audit_record_in_the_outbox(
     assert failing is not None
     await store.release(failing, retry_after=timedelta(0), error="boom")
 
-    records = [e for e in await store.unrelayed(limit=10_000) if e.tenant == t]
+    records = [e for e in await outbox_of(run_db, t) if e.kind == "audit"]
     by_run = {e.run_id: e for e in records}
     assert len(records) == len(by_run) == 4
     assert {e.kind for e in records} == {"audit"} and {e.type for e in records} == {"run.stopped"}
@@ -347,3 +356,105 @@ async def test_every_way_a_run_ends_leaves_one_audit_record_in_the_outbox(
     assert by_run[lost.id].payload["stop_reason"] == "dead_lettered"
     assert by_run[failed.id].payload["stop_reason"] == "dead_lettered"
     assert "boom" in by_run[failed.id].payload["detail"]
+
+
+async def test_telemetry_goes_to_the_outbox_with_its_event_and_only_then(
+    run_db: Database,
+) -> None:
+    store = RunStore(run_db, lease_ttl=timedelta(milliseconds=200))
+    t = tenant()
+    opening = StepCheckpoint(
+        0, {}, {}, [NewEvent("run_started", {}, Telemetry("run_opened", {"n": 0}, "x1"))]
+    )
+    run, lease, _ = await store.create(new_run(t, queued=False, opening=opening), owner="a")
+    assert lease is not None
+    lease = await store.checkpoint(
+        lease,
+        step=1,
+        delta={},
+        usage={},
+        events=[
+            NewEvent("step_started", {"step": 1}),
+            NewEvent("model_call_finished", {}, Telemetry("model_usage", {"n": 1}, "x1")),
+        ],
+    )
+    await store.record_call(
+        lease,
+        step=1,
+        call_index=0,
+        call_id="c",
+        tool="t",
+        arguments={},
+        state=CallState.COMPLETED,
+        events=[NewEvent("tool_call_finished", {}, Telemetry("tool_usage", {"n": 2}, "x1"))],
+    )
+    await store.finish(
+        lease,
+        StopReason.COMPLETED,
+        events=[stopped(StopReason.COMPLETED, "", {"model_calls": 1}, steps=1, executor="x1")],
+    )
+    rows = await outbox_of(run_db, t)
+    telemetry = [e for e in rows if e.kind != "audit"]
+    assert [(e.id, e.kind, e.type, e.payload, e.sequence) for e in telemetry] == [
+        (f"{run.id}:1", "run_opened", "run_started", {"n": 0}, 1),
+        (f"{run.id}:3", "model_usage", "model_call_finished", {"n": 1}, 3),
+        (f"{run.id}:4", "tool_usage", "tool_call_finished", {"n": 2}, 4),
+        (
+            f"{run.id}:5",
+            "run_ended",
+            "run_stopped",
+            {
+                "reason": "STOP_REASON_COMPLETED",
+                "detail": "",
+                "usage": {"model_calls": 1},
+                "steps": 1,
+            },
+            5,
+        ),
+    ]
+    assert {e.executor for e in rows} == {"x1"}, "the audit record names the executor too"
+
+    # A fenced-off write puts nothing in the outbox.
+    other, stale, _ = await store.create(new_run(t, queued=False), owner="a")
+    assert stale is not None
+    await asyncio.sleep(0.3)
+    assert await store.claim("b", run_id=other.id) is not None
+    with pytest.raises(LeaseLost):
+        await store.checkpoint(
+            stale,
+            step=1,
+            delta={},
+            usage={},
+            events=[NewEvent("model_call_finished", {}, Telemetry("model_usage", {}))],
+        )
+    assert [e.run_id for e in await outbox_of(run_db, t)] == [run.id] * len(rows)
+
+
+async def test_relays_claim_disjoint_batches_and_delivered_ones_leave(run_db: Database) -> None:
+    store = RunStore(run_db)
+    box = Outbox(run_db)
+    t = tenant()
+    for _ in range(6):
+        queued, _, _ = await store.create(new_run(t))
+        await store.request_cancel(queued.id)  # one run_ended and one audit record each
+    mine = [e for e in await box.peek(limit=10_000) if e.tenant == t]
+    assert len(mine) == 12
+    # Claims by two relays at once never overlap, whatever else waits in the outbox.
+    ttl = timedelta(seconds=30)
+    first, second = await asyncio.gather(
+        box.claim("r1", limit=100_000, ttl=ttl), box.claim("r2", limit=100_000, ttl=ttl)
+    )
+    ours = {e.id for e in mine}
+    a = {e.id for e in first} & ours
+    b = {e.id for e in second} & ours
+    assert not a & b and a | b == ours
+    assert await box.claim("r3", limit=100, ttl=ttl) == [], "everything is claimed"
+    # A relay that failed gives its batch back; one that delivered deletes it.
+    await box.release([e.id for e in first])
+    await box.delete([e.id for e in second])
+    again = {e.id for e in await box.claim("r3", limit=100_000, ttl=ttl)}
+    assert again & ours == a
+    backlog = await box.backlog()
+    assert backlog.events >= len(a) and backlog.oldest is not None
+    await box.delete(list(again))
+    assert [e for e in await box.peek(limit=10_000) if e.tenant == t] == []

@@ -56,8 +56,8 @@ PAYLOADS: list[tuple[str, dict[str, Any]]] = [
         {"step": 3, "call_id": "c2", "tool": "refund", "arguments": "{}", "reason": "always"},
     ),
     ("final_answer", {"text": "done"}),
-    ("run_stopped", stopped(StopReason.COMPLETED, "", USAGE).payload),
-    ("run_stopped", stopped(StopReason.BUDGET_EXCEEDED, "max_tokens").payload),
+    ("run_stopped", stopped(StopReason.COMPLETED, "", USAGE, steps=2).payload),
+    ("run_stopped", stopped(StopReason.BUDGET_EXCEEDED, "max_tokens", steps=1).payload),
 ]
 
 

@@ -1,0 +1,106 @@
+"""The outbox as its relays see it: claim a batch, delete it once delivered, give it back
+when delivery failed. Rows are written by the run store, in the transactions of what they
+record (``RunStore``); any executor of the pool may relay any of them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from dataplane.runstore.model import OutboxEvent
+from dataplane.runstore.schema import outbox
+from storekit.database import Database
+
+_COLUMNS = (
+    outbox.c.id,
+    outbox.c.tenant,
+    outbox.c.run_id,
+    outbox.c.kind,
+    outbox.c.type,
+    outbox.c.payload,
+    outbox.c.created_at,
+    outbox.c.executor,
+)
+
+
+def _event(row: Sequence[Any]) -> OutboxEvent:
+    id_, tenant, run_id, kind, type_, payload, created_at, executor = row
+    return OutboxEvent(id_, tenant, run_id, kind, type_, json.loads(payload), created_at, executor)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What waits in the outbox: how many events, and since when."""
+
+    events: int
+    oldest: datetime | None
+
+
+class Outbox:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def claim(self, owner: str, *, limit: int, ttl: timedelta) -> list[OutboxEvent]:
+        """Take up to ``limit`` of the oldest events no relay holds (or whose claim has
+        expired) for ``ttl``, oldest first. On PostgreSQL, relays claiming at the same
+        time skip each other's rows rather than wait for them."""
+        now = datetime.now(UTC)
+
+        def claim(conn: Connection) -> list[OutboxEvent]:
+            free = sa.or_(outbox.c.claim_expires_at.is_(None), outbox.c.claim_expires_at < now)
+            chosen = (
+                sa.select(outbox.c.id)
+                .where(free)
+                .order_by(outbox.c.created_at, outbox.c.id)
+                .limit(limit)
+            )
+            if conn.dialect.name == "postgresql":
+                chosen = chosen.with_for_update(skip_locked=True)
+            rows = conn.execute(
+                outbox.update()
+                .where(outbox.c.id.in_(chosen.scalar_subquery()))
+                .values(claimed_by=owner, claim_expires_at=now + ttl)
+                .returning(*_COLUMNS)
+            ).all()
+            return sorted((_event(r) for r in rows), key=lambda e: (e.created_at, e.id))
+
+        return await self._db.write(claim)
+
+    async def delete(self, ids: Sequence[str]) -> None:
+        """The control plane has these: they leave the outbox."""
+        if ids:
+            await self._db.write(
+                lambda conn: conn.execute(outbox.delete().where(outbox.c.id.in_(list(ids))))
+            )
+
+    async def release(self, ids: Sequence[str]) -> None:
+        """Delivery of these failed: any relay may take them again at once."""
+        if ids:
+            await self._db.write(
+                lambda conn: conn.execute(
+                    outbox.update()
+                    .where(outbox.c.id.in_(list(ids)))
+                    .values(claimed_by="", claim_expires_at=None)
+                )
+            )
+
+    async def backlog(self) -> Backlog:
+        async with self._db.single_statement() as conn:
+            count, oldest = (
+                await conn.execute(sa.select(sa.func.count(), sa.func.min(outbox.c.created_at)))
+            ).one()
+        return Backlog(int(count), oldest)
+
+    async def peek(self, *, limit: int = 500, tenant: str | None = None) -> list[OutboxEvent]:
+        """The oldest events (of ``tenant``), claimed or not, without claiming them."""
+        query = sa.select(*_COLUMNS).order_by(outbox.c.created_at, outbox.c.id).limit(limit)
+        if tenant is not None:
+            query = query.where(outbox.c.tenant == tenant)
+        async with self._db.single_statement() as conn:
+            return [_event(r) for r in await conn.execute(query)]

@@ -1,0 +1,1 @@
+"""What leaves an executor about its runs: telemetry records, the outbox relay."""
