@@ -23,6 +23,7 @@ from controlplane.api.executors import ExecutorServicer
 from controlplane.api.interceptors import AuthInterceptor, ErrorInterceptor
 from controlplane.api.models import ModelServicer
 from controlplane.api.prompts import PromptServicer
+from controlplane.api.telemetry import TelemetryServicer
 from controlplane.api.tenants import TenantServicer
 from controlplane.api.tools import ToolServicer
 from controlplane.approvals.service import Approvals
@@ -32,6 +33,7 @@ from controlplane.discovery.executors import ExecutorRegistry
 from controlplane.discovery.publisher import SnapshotPublisher
 from controlplane.registry.service import Registry
 from controlplane.store.database import Database, open_database
+from controlplane.telemetry.service import Telemetry
 from pilothouse.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -45,6 +47,8 @@ from pilothouse.v1 import (
     model_pb2_grpc,
     prompt_pb2,
     prompt_pb2_grpc,
+    telemetry_pb2,
+    telemetry_pb2_grpc,
     tenant_pb2,
     tenant_pb2_grpc,
     tool_pb2,
@@ -64,6 +68,7 @@ PILOTHOUSE_SERVICES = tuple(
         (api_key_pb2.DESCRIPTOR, "ApiKeyService"),
         (discovery_pb2.DESCRIPTOR, "ExecutorService"),
         (approval_pb2.DESCRIPTOR, "ApprovalService"),
+        (telemetry_pb2.DESCRIPTOR, "TelemetryService"),
     )
 )
 SERVICE_NAMES = (*PILOTHOUSE_SERVICES, ads.ADS_SERVICE)
@@ -118,6 +123,9 @@ class ControlPlane:
             ],
         )
         tool_pb2_grpc.add_ToolServiceServicer_to_server(ToolServicer(registry), server)
+        telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(
+            TelemetryServicer(Telemetry(db)), server
+        )
         model_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
         prompt_pb2_grpc.add_PromptServiceServicer_to_server(PromptServicer(registry), server)
         agent_pb2_grpc.add_AgentRegistryServiceServicer_to_server(

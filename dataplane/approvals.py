@@ -17,6 +17,7 @@ from dataplane.config.watcher import Backoff, ConfigWatcher
 from dataplane.runstore.model import Run
 from dataplane.runstore.store import RunStore
 from pilothouse.v1 import agent_pb2, approval_pb2, approval_pb2_grpc
+from storekit.loop import wait_event
 
 log = logging.getLogger("pilothouse.executor.approvals")
 
@@ -103,8 +104,7 @@ class ApprovalBridge:
                 log.warning("could not file approval requests: %s", e.code().name)
             except Exception:
                 log.exception("filing approval requests failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+            await wait_event(self._wake, self._interval)
             self._wake.clear()
 
     async def _decisions_forever(self) -> None:

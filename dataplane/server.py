@@ -21,11 +21,14 @@ from dataplane.approvals import ApprovalBridge
 from dataplane.config.watcher import ConfigWatcher
 from dataplane.http1 import Http1Transport, http_client
 from dataplane.models.gateway import ModelGateway
+from dataplane.orchestrator.context import Exhausted
 from dataplane.orchestrator.runs import Runs
 from dataplane.runstore.database import open_run_database
 from dataplane.runstore.memory import Memory
+from dataplane.runstore.outbox import Outbox
 from dataplane.runstore.store import RunStore
 from dataplane.settings import Settings
+from dataplane.telemetry.relay import OutboxRelay, RelaySettings
 from dataplane.tools.mcp import McpSessions
 from dataplane.tools.router import ToolRouter
 from pilothouse.v1 import run_pb2, run_pb2_grpc
@@ -68,6 +71,7 @@ class Executor:
     mcp: McpSessions
     runs: Runs
     approvals: ApprovalBridge
+    relay: OutboxRelay
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     port: int
@@ -94,21 +98,33 @@ class Executor:
         transport = Http1Transport()
         http = http_client(transport)
         mcp = McpSessions()
+        owner = f"{settings.node_id}/{secrets.token_hex(3)}"
+        relay = OutboxRelay(
+            channel,
+            Outbox(db),
+            api_key=settings.api_key,
+            executor=settings.node_id,
+            owner=owner,
+            settings=RelaySettings(max_backlog=settings.outbox_limit),
+        )
+        store.listeners.append(lambda _run, _events: relay.nudge())
         runs = Runs(
             store,
             ModelGateway(transport),
             ToolRouter(http, Memory(db), mcp),
             watcher,
-            owner=f"{settings.node_id}/{secrets.token_hex(3)}",
+            owner=owner,
             executor=settings.node_id,
             max_concurrent=settings.max_concurrent_runs,
             on_pause=lambda: bridge.nudge(),
+            gates=[lambda _admission: _outbox_has_room(relay)],
         )
         bridge = ApprovalBridge(
             channel, store, watcher, api_key=settings.api_key, on_claimable=runs.wake
         )
         await runs.start()
         await bridge.start()
+        await relay.start()
         server = grpc.aio.server()
         run_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(runs, store, watcher), server)
         health_servicer = health.aio.HealthServicer()
@@ -130,6 +146,7 @@ class Executor:
             mcp,
             runs,
             bridge,
+            relay,
             server,
             health_servicer,
             port,
@@ -144,12 +161,26 @@ class Executor:
         await self.server.stop(self.settings.shutdown_grace)
         await self.approvals.aclose()
         await self.runs.aclose()
+        await self.relay.aclose()
         await self.watcher.aclose()
         await self.channel.close()
         await self.http.aclose()
         await self.mcp.aclose()
         await self.db.aclose()
         log.info("executor stopped")
+
+
+def _outbox_has_room(relay: OutboxRelay) -> None:
+    """Back-pressure: while the control plane does not take telemetry, the outbox fills;
+    past its limit new runs are refused (running ones go on, and nothing is dropped)."""
+    if relay.full():
+        backlog = relay.backlog
+        since = backlog.oldest.isoformat(timespec="seconds") if backlog.oldest else "now"
+        raise Exhausted(
+            f"the telemetry outbox holds {backlog.events} events (limit "
+            f"{relay.settings.max_backlog}), waiting for the control plane since {since}",
+            retry_after=5.0,
+        )
 
 
 async def _serve_once_configured(

@@ -34,6 +34,9 @@ class Settings:
     """Seconds a claim on a run lasts unless renewed; a dead executor's runs move on after it."""
     max_concurrent_runs: int = 1000
     """Runs this executor drives at once; more wait in the run store's queue for any executor."""
+    outbox_limit: int = 100_000
+    """Telemetry events the outbox may hold before new runs are refused (back-pressure
+    while the control plane does not take them)."""
     log_level: str = "INFO"
     log_format: str = "json"
     shutdown_grace: float = 10.0
@@ -57,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lease-ttl", type=float, help="seconds (PILOTHOUSE_LEASE_TTL)")
     parser.add_argument(
         "--max-concurrent-runs", type=int, help="(PILOTHOUSE_MAX_CONCURRENT_RUNS; default 1000)"
+    )
+    parser.add_argument(
+        "--outbox-limit", type=int, help="(PILOTHOUSE_OUTBOX_LIMIT; default 100000)"
     )
     parser.add_argument("--log-level", help="(PILOTHOUSE_LOG_LEVEL)")
     parser.add_argument("--log-format", choices=["json", "text"], help="(PILOTHOUSE_LOG_FORMAT)")
@@ -92,6 +98,7 @@ def from_arguments(ns: argparse.Namespace, env: Mapping[str, str] = os.environ) 
             pick("max_concurrent_runs", "PILOTHOUSE_MAX_CONCURRENT_RUNS")
             or defaults.max_concurrent_runs
         ),
+        outbox_limit=int(pick("outbox_limit", "PILOTHOUSE_OUTBOX_LIMIT") or defaults.outbox_limit),
         log_level=(pick("log_level", "PILOTHOUSE_LOG_LEVEL") or defaults.log_level).upper(),
         log_format=pick("log_format", "PILOTHOUSE_LOG_FORMAT") or defaults.log_format,
     )

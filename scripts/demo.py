@@ -249,8 +249,17 @@ def main() -> None:
             "acme",
             "--limit",
             "5",
-            env=client_env,
-            show="the tenant's runs",
+            env=env,
+            show="the tenant's runs, as the control plane knows them from telemetry",
+        )
+        cli(
+            "usage",
+            "--tenant",
+            "acme",
+            "--by",
+            "agent,model,tool",
+            env=env,
+            show="what they used and cost, from the usage ledger",
         )
     finally:
         if executor is not None:

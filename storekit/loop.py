@@ -22,3 +22,18 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     )
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
+
+
+async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait until ``event`` is set or ``timeout`` seconds pass; whether it was set.
+
+    Loops that wait on an event with a timeout must not use ``asyncio.wait_for`` on
+    Python 3.11: a cancellation that arrives as the event is set is swallowed there, and
+    the cancelled loop goes on waiting forever. ``asyncio.timeout`` never swallows one.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

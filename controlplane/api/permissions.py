@@ -79,6 +79,15 @@ METHOD_PERMISSIONS: dict[str, Permission] = {
         for method in ("StreamAggregatedResources", "DeltaAggregatedResources")
     },
     **_service(
+        "TelemetryService",
+        {
+            "StreamEvents": Permission.TELEMETRY_REPORT,
+            "QueryUsage": Permission.USAGE_READ,
+            "GetRunSummary": Permission.USAGE_READ,
+            "ListRunSummaries": Permission.USAGE_READ,
+        },
+    ),
+    **_service(
         "ApiKeyService",
         {
             m: Permission.KEYS_MANAGE

@@ -4,7 +4,6 @@ back to executors in the order they were decided."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from controlplane.store import approvals as approval_store
 from controlplane.store.approvals import ApprovalRow
 from controlplane.store.database import Database
 from controlplane.store.errors import DuplicateKey
+from storekit.loop import wait_event
 
 log = logging.getLogger("pilothouse.approvals")
 
@@ -230,8 +230,7 @@ class Approvals:
                 after = row.decision_seq
                 yield row
             if not rows:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waiter.wait(), self._poll)
+                await wait_event(waiter, self._poll)
 
 
 def _name(row: ApprovalRow) -> str:

@@ -33,6 +33,10 @@ class Permission(StrEnum):
     """File approval requests and watch decisions (executors)."""
     APPROVALS_READ = "approvals.read"
     APPROVALS_DECIDE = "approvals.decide"
+    TELEMETRY_REPORT = "telemetry.report"
+    """Deliver runs' telemetry (executors)."""
+    USAGE_READ = "usage.read"
+    """Read the usage ledger and the run index."""
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -46,6 +50,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.EXECUTORS_READ,
             Permission.APPROVALS_READ,
             Permission.APPROVALS_DECIDE,
+            Permission.USAGE_READ,
         }
     ),
     Role.EXECUTOR: frozenset(
@@ -54,6 +59,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.TENANT_READ,
             Permission.CONFIG_WATCH,
             Permission.APPROVALS_FILE,
+            Permission.TELEMETRY_REPORT,
         }
     ),
     Role.CLIENT: frozenset(),

@@ -13,6 +13,7 @@ import logging
 
 from controlplane.discovery.snapshot import Snapshot, build
 from controlplane.registry.service import Registry
+from storekit.loop import wait_event
 
 log = logging.getLogger("pilothouse.discovery")
 
@@ -73,8 +74,7 @@ class SnapshotPublisher:
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._nudged.wait(), self._interval)
+            await wait_event(self._nudged, self._interval)
             self._nudged.clear()
             try:
                 await self.refresh()

@@ -100,6 +100,8 @@ audit_events = sa.Table(
     sa.Column("action", sa.String(64), nullable=False),
     sa.Column("resource", sa.String(300), nullable=False),
     sa.Column("details", sa.Text, nullable=False),
+    # The telemetry event an executor reported it in; NULL for the control plane's own.
+    sa.Column("event_id", sa.String(80), nullable=True, unique=True),
 )
 
 # One row: bumped by every registry write, in its transaction, so that every replica can
@@ -156,4 +158,82 @@ counters = sa.Table(
     metadata,
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("value", sa.BigInteger, nullable=False),
+)
+
+
+# The usage ledger: one row per model call or tool call an executor reported, keyed by
+# the event's id, so a report ingested twice is one row. ``time_s`` (seconds since the
+# epoch) is what buckets are computed on; ``cost_pico`` is USD x 10^12, exact
+# (model prices have at most 6 decimal places per million tokens).
+usage_events = sa.Table(
+    "usage_events",
+    metadata,
+    sa.Column("id", sa.String(80), primary_key=True),
+    sa.Column("tenant", sa.String(63), nullable=False),
+    sa.Column("time", UTCDateTime, nullable=False),
+    sa.Column("time_s", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("run_id", sa.String(36), nullable=False),
+    sa.Column("step", sa.Integer, nullable=False),
+    sa.Column("agent", sa.String(300), nullable=False),
+    sa.Column("model", sa.String(300), nullable=False),
+    sa.Column("provider", sa.String(32), nullable=False),
+    sa.Column("tool", sa.String(200), nullable=False),
+    sa.Column("prompt_version", sa.String(300), nullable=False),
+    sa.Column("variant", sa.String(63), nullable=False),
+    sa.Column("executor", sa.String(200), nullable=False),
+    sa.Column("input_tokens", sa.BigInteger, nullable=False),
+    sa.Column("output_tokens", sa.BigInteger, nullable=False),
+    sa.Column("cached_input_tokens", sa.BigInteger, nullable=False),
+    sa.Column("cost_pico", sa.BigInteger, nullable=False),
+    sa.Column("queue_seconds", sa.Float, nullable=False),
+    sa.Column("model_seconds", sa.Float, nullable=False),
+    sa.Column("tool_seconds", sa.Float, nullable=False),
+    sa.Column("approval_wait_seconds", sa.Float, nullable=False),
+    sa.Index("ix_usage_events_tenant_time", "tenant", "time"),
+    sa.Index("ix_usage_events_run_id", "run_id"),
+)
+
+# The run index: each run as the telemetry of every executor tells it. ``last_sequence``
+# is the run event that set ``state``: an older event arriving late changes nothing.
+run_index = sa.Table(
+    "run_index",
+    metadata,
+    sa.Column("tenant", sa.String(63), primary_key=True),
+    sa.Column("run_id", sa.String(36), primary_key=True),
+    sa.Column("agent", sa.String(300), nullable=False),
+    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("stop_reason", sa.String(40), nullable=False),
+    sa.Column("stop_detail", sa.Text, nullable=False),
+    sa.Column("steps", sa.Integer, nullable=False),
+    sa.Column("prompt_version", sa.String(300), nullable=False),
+    sa.Column("variant", sa.String(63), nullable=False),
+    sa.Column("trace_id", sa.String(32), nullable=False),
+    sa.Column("executor", sa.String(200), nullable=False),
+    sa.Column("create_time", UTCDateTime, nullable=False),
+    sa.Column("end_time", UTCDateTime, nullable=True),
+    sa.Column("last_event_time", UTCDateTime, nullable=False),
+    sa.Column("last_sequence", sa.BigInteger, nullable=False),
+    sa.Index("ix_run_index_tenant_create_time", "tenant", "create_time"),
+)
+
+# Each executor's relay as it last reported: how much waits in its outbox.
+relay_status = sa.Table(
+    "relay_status",
+    metadata,
+    sa.Column("executor", sa.String(200), primary_key=True),
+    sa.Column("last_seen_time", UTCDateTime, nullable=False),
+    sa.Column("pending_events", sa.BigInteger, nullable=False),
+    sa.Column("oldest_pending_time", UTCDateTime, nullable=True),
+)
+
+# Events the control plane could not take: kept (the event as JSON) and acknowledged.
+rejected_events = sa.Table(
+    "rejected_events",
+    metadata,
+    sa.Column("id", sa.String(80), primary_key=True),
+    sa.Column("executor", sa.String(200), nullable=False),
+    sa.Column("time", UTCDateTime, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("event", sa.Text, nullable=False),
 )

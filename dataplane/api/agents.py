@@ -18,7 +18,7 @@ from google.rpc import error_details_pb2, status_pb2
 from dataplane.api import auth
 from dataplane.api._convert import event_to_proto, run_to_proto
 from dataplane.config.watcher import ConfigWatcher
-from dataplane.orchestrator.context import AdmissionError
+from dataplane.orchestrator.context import AdmissionError, Exhausted
 from dataplane.orchestrator.runs import Admission, Runs
 from dataplane.runstore.errors import IdempotencyConflict, RunNotFound
 from dataplane.runstore.model import Run
@@ -34,8 +34,21 @@ DEFAULT_PAGE = 50
 MAX_PAGE = 1000
 
 
-async def _abort(ctx: Ctx, code: grpc.StatusCode, message: str, field: str = "") -> NoReturn:
+async def _abort(
+    ctx: Ctx,
+    code: grpc.StatusCode,
+    message: str,
+    field: str = "",
+    *,
+    retry_after: float | None = None,
+) -> NoReturn:
     status = status_pb2.Status(code=code.value[0], message=message)
+    if retry_after is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromTimedelta(timedelta(seconds=retry_after))
+        detail = any_pb2.Any()
+        detail.Pack(retry)
+        status.details.append(detail)
     if field:
         detail = any_pb2.Any()
         detail.Pack(
@@ -66,6 +79,8 @@ async def _guard(ctx: Ctx, call: Callable[[], Awaitable[T]]) -> T:
         if not e.field:
             await _abort(ctx, grpc.StatusCode.UNAVAILABLE, str(e))
         await _abort(ctx, grpc.StatusCode.INVALID_ARGUMENT, f"{e.field}: {e}", e.field)
+    except Exhausted as e:
+        await _abort(ctx, grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), retry_after=e.retry_after)
     except RunNotFound as e:
         await _abort(ctx, grpc.StatusCode.NOT_FOUND, f"run {e} not found")
     except IdempotencyConflict as e:

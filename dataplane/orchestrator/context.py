@@ -29,6 +29,15 @@ class AdmissionError(Exception):
         self.not_found = not_found
 
 
+class Exhausted(Exception):
+    """The run cannot start now: something it needs is used up. Try again after
+    ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 @dataclass(frozen=True)
 class Limits:
     """Hard limits of a run; 0 or None: none of that kind."""

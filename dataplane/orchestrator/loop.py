@@ -397,6 +397,7 @@ class RunLoop:
         if not reply.tool_calls:
             # The run ends with this reply: its checkpoint is written with the end.
             self._ending = checkpoint
+            self._completed = step
             return reply
         self._write_behind(checkpoint)
         return reply

@@ -21,6 +21,7 @@ from dataplane.runstore.store import NewRun, RunStore, opened_events
 from dataplane.telemetry.records import RunLabels
 from dataplane.tools.router import ToolRouter
 from pilothouse.v1 import agent_pb2
+from storekit.loop import wait_event
 
 log = logging.getLogger("pilothouse.executor.runs")
 
@@ -64,10 +65,12 @@ class Runs:
         poll_interval: float = 0.2,
         max_concurrent: int = 1000,
         on_pause: Callable[[], None] | None = None,
+        gates: Sequence[Callable[[Admission], None]] = (),
     ) -> None:
         """``owner``: this executor's name on the leases it holds; ``executor``: its node
         id, as telemetry names it. ``on_pause`` hears of every run that starts waiting
-        for a person."""
+        for a person. ``gates`` may refuse a new run (raising ``Exhausted``) before it is
+        created."""
         self._store = store
         self._gateway = gateway
         self._router = router
@@ -82,6 +85,7 @@ class Runs:
         self._claimer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._on_pause = on_pause
+        self.gates = list(gates)
 
     def wake(self) -> None:
         """Runs may have become claimable: look now rather than at the next poll."""
@@ -115,6 +119,8 @@ class Runs:
         if config is None:
             raise AdmissionError("", "this executor has no configuration yet")
         ctx = resolve(config, admission.agent, admission.variables)
+        for gate in self.gates:
+            gate(admission)
         request = {
             "input": admission.input,
             "variables": admission.variables,
@@ -216,8 +222,7 @@ class Runs:
                         self._launch(run, lease)
             except Exception:
                 log.exception("claiming runs failed; retrying")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll)
+            await wait_event(self._wake, self._poll)
             self._wake.clear()
 
     # -- watching and cancelling ---------------------------------------------------
@@ -278,13 +283,12 @@ class Runs:
                     events = heard if contiguous else await self._store.events(run_id, after=after)
                     continue
                 local = run_id in self._loops
-                try:
-                    await asyncio.wait_for(sub.changed.wait(), None if local else self._poll)
+                if await wait_event(sub.changed, None if local else self._poll):
                     events = []
                     if not sub.pending:
                         # Woken without events: the local loop ended or handed the run on.
                         events = await self._store.events(run_id, after=after)
-                except TimeoutError:
+                else:
                     # Nothing heard: the run may be on another executor, or already over.
                     events = await self._store.events(run_id, after=after)
                     if not events:

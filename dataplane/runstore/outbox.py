@@ -4,11 +4,12 @@ record (``RunStore``); any executor of the pool may relay any of them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -16,6 +17,8 @@ from sqlalchemy.engine import Connection
 from dataplane.runstore.model import OutboxEvent
 from dataplane.runstore.schema import outbox
 from storekit.database import Database
+
+T = TypeVar("T")
 
 _COLUMNS = (
     outbox.c.id,
@@ -45,6 +48,23 @@ class Backlog:
 class Outbox:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._in_flight: set[asyncio.Future[Any]] = set()
+
+    async def _write(self, body: Callable[[Connection], T]) -> T:
+        return await self._whole(self._db.write(body))
+
+    async def _whole(self, work: Awaitable[T]) -> T:
+        """Run ``work`` to its end even if the caller is cancelled meanwhile: a relay
+        stops at any moment, and a database call cut halfway leaves its connection in no
+        state to reuse."""
+        task = asyncio.ensure_future(work)
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        return await asyncio.shield(task)
+
+    async def drain(self) -> None:
+        """Wait for the writes still running for callers that were cancelled."""
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     async def claim(self, owner: str, *, limit: int, ttl: timedelta) -> list[OutboxEvent]:
         """Take up to ``limit`` of the oldest events no relay holds (or whose claim has
@@ -70,27 +90,30 @@ class Outbox:
             ).all()
             return sorted((_event(r) for r in rows), key=lambda e: (e.created_at, e.id))
 
-        return await self._db.write(claim)
+        return await self._write(claim)
 
     async def delete(self, ids: Sequence[str]) -> None:
         """The control plane has these: they leave the outbox."""
         if ids:
-            await self._db.write(
+            await self._write(
                 lambda conn: conn.execute(outbox.delete().where(outbox.c.id.in_(list(ids))))
             )
 
-    async def release(self, ids: Sequence[str]) -> None:
-        """Delivery of these failed: any relay may take them again at once."""
-        if ids:
-            await self._db.write(
-                lambda conn: conn.execute(
-                    outbox.update()
-                    .where(outbox.c.id.in_(list(ids)))
-                    .values(claimed_by="", claim_expires_at=None)
-                )
+    async def release(self, owner: str) -> None:
+        """``owner``'s delivery failed: any relay may take what it holds again at once
+        (also a batch whose claim was still being written when its relay gave up)."""
+        await self._write(
+            lambda conn: conn.execute(
+                outbox.update()
+                .where(outbox.c.claimed_by == owner)
+                .values(claimed_by="", claim_expires_at=None)
             )
+        )
 
     async def backlog(self) -> Backlog:
+        return await self._whole(self._count())
+
+    async def _count(self) -> Backlog:
         async with self._db.single_statement() as conn:
             count, oldest = (
                 await conn.execute(sa.select(sa.func.count(), sa.func.min(outbox.c.created_at)))

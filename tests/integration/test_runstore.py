@@ -450,11 +450,19 @@ async def test_relays_claim_disjoint_batches_and_delivered_ones_leave(run_db: Da
     assert not a & b and a | b == ours
     assert await box.claim("r3", limit=100, ttl=ttl) == [], "everything is claimed"
     # A relay that failed gives its batch back; one that delivered deletes it.
-    await box.release([e.id for e in first])
+    await box.release("r1")
     await box.delete([e.id for e in second])
     again = {e.id for e in await box.claim("r3", limit=100_000, ttl=ttl)}
     assert again & ours == a
     backlog = await box.backlog()
     assert backlog.events >= len(a) and backlog.oldest is not None
-    await box.delete(list(again))
+    # A relay that died never gives its batch back: the claim expires instead.
+    await box.release("r3")
+    held = {e.id for e in await box.claim("dead", limit=100_000, ttl=timedelta(milliseconds=100))}
+    assert held & ours == a
+    assert {e.id for e in await box.claim("r4", limit=100_000, ttl=ttl)} & ours == set()
+    await asyncio.sleep(0.15)
+    taken = {e.id for e in await box.claim("r4", limit=100_000, ttl=ttl)}
+    assert taken & ours == a
+    await box.delete(list(taken))
     assert [e for e in await box.peek(limit=10_000) if e.tenant == t] == []

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
 from controlplane.server import PILOTHOUSE_SERVICES
@@ -22,6 +23,7 @@ from pilothouse.v1 import (
     discovery_pb2,
     model_pb2,
     prompt_pb2,
+    telemetry_pb2,
     tenant_pb2,
     tool_pb2,
 )
@@ -167,6 +169,27 @@ CASES: dict[str, Build] = {
     "ApprovalService/WatchDecisions": lambda t: approval_pb2.WatchDecisionsRequest(),
     # ExecutorService: executors serve every tenant and hold no tenant's data.
     "ExecutorService/ListExecutors": lambda t: discovery_pb2.ListExecutorsRequest(),
+    # TelemetryService: reports about tenant B's runs, and B's usage and runs.
+    "TelemetryService/StreamEvents": lambda t: telemetry_pb2.StreamEventsRequest(
+        executor="x",
+        batch_sequence=1,
+        events=[
+            telemetry_pb2.TelemetryEvent(
+                id="forged:1",
+                run=f"{t.parent}/runs/00000000-0000-0000-0000-000000000002",
+                time=timestamp_pb2.Timestamp(seconds=1),
+                sequence=1,
+                run_waiting=telemetry_pb2.RunWaiting(step=1, tool="echo"),
+            )
+        ],
+    ),
+    "TelemetryService/QueryUsage": lambda t: telemetry_pb2.QueryUsageRequest(parent=t.parent),
+    "TelemetryService/GetRunSummary": lambda t: telemetry_pb2.GetRunSummaryRequest(
+        name=f"{t.parent}/runs/00000000-0000-0000-0000-000000000002"
+    ),
+    "TelemetryService/ListRunSummaries": lambda t: telemetry_pb2.ListRunSummariesRequest(
+        parent=t.parent
+    ),
 }
 
 # Streams a tenant-confined admin may open, which carry only its own tenant's events.
@@ -197,6 +220,19 @@ def _callable(live: Live, method: str) -> Callable[..., Any]:
     descriptor = _all_methods()[method]
     request_cls = type(CASES[method](Target("x", "", "")))
     response_cls = _message_class(descriptor.output_type)
+    if descriptor.client_streaming:
+        bidi = live.channel.stream_stream(
+            f"/pilothouse.v1.{service}/{rpc}",
+            request_serializer=request_cls.SerializeToString,
+            response_deserializer=response_cls.FromString,
+        )
+
+        async def exchange(request: Any, metadata: Any) -> Any:
+            call = bidi(metadata=metadata, timeout=1.0)
+            await call.write(request)
+            return await call.read()
+
+        return exchange
     if descriptor.server_streaming:
         stream = live.channel.unary_stream(
             f"/pilothouse.v1.{service}/{rpc}",

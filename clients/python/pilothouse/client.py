@@ -20,6 +20,7 @@ from pilothouse.v1 import (
     model_pb2_grpc,
     prompt_pb2_grpc,
     run_pb2_grpc,
+    telemetry_pb2_grpc,
     tenant_pb2_grpc,
     tool_pb2_grpc,
 )
@@ -86,6 +87,7 @@ class Client:
         self.api_keys = api_key_pb2_grpc.ApiKeyServiceStub(self.channel)
         self.executors = discovery_pb2_grpc.ExecutorServiceStub(self.channel)
         self.approvals = approval_pb2_grpc.ApprovalServiceStub(self.channel)
+        self.telemetry = telemetry_pb2_grpc.TelemetryServiceStub(self.channel)
         self._executor_channel: grpc.aio.Channel | None = None
 
     @property

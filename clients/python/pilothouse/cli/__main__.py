@@ -11,6 +11,7 @@ Kubernetes.
     pilothouse executors
     pilothouse run AGENT --input TEXT [--var K=V] [--no-follow]
     pilothouse runs list|get|watch|cancel
+    pilothouse usage [--by tenant|agent|model|prompt-version|...] [--since 24h] [--bucket 1h]
     pilothouse approvals list|approve|deny
     pilothouse tools import-mcp URL [--prefix P] [--only NAME]
 
@@ -30,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pilothouse.cli import approvals, kinds, mcp_import, output, runs
+from pilothouse.cli import approvals, kinds, ledger, mcp_import, output, runs
 from pilothouse.cli.apply import apply_all, explain, report
 from pilothouse.cli.manifests import ManifestError, load
 from pilothouse.cli.usage import UsageError
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     ).add_argument("-o", "--output", **fmt)  # type: ignore[arg-type]
 
     runs.add_commands(sub, common, fmt)
+    ledger.add_commands(sub, common, fmt)
     approvals.add_commands(sub, common, fmt)
     mcp_import.add_commands(sub, common)
 
@@ -174,7 +176,11 @@ async def run(ns: argparse.Namespace) -> int:
         if ns.command == "run":
             return await runs.run_agent(client, ns, _tenant(ns))
         if ns.command == "runs":
+            if ns.runs_command in ("list", "get"):
+                return await ledger.runs_command(client, ns, _tenant(ns))
             return await runs.runs_command(client, ns, _tenant(ns))
+        if ns.command == "usage":
+            return await ledger.usage_command(client, ns, _tenant(ns))
         if ns.command == "approvals":
             return await approvals.command(client, ns, _tenant(ns))
         if ns.command == "tools":

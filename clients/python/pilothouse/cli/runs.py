@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from typing import Any
 
 from pilothouse.cli import output
@@ -107,53 +106,8 @@ async def run_agent(client: Client, ns: argparse.Namespace, tenant: str | None) 
     return 0 if stopped.run_stopped.reason == run_pb2.STOP_REASON_COMPLETED else 3
 
 
-RUN_COLUMNS: list[tuple[str, Callable[[Any], str]]] = [
-    ("NAME", lambda r: r.name.rsplit("/", 1)[-1]),
-    ("AGENT", lambda r: r.agent.rsplit("/", 1)[-1]),
-    ("STATE", lambda r: run_pb2.RunState.Name(r.state).removeprefix("RUN_STATE_").lower()),
-    (
-        "STOP",
-        lambda r: (
-            run_pb2.StopReason.Name(r.stop_reason).removeprefix("STOP_REASON_").lower()
-            if r.stop_reason
-            else "-"
-        ),
-    ),
-    ("STEPS", lambda r: str(r.steps)),
-    ("COST $", lambda r: r.usage.cost_usd or "0"),
-    ("CREATED", lambda r: r.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")),
-]
-
-
 async def runs_command(client: Client, ns: argparse.Namespace, tenant: str | None) -> int:
-    if ns.runs_command == "list":
-        if not tenant:
-            raise UsageError("listing runs needs a tenant (--tenant)")
-        runs: list[Any] = []
-        token = ""
-        while len(runs) < ns.limit:
-            response = await client.call(
-                client.runs.ListRuns,
-                run_pb2.ListRunsRequest(
-                    parent=f"tenants/{tenant}", page_size=min(ns.limit, 500), page_token=token
-                ),
-            )
-            runs += list(response.runs)
-            token = response.next_page_token
-            if not token:
-                break
-        runs = runs[: ns.limit]
-        if ns.output != "table":
-            print(output.dump([output.as_dict(r) for r in runs], ns.output))
-        elif not runs:
-            print("No runs found.")
-        else:
-            print(
-                output.table(
-                    [h for h, _ in RUN_COLUMNS], [[f(r) for _, f in RUN_COLUMNS] for r in runs]
-                )
-            )
-        return 0
+    """``runs watch`` and ``runs cancel``, on an executor."""
     name = _run(ns.name, tenant)
     if ns.runs_command == "watch":
         async for watched in client.stream(
@@ -161,10 +115,7 @@ async def runs_command(client: Client, ns: argparse.Namespace, tenant: str | Non
         ):
             print(describe_event(watched.event), flush=True)
         return 0
-    if ns.runs_command == "cancel":
-        run = (await client.call(client.runs.CancelRun, run_pb2.CancelRunRequest(name=name))).run
-    else:
-        run = (await client.call(client.runs.GetRun, run_pb2.GetRunRequest(name=name))).run
+    run = (await client.call(client.runs.CancelRun, run_pb2.CancelRunRequest(name=name))).run
     print(output.dump(output.as_dict(run), ns.output if ns.output != "table" else "yaml"))
     return 0
 
@@ -189,15 +140,23 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, fmt: dict[str, Any])
     )
     run.add_argument("-o", "--output", choices=["text", "json"], default="text")
 
-    runs = sub.add_parser("runs", help="runs of agents (on an executor)")
+    runs = sub.add_parser(
+        "runs",
+        help="runs of agents: list and get from the control plane's run index; "
+        "watch and cancel on an executor",
+    )
     runs_sub = runs.add_subparsers(dest="runs_command", required=True)
-    listing = runs_sub.add_parser("list", help="a tenant's runs, newest first", parents=[common])
+    listing = runs_sub.add_parser(
+        "list",
+        help="runs newest first, from the run index (every tenant the key sees without --tenant)",
+        parents=[common],
+    )
     listing.add_argument("--limit", type=int, default=50)
     listing.add_argument("-o", "--output", **fmt)
     for verb, text in (
-        ("get", "show one run"),
-        ("cancel", "stop a run"),
-        ("watch", "follow a run's events"),
+        ("get", "show one run, from the run index"),
+        ("cancel", "stop a run (on an executor)"),
+        ("watch", "follow a run's events (on an executor)"),
     ):
         cmd = runs_sub.add_parser(verb, help=text, parents=[common])
         cmd.add_argument("name", help="run id (with --tenant) or full name")

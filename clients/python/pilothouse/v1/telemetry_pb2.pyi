@@ -323,7 +323,9 @@ class TelemetryEvent(_message.Message):
     run: _builtins.str
     """Format: tenants/{tenant}/runs/{run}"""
     executor: _builtins.str
-    """The executor (xDS node id) that wrote it."""
+    """The executor (xDS node id) that held the run; empty when none did (a queued run
+    cancelled, a lost run dead-lettered).
+    """
     sequence: _builtins.int
     """The run's event sequence number it goes with; 0 for an audit event."""
     @_builtins.property
@@ -529,7 +531,9 @@ class UsageRow(_message.Message):
     TOOL_SECONDS_FIELD_NUMBER: _builtins.int
     APPROVAL_WAIT_SECONDS_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
-    """The values of the grouped dimensions; the others are empty."""
+    """The values of the grouped dimensions; the others are empty. Grouping by run fills
+    tenant as well.
+    """
     agent: _builtins.str
     model: _builtins.str
     prompt_version: _builtins.str

@@ -1,0 +1,1 @@
+"""What executors report about runs: ingestion, the usage ledger, the run index."""
