@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC
 from typing import Any
@@ -17,11 +18,14 @@ from controlplane.api.telemetry_convert import (
 )
 from controlplane.errors import InvalidArgument
 from controlplane.registry import names
-from controlplane.telemetry.service import Telemetry
+from controlplane.telemetry.service import Intake, Telemetry
 from pilothouse.v1 import telemetry_pb2 as pb
 from pilothouse.v1 import telemetry_pb2_grpc
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
+
+PIPELINE = 8
+"""Batches of one stream being ingested at once, at most."""
 
 DIMENSIONS = {
     pb.USAGE_DIMENSION_TENANT: "tenant",
@@ -50,19 +54,44 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     async def StreamEvents(
         self, request_iterator: AsyncIterator[pb.StreamEventsRequest], context: Ctx
     ) -> AsyncIterator[pb.StreamEventsResponse]:
+        """Batches are ingested as they arrive, several at once (so that a database
+        commits them together), and acknowledged in the order they came."""
         caller = principal()
-        async for request in request_iterator:
-            if not request.executor:
-                raise InvalidArgument.of("executor", "is required: the sender's xDS node id")
-            batch, tenants = batch_from_proto(request)
-            for tenant in sorted(tenants):
-                caller.require_tenant(tenant)
-            intake = await self._telemetry.ingest(batch)
-            yield pb.StreamEventsResponse(
-                acked_batch_sequence=request.batch_sequence,
-                duplicates=intake.duplicates,
-                rejected=[pb.RejectedEvent(id=r.id, reason=r.reason) for r in intake.rejected],
-            )
+        ingesting: asyncio.Queue[tuple[int, asyncio.Task[Intake]] | Exception | None] = (
+            asyncio.Queue(maxsize=PIPELINE)
+        )
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    if not request.executor:
+                        raise InvalidArgument.of(
+                            "executor", "is required: the sender's xDS node id"
+                        )
+                    batch, tenants = batch_from_proto(request)
+                    for tenant in sorted(tenants):
+                        caller.require_tenant(tenant)
+                    task = asyncio.create_task(self._telemetry.ingest(batch))
+                    await ingesting.put((request.batch_sequence, task))
+            except Exception as e:  # the stream fails with it, after what came before
+                await ingesting.put(e)
+            else:
+                await ingesting.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await ingesting.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                sequence, task = item
+                intake = await task
+                yield pb.StreamEventsResponse(
+                    acked_batch_sequence=sequence,
+                    duplicates=intake.duplicates,
+                    rejected=[pb.RejectedEvent(id=r.id, reason=r.reason) for r in intake.rejected],
+                )
+        finally:
+            reader.cancel()
 
     async def QueryUsage(
         self, request: pb.QueryUsageRequest, context: Ctx

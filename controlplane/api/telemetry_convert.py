@@ -4,7 +4,7 @@ run summaries out."""
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
 from google.protobuf import json_format, timestamp_pb2
@@ -34,8 +34,15 @@ STATES = {
 }
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _micros(ts: timestamp_pb2.Timestamp) -> int:
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
+
+
 def _time(ts: timestamp_pb2.Timestamp) -> datetime:
-    return datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, UTC)
+    return _EPOCH + timedelta(microseconds=_micros(ts))
 
 
 def timestamp(when: datetime) -> timestamp_pb2.Timestamp:
@@ -78,7 +85,8 @@ def _sort(event: pb.TelemetryEvent, batch: Batch) -> str:
     if not event.HasField("time"):
         raise ValueError("time is required")
     tenant, run_id = match.groups()
-    time = _time(event.time)
+    micros = _micros(event.time)
+    time = _EPOCH + timedelta(microseconds=micros)
     kind = event.WhichOneof("event")
     if kind == "run_opened":
         opened = event.run_opened
@@ -103,7 +111,7 @@ def _sort(event: pb.TelemetryEvent, batch: Batch) -> str:
             UsageRecord(
                 event.id,
                 tenant,
-                time,
+                micros,
                 "model",
                 run_id,
                 m.step,
@@ -128,7 +136,7 @@ def _sort(event: pb.TelemetryEvent, batch: Batch) -> str:
             UsageRecord(
                 event.id,
                 tenant,
-                time,
+                micros,
                 "tool",
                 run_id,
                 t.step,

@@ -162,16 +162,16 @@ counters = sa.Table(
 
 
 # The usage ledger: one row per model call or tool call an executor reported, keyed by
-# the event's id, so a report ingested twice is one row. ``time_s`` (seconds since the
-# epoch) is what buckets are computed on; ``cost_pico`` is USD x 10^12, exact
-# (model prices have at most 6 decimal places per million tokens).
+# the event's id, so a report ingested twice is one row. ``time_us`` is the event's time
+# in microseconds since the epoch (UTC): ranges and buckets are integer arithmetic, and
+# writing a row converts no timestamp. ``cost_pico`` is USD x 10^12, exact (model prices
+# have at most 6 decimal places per million tokens).
 usage_events = sa.Table(
     "usage_events",
     metadata,
     sa.Column("id", sa.String(80), primary_key=True),
     sa.Column("tenant", sa.String(63), nullable=False),
-    sa.Column("time", UTCDateTime, nullable=False),
-    sa.Column("time_s", sa.BigInteger, nullable=False),
+    sa.Column("time_us", sa.BigInteger, nullable=False),
     sa.Column("kind", sa.String(8), nullable=False),
     sa.Column("run_id", sa.String(36), nullable=False),
     sa.Column("step", sa.Integer, nullable=False),
@@ -190,7 +190,7 @@ usage_events = sa.Table(
     sa.Column("model_seconds", sa.Float, nullable=False),
     sa.Column("tool_seconds", sa.Float, nullable=False),
     sa.Column("approval_wait_seconds", sa.Float, nullable=False),
-    sa.Index("ix_usage_events_tenant_time", "tenant", "time"),
+    sa.Index("ix_usage_events_tenant_time_us", "tenant", "time_us"),
     sa.Index("ix_usage_events_run_id", "run_id"),
 )
 

@@ -3,8 +3,9 @@ the run index, executors' audit records, and the events it could not take."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
@@ -14,13 +15,14 @@ PICO = Decimal(10) ** 12
 RUNNING, WAITING_APPROVAL, FINISHED = "running", "waiting_approval", "finished"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UsageRecord:
     """One model call (``kind`` "model") or tool call ("tool")."""
 
     id: str
     tenant: str
-    time: datetime
+    time_us: int
+    """When, in microseconds since the epoch (UTC)."""
     kind: str
     run_id: str
     step: int
@@ -49,13 +51,13 @@ class UsageRecord:
         counts = (self.input_tokens, self.output_tokens, self.cached_input_tokens)
         if min(counts) < 0:
             return "token counts must not be negative"
-        seconds = (
-            self.queue_seconds,
-            self.model_seconds,
-            self.tool_seconds,
-            self.approval_wait_seconds,
+        total = (
+            self.queue_seconds + self.model_seconds + self.tool_seconds
+        ) + self.approval_wait_seconds
+        lowest = min(
+            self.queue_seconds, self.model_seconds, self.tool_seconds, self.approval_wait_seconds
         )
-        if not all(0 <= s < float("inf") for s in seconds):
+        if lowest < 0 or not math.isfinite(total):  # NaN and infinities make the sum so
             return "durations must be non-negative and finite"
         return ""
 
@@ -64,7 +66,7 @@ class UsageRecord:
         return int(self.cost_usd * PICO)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RunChange:
     """What one event tells of a run. ``sequence`` orders a run's events: the state (and
     stop reason, end time, executor) of the newest wins; the rest fill in what is known."""
@@ -90,16 +92,22 @@ class RunChange:
         """Both changes as one, whichever order they arrived in (the store applies the
         same rule to the row it holds)."""
         newer, older = (other, self) if other.sequence > self.sequence else (self, other)
-        return replace(
-            newer,
-            executor=newer.executor or older.executor,
-            agent=older.agent or newer.agent,
-            prompt_version=older.prompt_version or newer.prompt_version,
-            variant=older.variant or newer.variant,
-            trace_id=older.trace_id or newer.trace_id,
-            create_time=min(older.create_time or older.time, newer.create_time or newer.time),
-            steps=max(older.steps, newer.steps),
-            time=max(older.time, newer.time),
+        return RunChange(
+            newer.tenant,
+            newer.run_id,
+            newer.sequence,
+            max(older.time, newer.time),
+            newer.state,
+            newer.executor or older.executor,
+            older.agent or newer.agent,
+            older.prompt_version or newer.prompt_version,
+            older.variant or newer.variant,
+            older.trace_id or newer.trace_id,
+            min(older.create_time or older.time, newer.create_time or newer.time),
+            max(older.steps, newer.steps),
+            newer.stop_reason,
+            newer.stop_detail,
+            newer.end_time,
         )
 
 

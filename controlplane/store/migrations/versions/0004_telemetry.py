@@ -24,8 +24,7 @@ def upgrade() -> None:
         "usage_events",
         sa.Column("id", sa.String(80), nullable=False),
         sa.Column("tenant", sa.String(63), nullable=False),
-        sa.Column("time", TS, nullable=False),
-        sa.Column("time_s", sa.BigInteger, nullable=False),
+        sa.Column("time_us", sa.BigInteger, nullable=False),
         sa.Column("kind", sa.String(8), nullable=False),
         sa.Column("run_id", sa.String(36), nullable=False),
         sa.Column("step", sa.Integer, nullable=False),
@@ -46,7 +45,7 @@ def upgrade() -> None:
         sa.Column("approval_wait_seconds", sa.Float, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_usage_events"),
     )
-    op.create_index("ix_usage_events_tenant_time", "usage_events", ["tenant", "time"])
+    op.create_index("ix_usage_events_tenant_time_us", "usage_events", ["tenant", "time_us"])
     op.create_index("ix_usage_events_run_id", "usage_events", ["run_id"])
     op.create_table(
         "run_index",
@@ -99,5 +98,5 @@ def downgrade() -> None:
     op.drop_index("ix_run_index_tenant_create_time", table_name="run_index")
     op.drop_table("run_index")
     op.drop_index("ix_usage_events_run_id", table_name="usage_events")
-    op.drop_index("ix_usage_events_tenant_time", table_name="usage_events")
+    op.drop_index("ix_usage_events_tenant_time_us", table_name="usage_events")
     op.drop_table("usage_events")
