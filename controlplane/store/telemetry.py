@@ -74,6 +74,44 @@ def _statements(dialect: str) -> _Statements:
     )
 
 
+# BigInteger before Integer, which it is a kind of.
+_PG_ARRAY_TYPES = {
+    sa.String: "text",
+    sa.BigInteger: "bigint",
+    sa.Integer: "integer",
+    sa.Float: "float8",
+}
+
+
+def _pg_array_type(column: sa.Column[Any]) -> str:
+    return next(t for kind, t in _PG_ARRAY_TYPES.items() if isinstance(column.type, kind))
+
+
+# Usage rows on PostgreSQL in one statement, one array per column: far less work per row
+# than a multi-row VALUES list. Counts the rows it added.
+_USAGE_COLUMNS = tuple(c.name for c in usage_events.columns)
+_PG_USAGE = sa.text(
+    f"""
+    WITH added AS (
+        INSERT INTO usage_events ({", ".join(_USAGE_COLUMNS)})
+        SELECT * FROM unnest({
+        ", ".join(f"CAST(:{c.name} AS {_pg_array_type(c)}[])" for c in usage_events.columns)
+    })
+        ON CONFLICT (id) DO NOTHING
+        RETURNING 1
+    )
+    SELECT count(*) FROM added
+    """
+)
+
+
+def _added_usage(conn: Connection, rows: list[dict[str, Any]], statements: _Statements) -> int:
+    if not statements.returning:
+        return prepared.run(conn, statements.usage, rows).rowcount
+    arrays = {name: [r[name] for r in rows] for name in _USAGE_COLUMNS}
+    return int(conn.execute(_PG_USAGE, arrays).scalar_one())
+
+
 def _added(conn: Connection, statement: Any, rows: list[dict[str, Any]], returning: bool) -> int:
     """Run an insert that skips what exists; how many rows it added."""
     if returning:
@@ -113,7 +151,7 @@ def ingest(conn: Connection, batch: Batch, now: datetime) -> Ingested:
             }
             for u in {u.id: u for u in batch.usage}.values()
         ]
-        duplicates += len(batch.usage) - _added(conn, statements.usage, rows, statements.returning)
+        duplicates += len(batch.usage) - _added_usage(conn, rows, statements)
     if batch.runs:
         prepared.run(conn, statements.runs, [_run_row(c) for c in folded(batch.runs)])
     if batch.audits:

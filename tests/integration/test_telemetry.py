@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -197,15 +197,28 @@ def _ts(when: datetime) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def model_event(
-    tenant: str, run: str, sequence: int, cost: str, when: datetime
+def event(
+    tenant: str, run: str, sequence: int, when: datetime, executor: str = "x-1", **kind: Any
 ) -> telemetry_pb2.TelemetryEvent:
+    """The run's event number ``sequence``, as a relay sends it."""
     return telemetry_pb2.TelemetryEvent(
         id=f"{run}:{sequence}",
         run=f"tenants/{tenant}/runs/{run}",
         time=_ts(when),
-        executor="x-1",
+        executor=executor,
         sequence=sequence,
+        **kind,
+    )
+
+
+def model_event(
+    tenant: str, run: str, sequence: int, cost: str, when: datetime
+) -> telemetry_pb2.TelemetryEvent:
+    return event(
+        tenant,
+        run,
+        sequence,
+        when,
         model_usage=telemetry_pb2.ModelUsage(
             agent=f"tenants/{tenant}/agents/a",
             step=1,
@@ -236,20 +249,19 @@ async def test_ingestion_is_idempotent_and_keeps_what_it_cannot_take(live: Live)
     key = await live.new_key(api_key_pb2.ROLE_EXECUTOR, None)
     run = str(uuid.uuid4())
     now = datetime.now(UTC)
-    ended = telemetry_pb2.TelemetryEvent(
-        id=f"{run}:4",
-        run=f"tenants/{tenant}/runs/{run}",
-        time=_ts(now),
+    ended = event(
+        tenant,
+        run,
+        4,
+        now,
         executor="x-2",
-        sequence=4,
         run_ended=telemetry_pb2.RunEnded(reason=run_pb2.STOP_REASON_COMPLETED, steps=1),
     )
-    opened = telemetry_pb2.TelemetryEvent(
-        id=f"{run}:1",
-        run=f"tenants/{tenant}/runs/{run}",
-        time=_ts(now - timedelta(seconds=2)),
-        executor="x-1",
-        sequence=1,
+    opened = event(
+        tenant,
+        run,
+        1,
+        now - timedelta(seconds=2),
         run_opened=telemetry_pb2.RunOpened(
             agent=f"tenants/{tenant}/agents/a", prompt_version="v", config_version="c"
         ),
@@ -368,12 +380,12 @@ async def test_cli_reports_usage_and_runs_from_the_control_plane(live: Live) -> 
     key = await live.new_key(api_key_pb2.ROLE_EXECUTOR, None)
     run = str(uuid.uuid4())
     now = datetime.now(UTC)
-    ended = telemetry_pb2.TelemetryEvent(
-        id=f"{run}:3",
-        run=f"tenants/{tenant}/runs/{run}",
-        time=_ts(now),
+    ended = event(
+        tenant,
+        run,
+        3,
+        now,
         executor="x-9",
-        sequence=3,
         run_ended=telemetry_pb2.RunEnded(reason=run_pb2.STOP_REASON_MAX_STEPS, steps=4),
     )
     events = [model_event(tenant, run, i, "0.25", now) for i in (1, 2)] + [ended]
