@@ -12,6 +12,7 @@ from google.protobuf import json_format, timestamp_pb2
 from controlplane.store.telemetry import Freshness, UsageSum
 from controlplane.telemetry.records import (
     FINISHED,
+    QUEUED,
     RUNNING,
     WAITING_APPROVAL,
     Batch,
@@ -28,6 +29,7 @@ _RUN_NAME = re.compile(r"^tenants/([a-z0-9][a-z0-9-]{0,62})/runs/([A-Za-z0-9-]{1
 MAX_ID = 80
 
 STATES = {
+    QUEUED: run_pb2.RUN_STATE_QUEUED,
     RUNNING: run_pb2.RUN_STATE_RUNNING,
     WAITING_APPROVAL: run_pb2.RUN_STATE_WAITING_APPROVAL,
     FINISHED: run_pb2.RUN_STATE_FINISHED,
@@ -151,6 +153,8 @@ def _sort(event: pb.TelemetryEvent, batch: Batch) -> str:
             ),
             _under_way(event, tenant, run_id, time, t.agent, t.prompt_version, t.step),
         )
+    elif kind == "run_queued":
+        batch.runs.append(RunChange(tenant, run_id, 0, time, QUEUED, agent=event.run_queued.agent))
     elif kind == "run_waiting":
         batch.runs.append(
             RunChange(

@@ -12,7 +12,7 @@ from decimal import Decimal
 PICO = Decimal(10) ** 12
 """The ledger's cost unit is 10^-12 USD."""
 
-RUNNING, WAITING_APPROVAL, FINISHED = "running", "waiting_approval", "finished"
+QUEUED, RUNNING, WAITING_APPROVAL, FINISHED = "queued", "running", "waiting_approval", "finished"
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,9 +156,27 @@ _PG_FINISH = sa.text(
 )
 
 
+_RUN_COLUMNS_SQL = [c.name for c in runs.columns]
+
+# A queued run on PostgreSQL, in one statement: the run and the telemetry that says so.
+_PG_CREATE_QUEUED = sa.text(
+    f"""
+    WITH new_run AS (
+        INSERT INTO runs ({", ".join(_RUN_COLUMNS_SQL)})
+        VALUES ({", ".join(":" + c for c in _RUN_COLUMNS_SQL)})
+        RETURNING tenant
+    )
+    INSERT INTO outbox (id, tenant, run_id, kind, type, payload, created_at, claimed_by,
+        claim_expires_at, executor)
+    SELECT :q_id, tenant, :id, 'run_queued', 'run_queued', :q_payload, :created_at, '',
+        NULL, ''
+    FROM new_run
+    """
+)
+
+
 # A run created with its opening checkpoint on PostgreSQL, in one statement: the run, the
 # checkpoint (number 1) and its events (numbered from 1), its counters set past them.
-_RUN_COLUMNS_SQL = [c.name for c in runs.columns]
 _PG_CREATE_OPENED = sa.text(
     f"""
     WITH new_run AS (
@@ -377,6 +395,23 @@ class _Fenced:
     cancel_requested: bool
 
 
+def _queued_record(values: dict[str, Any]) -> dict[str, Any]:
+    """The outbox record saying a run was queued: it comes before all of the run's events
+    (sequence 0), so any of them supersedes it in the control plane's run index."""
+    return {
+        "id": f"{values['id']}:0",
+        "tenant": values["tenant"],
+        "run_id": values["id"],
+        "kind": "run_queued",
+        "type": "run_queued",
+        "payload": fastjson.dumps_text({"agent": values["agent"]}),
+        "created_at": values["created_at"],
+        "claimed_by": "",
+        "claim_expires_at": None,
+        "executor": "",
+    }
+
+
 def _executor_of(events: Sequence[NewEvent]) -> str:
     """The executor that ends a run with ``events``, as their telemetry names it."""
     return next((e.telemetry.executor for e in events if e.telemetry is not None), "")
@@ -584,6 +619,8 @@ class RunStore:
         self, conn: Connection, values: dict[str, Any], opening: StepCheckpoint | None
     ) -> None:
         prepared.run(conn, _INSERT_RUN, values)
+        if values["state"] == RunState.QUEUED.value:
+            prepared.run(conn, _INSERT_OUTBOX, _queued_record(values))
         if opening is None:
             return
         run_id, now = values["id"], values["created_at"]
@@ -595,6 +632,13 @@ class RunStore:
         self, values: dict[str, Any], opening: StepCheckpoint | None, texts: list[str]
     ) -> None:
         async with self._db.single_statement() as conn:
+            if values["state"] == RunState.QUEUED.value:
+                record = _queued_record(values)
+                await conn.execute(
+                    _PG_CREATE_QUEUED,
+                    {**values, "q_id": record["id"], "q_payload": record["payload"]},
+                )
+                return
             if opening is None:
                 await conn.execute(_INSERT_RUN, values)
                 return

@@ -436,9 +436,9 @@ async def test_relays_claim_disjoint_batches_and_delivered_ones_leave(run_db: Da
     t = tenant()
     for _ in range(6):
         queued, _, _ = await store.create(new_run(t))
-        await store.request_cancel(queued.id)  # one run_ended and one audit record each
+        await store.request_cancel(queued.id)  # queued, ended, and the end's audit record
     mine = [e for e in await box.peek(limit=10_000) if e.tenant == t]
-    assert len(mine) == 12
+    assert len(mine) == 18
     # Claims by two relays at once never overlap, whatever else waits in the outbox.
     ttl = timedelta(seconds=30)
     first, second = await asyncio.gather(
@@ -466,3 +466,18 @@ async def test_relays_claim_disjoint_batches_and_delivered_ones_leave(run_db: Da
     assert taken & ours == a
     await box.delete(list(taken))
     assert [e for e in await box.peek(limit=10_000) if e.tenant == t] == []
+
+
+async def test_a_queued_run_says_so_in_the_outbox_before_any_event(run_db: Database) -> None:
+    store = RunStore(run_db)
+    t = tenant()
+    queued, _, _ = await store.create(new_run(t))
+    leased, _, _ = await store.create(new_run(t, queued=False), owner="a")
+    again, _, created = await store.create(new_run(t, idempotency_key="k"))
+    _, _, repeated = await store.create(new_run(t, idempotency_key="k"))
+    assert created and not repeated
+    rows = await outbox_of(run_db, t)
+    assert sorted((e.run_id, e.kind, e.sequence, e.payload["agent"]) for e in rows) == sorted(
+        (r.id, "run_queued", 0, f"tenants/{t}/agents/a") for r in (queued, again)
+    ), "one record per queued run, none for a run created leased or found by its key"
+    assert leased.id not in {e.run_id for e in rows}

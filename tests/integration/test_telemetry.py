@@ -266,8 +266,17 @@ async def test_ingestion_is_idempotent_and_keeps_what_it_cannot_take(live: Live)
             agent=f"tenants/{tenant}/agents/a", prompt_version="v", config_version="c"
         ),
     )
+    queued = event(
+        tenant,
+        run,
+        0,
+        now - timedelta(seconds=3),
+        run_queued=telemetry_pb2.RunQueued(agent=f"tenants/{tenant}/agents/a"),
+    )
+    queued.id = f"{run}:0"
     events = [
         ended,  # out of order: the run's last event first
+        queued,
         model_event(tenant, run, 2, "0.000123456789", now - timedelta(seconds=1)),
         model_event(tenant, run, 3, "0.5", now - timedelta(seconds=1)),
         opened,
@@ -288,7 +297,7 @@ async def test_ingestion_is_idempotent_and_keeps_what_it_cannot_take(live: Live)
     summary = await finished_summary(live, f"tenants/{tenant}/runs/{run}")
     assert (summary.agent, summary.prompt_version) == (f"tenants/{tenant}/agents/a", "v")
     assert summary.executor == "x-2", "the newest event names the executor"
-    assert summary.create_time == opened.time
+    assert summary.create_time == queued.time, "created when it was queued"
 
     with pytest.raises(grpc.aio.AioRpcError) as nameless:
         await send(live, key, telemetry_pb2.StreamEventsRequest(batch_sequence=1))

@@ -53,6 +53,28 @@ USAGE_DIMENSION_RUN: UsageDimension.ValueType  # 8
 Global___UsageDimension: _TypeAlias = UsageDimension  # noqa: Y015
 
 @_typing.final
+class RunQueued(_message.Message):
+    """A run was queued for any executor of the pool (StartRun, or no free slot)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    agent: _builtins.str
+    """Format: tenants/{tenant}/agents/{agent}"""
+    def __init__(
+        self,
+        *,
+        agent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunQueued: _TypeAlias = RunQueued  # noqa: Y015
+
+@_typing.final
 class RunOpened(_message.Message):
     """A run began (or its first checkpoint was written) on an executor."""
 
@@ -318,6 +340,7 @@ class TelemetryEvent(_message.Message):
     RUN_WAITING_FIELD_NUMBER: _builtins.int
     RUN_ENDED_FIELD_NUMBER: _builtins.int
     AUDIT_FIELD_NUMBER: _builtins.int
+    RUN_QUEUED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique across all executors: ingesting an id a second time changes nothing."""
     run: _builtins.str
@@ -327,7 +350,9 @@ class TelemetryEvent(_message.Message):
     cancelled, a lost run dead-lettered).
     """
     sequence: _builtins.int
-    """The run's event sequence number it goes with; 0 for an audit event."""
+    """The run's event sequence number it goes with; 0 for an audit event and for
+    run_queued, which comes before any of the run's events.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -342,6 +367,8 @@ class TelemetryEvent(_message.Message):
     def run_ended(self) -> Global___RunEnded: ...
     @_builtins.property
     def audit(self) -> Global___AuditEvent: ...
+    @_builtins.property
+    def run_queued(self) -> Global___RunQueued: ...
     def __init__(
         self,
         *,
@@ -356,12 +383,13 @@ class TelemetryEvent(_message.Message):
         run_waiting: Global___RunWaiting | None = ...,
         run_ended: Global___RunEnded | None = ...,
         audit: Global___AuditEvent | None = ...,
+        run_queued: Global___RunQueued | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "event", b"event", "model_usage", b"model_usage", "run_ended", b"run_ended", "run_opened", b"run_opened", "run_waiting", b"run_waiting", "time", b"time", "tool_usage", b"tool_usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "event", b"event", "model_usage", b"model_usage", "run_ended", b"run_ended", "run_opened", b"run_opened", "run_queued", b"run_queued", "run_waiting", b"run_waiting", "time", b"time", "tool_usage", b"tool_usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "event", b"event", "executor", b"executor", "id", b"id", "model_usage", b"model_usage", "run", b"run", "run_ended", b"run_ended", "run_opened", b"run_opened", "run_waiting", b"run_waiting", "sequence", b"sequence", "time", b"time", "tool_usage", b"tool_usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit", b"audit", "event", b"event", "executor", b"executor", "id", b"id", "model_usage", b"model_usage", "run", b"run", "run_ended", b"run_ended", "run_opened", b"run_opened", "run_queued", b"run_queued", "run_waiting", b"run_waiting", "sequence", b"sequence", "time", b"time", "tool_usage", b"tool_usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["run_opened", "model_usage", "tool_usage", "run_waiting", "run_ended", "audit"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["run_opened", "model_usage", "tool_usage", "run_waiting", "run_ended", "audit", "run_queued"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
