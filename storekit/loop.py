@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import uvloop
@@ -37,3 +37,26 @@ async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+class Uninterrupted:
+    """Work that runs to its end even if whoever awaits it is cancelled meanwhile: a
+    database call cut halfway leaves its connection in no state to reuse, and a write
+    once started should land or fail, not vanish. ``drain`` waits for what still runs."""
+
+    def __init__(self) -> None:
+        self._running: set[asyncio.Future[Any]] = set()
+
+    async def run(
+        self, work: Awaitable[T], on_done: Callable[[asyncio.Future[T]], None] | None = None
+    ) -> T:
+        """``work``'s result; ``on_done`` hears of its end, whoever still waits for it."""
+        task = asyncio.ensure_future(work)
+        if on_done is not None:
+            task.add_done_callback(on_done)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return await asyncio.shield(task)
+
+    async def drain(self) -> None:
+        await asyncio.gather(*self._running, return_exceptions=True)

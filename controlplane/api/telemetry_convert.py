@@ -9,6 +9,7 @@ from decimal import Decimal, InvalidOperation
 
 from google.protobuf import json_format, timestamp_pb2
 
+from controlplane.api._convert import _timestamp
 from controlplane.store.telemetry import Freshness, UsageSum
 from controlplane.telemetry.records import (
     FINISHED,
@@ -45,12 +46,6 @@ def _micros(ts: timestamp_pb2.Timestamp) -> int:
 
 def _time(ts: timestamp_pb2.Timestamp) -> datetime:
     return _EPOCH + timedelta(microseconds=_micros(ts))
-
-
-def timestamp(when: datetime) -> timestamp_pb2.Timestamp:
-    message = timestamp_pb2.Timestamp()
-    message.FromDatetime(when)
-    return message
 
 
 def _cost(text: str) -> Decimal:
@@ -229,10 +224,8 @@ def freshness_to_proto(f: Freshness) -> pb.IndexFreshness:
     message = pb.IndexFreshness(
         pending_events=f.pending_events, reporting_executors=f.reporting_executors
     )
-    if f.last_ingest_time is not None:
-        message.last_ingest_time.CopyFrom(timestamp(f.last_ingest_time))
-    if f.oldest_pending_time is not None:
-        message.oldest_pending_time.CopyFrom(timestamp(f.oldest_pending_time))
+    _timestamp(message.last_ingest_time, f.last_ingest_time)
+    _timestamp(message.oldest_pending_time, f.oldest_pending_time)
     return message
 
 
@@ -287,9 +280,8 @@ def run_summary_to_proto(summary: RunSummary) -> pb.RunSummary:
         variant=row.variant,
         trace_id=row.trace_id,
         executor=row.executor,
-        create_time=timestamp(row.create_time),
-        last_event_time=timestamp(row.last_event_time),
     )
-    if row.end_time is not None:
-        message.end_time.CopyFrom(timestamp(row.end_time))
+    _timestamp(message.create_time, row.create_time)
+    _timestamp(message.last_event_time, row.last_event_time)
+    _timestamp(message.end_time, row.end_time)
     return message

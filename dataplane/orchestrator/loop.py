@@ -509,7 +509,7 @@ class RunLoop:
         the run claimable again (``available_at``)."""
         assert self._labels is not None
         waited = 0.0
-        decided = record is not None and record.state in (CallState.APPROVED, CallState.DENIED)
+        decided = record.state in (CallState.APPROVED, CallState.DENIED) if record else False
         if decided and record is not None and record.started_at is not None:
             waited = max((self.run.available_at - record.started_at).total_seconds(), 0.0)
         return NewEvent(

@@ -85,7 +85,7 @@ class Runs:
         self._claimer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._on_pause = on_pause
-        self.gates = list(gates)
+        self._gates = list(gates)
 
     def wake(self) -> None:
         """Runs may have become claimable: look now rather than at the next poll."""
@@ -119,7 +119,7 @@ class Runs:
         if config is None:
             raise AdmissionError("", "this executor has no configuration yet")
         ctx = resolve(config, admission.agent, admission.variables)
-        for gate in self.gates:
+        for gate in self._gates:
             gate(admission)
         request = {
             "input": admission.input,

@@ -4,9 +4,8 @@ record (``RunStore``); any executor of the pool may relay any of them."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -17,6 +16,7 @@ from sqlalchemy.engine import Connection
 from dataplane.runstore.model import OutboxEvent
 from dataplane.runstore.schema import outbox
 from storekit.database import Database
+from storekit.loop import Uninterrupted
 
 T = TypeVar("T")
 
@@ -48,23 +48,15 @@ class Backlog:
 class Outbox:
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._in_flight: set[asyncio.Future[Any]] = set()
+        # A relay stops at any moment; its database calls run to their end regardless.
+        self._whole = Uninterrupted()
 
     async def _write(self, body: Callable[[Connection], T]) -> T:
-        return await self._whole(self._db.write(body))
-
-    async def _whole(self, work: Awaitable[T]) -> T:
-        """Run ``work`` to its end even if the caller is cancelled meanwhile: a relay
-        stops at any moment, and a database call cut halfway leaves its connection in no
-        state to reuse."""
-        task = asyncio.ensure_future(work)
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
-        return await asyncio.shield(task)
+        return await self._whole.run(self._db.write(body))
 
     async def drain(self) -> None:
-        """Wait for the writes still running for callers that were cancelled."""
-        await asyncio.gather(*self._in_flight, return_exceptions=True)
+        """Wait for the calls still running for callers that were cancelled."""
+        await self._whole.drain()
 
     async def claim(self, owner: str, *, limit: int, ttl: timedelta) -> list[OutboxEvent]:
         """Take up to ``limit`` of the oldest events no relay holds (or whose claim has
@@ -111,7 +103,7 @@ class Outbox:
         )
 
     async def backlog(self) -> Backlog:
-        return await self._whole(self._count())
+        return await self._whole.run(self._count())
 
     async def _count(self) -> Backlog:
         async with self._db.single_statement() as conn:

@@ -36,6 +36,7 @@ from dataplane.runstore.model import (
 from dataplane.runstore.schema import checkpoints, outbox, run_events, runs, tool_calls
 from storekit import prepared
 from storekit.database import Database
+from storekit.loop import Uninterrupted
 
 _RUN_COLUMNS = tuple(runs.c[name] for name in Run.__dataclass_fields__)
 
@@ -457,7 +458,7 @@ class RunStore:
         self.lease_ttl = lease_ttl
         self.max_attempts = max_attempts
         self.listeners: list[EventListener] = []
-        self._in_flight: set[asyncio.Future[Any]] = set()
+        self._whole = Uninterrupted()
 
     async def _write(self, body: Callable[[Connection], T]) -> T:
         """Run ``body`` as one write transaction. The events it inserts go to the
@@ -489,15 +490,11 @@ class RunStore:
                 for listener in self.listeners:
                     listener(run_id, events)
 
-        task = asyncio.ensure_future(work)
-        task.add_done_callback(publish)
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
-        return await asyncio.shield(task)
+        return await self._whole.run(work, publish)
 
     async def drain(self) -> None:
         """Wait for the writes still running for callers that were cancelled."""
-        await asyncio.gather(*self._in_flight, return_exceptions=True)
+        await self._whole.drain()
 
     @staticmethod
     def _insert_events(

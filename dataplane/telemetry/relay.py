@@ -21,6 +21,7 @@ import grpc
 from google.protobuf import json_format
 
 from dataplane import fastjson
+from dataplane.api._convert import timestamp
 from dataplane.config.watcher import Backoff
 from dataplane.runstore.model import OutboxEvent
 from dataplane.runstore.outbox import Backlog, Outbox
@@ -55,10 +56,10 @@ def to_proto(event: OutboxEvent) -> telemetry_pb2.TelemetryEvent:
     message = telemetry_pb2.TelemetryEvent(
         id=event.id,
         run=f"tenants/{event.tenant}/runs/{event.run_id}",
+        time=timestamp(event.created_at),
         executor=event.executor,
         sequence=event.sequence,
     )
-    message.time.FromDatetime(event.created_at)
     if event.kind == "audit":
         message.audit.action = event.type
         message.audit.resource = message.run

@@ -24,10 +24,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -334,21 +333,15 @@ _ROLES = {
 }
 
 
-def _duration(text: str) -> timedelta:
-    match = re.fullmatch(r"(\d+)([smhd])", text.strip())
-    if not match:
-        raise UsageError(f"--expires-in {text!r}: use a number and s, m, h or d (e.g. 30d)")
-    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match[2]]
-    return timedelta(**{unit: int(match[1])})
-
-
 async def _keys(client: Client, ns: argparse.Namespace) -> int:
     key = api_key_pb2.ApiKey(role=_ROLES[ns.role], display_name=ns.display_name)
     tenant = _tenant(ns)
     if tenant:
         key.tenant = f"tenants/{tenant}"
     if ns.expires_in:
-        key.expire_time.FromDatetime(datetime.now(UTC) + _duration(ns.expires_in))
+        key.expire_time.FromDatetime(
+            datetime.now(UTC) + ledger.duration(ns.expires_in, "--expires-in")
+        )
     response = await client.call(
         client.api_keys.CreateApiKey, api_key_pb2.CreateApiKeyRequest(api_key=key)
     )

@@ -26,19 +26,10 @@ DIMENSIONS = {
     "tool": telemetry_pb2.USAGE_DIMENSION_TOOL,
     "run": telemetry_pb2.USAGE_DIMENSION_RUN,
 }
-_FIELD = {
-    "tenant": "tenant",
-    "agent": "agent",
-    "model": "model",
-    "prompt-version": "prompt_version",
-    "variant": "variant",
-    "provider": "provider",
-    "tool": "tool",
-    "run": "run",
-}
 
 
 def duration(text: str, option: str) -> timedelta:
+    """A span such as 30s, 15m, 24h or 7d, given for ``option``."""
     match = re.fullmatch(r"(\d+)([smhd])", text.strip())
     if not match:
         raise UsageError(f"{option} {text!r}: use a number and s, m, h or d (e.g. 24h)")
@@ -103,7 +94,7 @@ async def usage_command(client: Client, ns: argparse.Namespace, tenant: str | No
     columns: list[tuple[str, Callable[[telemetry_pb2.UsageRow], str]]] = []
     if ns.bucket:
         columns.append(("BUCKET", lambda r: _time(r.bucket_start)))
-    columns += [(d.upper(), _dimension(_FIELD[d])) for d in by]
+    columns += [(d.upper(), _dimension(d.replace("-", "_"))) for d in by]
     columns += [
         ("MODEL CALLS", lambda r: str(r.model_calls)),
         ("TOOL CALLS", lambda r: str(r.tool_calls)),
