@@ -40,6 +40,11 @@ class Settings:
     reconcile_interval: float = 1.0
     """Seconds between checks for registry changes made through other replicas; changes
     made through this one are published at once."""
+    quota_lease_ttl: float = 30.0
+    """Seconds a quota lease lasts unless renewed: after that its rate shares and slots
+    go back to the tenant (its unreported USD does not)."""
+    quota_refresh: float = 5.0
+    """Seconds between executors' renewals of their quota leases."""
     log_level: str = "INFO"
     log_format: str = "json"
     """json (one object per line) or text."""
@@ -60,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shutdown-grace", type=float, help="seconds (PILOTHOUSE_SHUTDOWN_GRACE)")
     parser.add_argument(
         "--auth-cache-ttl", type=float, help="seconds; 0 disables (PILOTHOUSE_AUTH_CACHE_TTL)"
+    )
+    parser.add_argument(
+        "--quota-lease-ttl", type=float, help="seconds (PILOTHOUSE_QUOTA_LEASE_TTL; default 30)"
+    )
+    parser.add_argument(
+        "--quota-refresh", type=float, help="seconds (PILOTHOUSE_QUOTA_REFRESH; default 5)"
     )
     parser.add_argument("--log-level", help="DEBUG, INFO, … (PILOTHOUSE_LOG_LEVEL)")
     parser.add_argument("--log-format", choices=["json", "text"], help="(PILOTHOUSE_LOG_FORMAT)")
@@ -84,13 +95,22 @@ def from_arguments(ns: argparse.Namespace, env: Mapping[str, str] = os.environ) 
     )
     grace = pick("shutdown_grace", "PILOTHOUSE_SHUTDOWN_GRACE")
     cache_ttl = pick("auth_cache_ttl", "PILOTHOUSE_AUTH_CACHE_TTL")
-    return Settings(
+    settings = Settings(
         listen=pick("listen", "PILOTHOUSE_LISTEN") or defaults.listen,
         database_url=pick("database_url", "PILOTHOUSE_DATABASE_URL") or defaults.database_url,
         tls=tls,
         bootstrap_key=env.get("PILOTHOUSE_BOOTSTRAP_KEY") or None,
         shutdown_grace=float(grace) if grace is not None else defaults.shutdown_grace,
         auth_cache_ttl=float(cache_ttl) if cache_ttl is not None else defaults.auth_cache_ttl,
+        quota_lease_ttl=float(
+            pick("quota_lease_ttl", "PILOTHOUSE_QUOTA_LEASE_TTL") or defaults.quota_lease_ttl
+        ),
+        quota_refresh=float(
+            pick("quota_refresh", "PILOTHOUSE_QUOTA_REFRESH") or defaults.quota_refresh
+        ),
         log_level=(pick("log_level", "PILOTHOUSE_LOG_LEVEL") or defaults.log_level).upper(),
         log_format=pick("log_format", "PILOTHOUSE_LOG_FORMAT") or defaults.log_format,
     )
+    if not 0 < settings.quota_refresh < settings.quota_lease_ttl:
+        raise SystemExit("--quota-refresh must be positive and shorter than --quota-lease-ttl")
+    return settings

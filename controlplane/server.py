@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,6 +24,7 @@ from controlplane.api.executors import ExecutorServicer
 from controlplane.api.interceptors import AuthInterceptor, ErrorInterceptor
 from controlplane.api.models import ModelServicer
 from controlplane.api.prompts import PromptServicer
+from controlplane.api.quota import QuotaServicer
 from controlplane.api.telemetry import TelemetryServicer
 from controlplane.api.tenants import TenantServicer
 from controlplane.api.tools import ToolServicer
@@ -31,6 +33,7 @@ from controlplane.auth.api_keys import ApiKeys
 from controlplane.config import Settings
 from controlplane.discovery.executors import ExecutorRegistry
 from controlplane.discovery.publisher import SnapshotPublisher
+from controlplane.quota.service import Quotas
 from controlplane.registry.service import Registry
 from controlplane.store.database import Database, open_database
 from controlplane.telemetry.service import Telemetry
@@ -47,6 +50,8 @@ from pilothouse.v1 import (
     model_pb2_grpc,
     prompt_pb2,
     prompt_pb2_grpc,
+    quota_pb2,
+    quota_pb2_grpc,
     telemetry_pb2,
     telemetry_pb2_grpc,
     tenant_pb2,
@@ -69,6 +74,7 @@ PILOTHOUSE_SERVICES = tuple(
         (discovery_pb2.DESCRIPTOR, "ExecutorService"),
         (approval_pb2.DESCRIPTOR, "ApprovalService"),
         (telemetry_pb2.DESCRIPTOR, "TelemetryService"),
+        (quota_pb2.DESCRIPTOR, "QuotaService"),
     )
 )
 SERVICE_NAMES = (*PILOTHOUSE_SERVICES, ads.ADS_SERVICE)
@@ -125,6 +131,17 @@ class ControlPlane:
         tool_pb2_grpc.add_ToolServiceServicer_to_server(ToolServicer(registry), server)
         telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(
             TelemetryServicer(Telemetry(db)), server
+        )
+        quota_pb2_grpc.add_QuotaServiceServicer_to_server(
+            QuotaServicer(
+                Quotas(
+                    db,
+                    registry,
+                    lease_ttl=timedelta(seconds=settings.quota_lease_ttl),
+                    refresh_interval=timedelta(seconds=settings.quota_refresh),
+                )
+            ),
+            server,
         )
         model_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
         prompt_pb2_grpc.add_PromptServiceServicer_to_server(PromptServicer(registry), server)

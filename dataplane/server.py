@@ -23,6 +23,7 @@ from dataplane.http1 import Http1Transport, http_client
 from dataplane.models.gateway import ModelGateway
 from dataplane.orchestrator.context import Exhausted
 from dataplane.orchestrator.runs import Runs
+from dataplane.quota.leases import Quotas
 from dataplane.runstore.database import open_run_database
 from dataplane.runstore.memory import Memory
 from dataplane.runstore.outbox import Outbox
@@ -72,6 +73,7 @@ class Executor:
     runs: Runs
     approvals: ApprovalBridge
     relay: OutboxRelay
+    quotas: Quotas
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     port: int
@@ -108,6 +110,7 @@ class Executor:
             settings=RelaySettings(max_backlog=settings.outbox_limit),
         )
         store.listeners.append(lambda _run, _events: relay.nudge())
+        quotas = Quotas(channel, watcher, api_key=settings.api_key, executor=settings.node_id)
         runs = Runs(
             store,
             ModelGateway(transport),
@@ -118,6 +121,7 @@ class Executor:
             max_concurrent=settings.max_concurrent_runs,
             on_pause=lambda: bridge.nudge(),
             gates=[lambda _admission: _outbox_has_room(relay)],
+            quotas=quotas,
         )
         bridge = ApprovalBridge(
             channel, store, watcher, api_key=settings.api_key, on_claimable=runs.wake
@@ -125,6 +129,7 @@ class Executor:
         await runs.start()
         await bridge.start()
         await relay.start()
+        await quotas.start()
         server = grpc.aio.server()
         run_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(runs, store, watcher), server)
         health_servicer = health.aio.HealthServicer()
@@ -147,6 +152,7 @@ class Executor:
             runs,
             bridge,
             relay,
+            quotas,
             server,
             health_servicer,
             port,
@@ -161,6 +167,7 @@ class Executor:
         await self.server.stop(self.settings.shutdown_grace)
         await self.approvals.aclose()
         await self.runs.aclose()
+        await self.quotas.aclose()
         await self.relay.aclose()
         await self.watcher.aclose()
         await self.channel.close()

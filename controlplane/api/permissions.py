@@ -88,6 +88,14 @@ METHOD_PERMISSIONS: dict[str, Permission] = {
         },
     ),
     **_service(
+        "QuotaService",
+        {
+            "AcquireLease": Permission.QUOTA_LEASE,
+            "ReleaseLease": Permission.QUOTA_LEASE,
+            "GetBalance": Permission.TENANT_READ,
+        },
+    ),
+    **_service(
         "ApiKeyService",
         {
             m: Permission.KEYS_MANAGE

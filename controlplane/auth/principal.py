@@ -37,6 +37,8 @@ class Permission(StrEnum):
     """Deliver runs' telemetry (executors)."""
     USAGE_READ = "usage.read"
     """Read the usage ledger and the run index."""
+    QUOTA_LEASE = "quota.lease"
+    """Lease slices of tenants' limits (executors)."""
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -60,6 +62,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.CONFIG_WATCH,
             Permission.APPROVALS_FILE,
             Permission.TELEMETRY_REPORT,
+            Permission.QUOTA_LEASE,
         }
     ),
     Role.CLIENT: frozenset(),

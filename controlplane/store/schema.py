@@ -237,3 +237,42 @@ rejected_events = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("event", sa.Text, nullable=False),
 )
+
+
+# A tenant's USD spent in its current windows, as executors reported it from their
+# leases (nano-USD); the row is also what a lease change locks, so that the tenant's
+# leases change one at a time.
+quota_accounts = sa.Table(
+    "quota_accounts",
+    metadata,
+    sa.Column("tenant", sa.String(63), primary_key=True),
+    sa.Column("day", sa.String(10), nullable=False),
+    sa.Column("day_spent_nano", sa.BigInteger, nullable=False),
+    sa.Column("month", sa.String(7), nullable=False),
+    sa.Column("month_spent_nano", sa.BigInteger, nullable=False),
+)
+
+# Leases of a tenant's limits held by executors. ``usd_nano`` was granted from the
+# windows ``day`` and ``month`` and counts against them until it is reported spent, even
+# after the lease expires (an executor that died may have spent it); rate shares and
+# slots count only until ``expire_time``. ``wants_*`` weigh the fair shares.
+quota_leases = sa.Table(
+    "quota_leases",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("tenant", sa.String(63), nullable=False),
+    sa.Column("executor", sa.String(200), nullable=False),
+    sa.Column("day", sa.String(10), nullable=False),
+    sa.Column("month", sa.String(7), nullable=False),
+    sa.Column("usd_nano", sa.BigInteger, nullable=False),
+    sa.Column("tokens_per_minute", sa.BigInteger, nullable=False),
+    sa.Column("requests_per_minute", sa.BigInteger, nullable=False),
+    sa.Column("run_slots", sa.Integer, nullable=False),
+    sa.Column("wants_usd_nano", sa.BigInteger, nullable=False),
+    sa.Column("wants_tokens_per_minute", sa.BigInteger, nullable=False),
+    sa.Column("wants_requests_per_minute", sa.BigInteger, nullable=False),
+    sa.Column("wants_run_slots", sa.Integer, nullable=False),
+    sa.Column("expire_time", UTCDateTime, nullable=False),
+    sa.Column("update_time", UTCDateTime, nullable=False),
+    sa.Index("ix_quota_leases_tenant", "tenant"),
+)

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from controlplane.store.errors import DuplicateKey, ReferenceViolation
 from controlplane.store.rows import ResourceRow
-from controlplane.store.schema import resource_refs, tenants
+from controlplane.store.schema import quota_accounts, quota_leases, resource_refs, tenants
 
 TENANT_KIND = "Tenant"
 _COLUMNS = (
@@ -74,6 +74,8 @@ async def delete(conn: AsyncConnection, tenant: str) -> int:
     """Delete a tenant and everything it holds: references first (they guard resources
     against deletion one by one), then the tenant, whose rows go by cascade."""
     await conn.execute(resource_refs.delete().where(resource_refs.c.tenant == tenant))
+    await conn.execute(quota_leases.delete().where(quota_leases.c.tenant == tenant))
+    await conn.execute(quota_accounts.delete().where(quota_accounts.c.tenant == tenant))
     try:
         result = await conn.execute(tenants.delete().where(tenants.c.id == tenant))
     except IntegrityError as e:

@@ -41,8 +41,21 @@ async def _abort(
     field: str = "",
     *,
     retry_after: float | None = None,
+    quota: tuple[str, str] | None = None,
 ) -> NoReturn:
     status = status_pb2.Status(code=code.value[0], message=message)
+    if quota is not None:
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(
+                        subject=quota[0], description=f"{quota[1]}: {message}"
+                    )
+                ]
+            )
+        )
+        status.details.append(detail)
     if retry_after is not None:
         retry = error_details_pb2.RetryInfo()
         retry.retry_delay.FromTimedelta(timedelta(seconds=retry_after))
@@ -80,7 +93,13 @@ async def _guard(ctx: Ctx, call: Callable[[], Awaitable[T]]) -> T:
             await _abort(ctx, grpc.StatusCode.UNAVAILABLE, str(e))
         await _abort(ctx, grpc.StatusCode.INVALID_ARGUMENT, f"{e.field}: {e}", e.field)
     except Exhausted as e:
-        await _abort(ctx, grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), retry_after=e.retry_after)
+        await _abort(
+            ctx,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            str(e),
+            retry_after=e.retry_after,
+            quota=e.quota,
+        )
     except RunNotFound as e:
         await _abort(ctx, grpc.StatusCode.NOT_FOUND, f"run {e} not found")
     except IdempotencyConflict as e:

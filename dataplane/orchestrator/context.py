@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
@@ -14,7 +15,7 @@ from google.protobuf import json_format
 
 from dataplane.config.snapshot import ExecutorConfig
 from dataplane.models.scripted import estimate_tokens
-from dataplane.models.types import ToolSpec
+from dataplane.models.types import ChatMessage, ToolSpec
 from pilothouse.v1 import agent_pb2, prompt_pb2, tool_pb2
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z][A-Za-z0-9_]*)\s*\}\}")
@@ -33,9 +34,13 @@ class Exhausted(Exception):
     """The run cannot start now: something it needs is used up. Try again after
     ``retry_after`` seconds."""
 
-    def __init__(self, message: str, *, retry_after: float) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float, quota: tuple[str, str] | None = None
+    ) -> None:
+        """``quota``: the subject and the limit, when a tenant's quota refuses the run."""
         super().__init__(message)
         self.retry_after = retry_after
+        self.quota = quota
 
 
 @dataclass(frozen=True)
@@ -129,9 +134,30 @@ class RunContext:
         )
 
     @cached_property
+    def tool_spec_bytes(self) -> int:
+        return sum(
+            len(json.dumps([t.name, t.description, t.parameters]).encode()) for t in self.tool_specs
+        )
+
+    @cached_property
     def tool_spec_tokens(self) -> int:
         """Estimated prompt tokens the tool schemas take, for the budget's worst case."""
         return sum(estimate_tokens(json.dumps(t.parameters)) for t in self.tool_specs)
+
+
+MESSAGE_FRAMING = 16
+"""Tokens a message's role and framing take, at most."""
+
+
+def prompt_bound(messages: Sequence[ChatMessage], ctx: RunContext) -> int:
+    """The most tokens a prompt can count: a byte-level tokenizer's token covers at least
+    one byte, so no more than its UTF-8 bytes, plus each message's framing."""
+    total = ctx.tool_spec_bytes
+    for m in messages:
+        total += len(m.content.encode()) + MESSAGE_FRAMING
+        for call in m.tool_calls:
+            total += len(call.name) + len(call.arguments.encode()) + MESSAGE_FRAMING
+    return total
 
 
 def resolve(

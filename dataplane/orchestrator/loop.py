@@ -26,7 +26,8 @@ from dataplane.models.pricing import cost as price
 from dataplane.models.scripted import estimate_tokens
 from dataplane.models.types import ChatMessage, ChatRequest, ProviderError, ToolCall
 from dataplane.models.types import Usage as CallUsage
-from dataplane.orchestrator.context import Limits, RunContext, resolve
+from dataplane.orchestrator.context import Limits, RunContext, prompt_bound, resolve
+from dataplane.quota.leases import NO_RESERVATION, QuotaExceeded, Quotas
 from dataplane.runstore.errors import LeaseLost
 from dataplane.runstore.model import (
     CallEntry,
@@ -45,6 +46,10 @@ from dataplane.telemetry import records
 from dataplane.telemetry.records import RunLabels
 from dataplane.tools.router import ToolOutcome, ToolRouter
 from pilothouse.v1 import model_pb2, tool_pb2
+
+BUDGETED_MAX_OUTPUT = 4096
+"""Output tokens a call is held to when a USD limit applies and neither its prompt
+version nor its model bounds them."""
 
 
 @dataclass
@@ -109,6 +114,8 @@ class RunLoop:
     """Set when the run stopped to wait for a person's approval."""
     executor: str = ""
     """This executor's node id, as the run's telemetry names it."""
+    quotas: Quotas | None = None
+    """The tenants' quota leases model calls reserve from (None: no quotas)."""
     _last_call: tuple[CallEntry, list[NewEvent]] | None = None
     _ending: StepCheckpoint | None = None
     """The checkpoint of the reply that ends the run, written with the run's end."""
@@ -299,23 +306,41 @@ class RunLoop:
         deadline_wall: float | None,
     ) -> ChatMessage:
         params = ctx.version.parameters
-        model = self._primary_model(ctx)
+        models = self._route_models(ctx)
         max_out = (
             params.max_output_tokens
             if params.HasField("max_output_tokens")
-            else (model.max_output_tokens if model is not None else 0)
+            else (models[0].max_output_tokens if models else 0)
         )
+        tenant_usd = self.quotas is not None and self.quotas.limits_usd(self.run.tenant)
+        if not max_out and (limits.max_usd is not None or tenant_usd):
+            # A call that may write without end has no worst case to budget for.
+            max_out = BUDGETED_MAX_OUTPUT
         prompt_estimate = (
             sum(estimate_tokens(m.content) + 4 for m in messages) + ctx.tool_spec_tokens
         )
         if limits.max_tokens and self._usage.tokens + prompt_estimate + max_out > limits.max_tokens:
             raise _Stop(StopReason.BUDGET_EXCEEDED, "tokens")
-        if limits.max_usd is not None and model is not None:
-            worst = price(model, CallUsage(prompt_estimate, max_out))
+        if limits.max_usd is not None and models:
+            worst = max(price(m, CallUsage(prompt_estimate, max_out)) for m in models)
             if self._usage.cost_usd + worst > limits.max_usd:
                 raise _Stop(StopReason.BUDGET_EXCEEDED, "usd")
         await self._check_cancel()
         self._raise_write_failure()
+        reservation = NO_RESERVATION
+        if self.quotas is not None:
+            # The tenant's quota is held to a bound, not an estimate: a prompt has at most
+            # as many tokens as bytes.
+            bound = prompt_bound(messages, ctx)
+            try:
+                reservation = await self.quotas.reserve(
+                    self.run.tenant,
+                    max((price(m, CallUsage(bound, max_out)) for m in models), default=Decimal(0)),
+                    bound + max_out,
+                    deadline=self._deadline(deadline_wall),
+                )
+            except QuotaExceeded as e:
+                raise _Stop(StopReason.BUDGET_EXCEEDED, f"tenant quota: {e}") from e
         request = ChatRequest(
             messages=tuple(messages),
             tools=ctx.tool_specs,
@@ -336,9 +361,14 @@ class RunLoop:
                 pick_key=f"{self.run.id}:{step}",
             )
         except (ProviderError, NoModelAvailable) as e:
+            reservation.settle(Decimal(0), 0)
             self._check_limits(limits, deadline_wall, step)  # a deadline says it better
             raise _Stop(StopReason.FAILED, f"model_error: {e}") from e
+        except BaseException:
+            reservation.settle(Decimal(0), 0)
+            raise
         usage = result.result.usage
+        reservation.settle(result.cost, usage.input_tokens + usage.output_tokens)
         self._usage.input_tokens += usage.input_tokens
         self._usage.output_tokens += usage.output_tokens
         self._usage.cached_input_tokens += usage.cached_input_tokens
@@ -452,11 +482,13 @@ class RunLoop:
         while self._writing is not None:
             await asyncio.shield(self._writing)
 
-    def _primary_model(self, ctx: RunContext) -> model_pb2.Model | None:
+    def _route_models(self, ctx: RunContext) -> list[model_pb2.Model]:
+        """The models a call of the run's route may go to, its first target first."""
         route = self.config.get(model_pb2.ModelRoute, ctx.route)
-        if route is None or not route.targets:
-            return None
-        return self.config.get(model_pb2.Model, route.targets[0].model)
+        if route is None:
+            return []
+        names = [t.model for t in route.targets] + list(route.fallbacks)
+        return [m for n in names if (m := self.config.get(model_pb2.Model, n)) is not None]
 
     async def _check_cancel(self) -> None:
         """Stop if someone asked: the flag comes back with every fenced write and lease

@@ -14,8 +14,15 @@ from datetime import datetime, timedelta
 from dataplane.config.snapshot import ExecutorConfig
 from dataplane.config.watcher import ConfigWatcher
 from dataplane.models.gateway import ModelGateway
-from dataplane.orchestrator.context import AdmissionError, RunContext, limits, resolve
+from dataplane.orchestrator.context import (
+    AdmissionError,
+    Exhausted,
+    RunContext,
+    limits,
+    resolve,
+)
 from dataplane.orchestrator.loop import RunLoop, opening
+from dataplane.quota.leases import UNLIMITED_SLOT, QuotaExceeded, Quotas, RunSlot
 from dataplane.runstore.model import Lease, Run, RunEvent, RunState
 from dataplane.runstore.store import NewRun, RunStore, opened_events
 from dataplane.telemetry.records import RunLabels
@@ -27,6 +34,8 @@ log = logging.getLogger("pilothouse.executor.runs")
 
 # A run that failed on an executor error waits this long before another try.
 RETRY_AFTER_ERROR = timedelta(seconds=1)
+# A run claimed from the queue whose tenant has no slot free goes back for at most this.
+QUOTA_REQUEUE = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)
@@ -66,11 +75,13 @@ class Runs:
         max_concurrent: int = 1000,
         on_pause: Callable[[], None] | None = None,
         gates: Sequence[Callable[[Admission], None]] = (),
+        quotas: Quotas | None = None,
     ) -> None:
         """``owner``: this executor's name on the leases it holds; ``executor``: its node
         id, as telemetry names it. ``on_pause`` hears of every run that starts waiting
         for a person. ``gates`` may refuse a new run (raising ``Exhausted``) before it is
-        created."""
+        created. ``quotas``: the tenants' quota leases runs and model calls spend from
+        (None: no quotas)."""
         self._store = store
         self._gateway = gateway
         self._router = router
@@ -86,6 +97,7 @@ class Runs:
         self._wake = asyncio.Event()
         self._on_pause = on_pause
         self._gates = list(gates)
+        self._quotas = quotas
 
     def wake(self) -> None:
         """Runs may have become claimable: look now rather than at the next poll."""
@@ -131,30 +143,50 @@ class Runs:
         # Without a free slot here, the run waits in the queue for any executor rather
         # than hold a lease nobody renews.
         queued = not run_now or len(self._loops) >= self._max_concurrent
+        # A run that starts here holds one of its tenant's slots while it runs; a queued
+        # one takes a slot when an executor picks it up.
+        slot = UNLIMITED_SLOT if queued else await self._slot(admission.tenant)
         labels = RunLabels(admission.agent, ctx.version.name, self.executor)
         first = None if queued else opening(ctx, config.version, admission.input, labels)[1]
-        run, lease, created = await self._store.create(
-            NewRun(
-                admission.tenant,
-                admission.agent,
-                request,
-                admission.idempotency_key,
-                admission.session_id,
-                admission.user_id,
-                admission.deadline_at,
-                queued=queued,
-                opening=first,
-            ),
-            owner=self.owner,
-        )
+        try:
+            run, lease, created = await self._store.create(
+                NewRun(
+                    admission.tenant,
+                    admission.agent,
+                    request,
+                    admission.idempotency_key,
+                    admission.session_id,
+                    admission.user_id,
+                    admission.deadline_at,
+                    queued=queued,
+                    opening=first,
+                ),
+                owner=self.owner,
+            )
+        except BaseException:
+            slot.release()
+            raise
+        if not created or lease is None:
+            slot.release()
         if not created:
             return Admitted(run, False, None)
         if lease is None:
             self._wake.set()
             return Admitted(run, True, [])
-        self._launch(run, lease, admitted=(config, ctx))
+        self._launch(run, lease, admitted=(config, ctx), slot=slot)
         assert first is not None
         return Admitted(run, True, opened_events(run, first))
+
+    async def _slot(self, tenant: str, *, budget: bool = True) -> RunSlot:
+        """A slot of the tenant's quota for a run starting here, or ``Exhausted``."""
+        if self._quotas is None:
+            return UNLIMITED_SLOT
+        try:
+            return await self._quotas.take_slot(tenant, budget=budget)
+        except QuotaExceeded as e:
+            raise Exhausted(
+                str(e), retry_after=e.retry_after, quota=(f"tenants/{e.tenant}", e.limit)
+            ) from None
 
     # -- running ---------------------------------------------------------------------
 
@@ -164,9 +196,11 @@ class Runs:
         lease: Lease,
         *,
         admitted: tuple[ExecutorConfig, RunContext] | None = None,
+        slot: RunSlot = UNLIMITED_SLOT,
     ) -> None:
-        """Drive ``run``; ``admitted``: it was created just now, with this configuration
-        and context (so it has no history, and its context need not be resolved again)."""
+        """Drive ``run``, holding ``slot`` of its tenant's quota until it stops running
+        here; ``admitted``: it was created just now, with this configuration and context
+        (so it has no history, and its context need not be resolved again)."""
         config = admitted[0] if admitted else self._watcher.current
         assert config is not None
         loop = RunLoop(
@@ -179,6 +213,7 @@ class Runs:
             self.notify,
             admitted=admitted[1] if admitted else None,
             executor=self.executor,
+            quotas=self._quotas,
         )
 
         async def go() -> None:
@@ -194,6 +229,7 @@ class Runs:
                         executor=self.executor,
                     )
             finally:
+                slot.release()
                 full = len(self._loops) >= self._max_concurrent
                 self._loops.pop(run.id, None)
                 if full:
@@ -219,7 +255,16 @@ class Runs:
                     claimed = got is not None
                     if got is not None:
                         lease, run = got
-                        self._launch(run, lease)
+                        try:
+                            # A run whose tenant's budget is spent starts all the same
+                            # and stops at its first model call, saying why.
+                            slot = await self._slot(run.tenant, budget=False)
+                        except Exhausted as e:
+                            await self._store.hand_back(
+                                lease, delay=min(timedelta(seconds=e.retry_after), QUOTA_REQUEUE)
+                            )
+                            continue
+                        self._launch(run, lease, slot=slot)
             except Exception:
                 log.exception("claiming runs failed; retrying")
             await wait_event(self._wake, self._poll)

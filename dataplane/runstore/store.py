@@ -1243,9 +1243,9 @@ class RunStore:
         await self._write(tx)
         return await self.get(lease.run_id)
 
-    async def hand_back(self, lease: Lease) -> None:
-        """Give a run back untouched (the executor is shutting down): queued at once for
-        another executor, not counted as a failure."""
+    async def hand_back(self, lease: Lease, *, delay: timedelta = timedelta(0)) -> None:
+        """Give a run back untouched (the executor is shutting down, or cannot start it
+        now): queued for any executor after ``delay``, not counted as a failure."""
         now = _now()
 
         def tx(conn: Connection) -> None:
@@ -1255,7 +1255,7 @@ class RunStore:
                 state=RunState.QUEUED.value,
                 lease_owner="",
                 lease_expires_at=None,
-                available_at=now,
+                available_at=now + delay,
                 updated_at=now,
             )
 

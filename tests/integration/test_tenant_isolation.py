@@ -23,6 +23,7 @@ from pilothouse.v1 import (
     discovery_pb2,
     model_pb2,
     prompt_pb2,
+    quota_pb2,
     telemetry_pb2,
     tenant_pb2,
     tool_pb2,
@@ -190,6 +191,14 @@ CASES: dict[str, Build] = {
     "TelemetryService/ListRunSummaries": lambda t: telemetry_pb2.ListRunSummariesRequest(
         parent=t.parent
     ),
+    # QuotaService: leases of tenant B's limits, and its balance.
+    "QuotaService/AcquireLease": lambda t: quota_pb2.AcquireLeaseRequest(
+        tenant=t.parent, executor="intruder"
+    ),
+    "QuotaService/ReleaseLease": lambda t: quota_pb2.ReleaseLeaseRequest(
+        tenant=t.parent, lease_id="00000000-0000-0000-0000-000000000003"
+    ),
+    "QuotaService/GetBalance": lambda t: quota_pb2.GetBalanceRequest(tenant=t.parent),
 }
 
 # Streams a tenant-confined admin may open, which carry only its own tenant's events.

@@ -1,0 +1,119 @@
+"""QuotaService: leases of tenants' limits, and balances."""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import grpc
+
+from controlplane.api._convert import FAILURE_MODES
+from controlplane.api.context import principal
+from controlplane.errors import InvalidArgument
+from controlplane.quota.allocation import NANO_PER_USD
+from controlplane.quota.service import USD_LIMITS, LeaseAsk, Quotas, Slice
+from controlplane.registry import names
+from pilothouse.v1 import quota_pb2 as pb
+from pilothouse.v1 import quota_pb2_grpc
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+def usd_to_nano(text: str, field: str) -> int:
+    """A non-negative USD decimal string in nano-USD, rounded up (what is spent is never
+    under-counted); empty is zero."""
+    if not text:
+        return 0
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise InvalidArgument.of(field, f"{text!r} is not a decimal number") from None
+    if not value.is_finite() or value < 0:
+        raise InvalidArgument.of(field, f"{text!r} is not a non-negative decimal number")
+    return math.ceil(value * NANO_PER_USD)
+
+
+def nano_to_usd(nano: int) -> str:
+    return format(Decimal(nano).scaleb(-9).normalize(), "f")
+
+
+def _slice(message: pb.QuotaAmounts, field: str) -> Slice:
+    for name in ("tokens_per_minute", "requests_per_minute", "run_slots"):
+        if getattr(message, name) < 0:
+            raise InvalidArgument.of(f"{field}.{name}", "must not be negative")
+    return Slice(
+        usd_to_nano(message.usd, f"{field}.usd"),
+        message.tokens_per_minute,
+        message.requests_per_minute,
+        message.run_slots,
+    )
+
+
+class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
+    def __init__(self, quotas: Quotas) -> None:
+        self._quotas = quotas
+
+    async def AcquireLease(
+        self, request: pb.AcquireLeaseRequest, context: Ctx
+    ) -> pb.AcquireLeaseResponse:
+        tenant = names.parse_tenant(request.tenant, "tenant")
+        if not request.executor:
+            raise InvalidArgument.of("executor", "is required: the caller's xDS node id")
+        ask = LeaseAsk(
+            usd_to_nano(request.spent_usd, "spent_usd"),
+            _slice(request.in_use, "in_use"),
+            _slice(request.needs, "needs"),
+            _slice(request.wants, "wants"),
+        )
+        granted = await self._quotas.acquire(
+            principal(), tenant, request.executor, request.lease_id, ask
+        )
+        amounts = pb.QuotaAmounts()
+        if granted.usd_nano is not None:
+            amounts.usd = nano_to_usd(granted.usd_nano)
+        if granted.tokens_per_minute is not None:
+            amounts.tokens_per_minute = granted.tokens_per_minute
+        if granted.requests_per_minute is not None:
+            amounts.requests_per_minute = granted.requests_per_minute
+        if granted.run_slots is not None:
+            amounts.run_slots = granted.run_slots
+        response = pb.AcquireLeaseResponse(
+            lease_id=granted.lease_id,
+            granted=amounts,
+            failure_mode=FAILURE_MODES[1][granted.failure_mode],
+        )
+        response.expire_time.FromDatetime(granted.expire_time)
+        response.refresh_interval.FromTimedelta(granted.refresh_interval)
+        return response
+
+    async def ReleaseLease(
+        self, request: pb.ReleaseLeaseRequest, context: Ctx
+    ) -> pb.ReleaseLeaseResponse:
+        tenant = names.parse_tenant(request.tenant, "tenant")
+        if not request.lease_id:
+            raise InvalidArgument.of("lease_id", "is required")
+        await self._quotas.release(
+            principal(), tenant, request.lease_id, usd_to_nano(request.spent_usd, "spent_usd")
+        )
+        return pb.ReleaseLeaseResponse()
+
+    async def GetBalance(
+        self, request: pb.GetBalanceRequest, context: Ctx
+    ) -> pb.GetBalanceResponse:
+        tenant = names.parse_tenant(request.tenant, "tenant")
+        balances, leases, mode = await self._quotas.balance(principal(), tenant)
+        response = pb.GetBalanceResponse(leases=leases, failure_mode=FAILURE_MODES[1][mode])
+        for b in balances:
+            usd = b.limit in USD_LIMITS
+            text = nano_to_usd if usd else str
+            item = response.balances.add(
+                limit=b.limit,
+                allowed=text(b.allowed),
+                spent=text(b.spent) if b.spent is not None else "",
+                held=text(b.held),
+                remaining=text(b.remaining),
+            )
+            if b.window_end is not None:
+                item.window_end_time.FromDatetime(b.window_end)
+        return response

@@ -1,0 +1,1 @@
+"""Tenants' quotas: leases of their limits to executors, and their balances."""

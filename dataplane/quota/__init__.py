@@ -1,0 +1,1 @@
+"""Tenants' quota on an executor: leases from the control plane, spent locally."""
