@@ -63,6 +63,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python -m tests.bench.propagation_bench
 	$(BIN)/python -m tests.bench.throughput_bench
 	$(BIN)/python -m tests.bench.ingest_bench
+	$(BIN)/python -m tests.bench.quota_bench
 
 clean:
 	rm -rf $(VENV) node_modules $(TS)/node_modules $(TS)/dist .pilothouse

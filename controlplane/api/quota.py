@@ -12,7 +12,7 @@ from controlplane.api._convert import FAILURE_MODES
 from controlplane.api.context import principal
 from controlplane.errors import InvalidArgument
 from controlplane.quota.allocation import NANO_PER_USD
-from controlplane.quota.service import USD_LIMITS, LeaseAsk, Quotas, Slice
+from controlplane.quota.service import USD_LIMITS, Granted, LeaseAsk, Quotas, Slice
 from controlplane.registry import names
 from pilothouse.v1 import quota_pb2 as pb
 from pilothouse.v1 import quota_pb2_grpc
@@ -50,6 +50,20 @@ def _slice(message: pb.QuotaAmounts, field: str) -> Slice:
     )
 
 
+def _amounts(values: Slice, granted: Granted) -> pb.QuotaAmounts:
+    """``values`` of the kinds the tenant's policy limits."""
+    amounts = pb.QuotaAmounts()
+    if granted.usd_nano is not None:
+        amounts.usd = nano_to_usd(values.usd_nano)
+    if granted.tokens_per_minute is not None:
+        amounts.tokens_per_minute = values.tokens_per_minute
+    if granted.requests_per_minute is not None:
+        amounts.requests_per_minute = values.requests_per_minute
+    if granted.run_slots is not None:
+        amounts.run_slots = values.run_slots
+    return amounts
+
+
 class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     def __init__(self, quotas: Quotas) -> None:
         self._quotas = quotas
@@ -69,18 +83,11 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         granted = await self._quotas.acquire(
             principal(), tenant, request.executor, request.lease_id, ask
         )
-        amounts = pb.QuotaAmounts()
-        if granted.usd_nano is not None:
-            amounts.usd = nano_to_usd(granted.usd_nano)
-        if granted.tokens_per_minute is not None:
-            amounts.tokens_per_minute = granted.tokens_per_minute
-        if granted.requests_per_minute is not None:
-            amounts.requests_per_minute = granted.requests_per_minute
-        if granted.run_slots is not None:
-            amounts.run_slots = granted.run_slots
         response = pb.AcquireLeaseResponse(
             lease_id=granted.lease_id,
-            granted=amounts,
+            granted=_amounts(granted.held, granted),
+            free=_amounts(granted.free, granted),
+            held_elsewhere=_amounts(granted.held_elsewhere, granted),
             failure_mode=FAILURE_MODES[1][granted.failure_mode],
         )
         response.expire_time.FromDatetime(granted.expire_time)

@@ -7,7 +7,9 @@ fair over the live leases' wants, as Doorman shares capacity) and never past wha
 other leases leave free. What a lease has in use (USD reserved by calls in flight, slots
 of running runs) it keeps, and what an executor needs for the call or run waiting on it
 is granted beyond its fair share when it remains: a lease of the last cents of a budget
-is worth more to a call that fits in it than to nobody.
+is worth more to a call that fits in it than to nobody. A call that waits and was not
+granted what it needs is owed first what frees up, before leases that waited less: else
+executors each holding a remnant too small for their calls would wait on each other.
 """
 
 from __future__ import annotations
@@ -67,17 +69,24 @@ def water_fill(capacity: int, wants: Sequence[int]) -> list[int]:
     return shares
 
 
-def grant(pools: Mapping[str, int], ask: Ask, others: Sequence[Holder]) -> dict[str, int]:
+def grant(
+    pools: Mapping[str, int],
+    ask: Ask,
+    others: Sequence[Holder],
+    ahead: Amounts | None = None,
+) -> dict[str, int]:
     """What the lease may hold of each limit in ``pools`` (the limit's capacity now: its
-    allowance, less what was spent for a budget)."""
+    allowance, less what was spent for a budget). ``ahead``: what other leases have
+    waited for longer and are owed first of what is free."""
     granted: dict[str, int] = {}
     for limit, pool in pools.items():
-        free = pool - sum(o.held.get(limit, 0) for o in others)
+        unheld = pool - sum(o.held.get(limit, 0) for o in others)
+        free = unheld - (ahead or {}).get(limit, 0)
         wants = ask.wants.get(limit, 0)
         live_wants = [o.wants.get(limit, 0) for o in others if o.live]
         fair = water_fill(pool, [wants, *live_wants])[0]
         amount = min(wants, max(fair, ask.needs.get(limit, 0)), free)
-        granted[limit] = max(amount, min(ask.in_use.get(limit, 0), free), 0)
+        granted[limit] = max(amount, min(ask.in_use.get(limit, 0), unheld), 0)
     return granted
 
 

@@ -27,6 +27,10 @@ from controlplane.store.quota import AccountRow, LeaseRow
 
 USD_LIMITS = ("usd_per_day", "usd_per_month")
 LIMITS = (*USD_LIMITS, "tokens_per_minute", "requests_per_minute", "max_concurrent_runs")
+SCARCE_PART = 10
+"""A limit with less than this part of it free is scarce: leases of the tenant are renewed
+this many times as often."""
+MIN_REFRESH = timedelta(milliseconds=200)
 MAX_NANO = 2**62
 """USD budgets count in a signed 64-bit column; a larger one is this."""
 
@@ -74,6 +78,13 @@ class Granted:
     expire_time: datetime
     refresh_interval: timedelta
     failure_mode: r.FailureMode
+    held: Slice
+    """What the lease holds (kinds that are not limited: 0)."""
+    free: Slice
+    """What no lease holds after this grant (kinds that are not limited: 0)."""
+    held_elsewhere: Slice
+    """What the tenant's other leases hold (of USD: what they hold beyond what their
+    calls in flight reserved)."""
 
 
 @dataclass(frozen=True)
@@ -187,15 +198,28 @@ class Quotas:
         others = [lease for lease in leases if lease is not mine]
         in_use = ask.in_use.by_limit()
         needs = {limit: in_use[limit] + n for limit, n in ask.needs.by_limit().items()}
+        pools = _pools(policy, account)
+        counted = [_counted(lease, windows, now) for lease in others]
+        # USD others have waited for longer than this lease is theirs first.
+        since = mine.waiting_since if mine is not None and mine.waiting_since else now
+        owed = sum(
+            lease.waiting_usd_nano
+            for lease in others
+            if lease.expire_time > now
+            and lease.waiting_since is not None
+            and lease.waiting_since < since
+        )
         granted = grant(
-            _pools(policy, account),
+            pools,
             Ask(in_use, needs, ask.wants.by_limit()),
             [
-                Holder(_counted(lease, windows, now), _wants(lease), lease.expire_time > now)
-                for lease in others
+                Holder(held, _wants(lease), lease.expire_time > now)
+                for lease, held in zip(others, counted, strict=True)
             ],
+            {limit: owed for limit in USD_LIMITS},
         )
         usd = [granted[limit] for limit in USD_LIMITS if limit in granted]
+        short = bool(usd) and min(usd) < in_use["usd_per_day"] + ask.needs.usd_nano
         lease = LeaseRow(
             mine.id if mine is not None else str(uuid.uuid4()),
             tenant,
@@ -210,6 +234,9 @@ class Quotas:
             ask.wants.tokens_per_minute,
             ask.wants.requests_per_minute,
             ask.wants.run_slots,
+            ask.in_use.usd_nano,
+            ask.needs.usd_nano if short else 0,
+            since if short else None,
             now + self.lease_ttl,
             now,
         )
@@ -225,6 +252,33 @@ class Quotas:
                 and (lease.usd_nano == 0 or lease.month != windows.month)
             ],
         )
+        held = Slice(
+            lease.usd_nano, lease.tokens_per_minute, lease.requests_per_minute, lease.run_slots
+        )
+        elsewhere = {limit: sum(c[limit] for c in counted) for limit in pools}
+
+        free = {limit: pools[limit] - elsewhere[limit] - held.by_limit()[limit] for limit in pools}
+        # The USD budget with the least free decides.
+        binding = min(
+            (limit for limit in USD_LIMITS if limit in pools), key=free.__getitem__, default=""
+        )
+        # Of the USD held elsewhere, what is not reserved by calls in flight may come back.
+        unused = sum(
+            max(c[binding] - lease.in_use_usd_nano, 0)
+            for lease, c in zip(others, counted, strict=True)
+            if binding
+        )
+        # Little left free: renew sooner, so what others hold and do not use comes back.
+        scarce = any(free[limit] * SCARCE_PART < pool for limit, pool in pools.items() if pool > 0)
+
+        def kinds(values: dict[str, int]) -> Slice:
+            return Slice(
+                values.get(binding, 0),
+                values.get("tokens_per_minute", 0),
+                values.get("requests_per_minute", 0),
+                values.get("max_concurrent_runs", 0),
+            )
+
         return Granted(
             lease.id,
             lease.usd_nano if usd else None,
@@ -232,8 +286,13 @@ class Quotas:
             lease.requests_per_minute if "requests_per_minute" in granted else None,
             lease.run_slots if "max_concurrent_runs" in granted else None,
             lease.expire_time,
-            self.refresh_interval,
+            max(self.refresh_interval / SCARCE_PART, MIN_REFRESH)
+            if scarce
+            else self.refresh_interval,
             policy.failure_mode,
+            held,
+            kinds({k: max(v, 0) for k, v in free.items()}),
+            kinds({**elsewhere, binding: unused} if binding else elsewhere),
         )
 
     async def release(self, caller: Principal, tenant: str, lease_id: str, spent_nano: int) -> None:

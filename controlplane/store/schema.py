@@ -256,6 +256,8 @@ quota_accounts = sa.Table(
 # windows ``day`` and ``month`` and counts against them until it is reported spent, even
 # after the lease expires (an executor that died may have spent it); rate shares and
 # slots count only until ``expire_time``. ``wants_*`` weigh the fair shares.
+# ``waiting_usd_nano`` is USD a call of the executor waits for and was not granted, since
+# ``waiting_since``: USD that frees up goes to the longest waiting first.
 quota_leases = sa.Table(
     "quota_leases",
     metadata,
@@ -272,6 +274,9 @@ quota_leases = sa.Table(
     sa.Column("wants_tokens_per_minute", sa.BigInteger, nullable=False),
     sa.Column("wants_requests_per_minute", sa.BigInteger, nullable=False),
     sa.Column("wants_run_slots", sa.Integer, nullable=False),
+    sa.Column("in_use_usd_nano", sa.BigInteger, nullable=False),
+    sa.Column("waiting_usd_nano", sa.BigInteger, nullable=False),
+    sa.Column("waiting_since", UTCDateTime, nullable=True),
     sa.Column("expire_time", UTCDateTime, nullable=False),
     sa.Column("update_time", UTCDateTime, nullable=False),
     sa.Index("ix_quota_leases_tenant", "tenant"),

@@ -45,6 +45,12 @@ FIRST_SLICE_PARTS = 50
 """Before the cost of its calls is known, a lease asks for this part of the budget."""
 RETRY_SLOT = 1.0
 """Seconds a run refused for want of a slot is told to wait."""
+CONTENDED = 0.2
+"""Seconds between renewals of a call waiting for USD that other executors hold."""
+MAX_WAIT = 30.0
+"""Seconds a model call waits at most for quota (its run's deadline may say less)."""
+NANO = Decimal("0.000000001")
+"""The least USD the control plane counts."""
 
 
 class QuotaExceeded(Exception):
@@ -130,7 +136,7 @@ class TenantLease:
         self,
         tenant: str,
         policy: tenant_pb2.QuotaPolicy,
-        renew: Callable[[TenantLease, Decimal, int], asyncio.Future[None]],
+        renew: Callable[[TenantLease], asyncio.Future[None]],
         clock: Callable[[], float],
     ) -> None:
         self.tenant = tenant
@@ -155,6 +161,15 @@ class TenantLease:
         self.refresh = DEFAULT_REFRESH
         self.reachable = True
         self.renewing: asyncio.Future[None] | None = None
+        self.renewals = 0
+        """Renewals started so far; ``renewing`` is the last of them while in flight."""
+        self.waiting_usd: list[Decimal] = []
+        """USD of the calls waiting for a renewal."""
+        self.waiting_slots = 0
+        self.free_usd = Decimal(0)
+        self.elsewhere_usd = Decimal(0)
+        """At the last renewal: USD of the tenant's that no lease held, and that other
+        executors' leases held."""
         self.demand = _Demand()
         self.largest_call = Decimal(0)
         self.smallest_call: Decimal | None = None
@@ -188,10 +203,30 @@ class TenantLease:
         while self.renewing is not None:
             await asyncio.shield(self.renewing)
 
-    async def _renewed(self, needs_usd: Decimal, needs_slots: int) -> None:
-        """Renew now (or join the renewal in flight); a caller cancelled meanwhile does
-        not cancel the renewal others wait on."""
-        await asyncio.shield(self._renew(self, needs_usd, needs_slots))
+    async def _more(self, *, usd: Decimal = Decimal(0), slots: int = 0) -> None:
+        """Wait for a renewal that knows of this need: one started after it was noted
+        (joining one in flight that did, or starting one). A caller cancelled meanwhile
+        does not cancel the renewal others wait on."""
+        self.demand.short = True
+        self.waiting_usd.append(usd)
+        self.waiting_slots += slots
+        known = self.renewals
+        try:
+            while True:
+                if self.renewing is None:
+                    await asyncio.shield(self._renew(self))
+                    return
+                covering = self.renewals > known
+                await asyncio.shield(self.renewing)
+                if covering:
+                    return
+        finally:
+            self.waiting_usd.remove(usd)
+            self.waiting_slots -= slots
+
+    def _worth_waiting(self, usd: Decimal, give_up: float) -> bool:
+        """Whether USD held elsewhere might come back in time to cover ``usd``."""
+        return self.free_usd + self.elsewhere_usd >= usd and self._clock() + CONTENDED < give_up
 
     def _unreachable(self) -> QuotaExceeded:
         return QuotaExceeded(
@@ -202,28 +237,39 @@ class TenantLease:
             retry_after=self.refresh,
         )
 
+    def _budget_spent(self) -> QuotaExceeded:
+        budgets = ", ".join(
+            f"{f} {getattr(self.policy, f)}"
+            for f in ("usd_per_day", "usd_per_month")
+            if self.policy.HasField(f)
+        )
+        return QuotaExceeded(
+            self.tenant,
+            "usd_per_day" if self.policy.HasField("usd_per_day") else "usd_per_month",
+            f"tenant {self.tenant!r} has spent its USD budget ({budgets})",
+            retry_after=_until_window_end(self.policy),
+        )
+
     async def take_slot(self, *, budget: bool = True) -> RunSlot:
         """A slot for a run starting here; refuses (``QuotaExceeded``) when the tenant
         has no slot free, its USD budget is spent (``budget``: look), or its request
         rate is used up."""
         self.touch()
-        renewals = 0
+        asked = False
         while True:
             await self._settled()
             if not self.in_force():
-                if renewals == 0:
-                    renewals += 1
-                    await self._renewed(Decimal(0), 1)
+                if not asked and self.reachable:
+                    asked = True
+                    await self._more(slots=1)
                     continue
                 if not self.fail_open:
                     raise self._unreachable()
-                self.slots_used += 1
-                return RunSlot(self)
+                break
             if self.slots_held is not None and self.slots_used >= self.slots_held:
-                if renewals < 2 and self.reachable:
-                    renewals += 1
-                    self.demand.short = True
-                    await self._renewed(Decimal(0), 1)
+                if not asked and self.reachable:
+                    asked = True
+                    await self._more(slots=1)
                     continue
                 raise QuotaExceeded(
                     self.tenant,
@@ -232,25 +278,17 @@ class TenantLease:
                     f"({self.policy.max_concurrent_runs})",
                     retry_after=RETRY_SLOT,
                 )
+            # A run that could not pay for its first call is refused now: unless what
+            # other executors hold may come back for it.
             available = self.usd_available
             least = self.smallest_call or Decimal(0)
             if budget and available is not None and (available <= 0 or available < least):
-                if renewals < 2 and self.reachable:
-                    renewals += 1
-                    self.demand.short = True
-                    await self._renewed(max(least - available, Decimal(0)), 0)
+                if not asked and self.reachable:
+                    asked = True
+                    await self._more(usd=max(least - available, Decimal(0)))
                     continue
-                budgets = ", ".join(
-                    f"{f} {getattr(self.policy, f)}"
-                    for f in ("usd_per_day", "usd_per_month")
-                    if self.policy.HasField(f)
-                )
-                raise QuotaExceeded(
-                    self.tenant,
-                    "usd_per_day" if self.policy.HasField("usd_per_day") else "usd_per_month",
-                    f"tenant {self.tenant!r} has spent its USD budget ({budgets})",
-                    retry_after=_until_window_end(self.policy),
-                )
+                if self.reachable and self.free_usd + self.elsewhere_usd < max(least, NANO):
+                    raise self._budget_spent()
             if self.requests is not None and (wait := self.requests.wait_for(1)) > 0:
                 self.demand.throttled = True
                 raise QuotaExceeded(
@@ -260,66 +298,73 @@ class TenantLease:
                     f"({self.policy.requests_per_minute} per minute)",
                     retry_after=wait if math.isfinite(wait) else self.refresh,
                 )
-            self.slots_used += 1
-            return RunSlot(self)
+            break
+        self.slots_used += 1
+        return RunSlot(self)
 
     async def reserve(self, usd: Decimal, tokens: int, *, deadline: float | None) -> Reservation:
-        """Reserve a model call's worst case, waiting for the rate buckets if need be
-        (not past ``deadline``, a monotonic time)."""
+        """Reserve a model call's worst case. A call the lease does not cover waits for a
+        renewal, and, while other executors hold enough that may come back, for more
+        renewals (not past ``deadline``, a monotonic time, nor ``MAX_WAIT``); the rate
+        buckets are waited for likewise."""
         self.touch()
         self.largest_call = max(self.largest_call, usd)
         self.smallest_call = usd if self.smallest_call is None else min(self.smallest_call, usd)
-        renewals = 0
+        give_up = self._clock() + MAX_WAIT
+        if deadline is not None:
+            give_up = min(give_up, deadline)
+        asked = False
         while True:
             await self._settled()
-            if not self.in_force():
-                if renewals == 0:
-                    renewals += 1
-                    await self._renewed(usd, 0)
-                    continue
-                if not self.fail_open:
-                    raise self._unreachable()
-            elif (available := self.usd_available) is not None and available < usd:
-                if renewals < 2 and self.reachable:
-                    renewals += 1
-                    self.demand.short = True
-                    await self._renewed(usd - available, 0)
-                    continue
-                if self.reachable or not self.fail_open:
-                    raise QuotaExceeded(
-                        self.tenant,
-                        "usd",
-                        f"tenant {self.tenant!r}: the USD quota left does not cover this "
-                        f"model call's worst case ({usd} USD)",
-                        retry_after=_until_window_end(self.policy),
-                    )
+            in_force = self.in_force()
+            available = self.usd_available
+            if in_force and (available is None or available >= usd):
+                pass
+            elif self.reachable and (not asked or self._worth_waiting(usd, give_up)):
+                if asked:
+                    await asyncio.sleep(min(CONTENDED, self.refresh))
+                asked = True
+                await self._more(usd=usd if available is None else usd - min(available, usd))
+                continue
+            elif not self.reachable and self.fail_open:
+                pass  # spent now, reported once the control plane answers
+            elif not in_force:
+                raise self._unreachable()
+            else:
+                raise QuotaExceeded(
+                    self.tenant,
+                    "usd",
+                    f"tenant {self.tenant!r}: the USD quota left does not cover this model "
+                    f"call's worst case ({usd} USD)",
+                    retry_after=_until_window_end(self.policy),
+                )
             wait = max(
                 self.requests.wait_for(1) if self.requests is not None else 0.0,
                 self.tokens.wait_for(tokens) if self.tokens is not None else 0.0,
             )
-            if wait > 0:
-                self.demand.throttled = True
-                if not math.isfinite(wait) and renewals < 2 and self.reachable:
-                    renewals += 1
-                    await self._renewed(Decimal(0), 0)
-                    continue
-                if not math.isfinite(wait) or (
-                    deadline is not None and self._clock() + wait > deadline
-                ):
-                    raise QuotaExceeded(
-                        self.tenant,
-                        "tokens_per_minute",
-                        f"tenant {self.tenant!r} is at its token or request rate",
-                        retry_after=wait if math.isfinite(wait) else self.refresh,
-                    )
-                await asyncio.sleep(wait)
+            if wait == 0:
+                break
+            self.demand.throttled = True
+            if not math.isfinite(wait) and self.reachable and self._clock() + CONTENDED < give_up:
+                # No share of the rate at all yet: ask for one.
+                await asyncio.sleep(CONTENDED if asked else 0)
+                asked = True
+                await self._more()
                 continue
-            if self.requests is not None:
-                self.requests.take(1)
-            if self.tokens is not None:
-                self.tokens.take(tokens)
-            self.usd_reserved += usd
-            return Reservation(self, usd, tokens)
+            if not math.isfinite(wait) or self._clock() + wait > give_up:
+                raise QuotaExceeded(
+                    self.tenant,
+                    "tokens_per_minute" if self.tokens is not None else "requests_per_minute",
+                    f"tenant {self.tenant!r} is at its token or request rate",
+                    retry_after=wait if math.isfinite(wait) else self.refresh,
+                )
+            await asyncio.sleep(wait)
+        if self.requests is not None:
+            self.requests.take(1)
+        if self.tokens is not None:
+            self.tokens.take(tokens)
+        self.usd_reserved += usd
+        return Reservation(self, usd, tokens)
 
     def settle(self, reservation: Reservation, usd: Decimal, tokens: int) -> None:
         self.usd_reserved -= reservation.usd
@@ -340,36 +385,36 @@ class TenantLease:
         ]
         return min(budgets, default=Decimal(0)) / FIRST_SLICE_PARTS
 
-    def ask(self, needs_usd: Decimal, needs_slots: int) -> quota_pb2.AcquireLeaseRequest:
+    def ask(self) -> quota_pb2.AcquireLeaseRequest:
         """The renewal request: what is spent, in use, needed and wanted."""
         policy = self.policy
         demand = self.demand
+        needs_usd = max(self.waiting_usd, default=Decimal(0))
         request = quota_pb2.AcquireLeaseRequest(
             lease_id=self.lease_id, spent_usd=str(self.usd_spent)
         )
         request.in_use.usd = str(self.usd_reserved)
         request.in_use.run_slots = self.slots_used
+        # Beyond its fair share a lease is granted only what the neediest waiting call
+        # needs; the rest of what waits it wants.
         request.needs.usd = str(needs_usd)
-        request.needs.run_slots = needs_slots
+        request.needs.run_slots = self.waiting_slots
         # USD: twice what the last interval spent, at least a few of the largest calls,
-        # more when something did not fit; nothing when idle.
+        # more when something did not fit; nothing more when idle.
         if self.usd_held is not None:
-            held = self.usd_held
             want = max(2 * demand.usd_spent, 4 * self.largest_call or self._first_slice())
             if demand.short:
-                want = max(want, 2 * held)
-            wanted = self.usd_reserved + needs_usd + (want if demand.active else Decimal(0))
-            request.wants.usd = str(wanted)
+                want = max(want, 2 * self.usd_held)
+            wanted = self.usd_reserved + sum(self.waiting_usd, Decimal(0))
+            request.wants.usd = str(wanted + (want if demand.active else Decimal(0)))
         # Rates: all of the limit while this executor is busy with the tenant (the control
         # plane shares it fairly among those that want it); none while idle.
         busy = demand.active or demand.throttled or self.slots_used > 0
         request.wants.tokens_per_minute = policy.tokens_per_minute if busy else 0
         request.wants.requests_per_minute = policy.requests_per_minute if busy else 0
         headroom = max(1, self.slots_used // 4) if busy else 0
-        request.wants.run_slots = min(
-            self.slots_used + needs_slots + headroom,
-            max(policy.max_concurrent_runs, self.slots_used + needs_slots),
-        )
+        running = self.slots_used + self.waiting_slots
+        request.wants.run_slots = min(running + headroom, max(policy.max_concurrent_runs, running))
         return request
 
     def unreachable(self, retry_in: float) -> None:
@@ -391,6 +436,8 @@ class TenantLease:
         self.lease_id = response.lease_id
         self.usd_spent -= reported
         self.usd_held = Decimal(granted.usd) if granted.HasField("usd") else None
+        self.free_usd = Decimal(response.free.usd or 0)
+        self.elsewhere_usd = Decimal(response.held_elsewhere.usd or 0)
         self.tokens = _bucket(self.tokens, granted, "tokens_per_minute", self._clock)
         self.requests = _bucket(self.requests, granted, "requests_per_minute", self._clock)
         self.slots_held = granted.run_slots if granted.HasField("run_slots") else None
@@ -496,17 +543,16 @@ class Quotas:
             return NO_RESERVATION
         return await lease.reserve(usd, tokens, deadline=deadline)
 
-    def _renew(
-        self, lease: TenantLease, needs_usd: Decimal, needs_slots: int
-    ) -> asyncio.Future[None]:
-        """Renew ``lease`` now (joining a renewal in flight)."""
-        if lease.renewing is None:
-            lease.renewing = asyncio.ensure_future(self._acquire(lease, needs_usd, needs_slots))
+    def _renew(self, lease: TenantLease) -> asyncio.Future[None]:
+        """Renew ``lease`` now; it must have no renewal in flight."""
+        assert lease.renewing is None
+        lease.renewals += 1
+        lease.renewing = asyncio.ensure_future(self._acquire(lease))
         return lease.renewing
 
-    async def _acquire(self, lease: TenantLease, needs_usd: Decimal, needs_slots: int) -> None:
+    async def _acquire(self, lease: TenantLease) -> None:
         try:
-            request = lease.ask(needs_usd, needs_slots)
+            request = lease.ask()
             request.tenant = f"tenants/{lease.tenant}"
             request.executor = self.executor
             reported = lease.usd_spent
@@ -560,7 +606,7 @@ class Quotas:
                     del self.leases[tenant]
                     self._release_later(lease)
                 elif lease.refresh_at <= now and lease.renewing is None:
-                    self._renew(lease, Decimal(0), 0)
+                    self._renew(lease)
             due = [lease.refresh_at for lease in self.leases.values()]
             await wait_event(self._wake, max(min(due, default=1.0) - self._clock(), 0.05))
             self._wake.clear()

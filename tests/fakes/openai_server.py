@@ -86,12 +86,15 @@ class FakeOpenAI(LoopbackHttpServer):
             return True
         message = self._message(body, behaviour)
         prompt = sum(len(str(m.get("content") or "")) for m in body["messages"])
-        usage = {
-            "prompt_tokens": max(1, prompt // 4),
-            "completion_tokens": max(1, len(json.dumps(message)) // 4),
-        }
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        completion = max(1, len(json.dumps(message)) // 4)
         reason = "tool_calls" if message.get("tool_calls") else "stop"
+        limit = body.get("max_tokens")
+        if limit is not None and completion > limit and not message.get("tool_calls"):
+            # As a provider does: the answer is cut at max_tokens.
+            message["content"] = str(message.get("content") or "")[: limit * 4]
+            completion, reason = limit, "length"
+        usage = {"prompt_tokens": max(1, prompt // 4), "completion_tokens": completion}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         response_id = f"chatcmpl-{len(self.requests)}"
         if body.get("stream"):
             await self._stream(writer, body["model"], response_id, message, reason, usage)

@@ -54,7 +54,9 @@ async def test_leases_share_a_budget_and_never_pass_it(live: Live) -> None:
     assert a.lease_id and a.granted.usd == "0.7"
     assert a.granted.run_slots == 4 and a.granted.tokens_per_minute == 1000
     assert not a.granted.HasField("requests_per_minute"), "not limited"
-    assert a.refresh_interval.ToTimedelta().total_seconds() == 5
+    assert (a.free.usd, a.free.run_slots, a.held_elsewhere.usd) == ("0.3", 0, "0")
+    # Nothing of the slots and rate left free: renew ten times as often (5 s / 10).
+    assert a.refresh_interval.ToTimedelta().total_seconds() == 0.5
 
     # B wants as much: only what A leaves free, though its fair share is half.
     b = await quota.AcquireLease(
@@ -67,6 +69,7 @@ async def test_leases_share_a_budget_and_never_pass_it(live: Live) -> None:
     )
     assert b.granted.usd == "0.3"
     assert b.granted.run_slots == 0 and b.granted.tokens_per_minute == 0
+    assert (b.free.usd, b.held_elsewhere.usd, b.held_elsewhere.run_slots) == ("0", "0.7", 4)
 
     # A renews: it spent 0.5, keeps the one slot it uses, and gets its fair shares.
     a = await quota.AcquireLease(

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from pilothouse.v1 import tenant_pb2 as pilothouse_dot_v1_dot_tenant__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pilothouse/v1/quota.proto\x12\rpilothouse.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1apilothouse/v1/tenant.proto\"\xbe\x01\n\x0cQuotaAmounts\x12\x10\n\x03usd\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x1e\n\x11tokens_per_minute\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12 \n\x13requests_per_minute\x18\x03 \x01(\x03H\x02\x88\x01\x01\x12\x16\n\trun_slots\x18\x04 \x01(\x05H\x03\x88\x01\x01\x42\x06\n\x04_usdB\x14\n\x12_tokens_per_minuteB\x16\n\x14_requests_per_minuteB\x0c\n\n_run_slots\"\xe1\x01\n\x13\x41\x63quireLeaseRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08\x65xecutor\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\t\x12\x11\n\tspent_usd\x18\x04 \x01(\t\x12+\n\x06in_use\x18\x05 \x01(\x0b\x32\x1b.pilothouse.v1.QuotaAmounts\x12*\n\x05needs\x18\x06 \x01(\x0b\x32\x1b.pilothouse.v1.QuotaAmounts\x12*\n\x05wants\x18\x07 \x01(\x0b\x32\x1b.pilothouse.v1.QuotaAmounts\"\xee\x01\n\x14\x41\x63quireLeaseResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12,\n\x07granted\x18\x02 \x01(\x0b\x32\x1b.pilothouse.v1.QuotaAmounts\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x10refresh_interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\x0c\x66\x61ilure_mode\x18\x05 \x01(\x0e\x32\x1a.pilothouse.v1.FailureMode\"J\n\x13ReleaseLeaseRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x11\n\tspent_usd\x18\x03 \x01(\t\"\x16\n\x14ReleaseLeaseResponse\"#\n\x11GetBalanceRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"\x93\x01\n\x0cQuotaBalance\x12\r\n\x05limit\x18\x01 \x01(\t\x12\x0f\n\x07\x61llowed\x18\x02 \x01(\t\x12\r\n\x05spent\x18\x03 \x01(\t\x12\x0c\n\x04held\x18\x04 \x01(\t\x12\x11\n\tremaining\x18\x05 \x01(\t\x12\x33\n\x0fwindow_end_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x85\x01\n\x12GetBalanceResponse\x12-\n\x08\x62\x61lances\x18\x01 \x03(\x0b\x32\x1b.pilothouse.v1.QuotaBalance\x12\x0e\n\x06leases\x18\x02 \x01(\x05\x12\x30\n\x0c\x66\x61ilure_mode\x18\x03 \x01(\x0e\x32\x1a.pilothouse.v1.FailureMode2\x93\x02\n\x0cQuotaService\x12W\n\x0c\x41\x63quireLease\x12\".pilothouse.v1.AcquireLeaseRequest\x1a#.pilothouse.v1.AcquireLeaseResponse\x12W\n\x0cReleaseLease\x12\".pilothouse.v1.ReleaseLeaseRequest\x1a#.pilothouse.v1.ReleaseLeaseResponse\x12Q\n\nGetBalance\x12 .pilothouse.v1.GetBalanceRequest\x1a!.pilothouse.v1.GetBalanceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pilothouse/v1/quota.proto\x12\rpilothouse.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1apilothouse/v1/tenant.proto\"\xbe\x01\n\x0cQuotaAmounts\x12\x10\n\x03usd\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x1e\n\x11tokens_per_minute\x18\x02 \x01(\x03H\x01\x88\x01\x01\x12 \n\x13requests_per_minute\x18\x03 \x01(\x03H\x02\x88\x01\x01\x12\x16\n\trun_slots\x18\x04 \x01(\x05H\x03\x88\x01\x01\x42\x06\n\x04_usdB\x14\n\x12_tokens_per_minuteB\x16\n\x14_requests_per_minuteB\x0c\n\n_run_slots\"\xe1\x01\n\x13\x41\x63quireLeaseRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08\x65xecutor\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\t\x12\x11\n\tspent_usd\x18\x04 \x01(\t\x12+\n\x06in_use\x18\x05 \x01(\x0b\x32\x1b.pilothouse.v1.QuotaAmounts\x12*\n\x05needs\x18\x06 \x01(\x0b\x32\x1b.pilothouse.v1.QuotaAmounts\x12*\n\x05wants\x18\x07 \x01(\x0b\x32\x1b.pilothouse.v1.QuotaAmounts\"\xce\x02\n\x14\x41\x63quireLeaseResponse\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12,\n\x07granted\x18\x02 \x01(\x0b\x32\x1b.pilothouse.v1.QuotaAmounts\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x10refresh_interval\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\x0c\x66\x61ilure_mode\x18\x05 \x01(\x0e\x32\x1a.pilothouse.v1.FailureMode\x12)\n\x04\x66ree\x18\x06 \x01(\x0b\x32\x1b.pilothouse.v1.QuotaAmounts\x12\x33\n\x0eheld_elsewhere\x18\x07 \x01(\x0b\x32\x1b.pilothouse.v1.QuotaAmounts\"J\n\x13ReleaseLeaseRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x11\n\tspent_usd\x18\x03 \x01(\t\"\x16\n\x14ReleaseLeaseResponse\"#\n\x11GetBalanceRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"\x93\x01\n\x0cQuotaBalance\x12\r\n\x05limit\x18\x01 \x01(\t\x12\x0f\n\x07\x61llowed\x18\x02 \x01(\t\x12\r\n\x05spent\x18\x03 \x01(\t\x12\x0c\n\x04held\x18\x04 \x01(\t\x12\x11\n\tremaining\x18\x05 \x01(\t\x12\x33\n\x0fwindow_end_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x85\x01\n\x12GetBalanceResponse\x12-\n\x08\x62\x61lances\x18\x01 \x03(\x0b\x32\x1b.pilothouse.v1.QuotaBalance\x12\x0e\n\x06leases\x18\x02 \x01(\x05\x12\x30\n\x0c\x66\x61ilure_mode\x18\x03 \x01(\x0e\x32\x1a.pilothouse.v1.FailureMode2\x93\x02\n\x0cQuotaService\x12W\n\x0c\x41\x63quireLease\x12\".pilothouse.v1.AcquireLeaseRequest\x1a#.pilothouse.v1.AcquireLeaseResponse\x12W\n\x0cReleaseLease\x12\".pilothouse.v1.ReleaseLeaseRequest\x1a#.pilothouse.v1.ReleaseLeaseResponse\x12Q\n\nGetBalance\x12 .pilothouse.v1.GetBalanceRequest\x1a!.pilothouse.v1.GetBalanceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,17 +39,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACQUIRELEASEREQUEST']._serialized_start=331
   _globals['_ACQUIRELEASEREQUEST']._serialized_end=556
   _globals['_ACQUIRELEASERESPONSE']._serialized_start=559
-  _globals['_ACQUIRELEASERESPONSE']._serialized_end=797
-  _globals['_RELEASELEASEREQUEST']._serialized_start=799
-  _globals['_RELEASELEASEREQUEST']._serialized_end=873
-  _globals['_RELEASELEASERESPONSE']._serialized_start=875
-  _globals['_RELEASELEASERESPONSE']._serialized_end=897
-  _globals['_GETBALANCEREQUEST']._serialized_start=899
-  _globals['_GETBALANCEREQUEST']._serialized_end=934
-  _globals['_QUOTABALANCE']._serialized_start=937
-  _globals['_QUOTABALANCE']._serialized_end=1084
-  _globals['_GETBALANCERESPONSE']._serialized_start=1087
-  _globals['_GETBALANCERESPONSE']._serialized_end=1220
-  _globals['_QUOTASERVICE']._serialized_start=1223
-  _globals['_QUOTASERVICE']._serialized_end=1498
+  _globals['_ACQUIRELEASERESPONSE']._serialized_end=893
+  _globals['_RELEASELEASEREQUEST']._serialized_start=895
+  _globals['_RELEASELEASEREQUEST']._serialized_end=969
+  _globals['_RELEASELEASERESPONSE']._serialized_start=971
+  _globals['_RELEASELEASERESPONSE']._serialized_end=993
+  _globals['_GETBALANCEREQUEST']._serialized_start=995
+  _globals['_GETBALANCEREQUEST']._serialized_end=1030
+  _globals['_QUOTABALANCE']._serialized_start=1033
+  _globals['_QUOTABALANCE']._serialized_end=1180
+  _globals['_GETBALANCERESPONSE']._serialized_start=1183
+  _globals['_GETBALANCERESPONSE']._serialized_end=1316
+  _globals['_QUOTASERVICE']._serialized_start=1319
+  _globals['_QUOTASERVICE']._serialized_end=1594
 # @@protoc_insertion_point(module_scope)

@@ -132,6 +132,8 @@ class AcquireLeaseResponse(_message.Message):
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     REFRESH_INTERVAL_FIELD_NUMBER: _builtins.int
     FAILURE_MODE_FIELD_NUMBER: _builtins.int
+    FREE_FIELD_NUMBER: _builtins.int
+    HELD_ELSEWHERE_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     failure_mode: _tenant_pb2.FailureMode.ValueType
     @_builtins.property
@@ -146,7 +148,21 @@ class AcquireLeaseResponse(_message.Message):
 
     @_builtins.property
     def refresh_interval(self) -> _duration_pb2.Duration:
-        """When to renew."""
+        """When to renew: sooner while little of a limit is free, so that what leases hold
+        and do not use flows back to where it is needed.
+        """
+
+    @_builtins.property
+    def free(self) -> Global___QuotaAmounts:
+        """Of each limited kind: what no lease holds after this grant."""
+
+    @_builtins.property
+    def held_elsewhere(self) -> Global___QuotaAmounts:
+        """Of each limited kind: what the tenant's other leases hold (of USD, what they hold
+        beyond what their calls in flight reserved). A call that did not get what it needs
+        may wait for some of it to come back; when free and held_elsewhere together are
+        less than it needs, waiting cannot help.
+        """
 
     def __init__(
         self,
@@ -156,10 +172,12 @@ class AcquireLeaseResponse(_message.Message):
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         refresh_interval: _duration_pb2.Duration | None = ...,
         failure_mode: _tenant_pb2.FailureMode.ValueType = ...,
+        free: Global___QuotaAmounts | None = ...,
+        held_elsewhere: Global___QuotaAmounts | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "granted", b"granted", "refresh_interval", b"refresh_interval"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "free", b"free", "granted", b"granted", "held_elsewhere", b"held_elsewhere", "refresh_interval", b"refresh_interval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "failure_mode", b"failure_mode", "granted", b"granted", "lease_id", b"lease_id", "refresh_interval", b"refresh_interval"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "failure_mode", b"failure_mode", "free", b"free", "granted", b"granted", "held_elsewhere", b"held_elsewhere", "lease_id", b"lease_id", "refresh_interval", b"refresh_interval"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
