@@ -259,7 +259,7 @@ class TenantLease:
         while True:
             await self._settled()
             if not self.in_force():
-                if not asked and self.reachable:
+                if not asked:  # the control plane may be back
                     asked = True
                     await self._more(slots=1)
                     continue
@@ -320,7 +320,7 @@ class TenantLease:
             available = self.usd_available
             if in_force and (available is None or available >= usd):
                 pass
-            elif self.reachable and (not asked or self._worth_waiting(usd, give_up)):
+            elif not asked or (self.reachable and self._worth_waiting(usd, give_up)):
                 if asked:
                     await asyncio.sleep(min(CONTENDED, self.refresh))
                 asked = True

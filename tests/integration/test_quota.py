@@ -5,6 +5,7 @@ and bad requests get clear errors."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from decimal import Decimal
 
@@ -14,6 +15,7 @@ import pytest
 from pilothouse.v1 import api_key_pb2, quota_pb2, quota_pb2_grpc, tenant_pb2
 from tests import helpers as h
 from tests.conftest import Live, start_live
+from tests.integration.test_cli import cli
 
 Code = grpc.StatusCode
 
@@ -308,3 +310,26 @@ async def test_a_lease_is_its_executors_and_clients_may_not_lease(live: Live) ->
         ),
         Code.PERMISSION_DENIED,
     )
+
+
+async def test_cli_shows_a_tenants_balance(live: Live) -> None:
+    tenant = await limited_tenant(live, usd_per_day="2.5", max_concurrent_runs=3)
+    quota = quota_pb2_grpc.QuotaServiceStub(live.channel)
+    md = live.md(await live.new_key(api_key_pb2.ROLE_EXECUTOR, None))
+    await quota.AcquireLease(
+        quota_pb2.AcquireLeaseRequest(
+            tenant=f"tenants/{tenant}", executor="e", wants=amounts(usd="1", run_slots=1)
+        ),
+        metadata=md,
+    )
+    table = await cli(live, "quota", "--tenant", tenant)
+    assert table.code == 0, table.err
+    header, day, slots, leases = table.out.strip().splitlines()
+    assert header.split() == ["LIMIT", "ALLOWED", "SPENT", "HELD", "REMAINING", "WINDOW", "ENDS"]
+    assert day.split()[:5] == ["usd_per_day", "2.5", "0", "1", "1.5"]
+    assert slots.split()[:5] == ["max_concurrent_runs", "3", "-", "1", "2"]
+    assert leases.startswith("1 executor leases live; fail_closed")
+    data = json.loads((await cli(live, "quota", "--tenant", tenant, "-o", "json")).out)
+    assert data["balances"][0]["remaining"] == "1.5"
+    missing = await cli(live, "quota")
+    assert missing.code == 2 and "--tenant" in missing.err

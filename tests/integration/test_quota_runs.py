@@ -211,3 +211,21 @@ async def test_leases_run_out_without_the_control_plane_then_the_failure_mode_de
         finally:
             await plane.channel.close()
             await plane.plane.aclose()
+
+
+async def test_the_request_rate_refuses_runs_once_its_bucket_is_empty(
+    live: Live, run_database_url: str, tmp_path: Path
+) -> None:
+    tenant = await support_agent(live)  # two model calls a run
+    await set_policy(live, tenant, requests_per_minute=2)
+    async with stage(live, run_database_url, tmp_path) as s:
+        key = await s.client_key(tenant)
+        await s.settled()
+        done = await run_to_end(s, key, request(tenant))
+        assert done[-1].run_stopped.reason == run_pb2.STOP_REASON_COMPLETED
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await run_to_end(s, key, request(tenant))
+        assert refused.value.code() == Code.RESOURCE_EXHAUSTED
+        failure, retry = quota_failure(refused.value)
+        assert failure.violations[0].description.startswith("requests_per_minute")
+        assert 0 < retry <= 30, "a request comes back every 30 s"

@@ -19,6 +19,7 @@ from pilothouse.v1 import (
     discovery_pb2_grpc,
     model_pb2_grpc,
     prompt_pb2_grpc,
+    quota_pb2_grpc,
     run_pb2_grpc,
     telemetry_pb2_grpc,
     tenant_pb2_grpc,
@@ -88,6 +89,7 @@ class Client:
         self.executors = discovery_pb2_grpc.ExecutorServiceStub(self.channel)
         self.approvals = approval_pb2_grpc.ApprovalServiceStub(self.channel)
         self.telemetry = telemetry_pb2_grpc.TelemetryServiceStub(self.channel)
+        self.quota = quota_pb2_grpc.QuotaServiceStub(self.channel)
         self._executor_channel: grpc.aio.Channel | None = None
 
     @property
