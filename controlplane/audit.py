@@ -22,13 +22,16 @@ async def record(
     details: dict[str, Any] | None = None,
     time: datetime | None = None,
 ) -> None:
-    """Append one audit event; ``caller`` None means the control plane itself."""
-    await audit_store.append(
+    """Append one audit event to its tenant's chain; ``caller`` None means the control
+    plane itself."""
+    await audit_store.append_one(
         conn,
-        time=time or datetime.now(UTC),
-        tenant=tenant,
-        actor=caller.actor if caller else "system",
-        action=action,
-        resource=resource,
-        details=json.dumps(details or {}, sort_keys=True, default=str),
+        audit_store.NewAudit(
+            time or datetime.now(UTC),
+            tenant,
+            caller.actor if caller else "system",
+            action,
+            resource,
+            json.dumps(details or {}, sort_keys=True, default=str),
+        ),
     )

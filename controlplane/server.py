@@ -20,6 +20,7 @@ from controlplane.api.ads import AdsServicer
 from controlplane.api.agents import AgentRegistryServicer
 from controlplane.api.api_keys import ApiKeyServicer
 from controlplane.api.approvals import ApprovalServicer
+from controlplane.api.audit import AuditServicer
 from controlplane.api.executors import ExecutorServicer
 from controlplane.api.interceptors import AuthInterceptor, ErrorInterceptor
 from controlplane.api.models import ModelServicer
@@ -29,7 +30,9 @@ from controlplane.api.telemetry import TelemetryServicer
 from controlplane.api.tenants import TenantServicer
 from controlplane.api.tools import ToolServicer
 from controlplane.approvals.service import Approvals
+from controlplane.audit_log import AuditLog
 from controlplane.auth.api_keys import ApiKeys
+from controlplane.auth.refusals import RefusalAudit
 from controlplane.config import Settings
 from controlplane.discovery.executors import ExecutorRegistry
 from controlplane.discovery.publisher import SnapshotPublisher
@@ -44,6 +47,8 @@ from pilothouse.v1 import (
     api_key_pb2_grpc,
     approval_pb2,
     approval_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
     discovery_pb2,
     discovery_pb2_grpc,
     model_pb2,
@@ -75,6 +80,7 @@ PILOTHOUSE_SERVICES = tuple(
         (approval_pb2.DESCRIPTOR, "ApprovalService"),
         (telemetry_pb2.DESCRIPTOR, "TelemetryService"),
         (quota_pb2.DESCRIPTOR, "QuotaService"),
+        (audit_pb2.DESCRIPTOR, "AuditService"),
     )
 )
 SERVICE_NAMES = (*PILOTHOUSE_SERVICES, ads.ADS_SERVICE)
@@ -122,7 +128,7 @@ class ControlPlane:
             raise
         executors = ExecutorRegistry(db)
         server = grpc.aio.server(
-            interceptors=[ErrorInterceptor(), AuthInterceptor(api_keys)],
+            interceptors=[ErrorInterceptor(), AuthInterceptor(api_keys, RefusalAudit(db))],
             options=[
                 ("grpc.max_receive_message_length", 8 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
@@ -132,6 +138,7 @@ class ControlPlane:
         telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server(
             TelemetryServicer(Telemetry(db)), server
         )
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(AuditLog(db)), server)
         quota_pb2_grpc.add_QuotaServiceServicer_to_server(
             QuotaServicer(
                 Quotas(

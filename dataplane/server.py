@@ -131,7 +131,9 @@ class Executor:
         await relay.start()
         await quotas.start()
         server = grpc.aio.server()
-        run_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(runs, store, watcher), server)
+        run_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentServicer(runs, store, watcher, executor=settings.node_id), server
+        )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         agent_service = run_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name

@@ -13,7 +13,9 @@ from google.protobuf.message import Message
 from controlplane import errors
 from controlplane.api import context, status
 from controlplane.api.permissions import METHOD_PERMISSIONS, PUBLIC_PREFIXES
+from controlplane.auth import keys
 from controlplane.auth.api_keys import ApiKeys
+from controlplane.auth.refusals import RefusalAudit
 from controlplane.registry.names import tenant_of
 
 log = logging.getLogger("pilothouse.api")
@@ -155,24 +157,41 @@ class AuthInterceptor(_WrappingInterceptor):
     that every tenant the request names is the caller's, then exposes the caller through
     ``controlplane.api.context``. Health and reflection stay open."""
 
-    def __init__(self, api_keys: ApiKeys) -> None:
+    def __init__(self, api_keys: ApiKeys, refusals: RefusalAudit | None = None) -> None:
         super().__init__()
         self._keys = api_keys
+        self._refusals = refusals
 
     def applies_to(self, method: str) -> bool:
         return not method.startswith(PUBLIC_PREFIXES)
 
     def wrap(self, method: str, behavior: Behavior, streaming: bool) -> Behavior:
         async def admit(request: Any, ctx: grpc.aio.ServicerContext[Any, Any]) -> None:
-            permission = METHOD_PERMISSIONS.get(method)
-            if permission is None:
-                raise errors.PermissionDenied(f"{method} is not open to any key")
-            token = _bearer(ctx)
-            principal = await self._keys.authenticate(token)
-            principal.require(permission)
-            if isinstance(request, Message):
-                for tenant in sorted(tenants_named(request)):
-                    principal.require_tenant(tenant)
+            actor, tenant = "anonymous", None
+            try:
+                permission = METHOD_PERMISSIONS.get(method)
+                if permission is None:
+                    raise errors.PermissionDenied(f"{method} is not open to any key")
+                token = _bearer(ctx)
+                actor = _actor(token)
+                principal = await self._keys.authenticate(token)
+                tenant = principal.tenant
+                principal.require(permission)
+                if isinstance(request, Message):
+                    for named in sorted(tenants_named(request)):
+                        tenant = named
+                        principal.require_tenant(named)
+                    tenant = principal.tenant
+            except (errors.Unauthenticated, errors.PermissionDenied) as e:
+                if self._refusals is not None:
+                    await self._refusals.refused(
+                        actor=actor,
+                        tenant=tenant,
+                        method=method,
+                        code=status.status_code(e).name,
+                        reason=e.message,
+                    )
+                raise
             context.set_principal(principal)
 
         if streaming:
@@ -191,6 +210,12 @@ class AuthInterceptor(_WrappingInterceptor):
             return await behavior(request, ctx)
 
         return unary
+
+
+def _actor(token: str) -> str:
+    """How the audit log names the key a token claims to be (before it is checked)."""
+    material = keys.parse(token)
+    return f"apiKeys/{material.id}" if material else "anonymous"
 
 
 def _bearer(ctx: grpc.aio.ServicerContext[Any, Any]) -> str:

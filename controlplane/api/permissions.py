@@ -88,6 +88,10 @@ METHOD_PERMISSIONS: dict[str, Permission] = {
         },
     ),
     **_service(
+        "AuditService",
+        {"ListAuditRecords": Permission.AUDIT_READ, "VerifyAuditLog": Permission.AUDIT_READ},
+    ),
+    **_service(
         "QuotaService",
         {
             "AcquireLease": Permission.QUOTA_LEASE,

@@ -27,6 +27,8 @@ from pilothouse.v1 import run_pb2
 from pilothouse.v1 import telemetry_pb2 as pb
 
 _RUN_NAME = re.compile(r"^tenants/([a-z0-9][a-z0-9-]{0,62})/runs/([A-Za-z0-9-]{1,36})$")
+# An audit record that concerns no run names its tenant alone (and no run: the empty group).
+_TENANT_NAME = re.compile(r"^tenants/([a-z0-9][a-z0-9-]{0,62})()$")
 MAX_ID = 80
 
 STATES = {
@@ -77,6 +79,8 @@ def _sort(event: pb.TelemetryEvent, batch: Batch) -> str:
     if not event.id or len(event.id) > MAX_ID:
         raise ValueError(f"id must be 1 to {MAX_ID} characters")
     match = _RUN_NAME.match(event.run)
+    if match is None and event.WhichOneof("event") == "audit":
+        match = _TENANT_NAME.match(event.run)  # an audit record of no run
     if match is None:
         raise ValueError(f"run {event.run!r} is not tenants/{{tenant}}/runs/{{run}}")
     if not event.HasField("time"):

@@ -39,6 +39,8 @@ class Permission(StrEnum):
     """Read the usage ledger and the run index."""
     QUOTA_LEASE = "quota.lease"
     """Lease slices of tenants' limits (executors)."""
+    AUDIT_READ = "audit.read"
+    """List and verify the audit log."""
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -53,6 +55,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.APPROVALS_READ,
             Permission.APPROVALS_DECIDE,
             Permission.USAGE_READ,
+            Permission.AUDIT_READ,
         }
     ),
     Role.EXECUTOR: frozenset(

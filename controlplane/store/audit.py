@@ -1,48 +1,159 @@
-"""The audit log: an append-only record of who changed what."""
+"""The audit log: append-only, one hash chain per tenant ("-" for records of no tenant).
+
+Appending locks the chain's head row, so records of one chain get their sequence numbers
+one transaction at a time; several chains are locked in name order, so two writers never
+wait on each other in a circle.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from controlplane.store.rows import AuditRow
-from controlplane.store.schema import audit_events
+from controlplane.store.schema import audit_events, audit_heads
+from pilothouse.auditchain import GENESIS, Record, link
+
+NO_TENANT = "-"
 
 
-async def append(
-    conn: AsyncConnection,
-    *,
-    time: datetime,
-    tenant: str | None,
-    actor: str,
-    action: str,
-    resource: str,
-    details: str,
-) -> None:
-    await conn.execute(
-        audit_events.insert().values(
-            time=time, tenant=tenant, actor=actor, action=action, resource=resource, details=details
+@dataclass(frozen=True)
+class NewAudit:
+    time: datetime
+    tenant: str | None
+    actor: str
+    action: str
+    resource: str
+    details: str
+    """JSON text."""
+    event_id: str | None = None
+    """The executor's telemetry event it came in; a record whose event is already in is
+    not appended again."""
+
+
+def chain_of(tenant: str | None) -> str:
+    return tenant or NO_TENANT
+
+
+def append(conn: Connection, records: Sequence[NewAudit]) -> int:
+    """Append ``records`` in order, in the caller's transaction; the number appended."""
+    seen: set[str] = set()
+    if any(r.event_id for r in records):
+        ids = [r.event_id for r in records if r.event_id]
+        seen = set(
+            conn.execute(
+                sa.select(audit_events.c.event_id).where(audit_events.c.event_id.in_(ids))
+            ).scalars()
         )
+    by_chain: dict[str, list[NewAudit]] = {}
+    for r in records:
+        if r.event_id and r.event_id in seen:
+            continue
+        if r.event_id:
+            seen.add(r.event_id)
+        by_chain.setdefault(chain_of(r.tenant), []).append(r)
+    rows = []
+    for chain in sorted(by_chain):
+        seq, prev = _lock_head(conn, chain)
+        for r in by_chain[chain]:
+            seq += 1
+            digest = link(
+                chain,
+                seq,
+                r.time,
+                r.actor,
+                r.action,
+                r.resource,
+                r.details,
+                r.event_id or "",
+                prev,
+            )
+            rows.append(
+                {
+                    "time": r.time,
+                    "tenant": r.tenant,
+                    "actor": r.actor,
+                    "action": r.action,
+                    "resource": r.resource,
+                    "details": r.details,
+                    "event_id": r.event_id,
+                    "chain": chain,
+                    "seq": seq,
+                    "prev_hash": prev,
+                    "hash": digest,
+                }
+            )
+            prev = digest
+        conn.execute(
+            audit_heads.update().where(audit_heads.c.chain == chain).values(seq=seq, hash=prev)
+        )
+    if rows:
+        conn.execute(audit_events.insert(), rows)
+    return len(rows)
+
+
+def _lock_head(conn: Connection, chain: str) -> tuple[int, str]:
+    insert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert
+    conn.execute(
+        insert(audit_heads)
+        .values(chain=chain, seq=0, hash=GENESIS)
+        .on_conflict_do_nothing(index_elements=["chain"])
     )
+    query = sa.select(audit_heads.c.seq, audit_heads.c.hash).where(audit_heads.c.chain == chain)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    seq, digest = conn.execute(query).one()
+    return int(seq), str(digest)
 
 
-async def list_for_tenant(
-    conn: AsyncConnection, tenant: str, *, after_id: int = 0, limit: int = 100
-) -> list[AuditRow]:
+async def append_one(conn: AsyncConnection, record: NewAudit) -> None:
+    await conn.run_sync(lambda sync: append(sync, [record]))
+
+
+_RECORD_COLUMNS = (
+    audit_events.c.chain,
+    audit_events.c.seq.label("sequence"),
+    audit_events.c.time,
+    audit_events.c.actor,
+    audit_events.c.action,
+    audit_events.c.resource,
+    audit_events.c.details,
+    sa.func.coalesce(audit_events.c.event_id, "").label("event_id"),
+    audit_events.c.prev_hash,
+    audit_events.c.hash,
+)
+
+
+async def page(
+    conn: AsyncConnection,
+    chain: str,
+    *,
+    after_seq: int = 0,
+    limit: int = 100,
+    action_prefix: str = "",
+) -> list[Record]:
     query = (
-        sa.select(
-            audit_events.c.id,
-            audit_events.c.time,
-            audit_events.c.tenant,
-            audit_events.c.actor,
-            audit_events.c.action,
-            audit_events.c.resource,
-            audit_events.c.details,
-        )
-        .where(audit_events.c.tenant == tenant, audit_events.c.id > after_id)
-        .order_by(audit_events.c.id)
+        sa.select(*_RECORD_COLUMNS)
+        .where(audit_events.c.chain == chain, audit_events.c.seq > after_seq)
+        .order_by(audit_events.c.seq)
         .limit(limit)
     )
-    return [AuditRow(*r) for r in await conn.execute(query)]
+    if action_prefix:
+        query = query.where(audit_events.c.action.startswith(action_prefix, autoescape=True))
+    return [Record(**r._mapping) for r in await conn.execute(query)]
+
+
+async def head(conn: AsyncConnection, chain: str) -> tuple[int, str]:
+    """The chain's last sequence and hash as its head row holds them (0 and the genesis
+    hash for a chain with no records)."""
+    row = (
+        await conn.execute(
+            sa.select(audit_heads.c.seq, audit_heads.c.hash).where(audit_heads.c.chain == chain)
+        )
+    ).one_or_none()
+    return (0, GENESIS) if row is None else (int(row[0]), str(row[1]))

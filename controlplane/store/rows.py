@@ -43,14 +43,3 @@ class ApiKeyRow:
     secret_hash: str
     create_time: datetime
     expire_time: datetime | None
-
-
-@dataclass(frozen=True)
-class AuditRow:
-    id: int
-    time: datetime
-    tenant: str | None
-    actor: str
-    action: str
-    resource: str
-    details: str

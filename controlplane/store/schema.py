@@ -102,6 +102,23 @@ audit_events = sa.Table(
     sa.Column("details", sa.Text, nullable=False),
     # The telemetry event an executor reported it in; NULL for the control plane's own.
     sa.Column("event_id", sa.String(80), nullable=True, unique=True),
+    # Its place in its chain (the tenant, or "-" for records of no tenant) and its hash
+    # (pilothouse.auditchain says how it is made).
+    sa.Column("chain", sa.String(63), nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.UniqueConstraint("chain", "seq"),
+)
+
+# The last record of each audit chain; appending locks it, so a chain never forks, and
+# it tells when records were cut from a chain's end.
+audit_heads = sa.Table(
+    "audit_heads",
+    metadata,
+    sa.Column("chain", sa.String(63), primary_key=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
 )
 
 # One row: bumped by every registry write, in its transaction, so that every replica can

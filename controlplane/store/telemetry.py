@@ -15,8 +15,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from controlplane.store import audit as audit_store
+from controlplane.store.audit import NewAudit
 from controlplane.store.schema import (
-    audit_events,
     rejected_events,
     relay_status,
     run_index,
@@ -38,7 +39,6 @@ class _Statements:
     on SQLite ``prepared.run`` runs a statement built once for a fraction of the cost."""
 
     usage: Any
-    audits: Any
     rejected: Any
     runs: Any
     relay: Any
@@ -52,19 +52,12 @@ def _statements(dialect: str) -> _Statements:
     insert = (postgresql if dialect == "postgresql" else sqlite).insert
     returning = dialect == "postgresql"
     usage = insert(usage_events).on_conflict_do_nothing(index_elements=["id"])
-    audit_columns = ("time", "tenant", "actor", "action", "resource", "details", "event_id")
-    audits = (
-        insert(audit_events)
-        .values({c: sa.bindparam(c, type_=audit_events.c[c].type) for c in audit_columns})
-        .on_conflict_do_nothing(index_elements=["event_id"])
-    )
     status = {
         c: sa.bindparam(c, type_=relay_status.c[c].type)
         for c in ("last_seen_time", "pending_events", "oldest_pending_time")
     }
     return _Statements(
         usage.returning(usage_events.c.id) if returning else usage,
-        audits.returning(audit_events.c.id) if returning else audits,
         insert(rejected_events).on_conflict_do_nothing(index_elements=["id"]),
         _run_upsert(insert(run_index)),
         insert(relay_status)
@@ -112,18 +105,26 @@ def _added_usage(conn: Connection, rows: list[dict[str, Any]], statements: _Stat
     return int(conn.execute(_PG_USAGE, arrays).scalar_one())
 
 
-def _added(conn: Connection, statement: Any, rows: list[dict[str, Any]], returning: bool) -> int:
-    """Run an insert that skips what exists; how many rows it added."""
-    if returning:
-        return len(conn.execute(statement, rows).all())
-    return prepared.run(conn, statement, rows).rowcount
-
-
 def ingest(conn: Connection, batch: Batch, now: datetime) -> Ingested:
     """Write one batch, in the caller's transaction: records already ingested (same id)
     are skipped, run changes merge with what the index holds."""
     statements = _statements(conn.dialect.name)
     duplicates = 0
+    if batch.audits:
+        # First: a chain's head is the first lock this transaction takes.
+        audits = [
+            NewAudit(
+                a.time,
+                a.tenant,
+                f"executors/{a.executor}" if a.executor else "executors",
+                a.action,
+                a.resource,
+                a.details,
+                a.id,
+            )
+            for a in batch.audits
+        ]
+        duplicates += len(audits) - audit_store.append(conn, audits)
     if batch.usage:
         rows = [
             {
@@ -154,22 +155,6 @@ def ingest(conn: Connection, batch: Batch, now: datetime) -> Ingested:
         duplicates += len(batch.usage) - _added_usage(conn, rows, statements)
     if batch.runs:
         prepared.run(conn, statements.runs, [_run_row(c) for c in folded(batch.runs)])
-    if batch.audits:
-        rows = [
-            {
-                "time": a.time,
-                "tenant": a.tenant,
-                "actor": f"executors/{a.executor}" if a.executor else "executors",
-                "action": a.action,
-                "resource": a.resource,
-                "details": a.details,
-                "event_id": a.id,
-            }
-            for a in {a.id: a for a in batch.audits}.values()
-        ]
-        duplicates += len(batch.audits) - _added(
-            conn, statements.audits, rows, statements.returning
-        )
     if batch.rejected:
         prepared.run(
             conn,

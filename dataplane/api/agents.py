@@ -25,6 +25,7 @@ from dataplane.runstore.model import Run
 from dataplane.runstore.store import RunStore
 from pilothouse.v1 import run_pb2 as pb
 from pilothouse.v1 import run_pb2_grpc
+from storekit.coalesce import Coalescer
 
 log = logging.getLogger("pilothouse.executor.api")
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -32,6 +33,8 @@ T = TypeVar("T")
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 1000
+REFUSAL_WINDOW = 10.0
+"""Of one key's refusals in a tenant, by method, one audit record this often."""
 
 
 async def _abort(
@@ -78,13 +81,20 @@ async def _abort(
     raise AssertionError("unreachable")
 
 
-async def _guard(ctx: Ctx, call: Callable[[], Awaitable[T]]) -> T:
-    """Run a call, mapping refusals to their status codes (never UNKNOWN)."""
+async def _guard(
+    ctx: Ctx,
+    call: Callable[[], Awaitable[T]],
+    refused: Callable[[auth.PermissionDenied], Awaitable[None]] | None = None,
+) -> T:
+    """Run a call, mapping refusals to their status codes (never UNKNOWN); ``refused``
+    hears of a key refused in a tenant."""
     try:
         return await call()
     except auth.Unauthenticated as e:
         await _abort(ctx, grpc.StatusCode.UNAUTHENTICATED, str(e))
     except auth.PermissionDenied as e:
+        if refused is not None:
+            await refused(e)
         await _abort(ctx, grpc.StatusCode.PERMISSION_DENIED, str(e))
     except AdmissionError as e:
         if e.not_found:
@@ -125,10 +135,35 @@ def _tenant_of(name: str, collection: str, field: str) -> tuple[str, str]:
 
 
 class AgentServicer(run_pb2_grpc.AgentServiceServicer):
-    def __init__(self, runs: Runs, store: RunStore, watcher: ConfigWatcher) -> None:
+    def __init__(
+        self, runs: Runs, store: RunStore, watcher: ConfigWatcher, *, executor: str = ""
+    ) -> None:
         self._runs = runs
         self._store = store
         self._watcher = watcher
+        self._executor = executor
+        self._refusals = Coalescer(REFUSAL_WINDOW)
+
+    async def _refused(self, e: auth.PermissionDenied, method: str) -> None:
+        """A key refused in a tenant goes to that tenant's audit log (one record per key
+        and method every ``REFUSAL_WINDOW`` seconds, counting the rest)."""
+        if not e.tenant:
+            return
+        repeats = self._refusals.admit((e.key, e.tenant, method))
+        if repeats is None:
+            return
+        details: dict[str, object] = {"code": "PERMISSION_DENIED", "reason": str(e), "key": e.key}
+        if repeats:
+            details["repeats_before"] = repeats
+        try:
+            await self._store.audit(
+                e.tenant, "key.refused", method, details, executor=self._executor
+            )
+        except Exception:  # the refusal stands; only its record is lost, loudly
+            log.exception("could not record a refused call", extra={"method": method})
+
+    def _guarding(self, method: str) -> Callable[[auth.PermissionDenied], Awaitable[None]]:
+        return lambda e: self._refused(e, f"/pilothouse.v1.AgentService/{method}")
 
     def _caller(self, ctx: Ctx) -> auth.Caller:
         metadata = dict(ctx.invocation_metadata() or ())
@@ -168,7 +203,9 @@ class AgentServicer(run_pb2_grpc.AgentServiceServicer):
         self, request: pb.RunAgentRequest, context: Ctx
     ) -> AsyncIterator[pb.RunAgentResponse]:
         admitted = await _guard(
-            context, lambda: self._runs.admit(self._admission(context, request), run_now=True)
+            context,
+            lambda: self._runs.admit(self._admission(context, request), run_now=True),
+            self._guarding("RunAgent"),
         )
         run = admitted.run
         async for event in self._runs.watch(run.id, until_pause=True, known=admitted.events):
@@ -176,19 +213,25 @@ class AgentServicer(run_pb2_grpc.AgentServiceServicer):
 
     async def StartRun(self, request: pb.StartRunRequest, context: Ctx) -> pb.StartRunResponse:
         admitted = await _guard(
-            context, lambda: self._runs.admit(self._admission(context, request), run_now=False)
+            context,
+            lambda: self._runs.admit(self._admission(context, request), run_now=False),
+            self._guarding("StartRun"),
         )
         return pb.StartRunResponse(run=run_to_proto(admitted.run), created=admitted.created)
 
     async def WatchRun(
         self, request: pb.WatchRunRequest, context: Ctx
     ) -> AsyncIterator[pb.WatchRunResponse]:
-        run = await _guard(context, lambda: self._run_for(context, request.name))
+        run = await _guard(
+            context, lambda: self._run_for(context, request.name), self._guarding("WatchRun")
+        )
         async for event in self._runs.watch(run.id, after=request.after_sequence):
             yield pb.WatchRunResponse(event=event_to_proto(run, event))
 
     async def GetRun(self, request: pb.GetRunRequest, context: Ctx) -> pb.GetRunResponse:
-        run = await _guard(context, lambda: self._run_for(context, request.name))
+        run = await _guard(
+            context, lambda: self._run_for(context, request.name), self._guarding("GetRun")
+        )
         return pb.GetRunResponse(run=run_to_proto(run))
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Ctx) -> pb.ListRunsResponse:
@@ -209,14 +252,16 @@ class AgentServicer(run_pb2_grpc.AgentServiceServicer):
                 token = _encode_token(request.parent, runs[-1])
             return pb.ListRunsResponse(runs=[run_to_proto(r) for r in runs], next_page_token=token)
 
-        return await _guard(context, page)
+        return await _guard(context, page, self._guarding("ListRuns"))
 
     async def CancelRun(self, request: pb.CancelRunRequest, context: Ctx) -> pb.CancelRunResponse:
         async def cancel() -> Run:
             run = await self._run_for(context, request.name)
             return await self._runs.cancel(run.id)
 
-        return pb.CancelRunResponse(run=run_to_proto(await _guard(context, cancel)))
+        return pb.CancelRunResponse(
+            run=run_to_proto(await _guard(context, cancel, self._guarding("CancelRun")))
+        )
 
 
 def _encode_token(parent: str, last: Run) -> str:

@@ -24,7 +24,11 @@ class Unauthenticated(Exception):
 
 
 class PermissionDenied(Exception):
-    pass
+    def __init__(self, message: str, *, key: str = "", tenant: str = "") -> None:
+        """``key`` asked to act in ``tenant`` (when known): the refusal is audited there."""
+        super().__init__(message)
+        self.key = key
+        self.tenant = tenant
 
 
 @dataclass(frozen=True)
@@ -62,5 +66,7 @@ def authenticate(watcher: ConfigWatcher, authorization: str | None) -> Caller:
 def require_tenant(caller: Caller, tenant: str) -> None:
     if caller.tenant != tenant:
         raise PermissionDenied(
-            f"this key is confined to tenant {caller.tenant!r} and may not act in {tenant!r}"
+            f"this key is confined to tenant {caller.tenant!r} and may not act in {tenant!r}",
+            key=caller.key,
+            tenant=tenant,
         )

@@ -145,7 +145,17 @@ class Runs:
         queued = not run_now or len(self._loops) >= self._max_concurrent
         # A run that starts here holds one of its tenant's slots while it runs; a queued
         # one takes a slot when an executor picks it up.
-        slot = UNLIMITED_SLOT if queued else await self._slot(admission.tenant)
+        try:
+            slot = UNLIMITED_SLOT if queued else await self._slot(admission.tenant)
+        except Exhausted as e:
+            await self._store.audit(
+                admission.tenant,
+                "quota.refused",
+                admission.agent,
+                {"limit": e.quota[1] if e.quota else "", "reason": str(e)},
+                executor=self.executor,
+            )
+            raise
         labels = RunLabels(admission.agent, ctx.version.name, self.executor)
         first = None if queued else opening(ctx, config.version, admission.input, labels)[1]
         try:

@@ -1173,6 +1173,32 @@ class RunStore:
             },
         )
 
+    async def audit(
+        self,
+        tenant: str,
+        action: str,
+        resource: str,
+        details: dict[str, Any],
+        *,
+        executor: str,
+    ) -> None:
+        """Put an audit record of a decision about no run (a run refused before it was
+        created) in the outbox, for the control plane's audit log."""
+        now = _now()
+        row = {
+            "id": str(uuid.uuid4()),
+            "tenant": tenant,
+            "run_id": "",
+            "kind": "audit",
+            "type": action,
+            "payload": json.dumps({**details, "resource": resource}, sort_keys=True),
+            "created_at": now,
+            "claimed_by": "",
+            "claim_expires_at": None,
+            "executor": executor,
+        }
+        await self._write(lambda conn: prepared.run(conn, _INSERT_OUTBOX, row))
+
     async def wait_for_approval(self, lease: Lease, events: Sequence[NewEvent] = ()) -> None:
         """Pause the run on an approval: the lease is released, no executor holds it."""
         now = _now()

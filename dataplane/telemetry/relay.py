@@ -55,14 +55,16 @@ def to_proto(event: OutboxEvent) -> telemetry_pb2.TelemetryEvent:
     still leaves, as an audit record of its raw content, rather than block the outbox."""
     message = telemetry_pb2.TelemetryEvent(
         id=event.id,
-        run=f"tenants/{event.tenant}/runs/{event.run_id}",
+        run=f"tenants/{event.tenant}/runs/{event.run_id}"
+        if event.run_id
+        else f"tenants/{event.tenant}",
         time=timestamp(event.created_at),
         executor=event.executor,
         sequence=event.sequence,
     )
     if event.kind == "audit":
         message.audit.action = event.type
-        message.audit.resource = message.run
+        message.audit.resource = str(event.payload.get("resource") or message.run)
         message.audit.details = fastjson.dumps_text(event.payload, sort_keys=True)
         return message
     try:

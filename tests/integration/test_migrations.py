@@ -4,6 +4,7 @@ running them again (or from several replicas at once) is harmless."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from alembic.autogenerate import compare_metadata
@@ -24,7 +25,7 @@ async def test_migrations_match_the_schema(database_url: str) -> None:
     try:
         await asyncio.gather(db.migrate(), db.migrate())
         await db.migrate()
-        assert await db.current_revision() == "0005"
+        assert await db.current_revision() == "0006"
         async with db.snapshot() as conn:
             assert await conn.run_sync(_diff) == []
     finally:
@@ -47,5 +48,63 @@ async def test_run_store_migrations_match_its_schema(run_database_url: str) -> N
         assert await db.current_revision() == "0003"
         async with db.snapshot() as conn:
             assert await conn.run_sync(_run_store_diff) == []
+    finally:
+        await db.aclose()
+
+
+async def test_audit_records_written_before_the_chain_are_chained_in_order(
+    tmp_path: Path,
+) -> None:
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+
+    from controlplane.store import audit as audit_store
+    from pilothouse import auditchain
+
+    db = open_database(f"sqlite:///{tmp_path / 'old.db'}")
+
+    def to_0005(connection: Connection) -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(db.migrations))
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "0005")
+
+    try:
+        async with db.transaction() as conn:
+            await conn.run_sync(to_0005)
+            events = sa.table(
+                "audit_events",
+                *(
+                    sa.column(c)
+                    for c in ("time", "tenant", "actor", "action", "resource", "details")
+                ),
+            )
+            await conn.execute(
+                events.insert(),
+                [
+                    {
+                        "time": datetime(2026, 11, 30, 12, i, tzinfo=UTC),
+                        "tenant": tenant,
+                        "actor": "apiKeys/x",
+                        "action": "Tool.create",
+                        "resource": f"r{i}",
+                        "details": "{}",
+                    }
+                    for i, tenant in enumerate(["a", "b", "a", None, "a"])
+                ],
+            )
+        await db.migrate()
+        async with db.snapshot() as conn:
+            chain_a = await audit_store.page(conn, "a")
+            system = await audit_store.page(conn, "-")
+            head = await audit_store.head(conn, "a")
+        assert [r.resource for r in chain_a] == ["r0", "r2", "r4"]
+        assert [r.sequence for r in chain_a] == [1, 2, 3]
+        verdict = auditchain.verify(chain_a)
+        assert verdict.intact and (verdict.head_sequence, verdict.head_hash) == head
+        assert [r.resource for r in system] == ["r3"] and auditchain.verify(system).intact
     finally:
         await db.aclose()

@@ -541,7 +541,7 @@ async def test_label_moves_are_atomic_and_audited(live: Live) -> None:
         Code.NOT_FOUND,
     )
     async with live.plane.db.snapshot() as conn:
-        events = await audit_store.list_for_tenant(conn, tenant)
+        events = await audit_store.page(conn, tenant, limit=1000)
     moves = [e for e in events if e.action == "Prompt.label.move"]
     assert [m.resource for m in moves] == [parent, parent]
     assert old in moves[-1].details and new in moves[-1].details

@@ -20,6 +20,7 @@ from pilothouse.v1 import (
     agent_pb2,
     api_key_pb2,
     approval_pb2,
+    audit_pb2,
     discovery_pb2,
     model_pb2,
     prompt_pb2,
@@ -199,6 +200,9 @@ CASES: dict[str, Build] = {
         tenant=t.parent, lease_id="00000000-0000-0000-0000-000000000003"
     ),
     "QuotaService/GetBalance": lambda t: quota_pb2.GetBalanceRequest(tenant=t.parent),
+    # AuditService: tenant B's audit chain.
+    "AuditService/ListAuditRecords": lambda t: audit_pb2.ListAuditRecordsRequest(parent=t.parent),
+    "AuditService/VerifyAuditLog": lambda t: audit_pb2.VerifyAuditLogRequest(parent=t.parent),
 }
 
 # Streams a tenant-confined admin may open, which carry only its own tenant's events.

@@ -48,7 +48,10 @@ def test_storekit_serves_both_and_knows_neither() -> None:
 
 def test_store_knows_nothing_above_it() -> None:
     above = ("controlplane.api", "controlplane.registry", "controlplane.auth", "grpc", "pilothouse")
-    assert _offenders("controlplane", "store", above) == []
+    # The audit chain's hash format is part of the contract, as the protos are, but plain
+    # Python: the store writes records in it (and a migration chained the old ones).
+    offenders = _offenders("controlplane", "store", above)
+    assert [o for o in offenders if not o.endswith(" imports pilothouse.auditchain")] == []
 
 
 def test_domain_does_not_speak_protobuf() -> None:

@@ -16,6 +16,7 @@ from pilothouse.v1 import (
     agent_pb2_grpc,
     api_key_pb2_grpc,
     approval_pb2_grpc,
+    audit_pb2_grpc,
     discovery_pb2_grpc,
     model_pb2_grpc,
     prompt_pb2_grpc,
@@ -90,6 +91,7 @@ class Client:
         self.approvals = approval_pb2_grpc.ApprovalServiceStub(self.channel)
         self.telemetry = telemetry_pb2_grpc.TelemetryServiceStub(self.channel)
         self.quota = quota_pb2_grpc.QuotaServiceStub(self.channel)
+        self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
         self._executor_channel: grpc.aio.Channel | None = None
 
     @property

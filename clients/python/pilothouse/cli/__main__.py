@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pilothouse.cli import approvals, kinds, ledger, mcp_import, output, quota, runs
+from pilothouse.cli import approvals, audit, kinds, ledger, mcp_import, output, quota, runs
 from pilothouse.cli.apply import apply_all, explain, report
 from pilothouse.cli.manifests import ManifestError, load
 from pilothouse.cli.usage import UsageError
@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_commands(sub, common, fmt)
     ledger.add_commands(sub, common, fmt)
     quota.add_commands(sub, common, fmt)
+    audit.add_commands(sub, common, fmt)
     approvals.add_commands(sub, common, fmt)
     mcp_import.add_commands(sub, common)
 
@@ -183,6 +184,8 @@ async def run(ns: argparse.Namespace) -> int:
             return await ledger.usage_command(client, ns, _tenant(ns))
         if ns.command == "quota":
             return await quota.command(client, ns, _tenant(ns))
+        if ns.command == "audit":
+            return await audit.command(client, ns, _tenant(ns))
         if ns.command == "approvals":
             return await approvals.command(client, ns, _tenant(ns))
         if ns.command == "tools":

@@ -344,7 +344,9 @@ class TelemetryEvent(_message.Message):
     id: _builtins.str
     """Unique across all executors: ingesting an id a second time changes nothing."""
     run: _builtins.str
-    """Format: tenants/{tenant}/runs/{run}"""
+    """Format: tenants/{tenant}/runs/{run}; for an audit record of no run (a run refused
+    before it was created), tenants/{tenant}.
+    """
     executor: _builtins.str
     """The executor (xDS node id) that held the run; empty when none did (a queued run
     cancelled, a lost run dead-lettered).

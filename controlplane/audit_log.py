@@ -1,0 +1,83 @@
+"""Reading and verifying the audit log's chains."""
+
+from __future__ import annotations
+
+from controlplane.auth.principal import Permission, Principal
+from controlplane.errors import InvalidArgument, PermissionDenied
+from controlplane.registry import names
+from controlplane.registry.pagination import decode_token, encode_token, page_size
+from controlplane.store import audit as audit_store
+from controlplane.store.database import Database
+from pilothouse.auditchain import Record, Verdict, Verifier
+
+SYSTEM = "system"
+"""The parent naming the chain of records of no tenant."""
+VERIFY_BATCH = 1000
+
+
+def chain(caller: Principal, parent: str) -> str:
+    """The chain ``parent`` names, if the caller may read it."""
+    caller.require(Permission.AUDIT_READ)
+    if parent == SYSTEM:
+        if caller.tenant is not None:
+            raise PermissionDenied("the control plane's own audit records need an unscoped key")
+        return audit_store.NO_TENANT
+    tenant = names.tenant_of(parent)
+    if tenant is None or parent != names.tenant_name(tenant):
+        raise InvalidArgument.of("parent", "must be tenants/{tenant} or system")
+    caller.require_tenant(tenant)
+    return tenant
+
+
+class AuditLog:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def list(
+        self,
+        caller: Principal,
+        parent: str,
+        *,
+        size: int,
+        token: str,
+        action_prefix: str,
+        after_sequence: int,
+    ) -> tuple[list[Record], str]:
+        name = chain(caller, parent)
+        if after_sequence < 0:
+            raise InvalidArgument.of("after_sequence", "must not be negative")
+        limit = page_size(size)
+        collection = f"audit:{name}:{action_prefix}"
+        after = decode_token(token, collection)
+        start = max(int(after) if after else 0, after_sequence)
+        async with self._db.snapshot() as conn:
+            records = await audit_store.page(
+                conn, name, after_seq=start, limit=limit + 1, action_prefix=action_prefix
+            )
+        more = len(records) > limit
+        records = records[:limit]
+        return records, encode_token(collection, str(records[-1].sequence)) if more else ""
+
+    async def verify(self, caller: Principal, parent: str) -> Verdict:
+        """Check the chain from its first record, in one consistent view; a head row ahead
+        of the last record means records were removed from the end."""
+        name = chain(caller, parent)
+        verifier = Verifier()
+        async with self._db.snapshot() as conn:
+            head = await audit_store.head(conn, name)
+            after = 0
+            while batch := await audit_store.page(conn, name, after_seq=after, limit=VERIFY_BATCH):
+                if not all(verifier.feed(r) for r in batch):
+                    break
+                after = batch[-1].sequence
+        verdict = verifier.verdict()
+        if verdict.intact and (verdict.head_sequence, verdict.head_hash) != head:
+            return Verdict(
+                verdict.verified,
+                verdict.head_sequence,
+                verdict.head_hash,
+                verdict.head_sequence + 1,
+                f"the chain's head is record {head[0]}, but its records end at "
+                f"{verdict.head_sequence}",
+            )
+        return verdict
