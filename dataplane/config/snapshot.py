@@ -60,6 +60,17 @@ class ExecutorConfig:
             self._validators[tool.name] = validator
         return validator
 
+    def output_validator(self, agent: agent_pb2.Agent) -> Draft202012Validator | None:
+        """The validator of an agent's final answers; None when it sets no schema."""
+        if not agent.HasField("output_schema"):
+            return None
+        key = f"output:{agent.name}"
+        validator = self._validators.get(key)
+        if validator is None:
+            validator = Draft202012Validator(json_format.MessageToDict(agent.output_schema))
+            self._validators[key] = validator
+        return validator
+
     def get(self, kind: type[M], name: str) -> M | None:
         found = self.resources.get(kind.DESCRIPTOR.name, {}).get(name)
         return found if isinstance(found, kind) else None

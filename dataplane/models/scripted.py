@@ -10,6 +10,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from dataplane.guardrails.untrusted import unmark
 from dataplane.models.types import (
     ChatMessage,
     ChatRequest,
@@ -33,7 +34,9 @@ class ScriptedProvider:
     model: model_pb2.Model
 
     async def complete(self, request: ChatRequest) -> ChatResult:
-        last_tool = next((m.content for m in reversed(request.messages) if m.role == "tool"), "")
+        last_tool = next(
+            (unmark(m.content) for m in reversed(request.messages) if m.role == "tool"), ""
+        )
         rule = next((r for r in self.model.scripted.rules if _matches(r, request, last_tool)), None)
         if rule is not None and rule.HasField("latency"):
             await asyncio.sleep(rule.latency.ToTimedelta().total_seconds())

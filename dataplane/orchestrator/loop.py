@@ -21,6 +21,9 @@ from decimal import Decimal
 from typing import Any
 
 from dataplane.config.snapshot import ExecutorConfig
+from dataplane.guardrails import output
+from dataplane.guardrails.injection import screen
+from dataplane.guardrails.untrusted import NOTICE, mark
 from dataplane.models.gateway import ModelGateway, NoModelAvailable
 from dataplane.models.pricing import cost as price
 from dataplane.models.scripted import estimate_tokens
@@ -241,7 +244,10 @@ class RunLoop:
                     reply = await self._plan(ctx, limits, messages, step, deadline_wall)
                     messages.append(reply)
                     if not reply.tool_calls:
-                        raise _Stop(StopReason.COMPLETED, final_answer=reply.content)
+                        answer = self._judge(ctx, messages)
+                        if answer is None:
+                            continue  # the model was asked to repair its answer
+                        raise _Stop(StopReason.COMPLETED, final_answer=answer)
                 untrusted = any(m.role == "tool" for m in messages)
                 results = await self._act(
                     ctx, limits, messages[-1], step, journal, deadline_wall, untrusted
@@ -279,6 +285,39 @@ class RunLoop:
                 checkpoint=ending,
             )
             self._notify()
+
+    def _judge(self, ctx: RunContext, messages: list[ChatMessage]) -> str | None:
+        """The final answer to end the run with, once the output guardrails pass it; None
+        when the model was asked (once) to repair it; a stop when they block it."""
+        repaired = any(
+            m.role == "user" and m.content.startswith(output.REPAIR_PREFIX) for m in messages
+        )
+        verdict = output.judge(
+            ctx.agent,
+            self.config.output_validator(ctx.agent),
+            messages[-1].content,
+            repaired=repaired,
+        )
+        if verdict.repair:
+            ask = ChatMessage("user", verdict.repair)
+            messages.append(ask)
+            # The reply does not end the run after all: its checkpoint goes now, with the ask.
+            ending, self._ending = self._ending, None
+            assert ending is not None
+            self._write_behind(
+                StepCheckpoint(
+                    ending.step,
+                    {"messages": [*ending.delta["messages"], ask.to_dict()]},
+                    ending.usage,
+                    ending.events,
+                )
+            )
+            return None
+        if verdict.blocked:
+            raise _Stop(StopReason.GUARDRAIL, verdict.blocked)
+        if verdict.invalid:
+            raise _Stop(StopReason.INVALID_OUTPUT, f"output_schema: {verdict.invalid}")
+        return verdict.answer
 
     def _check_limits(self, limits: Limits, deadline_wall: float | None, step: int) -> None:
         if limits.max_steps and step > limits.max_steps:
@@ -649,7 +688,12 @@ class RunLoop:
                     )
                     self._usage.tool_calls += 1
                     untrusted = True
-                    last = index == len(reply.tool_calls) - 1
+                    content = json.dumps(outcome.result)
+                    tripped = (
+                        screen(content) if ctx.agent.guardrail_policy.screen_tool_output else []
+                    )
+                    # A tripped screen ends the run here: its call is journaled at once.
+                    last = index == len(reply.tool_calls) - 1 and not tripped
                     await self._journal(
                         step,
                         index,
@@ -664,10 +708,16 @@ class RunLoop:
                         ],
                         last=last,
                     )
+                    if tripped:
+                        raise _Stop(
+                            StopReason.GUARDRAIL,
+                            f"screen_tool_output: the output of {call.name} reads as prompt "
+                            f"injection ({', '.join(tripped)})",
+                        )
                     if not last:
                         self._notify()
                     results.append(
-                        ChatMessage("tool", json.dumps(outcome.result), tool_call_id=call.id)
+                        ChatMessage("tool", mark(call.name, content), tool_call_id=call.id)
                     )
                     continue
             last = index == len(reply.tool_calls) - 1
@@ -698,7 +748,8 @@ def opening(
     """A run's first messages, and its first checkpoint: step 0, those messages, no usage
     yet, and the ``run_started`` event (``created_at``: when the run was created, if that
     was before now)."""
-    messages = [ChatMessage("system", ctx.system_prompt), ChatMessage("user", run_input)]
+    system = f"{ctx.system_prompt}\n\n{NOTICE}" if ctx.tools else ctx.system_prompt
+    messages = [ChatMessage("system", system), ChatMessage("user", run_input)]
     return messages, StepCheckpoint(
         0,
         {"messages": [m.to_dict() for m in messages]},

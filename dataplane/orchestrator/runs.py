@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from dataplane.config.snapshot import ExecutorConfig
 from dataplane.config.watcher import ConfigWatcher
+from dataplane.guardrails import pii
 from dataplane.models.gateway import ModelGateway
 from dataplane.orchestrator.context import (
     AdmissionError,
@@ -34,6 +35,8 @@ log = logging.getLogger("pilothouse.executor.runs")
 
 # A run that failed on an executor error waits this long before another try.
 RETRY_AFTER_ERROR = timedelta(seconds=1)
+MAX_INPUT_BYTES = 256 * 1024
+"""The largest run input accepted (UTF-8)."""
 # A run claimed from the queue whose tenant has no slot free goes back for at most this.
 QUOTA_REQUEUE = timedelta(seconds=5)
 
@@ -131,10 +134,18 @@ class Runs:
         if config is None:
             raise AdmissionError("", "this executor has no configuration yet")
         ctx = resolve(config, admission.agent, admission.variables)
+        size = len(admission.input.encode())
+        if size > MAX_INPUT_BYTES:
+            raise AdmissionError("input", f"is {size} bytes; at most {MAX_INPUT_BYTES}")
+        run_input = (
+            pii.redact(admission.input)
+            if ctx.agent.guardrail_policy.redact_pii
+            else admission.input
+        )
         for gate in self._gates:
             gate(admission)
         request = {
-            "input": admission.input,
+            "input": run_input,
             "variables": admission.variables,
             "limits": limits(ctx.agent, admission.budget).to_dict(),
             "prompt_version": ctx.version.name,
@@ -157,7 +168,7 @@ class Runs:
             )
             raise
         labels = RunLabels(admission.agent, ctx.version.name, self.executor)
-        first = None if queued else opening(ctx, config.version, admission.input, labels)[1]
+        first = None if queued else opening(ctx, config.version, run_input, labels)[1]
         try:
             run, lease, created = await self._store.create(
                 NewRun(

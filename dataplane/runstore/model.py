@@ -28,6 +28,8 @@ class StopReason(StrEnum):
     DENIED = "denied"
     FAILED = "failed"
     DEAD_LETTERED = "dead_lettered"
+    GUARDRAIL = "guardrail"
+    INVALID_OUTPUT = "invalid_output"
 
 
 class CallState(StrEnum):

@@ -56,3 +56,34 @@ class RefundTool(LoopbackHttpServer):
         )
         await writer.drain()
         return True
+
+
+@dataclass
+class DocumentTool(LoopbackHttpServer):
+    """A fake read-only HTTP tool that answers every call with ``document``: text from
+    outside, such as a web page or a customer's ticket, which may carry instructions."""
+
+    document: str = ""
+    calls: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/documents"
+
+    async def respond(
+        self,
+        writer: asyncio.StreamWriter,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        raw: bytes,
+    ) -> bool:
+        self.calls += 1
+        data = json.dumps({"document": self.document}).encode()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            + f"content-length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+        await writer.drain()
+        return True

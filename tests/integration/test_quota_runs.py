@@ -119,7 +119,9 @@ async def test_racing_runs_on_two_executors_never_overspend_the_budget(
     first.tool_calls.add(tool="calc").arguments.update({"expression": "6 * 7"})
     model.scripted.rules.add(on_step=2, answer="The answer is {{last_tool_result}}")
     tenant = await support_agent(live, model=model)
-    budget = Decimal("0.1")
+    # Above one call's worst case (its prompt's bytes at these prices), below what 40
+    # runs cost.
+    budget = Decimal("0.12")
     await set_policy(live, tenant, usd_per_day=str(budget))
     async with (
         stage(live, own_run_database_url, tmp_path / "a") as a,

@@ -62,6 +62,12 @@ class _StopReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StopReason
     """An error ended it; stop_detail names its class."""
     STOP_REASON_DEAD_LETTERED: _StopReason.ValueType  # 7
     """It failed or was lost too many times and will not be tried again."""
+    STOP_REASON_GUARDRAIL: _StopReason.ValueType  # 8
+    """A guardrail tripped (stop_detail names it and what it found, never the text):
+    no further tool or model call was made.
+    """
+    STOP_REASON_INVALID_OUTPUT: _StopReason.ValueType  # 9
+    """The final answer did not satisfy the agent's output schema, also after one repair."""
 
 class StopReason(_StopReason, metaclass=_StopReasonEnumTypeWrapper):
     """Why a run stopped."""
@@ -80,6 +86,12 @@ STOP_REASON_FAILED: StopReason.ValueType  # 6
 """An error ended it; stop_detail names its class."""
 STOP_REASON_DEAD_LETTERED: StopReason.ValueType  # 7
 """It failed or was lost too many times and will not be tried again."""
+STOP_REASON_GUARDRAIL: StopReason.ValueType  # 8
+"""A guardrail tripped (stop_detail names it and what it found, never the text):
+no further tool or model call was made.
+"""
+STOP_REASON_INVALID_OUTPUT: StopReason.ValueType  # 9
+"""The final answer did not satisfy the agent's output schema, also after one repair."""
 Global___StopReason: _TypeAlias = StopReason  # noqa: Y015
 
 @_typing.final

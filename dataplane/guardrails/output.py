@@ -1,0 +1,66 @@
+"""What a run may answer: the agent's output schema (one repair allowed), its blocked
+patterns, and personal data redacted when its policy says so."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from jsonschema import Draft202012Validator
+
+from dataplane.guardrails import pii
+from pilothouse.v1 import agent_pb2
+
+REPAIR_PREFIX = "Your final answer does not satisfy the required output schema."
+"""Opens the message asking the model to repair its answer (a run has one repair)."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    answer: str = ""
+    """The answer to give (redacted when the policy says so)."""
+    repair: str = ""
+    """Ask the model this, once, and judge its next answer instead."""
+    blocked: str = ""
+    """The guardrail that blocks the answer (no answer is given)."""
+    invalid: str = ""
+    """Why the answer does not satisfy the schema, after its repair."""
+
+
+def schema_problem(validator: Draft202012Validator, answer: str) -> str:
+    """Why ``answer`` is not JSON satisfying the schema; "" when it is."""
+    try:
+        value = json.loads(answer)
+    except json.JSONDecodeError as e:
+        return f"it is not JSON ({e.msg} at line {e.lineno} column {e.colno})"
+    error = next(iter(sorted(validator.iter_errors(value), key=lambda e: list(e.path))), None)
+    if error is None:
+        return ""
+    where = "/".join(str(p) for p in error.absolute_path) or "(the top level)"
+    return f"at {where}: {error.message}"
+
+
+def judge(
+    agent: agent_pb2.Agent,
+    validator: Draft202012Validator | None,
+    answer: str,
+    *,
+    repaired: bool,
+) -> Verdict:
+    """The final answer's fate. ``repaired``: the run already had its repair."""
+    if validator is not None:
+        problem = schema_problem(validator, answer)
+        if problem and not repaired:
+            schema = json.dumps(validator.schema, separators=(",", ":"))
+            return Verdict(
+                repair=f"{REPAIR_PREFIX} Problem: {problem}. Reply with only the corrected "
+                f"JSON, which must satisfy this JSON Schema: {schema}"
+            )
+        if problem:
+            return Verdict(invalid=problem)
+    policy = agent.guardrail_policy
+    for i, pattern in enumerate(policy.blocked_patterns):
+        if re.search(pattern, answer):
+            return Verdict(blocked=f"blocked_patterns[{i}] matched the final answer")
+    return Verdict(answer=pii.redact(answer) if policy.redact_pii else answer)
