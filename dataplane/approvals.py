@@ -96,7 +96,8 @@ class ApprovalBridge:
                             parent=f"tenants/{run.tenant}",
                             approval=filed,
                         ),
-                        metadata=self._metadata,
+                        # The run's trace goes with it to the control plane.
+                        metadata=(*self._metadata, *run.request.get("trace", {}).items()),
                         timeout=10,
                     )
                     self._filed.add(key)

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import signal
 import sys
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import httpx
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+from opentelemetry.trace import TracerProvider
 
 from dataplane.api.agents import AgentServicer
 from dataplane.approvals import ApprovalBridge
@@ -29,6 +34,8 @@ from dataplane.runstore.memory import Memory
 from dataplane.runstore.outbox import Outbox
 from dataplane.runstore.store import RunStore
 from dataplane.settings import Settings
+from dataplane.telemetry.export import providers_from_environment
+from dataplane.telemetry.otel import Tracing
 from dataplane.telemetry.relay import OutboxRelay, RelaySettings
 from dataplane.tools.mcp import McpSessions
 from dataplane.tools.router import ToolRouter
@@ -78,13 +85,30 @@ class Executor:
     health: health.aio.HealthServicer
     port: int
     _serving_task: asyncio.Task[None]
+    _providers: tuple[SdkTracerProvider | None, SdkMeterProvider | None]
+    """Telemetry providers this executor made (and shuts down, flushing them)."""
 
     @property
     def address(self) -> str:
         return f"{self.settings.listen.rsplit(':', 1)[0]}:{self.port}"
 
     @classmethod
-    async def start(cls, settings: Settings) -> Executor:
+    async def start(
+        cls,
+        settings: Settings,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> Executor:
+        """``tracer_provider``, ``meter_provider``: where spans and metrics go; by
+        default OTLP as the ``OTEL_*`` variables say, or nowhere."""
+        owned: tuple[SdkTracerProvider | None, SdkMeterProvider | None] = (None, None)
+        if tracer_provider is None and meter_provider is None:
+            owned = providers_from_environment(
+                os.environ, service="pilothouse-executor", instance=settings.node_id
+            )
+            tracer_provider, meter_provider = owned
+        tracing = Tracing(tracer_provider, meter_provider)
         channel = control_plane_channel(settings)
         watcher = ConfigWatcher(
             channel,
@@ -110,6 +134,7 @@ class Executor:
             settings=RelaySettings(max_backlog=settings.outbox_limit),
         )
         store.listeners.append(lambda _run, _events: relay.nudge())
+        tracing.observe_outbox(lambda: _backlog(relay))
         quotas = Quotas(channel, watcher, api_key=settings.api_key, executor=settings.node_id)
         runs = Runs(
             store,
@@ -122,6 +147,7 @@ class Executor:
             on_pause=lambda: bridge.nudge(),
             gates=[lambda _admission: _outbox_has_room(relay)],
             quotas=quotas,
+            tracing=tracing,
         )
         bridge = ApprovalBridge(
             channel, store, watcher, api_key=settings.api_key, on_claimable=runs.wake
@@ -159,6 +185,7 @@ class Executor:
             health_servicer,
             port,
             serving,
+            owned,
         )
         log.info("executor started", extra={"address": executor.address, "node": settings.node_id})
         return executor
@@ -176,7 +203,17 @@ class Executor:
         await self.http.aclose()
         await self.mcp.aclose()
         await self.db.aclose()
+        for provider in self._providers:
+            if provider is not None:
+                await asyncio.to_thread(provider.shutdown)
         log.info("executor stopped")
+
+
+def _backlog(relay: OutboxRelay) -> tuple[int, float]:
+    """The outbox's events and the age in seconds of its oldest, as last counted."""
+    backlog = relay.backlog
+    oldest = backlog.oldest
+    return backlog.events, (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0
 
 
 def _outbox_has_room(relay: OutboxRelay) -> None:

@@ -83,8 +83,8 @@ class Granted:
     free: Slice
     """What no lease holds after this grant (kinds that are not limited: 0)."""
     held_elsewhere: Slice
-    """What the tenant's other leases hold (of USD: what they hold beyond what their
-    calls in flight reserved)."""
+    """What the tenant's other leases hold (USD reserved by calls in flight included:
+    what those calls do not spend comes back)."""
 
 
 @dataclass(frozen=True)
@@ -234,7 +234,6 @@ class Quotas:
             ask.wants.tokens_per_minute,
             ask.wants.requests_per_minute,
             ask.wants.run_slots,
-            ask.in_use.usd_nano,
             ask.needs.usd_nano if short else 0,
             since if short else None,
             now + self.lease_ttl,
@@ -262,12 +261,6 @@ class Quotas:
         binding = min(
             (limit for limit in USD_LIMITS if limit in pools), key=free.__getitem__, default=""
         )
-        # Of the USD held elsewhere, what is not reserved by calls in flight may come back.
-        unused = sum(
-            max(c[binding] - lease.in_use_usd_nano, 0)
-            for lease, c in zip(others, counted, strict=True)
-            if binding
-        )
         # Little left free: renew sooner, so what others hold and do not use comes back.
         scarce = any(free[limit] * SCARCE_PART < pool for limit, pool in pools.items() if pool > 0)
 
@@ -292,7 +285,7 @@ class Quotas:
             policy.failure_mode,
             held,
             kinds({k: max(v, 0) for k, v in free.items()}),
-            kinds({**elsewhere, binding: unused} if binding else elsewhere),
+            kinds(elsewhere),
         )
 
     async def release(self, caller: Principal, tenant: str, lease_id: str, spent_nano: int) -> None:

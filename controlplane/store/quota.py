@@ -52,8 +52,6 @@ class LeaseRow:
     wants_tokens_per_minute: int
     wants_requests_per_minute: int
     wants_run_slots: int
-    in_use_usd_nano: int
-    """USD reserved by the executor's calls in flight, at its last renewal."""
     waiting_usd_nano: int
     """USD a call of the executor waits for and was not granted."""
     waiting_since: datetime | None

@@ -291,7 +291,6 @@ quota_leases = sa.Table(
     sa.Column("wants_tokens_per_minute", sa.BigInteger, nullable=False),
     sa.Column("wants_requests_per_minute", sa.BigInteger, nullable=False),
     sa.Column("wants_run_slots", sa.Integer, nullable=False),
-    sa.Column("in_use_usd_nano", sa.BigInteger, nullable=False),
     sa.Column("waiting_usd_nano", sa.BigInteger, nullable=False),
     sa.Column("waiting_since", UTCDateTime, nullable=True),
     sa.Column("expire_time", UTCDateTime, nullable=False),

@@ -23,6 +23,7 @@ from dataplane.orchestrator.runs import Admission, Runs
 from dataplane.runstore.errors import IdempotencyConflict, RunNotFound
 from dataplane.runstore.model import Run
 from dataplane.runstore.store import RunStore
+from dataplane.telemetry.otel import trace_headers
 from pilothouse.v1 import run_pb2 as pb
 from pilothouse.v1 import run_pb2_grpc
 from storekit.coalesce import Coalescer
@@ -188,6 +189,7 @@ class AgentServicer(run_pb2_grpc.AgentServiceServicer):
             session_id=request.session_id,
             user_id=request.user_id,
             deadline_at=deadline if isinstance(request, pb.RunAgentRequest) else None,
+            trace=trace_headers(ctx.invocation_metadata() or ()),
         )
 
     async def _run_for(self, ctx: Ctx, name: str) -> Run:

@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from opentelemetry.trace import INVALID_SPAN, Span
+
 from dataplane.config.snapshot import ExecutorConfig
 from dataplane.guardrails import output
 from dataplane.guardrails.injection import screen
@@ -46,6 +48,7 @@ from dataplane.runstore.model import (
 )
 from dataplane.runstore.store import RunStore
 from dataplane.telemetry import records
+from dataplane.telemetry.otel import Tracing, trace_id_of
 from dataplane.telemetry.records import RunLabels
 from dataplane.tools.router import ToolOutcome, ToolRouter
 from pilothouse.v1 import model_pb2, tool_pb2
@@ -119,6 +122,9 @@ class RunLoop:
     """This executor's node id, as the run's telemetry names it."""
     quotas: Quotas | None = None
     """The tenants' quota leases model calls reserve from (None: no quotas)."""
+    tracing: Tracing = field(default_factory=Tracing)
+    """Spans and metrics (no-ops unless an OpenTelemetry SDK is configured)."""
+    _span: Span = INVALID_SPAN
     _last_call: tuple[CallEntry, list[NewEvent]] | None = None
     _ending: StepCheckpoint | None = None
     """The checkpoint of the reply that ends the run, written with the run's end."""
@@ -137,7 +143,14 @@ class RunLoop:
     async def execute(self) -> None:
         """Drive the run until it stops or waits; LeaseLost ends it silently (another
         executor has it now). Cancelled (CancelRun reached this executor), it stops the
-        run as cancelled, even in the middle of a step."""
+        run as cancelled, even in the middle of a step. Its time here is one
+        ``invoke_agent`` span, in the trace the run was started in."""
+        carrier = self.run.request.get("trace", {})
+        with self.tracing.run_span(self.run.agent, self.run.tenant, self.run.id, carrier) as span:
+            self._span = span
+            await self._execute()
+
+    async def _execute(self) -> None:
         renewer = asyncio.create_task(self._keep_lease())
         try:
             await self._drive()
@@ -180,6 +193,25 @@ class RunLoop:
             self.lease = await self.store.renew(self.lease)
 
     def _stopped(self, reason: StopReason, detail: str) -> NewEvent:
+        span = self._span
+        span.set_attribute("pilothouse.stop_reason", reason.value)
+        span.set_attribute("pilothouse.steps", self._completed)
+        span.set_attribute("gen_ai.usage.input_tokens", self._usage.input_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", self._usage.output_tokens)
+        span.set_attribute("pilothouse.cost_usd", str(self._usage.cost_usd))
+        if reason in (StopReason.GUARDRAIL, StopReason.INVALID_OUTPUT):
+            guardrail = detail.split(":", 1)[0].split("[", 1)[0] or reason.value
+            span.add_event(
+                "pilothouse.guardrail",
+                {"pilothouse.guardrail.name": guardrail, "pilothouse.guardrail.decision": "block"},
+            )
+            span.set_attribute("pilothouse.guardrail.blocked", guardrail)
+            self.tracing.guardrail_trips.add(
+                1, {"pilothouse.guardrail.name": guardrail, "pilothouse.tenant": self.run.tenant}
+            )
+        self.tracing.runs.add(
+            1, {"pilothouse.stop_reason": reason.value, "pilothouse.tenant": self.run.tenant}
+        )
         return stopped(
             reason,
             detail,
@@ -215,10 +247,16 @@ class RunLoop:
         ]
         self._usage = Usage.from_dict(self.run.usage)
         labels = self._labels = RunLabels(self.run.agent, ctx.version.name, self.executor)
+        self._span.set_attribute("pilothouse.prompt_version", ctx.version.name)
+        if limits.max_usd is not None:
+            self._span.set_attribute("pilothouse.budget.max_usd", str(limits.max_usd))
         if self.admitted is None:
             # Claimed from the pool: it waited since it became claimable.
             waited = self.run.updated_at - self.run.available_at
             self._queued_for = max(waited.total_seconds(), 0.0)
+            self.tracing.queue_duration.record(
+                self._queued_for, {"pilothouse.tenant": self.run.tenant}
+            )
         deadline_wall = (
             self.run.created_at.timestamp() + limits.max_wall_seconds
             if limits.max_wall_seconds
@@ -232,6 +270,7 @@ class RunLoop:
                     request.get("input", ""),
                     labels,
                     created_at=self.run.created_at,
+                    trace_id=trace_id_of(request.get("trace", {})),
                 )
                 if self.admitted is None:
                     await self._write_checkpoints([(first, None)])
@@ -379,6 +418,9 @@ class RunLoop:
                     deadline=self._deadline(deadline_wall),
                 )
             except QuotaExceeded as e:
+                self.tracing.quota_refusals.add(
+                    1, {"pilothouse.quota.limit": e.limit, "pilothouse.tenant": self.run.tenant}
+                )
                 raise _Stop(StopReason.BUDGET_EXCEEDED, f"tenant quota: {e}") from e
         request = ChatRequest(
             messages=tuple(messages),
@@ -391,21 +433,27 @@ class RunLoop:
             run_input=self.run.request.get("input", ""),
         )
         started = time.perf_counter()
-        try:
-            result = await self.gateway.complete(
-                self.config,
-                ctx.route,
-                request,
-                deadline=self._deadline(deadline_wall),
-                pick_key=f"{self.run.id}:{step}",
-            )
-        except (ProviderError, NoModelAvailable) as e:
-            reservation.settle(Decimal(0), 0)
-            self._check_limits(limits, deadline_wall, step)  # a deadline says it better
-            raise _Stop(StopReason.FAILED, f"model_error: {e}") from e
-        except BaseException:
-            reservation.settle(Decimal(0), 0)
-            raise
+        with self.tracing.model_call(models[0] if models else None, request) as traced:
+            if limits.max_usd is not None:
+                left = limits.max_usd - self._usage.cost_usd
+                traced.span.set_attribute("pilothouse.budget.usd_left", str(left))
+            try:
+                result = await self.gateway.complete(
+                    self.config,
+                    ctx.route,
+                    request,
+                    deadline=self._deadline(deadline_wall),
+                    pick_key=f"{self.run.id}:{step}",
+                )
+            except (ProviderError, NoModelAvailable) as e:
+                traced.failed(e)
+                reservation.settle(Decimal(0), 0)
+                self._check_limits(limits, deadline_wall, step)  # a deadline says it better
+                raise _Stop(StopReason.FAILED, f"model_error: {e}") from e
+            except BaseException:
+                reservation.settle(Decimal(0), 0)
+                raise
+            traced.answered(result)
         usage = result.result.usage
         reservation.settle(result.cost, usage.input_tokens + usage.output_tokens)
         self._usage.input_tokens += usage.input_tokens
@@ -678,14 +726,17 @@ class RunLoop:
                             state=CallState.STARTED,
                         )
                     started = time.perf_counter()
-                    outcome = await self.router.execute(
-                        tool,
-                        arguments,
-                        idempotency_key=f"{self.run.id}:{step}:{index}",
-                        tenant=self.run.tenant,
-                        agent=self.run.agent,
-                        deadline=self._deadline(deadline_wall),
-                    )
+                    with self.tracing.tool_call(tool, call.name, call.id) as span:
+                        outcome = await self.router.execute(
+                            tool,
+                            arguments,
+                            idempotency_key=f"{self.run.id}:{step}:{index}",
+                            tenant=self.run.tenant,
+                            agent=self.run.agent,
+                            deadline=self._deadline(deadline_wall),
+                        )
+                        if not outcome.ok:
+                            self.tracing.failed(span, "tool_error")
                     self._usage.tool_calls += 1
                     untrusted = True
                     content = json.dumps(outcome.result)
@@ -744,6 +795,7 @@ def opening(
     labels: RunLabels,
     *,
     created_at: datetime | None = None,
+    trace_id: str = "",
 ) -> tuple[list[ChatMessage], StepCheckpoint]:
     """A run's first messages, and its first checkpoint: step 0, those messages, no usage
     yet, and the ``run_started`` event (``created_at``: when the run was created, if that
@@ -758,7 +810,7 @@ def opening(
             NewEvent(
                 "run_started",
                 {"prompt_version": ctx.version.name, "config_version": config_version},
-                records.run_opened(labels, config_version, created_at),
+                records.run_opened(labels, config_version, created_at, trace_id),
             )
         ],
     )

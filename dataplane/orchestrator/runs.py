@@ -26,6 +26,7 @@ from dataplane.orchestrator.loop import RunLoop, opening
 from dataplane.quota.leases import UNLIMITED_SLOT, QuotaExceeded, Quotas, RunSlot
 from dataplane.runstore.model import Lease, Run, RunEvent, RunState
 from dataplane.runstore.store import NewRun, RunStore, opened_events
+from dataplane.telemetry.otel import Tracing, run_trace_context, trace_id_of
 from dataplane.telemetry.records import RunLabels
 from dataplane.tools.router import ToolRouter
 from pilothouse.v1 import agent_pb2
@@ -62,6 +63,8 @@ class Admission:
     session_id: str = ""
     user_id: str = ""
     deadline_at: datetime | None = None
+    trace: dict[str, str] = field(default_factory=dict)
+    """The caller's W3C trace context (``traceparent``, ``tracestate``), if it sent one."""
 
 
 class Runs:
@@ -79,6 +82,7 @@ class Runs:
         on_pause: Callable[[], None] | None = None,
         gates: Sequence[Callable[[Admission], None]] = (),
         quotas: Quotas | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """``owner``: this executor's name on the leases it holds; ``executor``: its node
         id, as telemetry names it. ``on_pause`` hears of every run that starts waiting
@@ -101,6 +105,7 @@ class Runs:
         self._on_pause = on_pause
         self._gates = list(gates)
         self._quotas = quotas
+        self._tracing = tracing or Tracing()
 
     def wake(self) -> None:
         """Runs may have become claimable: look now rather than at the next poll."""
@@ -144,7 +149,9 @@ class Runs:
         )
         for gate in self._gates:
             gate(admission)
+        trace = run_trace_context(admission.trace)
         request = {
+            "trace": trace,
             "input": run_input,
             "variables": admission.variables,
             "limits": limits(ctx.agent, admission.budget).to_dict(),
@@ -168,7 +175,11 @@ class Runs:
             )
             raise
         labels = RunLabels(admission.agent, ctx.version.name, self.executor)
-        first = None if queued else opening(ctx, config.version, run_input, labels)[1]
+        first = (
+            None
+            if queued
+            else opening(ctx, config.version, run_input, labels, trace_id=trace_id_of(trace))[1]
+        )
         try:
             run, lease, created = await self._store.create(
                 NewRun(
@@ -205,6 +216,9 @@ class Runs:
         try:
             return await self._quotas.take_slot(tenant, budget=budget)
         except QuotaExceeded as e:
+            self._tracing.quota_refusals.add(
+                1, {"pilothouse.quota.limit": e.limit, "pilothouse.tenant": tenant}
+            )
             raise Exhausted(
                 str(e), retry_after=e.retry_after, quota=(f"tenants/{e.tenant}", e.limit)
             ) from None
@@ -235,6 +249,7 @@ class Runs:
             admitted=admitted[1] if admitted else None,
             executor=self.executor,
             quotas=self._quotas,
+            tracing=self._tracing,
         )
 
         async def go() -> None:

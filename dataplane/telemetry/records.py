@@ -24,13 +24,17 @@ class RunLabels:
 
 
 def run_opened(
-    labels: RunLabels, config_version: str, created_at: datetime | None = None
+    labels: RunLabels,
+    config_version: str,
+    created_at: datetime | None = None,
+    trace_id: str = "",
 ) -> Telemetry:
     fields: dict[str, Any] = {
         "agent": labels.agent,
         "prompt_version": labels.prompt_version,
         "variant": labels.variant,
         "config_version": config_version,
+        "trace_id": trace_id,
     }
     if created_at is not None:
         fields["create_time"] = created_at.isoformat()

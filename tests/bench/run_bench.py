@@ -192,7 +192,13 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def start_executor(
-    control_plane: str, key: str, node: str, state_dir: Path, run_store_url: str, log_level: str
+    control_plane: str,
+    key: str,
+    node: str,
+    state_dir: Path,
+    run_store_url: str,
+    log_level: str,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[str], str]:
     """Start an executor process; return it and the address it listens on.
 
@@ -218,7 +224,7 @@ async def start_executor(
             "--log-level",
             log_level,
         ],
-        env={**os.environ, "PILOTHOUSE_EXECUTOR_KEY": key},
+        env={**os.environ, **(env or {}), "PILOTHOUSE_EXECUTOR_KEY": key},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -237,7 +243,10 @@ async def start_executor(
     return executor, address
 
 
-async def measure(run_store_url: str, workdir: Path) -> dict[str, Any]:
+async def measure(
+    run_store_url: str, workdir: Path, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """``env``: more environment for the executor process."""
     fake = await FakeOpenAI().start()
     admin = subprocess.run(
         [sys.executable, "-m", "controlplane", "keygen"], capture_output=True, text=True, check=True
@@ -249,7 +258,7 @@ async def measure(run_store_url: str, workdir: Path) -> dict[str, Any]:
     try:
         client_key, executor_key = (await setup(plane.address, admin, fake)).split()
         executor, address = await start_executor(
-            plane.address, executor_key, "bench", workdir, run_store_url, "WARNING"
+            plane.address, executor_key, "bench", workdir, run_store_url, "WARNING", env
         )
         async with grpc.aio.insecure_channel(address) as channel:
             stub = run_pb2_grpc.AgentServiceStub(channel)

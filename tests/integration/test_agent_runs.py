@@ -70,7 +70,13 @@ class Stage:
 
 @contextlib.asynccontextmanager
 async def stage(
-    live: Live, run_store_url: str, tmp_path: Path, **settings: Any
+    live: Live,
+    run_store_url: str,
+    tmp_path: Path,
+    *,
+    tracer_provider: Any = None,
+    meter_provider: Any = None,
+    **settings: Any,
 ) -> AsyncIterator[Stage]:
     key = await live.new_key(api_key_pb2.ROLE_EXECUTOR, None)
     executor = await Executor.start(
@@ -83,7 +89,9 @@ async def stage(
             run_store_url=run_store_url,
             shutdown_grace=1.0,
             **settings,
-        )
+        ),
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
     )
     channel = grpc.aio.insecure_channel(executor.address)
     try:

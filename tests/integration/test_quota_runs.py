@@ -112,16 +112,15 @@ async def test_a_spent_budget_refuses_runs_until_its_window_ends(
 async def test_racing_runs_on_two_executors_never_overspend_the_budget(
     live: Live, own_run_database_url: str, tmp_path: Path
 ) -> None:
-    # Calls that cost about what their worst case does, so the budget runs out.
-    model = h.model(input_price_per_million="100", output_price_per_million="100")
+    # Output is what costs, so a call's worst case (its most output) is a few times what
+    # it spends; 20 runs at once cost more than the budget, their first calls less.
+    model = h.model(input_price_per_million="0", output_price_per_million="1000")
     model.max_output_tokens = 40
     first = model.scripted.rules.add(on_step=1)
     first.tool_calls.add(tool="calc").arguments.update({"expression": "6 * 7"})
     model.scripted.rules.add(on_step=2, answer="The answer is {{last_tool_result}}")
     tenant = await support_agent(live, model=model)
-    # Above one call's worst case (its prompt's bytes at these prices), below what 40
-    # runs cost.
-    budget = Decimal("0.12")
+    budget = Decimal("0.2")
     await set_policy(live, tenant, usd_per_day=str(budget))
     async with (
         stage(live, own_run_database_url, tmp_path / "a") as a,
@@ -144,7 +143,7 @@ async def test_racing_runs_on_two_executors_never_overspend_the_budget(
                 assert stopped.detail.startswith("tenant quota"), stopped.detail
             return run_pb2.StopReason.Name(stopped.reason), Decimal(stopped.usage.cost_usd)
 
-        outcomes = await asyncio.gather(*(one(n) for n in range(40)))
+        outcomes = await asyncio.gather(*(one(n) for n in range(20)))
     spent = sum((cost for _, cost in outcomes), Decimal(0))
     reasons = {reason for reason, _ in outcomes}
     assert "STOP_REASON_COMPLETED" in reasons

@@ -158,10 +158,10 @@ class AcquireLeaseResponse(_message.Message):
 
     @_builtins.property
     def held_elsewhere(self) -> Global___QuotaAmounts:
-        """Of each limited kind: what the tenant's other leases hold (of USD, what they hold
-        beyond what their calls in flight reserved). A call that did not get what it needs
-        may wait for some of it to come back; when free and held_elsewhere together are
-        less than it needs, waiting cannot help.
+        """Of each limited kind: what the tenant's other leases hold (USD reserved by calls in
+        flight included: what those do not spend comes back). A call that did not get what
+        it needs may wait for some of it to come back; when free and held_elsewhere
+        together are less than it needs, waiting cannot help.
         """
 
     def __init__(

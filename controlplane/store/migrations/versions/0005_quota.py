@@ -43,7 +43,6 @@ def upgrade() -> None:
         sa.Column("wants_tokens_per_minute", sa.BigInteger, nullable=False),
         sa.Column("wants_requests_per_minute", sa.BigInteger, nullable=False),
         sa.Column("wants_run_slots", sa.Integer, nullable=False),
-        sa.Column("in_use_usd_nano", sa.BigInteger, nullable=False),
         sa.Column("waiting_usd_nano", sa.BigInteger, nullable=False),
         sa.Column("waiting_since", TS, nullable=True),
         sa.Column("expire_time", TS, nullable=False),
