@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 import grpc
 
 from dataplane.config.watcher import Backoff, ConfigWatcher
+from dataplane.guardrails import pii
 from dataplane.runstore.model import Run
 from dataplane.runstore.store import RunStore
 from pilothouse.v1 import agent_pb2, approval_pb2, approval_pb2_grpc
@@ -87,7 +88,8 @@ class ApprovalBridge:
                         step=call.step,
                         call_index=call.call_index,
                         tool=call.tool,
-                        arguments=json.dumps(call.arguments),
+                        # A person decides on them; personal data in them stays here.
+                        arguments=pii.redact(json.dumps(call.arguments)),
                         reason="the call needs a person's approval",
                     )
                     filed.expire_time.FromDatetime(self._expiry(run))

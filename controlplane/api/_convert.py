@@ -445,11 +445,13 @@ def agent_to_proto(record: Record[r.Agent]) -> agent_pb2.Agent:
 
 
 def tenant_from_proto(m: tenant_pb2.Tenant) -> r.Tenant:
-    return r.Tenant(display_name=m.display_name)
+    return r.Tenant(display_name=m.display_name, capture_content=m.capture_content)
 
 
 def tenant_to_proto(record: Record[r.Tenant]) -> tenant_pb2.Tenant:
-    m = tenant_pb2.Tenant(display_name=record.spec.display_name)
+    m = tenant_pb2.Tenant(
+        display_name=record.spec.display_name, capture_content=record.spec.capture_content
+    )
     _meta(m, record, kinds.TENANT)
     return m
 

@@ -212,6 +212,7 @@ class Agent:
 @dataclass(frozen=True)
 class Tenant:
     display_name: str = ""
+    capture_content: bool = False
 
 
 class FailureMode(StrEnum):

@@ -28,17 +28,19 @@ class Verdict:
     """Why the answer does not satisfy the schema, after its repair."""
 
 
-def schema_problem(validator: Draft202012Validator, answer: str) -> str:
-    """Why ``answer`` is not JSON satisfying the schema; "" when it is."""
+def schema_problem(validator: Draft202012Validator, answer: str) -> tuple[str, str]:
+    """Why ``answer`` is not JSON satisfying the schema, told to the model (which may
+    quote the answer) and for the record (which never does); empty when it is."""
     try:
         value = json.loads(answer)
     except json.JSONDecodeError as e:
-        return f"it is not JSON ({e.msg} at line {e.lineno} column {e.colno})"
+        told = f"it is not JSON ({e.msg} at line {e.lineno} column {e.colno})"
+        return told, told
     error = next(iter(sorted(validator.iter_errors(value), key=lambda e: list(e.path))), None)
     if error is None:
-        return ""
+        return "", ""
     where = "/".join(str(p) for p in error.absolute_path) or "(the top level)"
-    return f"at {where}: {error.message}"
+    return f"at {where}: {error.message}", f"at {where}: fails the schema's {error.validator!r}"
 
 
 def judge(
@@ -50,7 +52,7 @@ def judge(
 ) -> Verdict:
     """The final answer's fate. ``repaired``: the run already had its repair."""
     if validator is not None:
-        problem = schema_problem(validator, answer)
+        problem, recorded = schema_problem(validator, answer)
         if problem and not repaired:
             schema = json.dumps(validator.schema, separators=(",", ":"))
             return Verdict(
@@ -58,7 +60,7 @@ def judge(
                 f"JSON, which must satisfy this JSON Schema: {schema}"
             )
         if problem:
-            return Verdict(invalid=problem)
+            return Verdict(invalid=recorded)
     policy = agent.guardrail_policy
     for i, pattern in enumerate(policy.blocked_patterns):
         if re.search(pattern, answer):

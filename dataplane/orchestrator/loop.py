@@ -23,7 +23,7 @@ from typing import Any
 from opentelemetry.trace import INVALID_SPAN, Span
 
 from dataplane.config.snapshot import ExecutorConfig
-from dataplane.guardrails import output
+from dataplane.guardrails import output, pii
 from dataplane.guardrails.injection import screen
 from dataplane.guardrails.untrusted import NOTICE, mark
 from dataplane.models.gateway import ModelGateway, NoModelAvailable
@@ -48,11 +48,13 @@ from dataplane.runstore.model import (
 )
 from dataplane.runstore.store import RunStore
 from dataplane.telemetry import records
-from dataplane.telemetry.otel import Tracing, trace_id_of
+from dataplane.telemetry.otel import Tracing, captured, trace_id_of
 from dataplane.telemetry.records import RunLabels
 from dataplane.tools.router import ToolOutcome, ToolRouter
-from pilothouse.v1 import model_pb2, tool_pb2
+from pilothouse.v1 import model_pb2, tenant_pb2, tool_pb2
 
+MAX_DETAIL = 500
+"""Characters of a stop's detail kept."""
 BUDGETED_MAX_OUTPUT = 4096
 """Output tokens a call is held to when a USD limit applies and neither its prompt
 version nor its model bounds them."""
@@ -99,6 +101,11 @@ class _Stop(Exception):
     detail: str = ""
     final_answer: str = ""
 
+    def __post_init__(self) -> None:
+        # The detail leaves the executor (run index, audit log): a provider's error
+        # message may quote what it was sent.
+        self.detail = pii.redact(self.detail[:MAX_DETAIL])
+
 
 @dataclass
 class RunLoop:
@@ -125,6 +132,8 @@ class RunLoop:
     tracing: Tracing = field(default_factory=Tracing)
     """Spans and metrics (no-ops unless an OpenTelemetry SDK is configured)."""
     _span: Span = INVALID_SPAN
+    _capture: bool = False
+    """The tenant has content captured in spans (redacted)."""
     _last_call: tuple[CallEntry, list[NewEvent]] | None = None
     _ending: StepCheckpoint | None = None
     """The checkpoint of the reply that ends the run, written with the run's end."""
@@ -248,6 +257,8 @@ class RunLoop:
         self._usage = Usage.from_dict(self.run.usage)
         labels = self._labels = RunLabels(self.run.agent, ctx.version.name, self.executor)
         self._span.set_attribute("pilothouse.prompt_version", ctx.version.name)
+        tenant = self.config.get(tenant_pb2.Tenant, f"tenants/{self.run.tenant}")
+        self._capture = tenant is not None and tenant.capture_content
         if limits.max_usd is not None:
             self._span.set_attribute("pilothouse.budget.max_usd", str(limits.max_usd))
         if self.admitted is None:
@@ -454,6 +465,8 @@ class RunLoop:
                 reservation.settle(Decimal(0), 0)
                 raise
             traced.answered(result)
+            if self._capture:
+                traced.capture(request.messages, result.result.message)
         usage = result.result.usage
         reservation.settle(result.cost, usage.input_tokens + usage.output_tokens)
         self._usage.input_tokens += usage.input_tokens
@@ -737,6 +750,13 @@ class RunLoop:
                         )
                         if not outcome.ok:
                             self.tracing.failed(span, "tool_error")
+                        if self._capture:
+                            span.set_attribute(
+                                "gen_ai.tool.call.arguments", captured(json.dumps(arguments))
+                            )
+                            span.set_attribute(
+                                "gen_ai.tool.call.result", captured(json.dumps(outcome.result))
+                            )
                     self._usage.tool_calls += 1
                     untrusted = True
                     content = json.dumps(outcome.result)

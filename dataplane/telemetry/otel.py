@@ -16,6 +16,7 @@ not true); otherwise the API's no-op providers make every span and measurement f
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import secrets
 import time
@@ -27,8 +28,9 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from dataplane.guardrails import pii
 from dataplane.models.gateway import GatewayResult
-from dataplane.models.types import ChatRequest
+from dataplane.models.types import ChatMessage, ChatRequest
 from dataplane.telemetry.records import provider_name
 from pilothouse.v1 import model_pb2, tool_pb2
 
@@ -263,6 +265,14 @@ class ModelCallTrace:
         tokens.record(answer.usage.output_tokens, {**labels, "gen_ai.token.type": "output"})
         self._tracing.operation_duration.record(time.perf_counter() - self._started, labels)
 
+    def capture(self, messages: Iterable[ChatMessage], answer: ChatMessage) -> None:
+        """Put the call's messages and answer on its span (for a tenant that captures
+        content), redacted."""
+        self.span.set_attribute(
+            "gen_ai.input.messages", captured(json.dumps([_message(m) for m in messages]))
+        )
+        self.span.set_attribute("gen_ai.output.messages", captured(json.dumps([_message(answer)])))
+
     def failed(self, error: Exception) -> None:
         status = getattr(error, "status", None)
         kind = str(status) if status else type(error).__name__
@@ -286,6 +296,29 @@ def run_trace_context(headers: Mapping[str, str]) -> dict[str, str]:
     if state and len(state) <= 512:
         context["tracestate"] = state
     return context
+
+
+MAX_CAPTURED = 16 * 1024
+"""Characters of captured content kept per attribute."""
+
+
+def captured(text: str) -> str:
+    """Content for a span: personal data and secrets redacted, cut to a size."""
+    return pii.redact(text)[:MAX_CAPTURED]
+
+
+def _message(m: ChatMessage) -> dict[str, Any]:
+    """A message as the GenAI conventions shape it."""
+    parts: list[dict[str, Any]] = []
+    if m.role == "tool":
+        parts.append({"type": "tool_call_response", "id": m.tool_call_id, "response": m.content})
+    elif m.content:
+        parts.append({"type": "text", "content": m.content})
+    parts += [
+        {"type": "tool_call", "id": c.id, "name": c.name, "arguments": c.arguments}
+        for c in m.tool_calls
+    ]
+    return {"role": m.role, "parts": parts}
 
 
 def new_trace_context() -> dict[str, str]:

@@ -26,47 +26,47 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apilothouse/v1/tenant.proto\x12\rpilothouse.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9c\x01\n\x06Tenant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8e\x03\n\x0bQuotaPolicy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x0busd_per_day\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x1a\n\rusd_per_month\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x1e\n\x11tokens_per_minute\x18\x04 \x01(\x03H\x02\x88\x01\x01\x12 \n\x13requests_per_minute\x18\x05 \x01(\x03H\x03\x88\x01\x01\x12 \n\x13max_concurrent_runs\x18\x06 \x01(\x05H\x04\x88\x01\x01\x12\x30\n\x0c\x66\x61ilure_mode\x18\x07 \x01(\x0e\x32\x1a.pilothouse.v1.FailureMode\x12\x0c\n\x04\x65tag\x18\x08 \x01(\t\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x0e\n\x0c_usd_per_dayB\x10\n\x0e_usd_per_monthB\x14\n\x12_tokens_per_minuteB\x16\n\x14_requests_per_minuteB\x16\n\x14_max_concurrent_runs\" \n\x10GetTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\":\n\x11GetTenantResponse\x12%\n\x06tenant\x18\x01 \x01(\x0b\x32\x15.pilothouse.v1.Tenant\";\n\x12ListTenantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x13ListTenantsResponse\x12&\n\x07tenants\x18\x01 \x03(\x0b\x32\x15.pilothouse.v1.Tenant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"O\n\x13\x43reateTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12%\n\x06tenant\x18\x02 \x01(\x0b\x32\x15.pilothouse.v1.Tenant\"=\n\x14\x43reateTenantResponse\x12%\n\x06tenant\x18\x01 \x01(\x0b\x32\x15.pilothouse.v1.Tenant\"m\n\x13UpdateTenantRequest\x12%\n\x06tenant\x18\x01 \x01(\x0b\x32\x15.pilothouse.v1.Tenant\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"=\n\x14UpdateTenantResponse\x12%\n\x06tenant\x18\x01 \x01(\x0b\x32\x15.pilothouse.v1.Tenant\"@\n\x13\x44\x65leteTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"\x16\n\x14\x44\x65leteTenantResponse\"%\n\x15GetQuotaPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"J\n\x16GetQuotaPolicyResponse\x12\x30\n\x0cquota_policy\x18\x01 \x01(\x0b\x32\x1a.pilothouse.v1.QuotaPolicy\"}\n\x18UpdateQuotaPolicyRequest\x12\x30\n\x0cquota_policy\x18\x01 \x01(\x0b\x32\x1a.pilothouse.v1.QuotaPolicy\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"M\n\x19UpdateQuotaPolicyResponse\x12\x30\n\x0cquota_policy\x18\x01 \x01(\x0b\x32\x1a.pilothouse.v1.QuotaPolicy*e\n\x0b\x46\x61ilureMode\x12\x1c\n\x18\x46\x41ILURE_MODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x46\x41ILURE_MODE_FAIL_CLOSED\x10\x01\x12\x1a\n\x16\x46\x41ILURE_MODE_FAIL_OPEN\x10\x02\x32\x87\x05\n\rTenantService\x12N\n\tGetTenant\x12\x1f.pilothouse.v1.GetTenantRequest\x1a .pilothouse.v1.GetTenantResponse\x12T\n\x0bListTenants\x12!.pilothouse.v1.ListTenantsRequest\x1a\".pilothouse.v1.ListTenantsResponse\x12W\n\x0c\x43reateTenant\x12\".pilothouse.v1.CreateTenantRequest\x1a#.pilothouse.v1.CreateTenantResponse\x12W\n\x0cUpdateTenant\x12\".pilothouse.v1.UpdateTenantRequest\x1a#.pilothouse.v1.UpdateTenantResponse\x12W\n\x0c\x44\x65leteTenant\x12\".pilothouse.v1.DeleteTenantRequest\x1a#.pilothouse.v1.DeleteTenantResponse\x12]\n\x0eGetQuotaPolicy\x12$.pilothouse.v1.GetQuotaPolicyRequest\x1a%.pilothouse.v1.GetQuotaPolicyResponse\x12\x66\n\x11UpdateQuotaPolicy\x12\'.pilothouse.v1.UpdateQuotaPolicyRequest\x1a(.pilothouse.v1.UpdateQuotaPolicyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apilothouse/v1/tenant.proto\x12\rpilothouse.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb5\x01\n\x06Tenant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63\x61pture_content\x18\x06 \x01(\x08\"\x8e\x03\n\x0bQuotaPolicy\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x0busd_per_day\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x1a\n\rusd_per_month\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x1e\n\x11tokens_per_minute\x18\x04 \x01(\x03H\x02\x88\x01\x01\x12 \n\x13requests_per_minute\x18\x05 \x01(\x03H\x03\x88\x01\x01\x12 \n\x13max_concurrent_runs\x18\x06 \x01(\x05H\x04\x88\x01\x01\x12\x30\n\x0c\x66\x61ilure_mode\x18\x07 \x01(\x0e\x32\x1a.pilothouse.v1.FailureMode\x12\x0c\n\x04\x65tag\x18\x08 \x01(\t\x12/\n\x0bupdate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x0e\n\x0c_usd_per_dayB\x10\n\x0e_usd_per_monthB\x14\n\x12_tokens_per_minuteB\x16\n\x14_requests_per_minuteB\x16\n\x14_max_concurrent_runs\" \n\x10GetTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\":\n\x11GetTenantResponse\x12%\n\x06tenant\x18\x01 \x01(\x0b\x32\x15.pilothouse.v1.Tenant\";\n\x12ListTenantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"V\n\x13ListTenantsResponse\x12&\n\x07tenants\x18\x01 \x03(\x0b\x32\x15.pilothouse.v1.Tenant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"O\n\x13\x43reateTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12%\n\x06tenant\x18\x02 \x01(\x0b\x32\x15.pilothouse.v1.Tenant\"=\n\x14\x43reateTenantResponse\x12%\n\x06tenant\x18\x01 \x01(\x0b\x32\x15.pilothouse.v1.Tenant\"m\n\x13UpdateTenantRequest\x12%\n\x06tenant\x18\x01 \x01(\x0b\x32\x15.pilothouse.v1.Tenant\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"=\n\x14UpdateTenantResponse\x12%\n\x06tenant\x18\x01 \x01(\x0b\x32\x15.pilothouse.v1.Tenant\"@\n\x13\x44\x65leteTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"\x16\n\x14\x44\x65leteTenantResponse\"%\n\x15GetQuotaPolicyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"J\n\x16GetQuotaPolicyResponse\x12\x30\n\x0cquota_policy\x18\x01 \x01(\x0b\x32\x1a.pilothouse.v1.QuotaPolicy\"}\n\x18UpdateQuotaPolicyRequest\x12\x30\n\x0cquota_policy\x18\x01 \x01(\x0b\x32\x1a.pilothouse.v1.QuotaPolicy\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"M\n\x19UpdateQuotaPolicyResponse\x12\x30\n\x0cquota_policy\x18\x01 \x01(\x0b\x32\x1a.pilothouse.v1.QuotaPolicy*e\n\x0b\x46\x61ilureMode\x12\x1c\n\x18\x46\x41ILURE_MODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x46\x41ILURE_MODE_FAIL_CLOSED\x10\x01\x12\x1a\n\x16\x46\x41ILURE_MODE_FAIL_OPEN\x10\x02\x32\x87\x05\n\rTenantService\x12N\n\tGetTenant\x12\x1f.pilothouse.v1.GetTenantRequest\x1a .pilothouse.v1.GetTenantResponse\x12T\n\x0bListTenants\x12!.pilothouse.v1.ListTenantsRequest\x1a\".pilothouse.v1.ListTenantsResponse\x12W\n\x0c\x43reateTenant\x12\".pilothouse.v1.CreateTenantRequest\x1a#.pilothouse.v1.CreateTenantResponse\x12W\n\x0cUpdateTenant\x12\".pilothouse.v1.UpdateTenantRequest\x1a#.pilothouse.v1.UpdateTenantResponse\x12W\n\x0c\x44\x65leteTenant\x12\".pilothouse.v1.DeleteTenantRequest\x1a#.pilothouse.v1.DeleteTenantResponse\x12]\n\x0eGetQuotaPolicy\x12$.pilothouse.v1.GetQuotaPolicyRequest\x1a%.pilothouse.v1.GetQuotaPolicyResponse\x12\x66\n\x11UpdateQuotaPolicy\x12\'.pilothouse.v1.UpdateQuotaPolicyRequest\x1a(.pilothouse.v1.UpdateQuotaPolicyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pilothouse.v1.tenant_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FAILUREMODE']._serialized_start=1644
-  _globals['_FAILUREMODE']._serialized_end=1745
+  _globals['_FAILUREMODE']._serialized_start=1669
+  _globals['_FAILUREMODE']._serialized_end=1770
   _globals['_TENANT']._serialized_start=113
-  _globals['_TENANT']._serialized_end=269
-  _globals['_QUOTAPOLICY']._serialized_start=272
-  _globals['_QUOTAPOLICY']._serialized_end=670
-  _globals['_GETTENANTREQUEST']._serialized_start=672
-  _globals['_GETTENANTREQUEST']._serialized_end=704
-  _globals['_GETTENANTRESPONSE']._serialized_start=706
-  _globals['_GETTENANTRESPONSE']._serialized_end=764
-  _globals['_LISTTENANTSREQUEST']._serialized_start=766
-  _globals['_LISTTENANTSREQUEST']._serialized_end=825
-  _globals['_LISTTENANTSRESPONSE']._serialized_start=827
-  _globals['_LISTTENANTSRESPONSE']._serialized_end=913
-  _globals['_CREATETENANTREQUEST']._serialized_start=915
-  _globals['_CREATETENANTREQUEST']._serialized_end=994
-  _globals['_CREATETENANTRESPONSE']._serialized_start=996
-  _globals['_CREATETENANTRESPONSE']._serialized_end=1057
-  _globals['_UPDATETENANTREQUEST']._serialized_start=1059
-  _globals['_UPDATETENANTREQUEST']._serialized_end=1168
-  _globals['_UPDATETENANTRESPONSE']._serialized_start=1170
-  _globals['_UPDATETENANTRESPONSE']._serialized_end=1231
-  _globals['_DELETETENANTREQUEST']._serialized_start=1233
-  _globals['_DELETETENANTREQUEST']._serialized_end=1297
-  _globals['_DELETETENANTRESPONSE']._serialized_start=1299
-  _globals['_DELETETENANTRESPONSE']._serialized_end=1321
-  _globals['_GETQUOTAPOLICYREQUEST']._serialized_start=1323
-  _globals['_GETQUOTAPOLICYREQUEST']._serialized_end=1360
-  _globals['_GETQUOTAPOLICYRESPONSE']._serialized_start=1362
-  _globals['_GETQUOTAPOLICYRESPONSE']._serialized_end=1436
-  _globals['_UPDATEQUOTAPOLICYREQUEST']._serialized_start=1438
-  _globals['_UPDATEQUOTAPOLICYREQUEST']._serialized_end=1563
-  _globals['_UPDATEQUOTAPOLICYRESPONSE']._serialized_start=1565
-  _globals['_UPDATEQUOTAPOLICYRESPONSE']._serialized_end=1642
-  _globals['_TENANTSERVICE']._serialized_start=1748
-  _globals['_TENANTSERVICE']._serialized_end=2395
+  _globals['_TENANT']._serialized_end=294
+  _globals['_QUOTAPOLICY']._serialized_start=297
+  _globals['_QUOTAPOLICY']._serialized_end=695
+  _globals['_GETTENANTREQUEST']._serialized_start=697
+  _globals['_GETTENANTREQUEST']._serialized_end=729
+  _globals['_GETTENANTRESPONSE']._serialized_start=731
+  _globals['_GETTENANTRESPONSE']._serialized_end=789
+  _globals['_LISTTENANTSREQUEST']._serialized_start=791
+  _globals['_LISTTENANTSREQUEST']._serialized_end=850
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=852
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=938
+  _globals['_CREATETENANTREQUEST']._serialized_start=940
+  _globals['_CREATETENANTREQUEST']._serialized_end=1019
+  _globals['_CREATETENANTRESPONSE']._serialized_start=1021
+  _globals['_CREATETENANTRESPONSE']._serialized_end=1082
+  _globals['_UPDATETENANTREQUEST']._serialized_start=1084
+  _globals['_UPDATETENANTREQUEST']._serialized_end=1193
+  _globals['_UPDATETENANTRESPONSE']._serialized_start=1195
+  _globals['_UPDATETENANTRESPONSE']._serialized_end=1256
+  _globals['_DELETETENANTREQUEST']._serialized_start=1258
+  _globals['_DELETETENANTREQUEST']._serialized_end=1322
+  _globals['_DELETETENANTRESPONSE']._serialized_start=1324
+  _globals['_DELETETENANTRESPONSE']._serialized_end=1346
+  _globals['_GETQUOTAPOLICYREQUEST']._serialized_start=1348
+  _globals['_GETQUOTAPOLICYREQUEST']._serialized_end=1385
+  _globals['_GETQUOTAPOLICYRESPONSE']._serialized_start=1387
+  _globals['_GETQUOTAPOLICYRESPONSE']._serialized_end=1461
+  _globals['_UPDATEQUOTAPOLICYREQUEST']._serialized_start=1463
+  _globals['_UPDATEQUOTAPOLICYREQUEST']._serialized_end=1588
+  _globals['_UPDATEQUOTAPOLICYRESPONSE']._serialized_start=1590
+  _globals['_UPDATEQUOTAPOLICYRESPONSE']._serialized_end=1667
+  _globals['_TENANTSERVICE']._serialized_start=1773
+  _globals['_TENANTSERVICE']._serialized_end=2420
 # @@protoc_insertion_point(module_scope)

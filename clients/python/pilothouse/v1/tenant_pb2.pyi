@@ -58,10 +58,17 @@ class Tenant(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    CAPTURE_CONTENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Format: tenants/{tenant}"""
     display_name: _builtins.str
     etag: _builtins.str
+    capture_content: _builtins.bool
+    """Capture content: prompts, completions, tool arguments and results in the spans of
+    this tenant's runs (with personal data and secrets redacted first). Off by
+    default: then no such text leaves an executor, but in the run's own events to its
+    caller and, redacted, in approval requests.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -74,10 +81,11 @@ class Tenant(_message.Message):
         etag: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        capture_content: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture_content", b"capture_content", "create_time", b"create_time", "display_name", b"display_name", "etag", b"etag", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
