@@ -48,13 +48,7 @@ class RefundTool(LoopbackHttpServer):
                 self.first_effect_done.set()
                 if self.hold_first_call:
                     await self.release.wait()
-        data = json.dumps(self.results[key]).encode()
-        writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-            + f"content-length: {len(data)}\r\n\r\n".encode()
-            + data
-        )
-        await writer.drain()
+        await _send_json(writer, self.results[key])
         return True
 
 
@@ -79,11 +73,15 @@ class DocumentTool(LoopbackHttpServer):
         raw: bytes,
     ) -> bool:
         self.calls += 1
-        data = json.dumps({"document": self.document}).encode()
-        writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-            + f"content-length: {len(data)}\r\n\r\n".encode()
-            + data
-        )
-        await writer.drain()
+        await _send_json(writer, {"document": self.document})
         return True
+
+
+async def _send_json(writer: asyncio.StreamWriter, payload: Any) -> None:
+    data = json.dumps(payload).encode()
+    writer.write(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+        + f"content-length: {len(data)}\r\n\r\n".encode()
+        + data
+    )
+    await writer.drain()

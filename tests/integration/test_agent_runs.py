@@ -118,6 +118,59 @@ def calculator() -> tool_pb2.Tool:
     return calc
 
 
+async def deploy(
+    live: Live,
+    tenant: str,
+    *,
+    tools: dict[str, tool_pb2.Tool],
+    model: model_pb2.Model,
+    agent: agent_pb2.Agent,
+    model_id: str = "small",
+    prompt_id: str = "support",
+    agent_id: str = "helper",
+) -> None:
+    """Register in ``tenant`` its tools, a model with the route "default" to it, a prompt
+    whose production label points at a version on that route, and ``agent`` over them."""
+    parent = f"tenants/{tenant}"
+    md = live.md()
+    for tool_id, tool in tools.items():
+        await live.tools.CreateTool(
+            tool_pb2.CreateToolRequest(parent=parent, tool_id=tool_id, tool=tool), metadata=md
+        )
+    await live.models.CreateModel(
+        model_pb2.CreateModelRequest(parent=parent, model_id=model_id, model=model), metadata=md
+    )
+    await live.models.CreateModelRoute(
+        model_pb2.CreateModelRouteRequest(
+            parent=parent, model_route_id="default", model_route=h.route(tenant, model_id)
+        ),
+        metadata=md,
+    )
+    await live.prompts.CreatePrompt(
+        prompt_pb2.CreatePromptRequest(
+            parent=parent, prompt_id=prompt_id, prompt=prompt_pb2.Prompt()
+        ),
+        metadata=md,
+    )
+    version = await live.prompts.CreatePromptVersion(
+        prompt_pb2.CreatePromptVersionRequest(
+            parent=f"{parent}/prompts/{prompt_id}", prompt_version=h.version(tenant, "default")
+        ),
+        metadata=md,
+    )
+    await live.prompts.SetPromptLabel(
+        prompt_pb2.SetPromptLabelRequest(
+            name=f"{parent}/prompts/{prompt_id}",
+            label="production",
+            version=version.prompt_version.name,
+        ),
+        metadata=md,
+    )
+    await live.agents.CreateAgent(
+        agent_pb2.CreateAgentRequest(parent=parent, agent_id=agent_id, agent=agent), metadata=md
+    )
+
+
 async def support_agent(
     live: Live,
     *,
@@ -131,53 +184,17 @@ async def support_agent(
     ``tool`` says otherwise), then answers with its result (unless ``model`` replaces
     it); an agent over it."""
     tenant = await live.new_tenant("run")
-    parent = f"tenants/{tenant}"
-    md = live.md()
     calc = tool or calculator()
     if approval:
         calc.approval = tool_pb2.APPROVAL_MODE_ALWAYS
-    await live.tools.CreateTool(
-        tool_pb2.CreateToolRequest(parent=parent, tool_id="calc", tool=calc), metadata=md
-    )
     if model is None:
         model = h.model()
         first = model.scripted.rules.add(on_step=1)
         first.tool_calls.add(tool="calc").arguments.update(arguments or {"expression": "6 * 7"})
         model.scripted.rules.add(on_step=2, answer="The answer is {{last_tool_result}}")
-    await live.models.CreateModel(
-        model_pb2.CreateModelRequest(parent=parent, model_id="small", model=model), metadata=md
-    )
-    await live.models.CreateModelRoute(
-        model_pb2.CreateModelRouteRequest(
-            parent=parent, model_route_id="default", model_route=h.route(tenant, "small")
-        ),
-        metadata=md,
-    )
-    await live.prompts.CreatePrompt(
-        prompt_pb2.CreatePromptRequest(
-            parent=parent, prompt_id="support", prompt=prompt_pb2.Prompt()
-        ),
-        metadata=md,
-    )
-    version = await live.prompts.CreatePromptVersion(
-        prompt_pb2.CreatePromptVersionRequest(
-            parent=f"{parent}/prompts/support", prompt_version=h.version(tenant, "default")
-        ),
-        metadata=md,
-    )
-    await live.prompts.SetPromptLabel(
-        prompt_pb2.SetPromptLabelRequest(
-            name=f"{parent}/prompts/support",
-            label="production",
-            version=version.prompt_version.name,
-        ),
-        metadata=md,
-    )
     agent = h.agent(tenant, "support", ["calc"])
     agent.default_budget.max_steps = max_steps
-    await live.agents.CreateAgent(
-        agent_pb2.CreateAgentRequest(parent=parent, agent_id="helper", agent=agent), metadata=md
-    )
+    await deploy(live, tenant, tools={"calc": calc}, model=model, agent=agent)
     return tenant
 
 

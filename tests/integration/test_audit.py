@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from controlplane.store.schema import audit_events
 from pilothouse import auditchain
+from pilothouse.cli.audit import record_of
 from pilothouse.v1 import (
     api_key_pb2,
     audit_pb2,
@@ -49,21 +50,7 @@ async def records(live: Live, parent: str, action: str = "") -> list[audit_pb2.A
 
 
 def chained(items: list[audit_pb2.AuditRecord]) -> auditchain.Verdict:
-    return auditchain.verify(
-        auditchain.Record(
-            r.chain,
-            r.sequence,
-            r.time.ToDatetime(UTC),
-            r.actor,
-            r.action,
-            r.resource,
-            r.details,
-            r.event_id,
-            r.prev_hash,
-            r.hash,
-        )
-        for r in items
-    )
+    return auditchain.verify(record_of(r) for r in items)
 
 
 async def verify(live: Live, parent: str) -> audit_pb2.VerifyAuditLogResponse:

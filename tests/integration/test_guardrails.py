@@ -17,8 +17,6 @@ from dataplane.guardrails.injection import screen
 from dataplane.orchestrator.runs import MAX_INPUT_BYTES
 from pilothouse.v1 import (
     agent_pb2,
-    model_pb2,
-    prompt_pb2,
     run_pb2,
     tool_pb2,
 )
@@ -26,7 +24,7 @@ from tests import helpers as h
 from tests.conftest import Live
 from tests.fakes.openai_server import Behaviour, FakeOpenAI
 from tests.fakes.tool_server import DocumentTool, RefundTool
-from tests.integration.test_agent_runs import kinds, run_to_end, stage
+from tests.integration.test_agent_runs import deploy, kinds, run_to_end, stage
 
 Code = grpc.StatusCode
 
@@ -89,8 +87,6 @@ async def guarded_agent(
     output_schema: dict[str, Any] | None = None,
 ) -> str:
     tenant = await live.new_tenant("g")
-    parent = f"tenants/{tenant}"
-    md = live.md()
     lookup = tool_pb2.Tool(
         description="Look up", kind=tool_pb2.TOOL_KIND_HTTP, endpoint=document.url
     )
@@ -111,45 +107,20 @@ async def guarded_agent(
         approval=tool_pb2.APPROVAL_MODE_WHEN_UNTRUSTED,
     )
     hook.input_schema.update({"type": "object"})
-    for tool_id, tool in (("lookup", lookup), ("refund", refunds), ("webhook", hook)):
-        await live.tools.CreateTool(
-            tool_pb2.CreateToolRequest(parent=parent, tool_id=tool_id, tool=tool), metadata=md
-        )
-    await live.models.CreateModel(
-        model_pb2.CreateModelRequest(
-            parent=parent, model_id="m", model=h.openai_model(fake.base_url)
-        ),
-        metadata=md,
-    )
-    await live.models.CreateModelRoute(
-        model_pb2.CreateModelRouteRequest(
-            parent=parent, model_route_id="default", model_route=h.route(tenant, "m")
-        ),
-        metadata=md,
-    )
-    await live.prompts.CreatePrompt(
-        prompt_pb2.CreatePromptRequest(parent=parent, prompt_id="p", prompt=prompt_pb2.Prompt()),
-        metadata=md,
-    )
-    version = await live.prompts.CreatePromptVersion(
-        prompt_pb2.CreatePromptVersionRequest(
-            parent=f"{parent}/prompts/p", prompt_version=h.version(tenant, "default")
-        ),
-        metadata=md,
-    )
-    await live.prompts.SetPromptLabel(
-        prompt_pb2.SetPromptLabelRequest(
-            name=f"{parent}/prompts/p", label="production", version=version.prompt_version.name
-        ),
-        metadata=md,
-    )
     agent = h.agent(tenant, "p", ["lookup", "refund", "webhook"])
     if guardrails is not None:
         agent.guardrail_policy.CopyFrom(guardrails)
     if output_schema is not None:
         agent.output_schema.update(output_schema)
-    await live.agents.CreateAgent(
-        agent_pb2.CreateAgentRequest(parent=parent, agent_id="a", agent=agent), metadata=md
+    await deploy(
+        live,
+        tenant,
+        tools={"lookup": lookup, "refund": refunds, "webhook": hook},
+        model=h.openai_model(fake.base_url),
+        agent=agent,
+        model_id="m",
+        prompt_id="p",
+        agent_id="a",
     )
     return tenant
 

@@ -74,17 +74,17 @@ async def servers() -> Any:
         await server.aclose()
 
 
-def model_script(fake: FakeOpenAI) -> None:
+def model_script(fake: FakeOpenAI, *, refund: bool) -> None:
     """Look the customer up, refund (a call that waits for a person) with the data in
-    the arguments, then answer with the data."""
+    the arguments when ``refund``, then answer with the data."""
 
     def decide(body: dict[str, Any]) -> Behaviour:
         tools = sum(m["role"] == "tool" for m in body["messages"])
         if tools == 0:
             return Behaviour(tool_calls=[{"name": "lookup", "arguments": {"who": TEXT}}])
-        if tools == 1:
+        if tools == 1 and refund:
             return Behaviour(tool_calls=[{"name": "refund", "arguments": {"note": TEXT}}])
-        return Behaviour(content=f"Done for {TEXT}")
+        return Behaviour(content=f"Found {TEXT}")
 
     fake.policy = decide
 
@@ -125,7 +125,7 @@ async def test_nothing_private_leaves_an_executor_by_default(
         ) as s:
             key = await s.client_key(tenant)
             await s.settled()
-            model_script(fake)
+            model_script(fake, refund=True)
             request = run_pb2.RunAgentRequest(
                 agent=f"tenants/{tenant}/agents/a", input=TEXT, variables={"customer": TEXT}
             )
@@ -208,12 +208,7 @@ async def test_captured_content_is_redacted(
         key = await s.client_key(tenant)
         await s.settled()
 
-        def decide(body: dict[str, Any]) -> Behaviour:
-            if not any(m["role"] == "tool" for m in body["messages"]):
-                return Behaviour(tool_calls=[{"name": "lookup", "arguments": {"who": TEXT}}])
-            return Behaviour(content=f"Found {TEXT}")
-
-        fake.policy = decide
+        model_script(fake, refund=False)
         done = await run_to_end(
             s,
             key,

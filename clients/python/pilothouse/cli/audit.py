@@ -59,7 +59,8 @@ async def _records(
         request.page_token = response.next_page_token
 
 
-def _record(m: audit_pb2.AuditRecord) -> auditchain.Record:
+def record_of(m: audit_pb2.AuditRecord) -> auditchain.Record:
+    """An audit record as the chain is checked on."""
     return auditchain.Record(
         m.chain,
         m.sequence,
@@ -120,7 +121,7 @@ async def _verify(client: Client, ns: argparse.Namespace, parent: str) -> int:
     async for record in _records(client, parent):
         if expected and record.sequence == expected[0]:
             held = record.hash
-        if not verifier.feed(_record(record)):
+        if not verifier.feed(record_of(record)):
             break
     local = verifier.verdict()
     problems = []
