@@ -10,10 +10,15 @@ TS := clients/typescript
 
 .PHONY: demo test lint typecheck buf check-generated generate test-python test-ts bench clean
 
+# xds-protos ships an old copy of the OpenTelemetry protos into the same package
+# directory as opentelemetry-proto; whichever installs last wins. The OTLP exporter needs
+# opentelemetry-proto's own, so it is put back last.
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --force-reinstall --no-deps \
+	  "opentelemetry-proto==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	touch $@
 
 node_modules/.installed: package.json package-lock.json

@@ -32,7 +32,7 @@ from controlplane.api.tools import ToolServicer
 from controlplane.approvals.service import Approvals
 from controlplane.audit_log import AuditLog
 from controlplane.auth.api_keys import ApiKeys
-from controlplane.auth.refusals import RefusalAudit
+from controlplane.auth.key_audit import KeyAudit
 from controlplane.config import Settings
 from controlplane.discovery.executors import ExecutorRegistry
 from controlplane.discovery.publisher import SnapshotPublisher
@@ -128,7 +128,7 @@ class ControlPlane:
             raise
         executors = ExecutorRegistry(db)
         server = grpc.aio.server(
-            interceptors=[ErrorInterceptor(), AuthInterceptor(api_keys, RefusalAudit(db))],
+            interceptors=[ErrorInterceptor(), AuthInterceptor(api_keys, KeyAudit(db))],
             options=[
                 ("grpc.max_receive_message_length", 8 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),

@@ -15,7 +15,7 @@ from controlplane.api import context, status
 from controlplane.api.permissions import METHOD_PERMISSIONS, PUBLIC_PREFIXES
 from controlplane.auth import keys
 from controlplane.auth.api_keys import ApiKeys
-from controlplane.auth.refusals import RefusalAudit
+from controlplane.auth.key_audit import KeyAudit
 from controlplane.registry.names import tenant_of
 
 log = logging.getLogger("pilothouse.api")
@@ -157,10 +157,10 @@ class AuthInterceptor(_WrappingInterceptor):
     that every tenant the request names is the caller's, then exposes the caller through
     ``controlplane.api.context``. Health and reflection stay open."""
 
-    def __init__(self, api_keys: ApiKeys, refusals: RefusalAudit | None = None) -> None:
+    def __init__(self, api_keys: ApiKeys, audit: KeyAudit | None = None) -> None:
         super().__init__()
         self._keys = api_keys
-        self._refusals = refusals
+        self._audit = audit
 
     def applies_to(self, method: str) -> bool:
         return not method.startswith(PUBLIC_PREFIXES)
@@ -177,14 +177,14 @@ class AuthInterceptor(_WrappingInterceptor):
                 principal = await self._keys.authenticate(token)
                 tenant = principal.tenant
                 principal.require(permission)
-                if isinstance(request, Message):
-                    for named in sorted(tenants_named(request)):
-                        tenant = named
-                        principal.require_tenant(named)
-                    tenant = principal.tenant
+                named = sorted(tenants_named(request)) if isinstance(request, Message) else []
+                for tenant in named:
+                    principal.require_tenant(tenant)
+                # The use goes in the log of the tenant it acted in, when it names one.
+                tenant = named[0] if len(named) == 1 else principal.tenant
             except (errors.Unauthenticated, errors.PermissionDenied) as e:
-                if self._refusals is not None:
-                    await self._refusals.refused(
+                if self._audit is not None:
+                    await self._audit.refused(
                         actor=actor,
                         tenant=tenant,
                         method=method,
@@ -192,6 +192,8 @@ class AuthInterceptor(_WrappingInterceptor):
                         reason=e.message,
                     )
                 raise
+            if self._audit is not None:
+                await self._audit.used(actor=principal.actor, tenant=tenant, method=method)
             context.set_principal(principal)
 
         if streaming:

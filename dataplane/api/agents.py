@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -36,6 +37,8 @@ DEFAULT_PAGE = 50
 MAX_PAGE = 1000
 REFUSAL_WINDOW = 10.0
 """Of one key's refusals in a tenant, by method, one audit record this often."""
+USE_WINDOW = 3600.0
+"""Of one key's calls, by method, one audit record this often."""
 
 
 async def _abort(
@@ -144,6 +147,8 @@ class AgentServicer(run_pb2_grpc.AgentServiceServicer):
         self._watcher = watcher
         self._executor = executor
         self._refusals = Coalescer(REFUSAL_WINDOW)
+        self._uses = Coalescer(USE_WINDOW)
+        self._recording: set[asyncio.Task[None]] = set()
 
     async def _refused(self, e: auth.PermissionDenied, method: str) -> None:
         """A key refused in a tenant goes to that tenant's audit log (one record per key
@@ -166,15 +171,43 @@ class AgentServicer(run_pb2_grpc.AgentServiceServicer):
     def _guarding(self, method: str) -> Callable[[auth.PermissionDenied], Awaitable[None]]:
         return lambda e: self._refused(e, f"/pilothouse.v1.AgentService/{method}")
 
-    def _caller(self, ctx: Ctx) -> auth.Caller:
+    def _caller(self, ctx: Ctx, method: str) -> auth.Caller:
         metadata = dict(ctx.invocation_metadata() or ())
         value = metadata.get("authorization")
-        return auth.authenticate(
+        caller = auth.authenticate(
             self._watcher, value.decode() if isinstance(value, bytes) else value
         )
+        self._used(caller, method)
+        return caller
+
+    def _used(self, caller: auth.Caller, method: str) -> None:
+        """Record a key's use in its tenant's audit log (once per key and method every
+        ``USE_WINDOW`` seconds, counting the calls between), in the background."""
+        full = f"/pilothouse.v1.AgentService/{method}"
+        calls = self._uses.admit((caller.key, full))
+        if calls is None:
+            return
+
+        async def record() -> None:
+            try:
+                await self._store.audit(
+                    caller.tenant,
+                    "key.used",
+                    full,
+                    {"key": caller.key, "calls_before": calls},
+                    executor=self._executor,
+                )
+            except Exception:  # the call goes on; only its record is lost, loudly
+                log.exception("could not record a key's use", extra={"method": full})
+
+        task = asyncio.get_running_loop().create_task(record())
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
 
     def _admission(self, ctx: Ctx, request: pb.RunAgentRequest | pb.StartRunRequest) -> Admission:
-        caller = self._caller(ctx)
+        caller = self._caller(
+            ctx, "RunAgent" if isinstance(request, pb.RunAgentRequest) else "StartRun"
+        )
         tenant, _ = _tenant_of(request.agent, "agents", "agent")
         auth.require_tenant(caller, tenant)
         remaining = ctx.time_remaining()
@@ -192,8 +225,8 @@ class AgentServicer(run_pb2_grpc.AgentServiceServicer):
             trace=trace_headers(ctx.invocation_metadata() or ()),
         )
 
-    async def _run_for(self, ctx: Ctx, name: str) -> Run:
-        caller = self._caller(ctx)
+    async def _run_for(self, ctx: Ctx, name: str, method: str) -> Run:
+        caller = self._caller(ctx, method)
         tenant, run_id = _tenant_of(name, "runs", "name")
         auth.require_tenant(caller, tenant)
         run = await self._store.get(run_id)
@@ -225,20 +258,24 @@ class AgentServicer(run_pb2_grpc.AgentServiceServicer):
         self, request: pb.WatchRunRequest, context: Ctx
     ) -> AsyncIterator[pb.WatchRunResponse]:
         run = await _guard(
-            context, lambda: self._run_for(context, request.name), self._guarding("WatchRun")
+            context,
+            lambda: self._run_for(context, request.name, "WatchRun"),
+            self._guarding("WatchRun"),
         )
         async for event in self._runs.watch(run.id, after=request.after_sequence):
             yield pb.WatchRunResponse(event=event_to_proto(run, event))
 
     async def GetRun(self, request: pb.GetRunRequest, context: Ctx) -> pb.GetRunResponse:
         run = await _guard(
-            context, lambda: self._run_for(context, request.name), self._guarding("GetRun")
+            context,
+            lambda: self._run_for(context, request.name, "GetRun"),
+            self._guarding("GetRun"),
         )
         return pb.GetRunResponse(run=run_to_proto(run))
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Ctx) -> pb.ListRunsResponse:
         async def page() -> pb.ListRunsResponse:
-            caller = self._caller(context)
+            caller = self._caller(context, "ListRuns")
             parts = request.parent.split("/")
             if len(parts) != 2 or parts[0] != "tenants" or not parts[1]:
                 raise AdmissionError("parent", f"{request.parent!r} is not tenants/{{tenant}}")
@@ -258,7 +295,7 @@ class AgentServicer(run_pb2_grpc.AgentServiceServicer):
 
     async def CancelRun(self, request: pb.CancelRunRequest, context: Ctx) -> pb.CancelRunResponse:
         async def cancel() -> Run:
-            run = await self._run_for(context, request.name)
+            run = await self._run_for(context, request.name, "CancelRun")
             return await self._runs.cancel(run.id)
 
         return pb.CancelRunResponse(

@@ -62,6 +62,10 @@ async def verify(live: Live, parent: str) -> audit_pb2.VerifyAuditLogResponse:
 async def test_changes_are_chained_per_tenant_and_verify(live: Live) -> None:
     tenant = await support_agent(live)
     parent = f"tenants/{tenant}"
+    # Reading a tenant's log is a use of the key in that tenant, on record once an hour:
+    # read it once first, so that reading it below adds nothing.
+    await verify(live, parent)
+    await records(live, parent)
     # Writers racing in one tenant still make one unbroken chain.
     await asyncio.gather(
         *(
@@ -163,6 +167,15 @@ async def test_refused_calls_are_recorded_once_per_window(live: Live) -> None:
             ),
             Code.PERMISSION_DENIED,
         )
+    # Uses are on record too, in the tenant the key acted in, once per method and hour.
+    for _ in range(3):
+        await live.tenants.GetQuotaPolicy(
+            tenant_pb2.GetQuotaPolicyRequest(name=f"tenants/{tenant_a}/quotaPolicy"),
+            metadata=live.md(key_a),
+        )
+    used = await records(live, f"tenants/{tenant_a}", action="key.used")
+    reads = [r for r in used if r.resource == "/pilothouse.v1.TenantService/GetQuotaPolicy"]
+    assert [r.actor for r in reads] == [f"apiKeys/{key_a.split('_')[1]}"]
     refused = await records(live, f"tenants/{tenant_b}", action="key.refused")
     assert len(refused) == 1
     [record] = refused
@@ -228,7 +241,7 @@ async def test_executor_decisions_join_the_tenants_chain_once(
 
         async def both() -> list[audit_pb2.AuditRecord] | None:
             got = [r for r in await records(live, parent) if r.actor.startswith("executors/")]
-            wanted = {"run.stopped", "quota.refused", "key.refused"}
+            wanted = {"run.stopped", "quota.refused", "key.refused", "key.used"}
             return got if {r.action for r in got} == wanted else None
 
         executor_records = await eventually(both)
@@ -239,6 +252,10 @@ async def test_executor_decisions_join_the_tenants_chain_once(
     assert json.loads(quota.details)["limit"] == "max_concurrent_runs"
     [refusal] = [r for r in executor_records if r.action == "key.refused"]
     assert refusal.resource == "/pilothouse.v1.AgentService/GetRun"
+    # The client's key was used to run agents: once on record per method and hour.
+    [used] = [r for r in executor_records if r.action == "key.used"]
+    assert used.resource == "/pilothouse.v1.AgentService/RunAgent"
+    assert json.loads(used.details)["key"].startswith("apiKeys/")
 
     # The same event again (a relay's resend) adds nothing, and the chain holds.
     before = await records(live, parent)
