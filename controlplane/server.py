@@ -22,6 +22,7 @@ from controlplane.api.api_keys import ApiKeyServicer
 from controlplane.api.approvals import ApprovalServicer
 from controlplane.api.audit import AuditServicer
 from controlplane.api.executors import ExecutorServicer
+from controlplane.api.feedback import FeedbackServicer
 from controlplane.api.interceptors import AuthInterceptor, ErrorInterceptor
 from controlplane.api.models import ModelServicer
 from controlplane.api.prompts import PromptServicer
@@ -36,6 +37,7 @@ from controlplane.auth.key_audit import KeyAudit
 from controlplane.config import Settings
 from controlplane.discovery.executors import ExecutorRegistry
 from controlplane.discovery.publisher import SnapshotPublisher
+from controlplane.feedback.service import FeedbackLog
 from controlplane.quota.service import Quotas
 from controlplane.registry.service import Registry
 from controlplane.store.database import Database, open_database
@@ -51,6 +53,8 @@ from pilothouse.v1 import (
     audit_pb2_grpc,
     discovery_pb2,
     discovery_pb2_grpc,
+    feedback_pb2,
+    feedback_pb2_grpc,
     model_pb2,
     model_pb2_grpc,
     prompt_pb2,
@@ -81,6 +85,7 @@ PILOTHOUSE_SERVICES = tuple(
         (telemetry_pb2.DESCRIPTOR, "TelemetryService"),
         (quota_pb2.DESCRIPTOR, "QuotaService"),
         (audit_pb2.DESCRIPTOR, "AuditService"),
+        (feedback_pb2.DESCRIPTOR, "FeedbackService"),
     )
 )
 SERVICE_NAMES = (*PILOTHOUSE_SERVICES, ads.ADS_SERVICE)
@@ -139,6 +144,9 @@ class ControlPlane:
             TelemetryServicer(Telemetry(db)), server
         )
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(AuditLog(db)), server)
+        feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(
+            FeedbackServicer(FeedbackLog(db)), server
+        )
         quota_pb2_grpc.add_QuotaServiceServicer_to_server(
             QuotaServicer(
                 Quotas(

@@ -88,6 +88,10 @@ METHOD_PERMISSIONS: dict[str, Permission] = {
         },
     ),
     **_service(
+        "FeedbackService",
+        {"RecordFeedback": Permission.FEEDBACK_WRITE, "ListFeedback": Permission.USAGE_READ},
+    ),
+    **_service(
         "AuditService",
         {"ListAuditRecords": Permission.AUDIT_READ, "VerifyAuditLog": Permission.AUDIT_READ},
     ),

@@ -41,6 +41,8 @@ class Permission(StrEnum):
     """Lease slices of tenants' limits (executors)."""
     AUDIT_READ = "audit.read"
     """List and verify the audit log."""
+    FEEDBACK_WRITE = "feedback.write"
+    """Record what people thought of runs (clients)."""
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -56,6 +58,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.APPROVALS_DECIDE,
             Permission.USAGE_READ,
             Permission.AUDIT_READ,
+            Permission.FEEDBACK_WRITE,
         }
     ),
     Role.EXECUTOR: frozenset(
@@ -68,7 +71,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
             Permission.QUOTA_LEASE,
         }
     ),
-    Role.CLIENT: frozenset(),
+    Role.CLIENT: frozenset({Permission.FEEDBACK_WRITE}),
 }
 
 # Which roles a key of each role may issue.

@@ -297,3 +297,18 @@ quota_leases = sa.Table(
     sa.Column("update_time", UTCDateTime, nullable=False),
     sa.Index("ix_quota_leases_tenant", "tenant"),
 )
+
+# What people thought of runs: a score from 0 to 1 and a comment, by the key that said so.
+feedback = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("tenant", sa.String(63), primary_key=True),
+    sa.Column("id", sa.String(63), primary_key=True),
+    sa.Column("run_id", sa.String(36), nullable=False),
+    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("comment", sa.Text, nullable=False),
+    sa.Column("actor", sa.String(64), nullable=False),
+    sa.Column("create_time", UTCDateTime, nullable=False),
+    sa.Index("ix_feedback_tenant_run_id", "tenant", "run_id"),
+    sa.Index("ix_feedback_tenant_create_time", "tenant", "create_time"),
+)

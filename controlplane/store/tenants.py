@@ -11,7 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from controlplane.store.errors import DuplicateKey, ReferenceViolation
 from controlplane.store.rows import ResourceRow
-from controlplane.store.schema import quota_accounts, quota_leases, resource_refs, tenants
+from controlplane.store.schema import (
+    feedback,
+    quota_accounts,
+    quota_leases,
+    resource_refs,
+    tenants,
+)
 
 TENANT_KIND = "Tenant"
 _COLUMNS = (
@@ -75,6 +81,7 @@ async def delete(conn: AsyncConnection, tenant: str) -> int:
     against deletion one by one), then the tenant, whose rows go by cascade."""
     await conn.execute(resource_refs.delete().where(resource_refs.c.tenant == tenant))
     await conn.execute(quota_leases.delete().where(quota_leases.c.tenant == tenant))
+    await conn.execute(feedback.delete().where(feedback.c.tenant == tenant))
     await conn.execute(quota_accounts.delete().where(quota_accounts.c.tenant == tenant))
     try:
         result = await conn.execute(tenants.delete().where(tenants.c.id == tenant))

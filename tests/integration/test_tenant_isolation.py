@@ -22,6 +22,7 @@ from pilothouse.v1 import (
     approval_pb2,
     audit_pb2,
     discovery_pb2,
+    feedback_pb2,
     model_pb2,
     prompt_pb2,
     quota_pb2,
@@ -200,6 +201,11 @@ CASES: dict[str, Build] = {
         tenant=t.parent, lease_id="00000000-0000-0000-0000-000000000003"
     ),
     "QuotaService/GetBalance": lambda t: quota_pb2.GetBalanceRequest(tenant=t.parent),
+    # FeedbackService: feedback on tenant B's runs.
+    "FeedbackService/RecordFeedback": lambda t: feedback_pb2.RecordFeedbackRequest(
+        run=f"{t.parent}/runs/00000000-0000-0000-0000-000000000004", score=0.0
+    ),
+    "FeedbackService/ListFeedback": lambda t: feedback_pb2.ListFeedbackRequest(parent=t.parent),
     # AuditService: tenant B's audit chain.
     "AuditService/ListAuditRecords": lambda t: audit_pb2.ListAuditRecordsRequest(parent=t.parent),
     "AuditService/VerifyAuditLog": lambda t: audit_pb2.VerifyAuditLogRequest(parent=t.parent),

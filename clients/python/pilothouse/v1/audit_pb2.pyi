@@ -84,7 +84,7 @@ class ListAuditRecordsRequest(_message.Message):
     parent: _builtins.str
     """tenants/{tenant}, or "system" for records of no tenant (unscoped keys only)."""
     page_size: _builtins.int
-    """At most this many; 0 means 100, values above 1000 are coerced to 1000."""
+    """At most this many; 0 means 50, values above 1000 are coerced to 1000."""
     page_token: _builtins.str
     action_prefix: _builtins.str
     """Only records whose action starts with this."""

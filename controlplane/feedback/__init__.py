@@ -1,0 +1,1 @@
+"""What people thought of runs."""

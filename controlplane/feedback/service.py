@@ -1,0 +1,73 @@
+"""Recording and listing feedback on runs."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import UTC, datetime
+
+from controlplane.auth.principal import Principal
+from controlplane.errors import InvalidArgument
+from controlplane.registry import names
+from controlplane.registry.pagination import decode_token, encode_token, page_size
+from controlplane.store import feedback as feedback_store
+from controlplane.store.database import Database
+from controlplane.store.feedback import FeedbackRow
+
+MAX_COMMENT = 4096
+
+
+def parse_run(name: str, field: str) -> tuple[str, str]:
+    """``tenants/{tenant}/runs/{run}`` → tenant, run id."""
+    parts = name.split("/")
+    if len(parts) != 4 or parts[0] != "tenants" or parts[2] != "runs" or not parts[3]:
+        raise InvalidArgument.of(field, f"{name!r} is not tenants/{{tenant}}/runs/{{run}}")
+    if len(parts[3]) > 36:
+        raise InvalidArgument.of(field, "the run id is at most 36 characters")
+    return names.check_id(parts[1], field), parts[3]
+
+
+class FeedbackLog:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def record(
+        self, caller: Principal, run: str, score: float, comment: str, feedback_id: str
+    ) -> tuple[FeedbackRow, bool]:
+        tenant, run_id = parse_run(run, "run")
+        caller.require_tenant(tenant)
+        if not math.isfinite(score) or not 0 <= score <= 1:
+            raise InvalidArgument.of("score", "must be from 0 to 1")
+        if len(comment) > MAX_COMMENT:
+            raise InvalidArgument.of("comment", f"must be at most {MAX_COMMENT} characters")
+        id_ = names.check_id(feedback_id, "feedback_id") if feedback_id else str(uuid.uuid4())
+        row = FeedbackRow(tenant, id_, run_id, score, comment, caller.actor, datetime.now(UTC))
+        async with self._db.transaction() as conn:
+            stored = await feedback_store.insert(conn, row)
+        return stored, stored == row
+
+    async def list(
+        self, caller: Principal, parent: str, size: int, token: str
+    ) -> tuple[list[FeedbackRow], str]:
+        run_id: str | None = None
+        if "/runs/" in parent:
+            tenant, run_id = parse_run(parent, "parent")
+        else:
+            tenant = names.parse_tenant(parent, "parent")
+        caller.require_tenant(tenant)
+        limit = page_size(size)
+        after = decode_token(token, f"feedback:{parent}")
+        before = None
+        if after:
+            time, _, id_ = after.partition("|")
+            before = (datetime.fromisoformat(time), id_)
+        async with self._db.snapshot() as conn:
+            rows = await feedback_store.page(
+                conn, tenant, run_id=run_id, before=before, limit=limit + 1
+            )
+        if len(rows) <= limit:
+            return rows, ""
+        last = rows[limit - 1]
+        return rows[:limit], encode_token(
+            f"feedback:{parent}", f"{last.create_time.isoformat()}|{last.id}"
+        )
