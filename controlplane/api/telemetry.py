@@ -121,10 +121,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     async def GetRunSummary(
         self, request: pb.GetRunSummaryRequest, context: Ctx
     ) -> pb.GetRunSummaryResponse:
-        tenant = names.tenant_of(request.name)
-        _, _, run_id = request.name.rpartition("/runs/")
-        if tenant is None or request.name != f"tenants/{tenant}/runs/{run_id}" or not run_id:
-            raise InvalidArgument.of("name", "must be tenants/{tenant}/runs/{run}")
+        tenant, run_id = names.parse_run(request.name, "name")
         summary, freshness = await self._telemetry.get_run(tenant, run_id)
         return pb.GetRunSummaryResponse(
             run=run_summary_to_proto(summary), freshness=freshness_to_proto(freshness)

@@ -17,16 +17,6 @@ from controlplane.store.feedback import FeedbackRow
 MAX_COMMENT = 4096
 
 
-def parse_run(name: str, field: str) -> tuple[str, str]:
-    """``tenants/{tenant}/runs/{run}`` → tenant, run id."""
-    parts = name.split("/")
-    if len(parts) != 4 or parts[0] != "tenants" or parts[2] != "runs" or not parts[3]:
-        raise InvalidArgument.of(field, f"{name!r} is not tenants/{{tenant}}/runs/{{run}}")
-    if len(parts[3]) > 36:
-        raise InvalidArgument.of(field, "the run id is at most 36 characters")
-    return names.check_id(parts[1], field), parts[3]
-
-
 class FeedbackLog:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -34,7 +24,7 @@ class FeedbackLog:
     async def record(
         self, caller: Principal, run: str, score: float, comment: str, feedback_id: str
     ) -> tuple[FeedbackRow, bool]:
-        tenant, run_id = parse_run(run, "run")
+        tenant, run_id = names.parse_run(run, "run")
         caller.require_tenant(tenant)
         if not math.isfinite(score) or not 0 <= score <= 1:
             raise InvalidArgument.of("score", "must be from 0 to 1")
@@ -51,7 +41,7 @@ class FeedbackLog:
     ) -> tuple[list[FeedbackRow], str]:
         run_id: str | None = None
         if "/runs/" in parent:
-            tenant, run_id = parse_run(parent, "parent")
+            tenant, run_id = names.parse_run(parent, "parent")
         else:
             tenant = names.parse_tenant(parent, "parent")
         caller.require_tenant(tenant)

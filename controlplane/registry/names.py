@@ -99,3 +99,13 @@ def tenant_of(name: str) -> str | None:
     if len(parts) >= 2 and parts[0] == "tenants" and parts[1]:
         return parts[1]
     return None
+
+
+def parse_run(name: str, field: str) -> tuple[str, str]:
+    """``tenants/{tenant}/runs/{run}`` → tenant, run id."""
+    parts = name.split("/")
+    if len(parts) != 4 or parts[0] != "tenants" or parts[2] != "runs" or not parts[3]:
+        raise InvalidArgument.of(field, f"{name!r} is not tenants/{{tenant}}/runs/{{run}}")
+    if len(parts[3]) > 36:
+        raise InvalidArgument.of(field, "the run id is at most 36 characters")
+    return check_id(parts[1], field), parts[3]
