@@ -5,7 +5,7 @@ from __future__ import annotations
 from controlplane.auth.principal import Permission, Principal
 from controlplane.errors import InvalidArgument, PermissionDenied
 from controlplane.registry import names
-from controlplane.registry.pagination import decode_token, encode_token, page_size
+from controlplane.registry.pagination import decode_token, page_size, paginate
 from controlplane.store import audit as audit_store
 from controlplane.store.database import Database
 from pilothouse.auditchain import Record, Verdict, Verifier
@@ -49,14 +49,14 @@ class AuditLog:
         limit = page_size(size)
         collection = f"audit:{name}:{action_prefix}"
         after = decode_token(token, collection)
+        if after and not after.isdigit():
+            raise InvalidArgument.of("page_token", "is not a token this API issued")
         start = max(int(after) if after else 0, after_sequence)
         async with self._db.snapshot() as conn:
             records = await audit_store.page(
                 conn, name, after_seq=start, limit=limit + 1, action_prefix=action_prefix
             )
-        more = len(records) > limit
-        records = records[:limit]
-        return records, encode_token(collection, str(records[-1].sequence)) if more else ""
+        return paginate(records, limit, collection, lambda r: str(r.sequence))
 
     async def verify(self, caller: Principal, parent: str) -> Verdict:
         """Check the chain from its first record, in one consistent view; a head row ahead

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import grpc
 
+from controlplane.api import _convert
 from controlplane.api._convert import FAILURE_MODES
 from controlplane.api.context import principal
 from controlplane.errors import InvalidArgument
@@ -25,11 +26,8 @@ def usd_to_nano(text: str, field: str) -> int:
     under-counted); empty is zero."""
     if not text:
         return 0
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise InvalidArgument.of(field, f"{text!r} is not a decimal number") from None
-    if not value.is_finite() or value < 0:
+    value = _convert._decimal(text, field)
+    if value < 0:
         raise InvalidArgument.of(field, f"{text!r} is not a non-negative decimal number")
     return math.ceil(value * NANO_PER_USD)
 
@@ -53,14 +51,11 @@ def _slice(message: pb.QuotaAmounts, field: str) -> Slice:
 def _amounts(values: Slice, granted: Granted) -> pb.QuotaAmounts:
     """``values`` of the kinds the tenant's policy limits."""
     amounts = pb.QuotaAmounts()
-    if granted.usd_nano is not None:
+    if "usd_nano" in granted.limited:
         amounts.usd = nano_to_usd(values.usd_nano)
-    if granted.tokens_per_minute is not None:
-        amounts.tokens_per_minute = values.tokens_per_minute
-    if granted.requests_per_minute is not None:
-        amounts.requests_per_minute = values.requests_per_minute
-    if granted.run_slots is not None:
-        amounts.run_slots = values.run_slots
+    for kind in ("tokens_per_minute", "requests_per_minute", "run_slots"):
+        if kind in granted.limited:
+            setattr(amounts, kind, getattr(values, kind))
     return amounts
 
 

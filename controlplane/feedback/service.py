@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from controlplane.auth.principal import Principal
 from controlplane.errors import InvalidArgument
 from controlplane.registry import names
-from controlplane.registry.pagination import decode_token, encode_token, page_size
+from controlplane.registry.pagination import decode_time_key, page_size, paginate, time_key
 from controlplane.store import feedback as feedback_store
 from controlplane.store.database import Database
 from controlplane.store.feedback import FeedbackRow
@@ -46,18 +46,13 @@ class FeedbackLog:
             tenant = names.parse_tenant(parent, "parent")
         caller.require_tenant(tenant)
         limit = page_size(size)
-        after = decode_token(token, f"feedback:{parent}")
-        before = None
-        if after:
-            time, _, id_ = after.partition("|")
-            before = (datetime.fromisoformat(time), id_)
+        collection = f"feedback:{parent}"
         async with self._db.snapshot() as conn:
             rows = await feedback_store.page(
-                conn, tenant, run_id=run_id, before=before, limit=limit + 1
+                conn,
+                tenant,
+                run_id=run_id,
+                before=decode_time_key(token, collection),
+                limit=limit + 1,
             )
-        if len(rows) <= limit:
-            return rows, ""
-        last = rows[limit - 1]
-        return rows[:limit], encode_token(
-            f"feedback:{parent}", f"{last.create_time.isoformat()}|{last.id}"
-        )
+        return paginate(rows, limit, collection, lambda r: time_key(r.create_time, r.id))

@@ -68,13 +68,11 @@ class LeaseAsk:
 
 @dataclass(frozen=True)
 class Granted:
-    """What a lease holds; None: that kind is not limited."""
+    """What a lease holds, of the kinds the tenant's policy limits."""
 
     lease_id: str
-    usd_nano: int | None
-    tokens_per_minute: int | None
-    requests_per_minute: int | None
-    run_slots: int | None
+    limited: frozenset[str]
+    """Of the kinds a lease holds (the fields of ``Slice``), those the policy limits."""
     expire_time: datetime
     refresh_interval: timedelta
     failure_mode: r.FailureMode
@@ -272,12 +270,16 @@ class Quotas:
                 values.get("max_concurrent_runs", 0),
             )
 
+        kinds_of = {
+            "usd_per_day": "usd_nano",
+            "usd_per_month": "usd_nano",
+            "tokens_per_minute": "tokens_per_minute",
+            "requests_per_minute": "requests_per_minute",
+            "max_concurrent_runs": "run_slots",
+        }
         return Granted(
             lease.id,
-            lease.usd_nano if usd else None,
-            lease.tokens_per_minute if "tokens_per_minute" in granted else None,
-            lease.requests_per_minute if "requests_per_minute" in granted else None,
-            lease.run_slots if "max_concurrent_runs" in granted else None,
+            frozenset(kinds_of[limit] for limit in granted),
             lease.expire_time,
             max(self.refresh_interval / SCARCE_PART, MIN_REFRESH)
             if scarce

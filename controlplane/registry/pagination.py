@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import TypeVar
 
 from controlplane.errors import InvalidArgument
@@ -59,3 +60,21 @@ def paginate(
         page = list(rows[:limit])
         return page, encode_token(collection, key(page[-1]))
     return list(rows), ""
+
+
+def time_key(time: datetime, id_: str) -> str:
+    """The position of a row in a list ordered by time, then id."""
+    return f"{time.isoformat()}|{id_}"
+
+
+def decode_time_key(token: str, collection: str) -> tuple[datetime, str] | None:
+    """The time and id a token of a list ordered by time resumes after; None for the
+    first page."""
+    after = decode_token(token, collection)
+    if not after:
+        return None
+    time, _, id_ = after.partition("|")
+    try:
+        return datetime.fromisoformat(time), id_
+    except ValueError as e:
+        raise InvalidArgument.of("page_token", "is not a token this API issued") from e

@@ -10,7 +10,14 @@ from datetime import UTC, datetime, timedelta
 
 from controlplane.auth.principal import Principal
 from controlplane.errors import InvalidArgument, NotFound
-from controlplane.registry.pagination import decode_token, encode_token, page_size
+from controlplane.registry.pagination import (
+    decode_time_key,
+    decode_token,
+    encode_token,
+    page_size,
+    paginate,
+    time_key,
+)
 from controlplane.store import telemetry as telemetry_store
 from controlplane.store.database import Database
 from controlplane.store.telemetry import (
@@ -127,20 +134,16 @@ class Telemetry:
     ) -> tuple[list[RunSummary], str, Freshness]:
         limit = page_size(page_size_)
         collection = f"runs:{tenant}"
-        after = decode_token(page_token, collection)
-        before = None
-        if after:
-            created, _, run_id = after.partition("|")
-            before = (datetime.fromisoformat(created), run_id)
         async with self._db.snapshot() as conn:
-            rows = await telemetry_store.list_runs(
-                conn, _scope(caller, tenant), before=before, limit=limit + 1
+            found = await telemetry_store.list_runs(
+                conn,
+                _scope(caller, tenant),
+                before=decode_time_key(page_token, collection),
+                limit=limit + 1,
             )
-            token = ""
-            if len(rows) > limit:
-                rows = rows[:limit]
-                last = rows[-1]
-                token = encode_token(collection, f"{last.create_time.isoformat()}|{last.run_id}")
+            rows, token = paginate(
+                found, limit, collection, lambda r: time_key(r.create_time, r.run_id)
+            )
             totals = await telemetry_store.run_totals(conn, [r.run_id for r in rows])
         summaries = [RunSummary(r, totals.get(r.run_id, RunTotals())) for r in rows]
         return summaries, token, await self.freshness()

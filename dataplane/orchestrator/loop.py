@@ -401,7 +401,9 @@ class RunLoop:
             if params.HasField("max_output_tokens")
             else (models[0].max_output_tokens if models else 0)
         )
-        tenant_usd = self.quotas is not None and self.quotas.limits_usd(self.run.tenant)
+        # The tenant's lease; None when its policy limits nothing (nothing to reserve).
+        lease = self.quotas.lease(self.run.tenant) if self.quotas is not None else None
+        tenant_usd = lease is not None and lease.usd_held is not None
         if not max_out and (limits.max_usd is not None or tenant_usd):
             # A call that may write without end has no worst case to budget for.
             max_out = BUDGETED_MAX_OUTPUT
@@ -417,13 +419,12 @@ class RunLoop:
         await self._check_cancel()
         self._raise_write_failure()
         reservation = NO_RESERVATION
-        if self.quotas is not None:
+        if lease is not None:
             # The tenant's quota is held to a bound, not an estimate: a prompt has at most
             # as many tokens as bytes.
             bound = prompt_bound(messages, ctx)
             try:
-                reservation = await self.quotas.reserve(
-                    self.run.tenant,
+                reservation = await lease.reserve(
                     max((price(m, CallUsage(bound, max_out)) for m in models), default=Decimal(0)),
                     bound + max_out,
                     deadline=self._deadline(deadline_wall),

@@ -511,12 +511,6 @@ class Quotas:
             config.get(tenant_pb2.QuotaPolicy, f"tenants/{tenant}/quotaPolicy") if config else None
         )
 
-    def limits_usd(self, tenant: str) -> bool:
-        policy = self._policy(tenant)
-        return policy is not None and (
-            policy.HasField("usd_per_day") or policy.HasField("usd_per_month")
-        )
-
     def lease(self, tenant: str) -> TenantLease | None:
         """The tenant's lease, made on first use; None when its policy sets no limit."""
         policy = self._policy(tenant)
@@ -534,14 +528,6 @@ class Quotas:
     async def take_slot(self, tenant: str, *, budget: bool = True) -> RunSlot:
         lease = self.lease(tenant)
         return UNLIMITED_SLOT if lease is None else await lease.take_slot(budget=budget)
-
-    async def reserve(
-        self, tenant: str, usd: Decimal, tokens: int, *, deadline: float | None = None
-    ) -> Reservation:
-        lease = self.lease(tenant)
-        if lease is None:
-            return NO_RESERVATION
-        return await lease.reserve(usd, tokens, deadline=deadline)
 
     def _renew(self, lease: TenantLease) -> asyncio.Future[None]:
         """Renew ``lease`` now; it must have no renewal in flight."""

@@ -58,7 +58,6 @@ class DocumentTool(LoopbackHttpServer):
     outside, such as a web page or a customer's ticket, which may carry instructions."""
 
     document: str = ""
-    calls: int = 0
 
     @property
     def url(self) -> str:
@@ -72,7 +71,6 @@ class DocumentTool(LoopbackHttpServer):
         headers: dict[str, str],
         raw: bytes,
     ) -> bool:
-        self.calls += 1
         await _send_json(writer, {"document": self.document})
         return True
 
