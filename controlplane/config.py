@@ -40,6 +40,9 @@ class Settings:
     reconcile_interval: float = 1.0
     """Seconds between checks for registry changes made through other replicas; changes
     made through this one are published at once."""
+    rollout_tick: float = 1.0
+    """Seconds between passes of the rollout loop (starts, analyses, steps); each rollout
+    is analysed once per its own analysis interval."""
     quota_lease_ttl: float = 30.0
     """Seconds a quota lease lasts unless renewed: after that its rate shares and slots
     go back to the tenant (its unreported USD does not)."""

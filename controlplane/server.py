@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -27,6 +28,7 @@ from controlplane.api.interceptors import AuthInterceptor, ErrorInterceptor
 from controlplane.api.models import ModelServicer
 from controlplane.api.prompts import PromptServicer
 from controlplane.api.quota import QuotaServicer
+from controlplane.api.rollouts import RolloutServicer
 from controlplane.api.telemetry import TelemetryServicer
 from controlplane.api.tenants import TenantServicer
 from controlplane.api.tools import ToolServicer
@@ -40,6 +42,7 @@ from controlplane.discovery.publisher import SnapshotPublisher
 from controlplane.feedback.service import FeedbackLog
 from controlplane.quota.service import Quotas
 from controlplane.registry.service import Registry
+from controlplane.rollouts.service import Rollouts
 from controlplane.store.database import Database, open_database
 from controlplane.telemetry.service import Telemetry
 from pilothouse.v1 import (
@@ -61,6 +64,8 @@ from pilothouse.v1 import (
     prompt_pb2_grpc,
     quota_pb2,
     quota_pb2_grpc,
+    rollout_pb2,
+    rollout_pb2_grpc,
     telemetry_pb2,
     telemetry_pb2_grpc,
     tenant_pb2,
@@ -86,6 +91,7 @@ PILOTHOUSE_SERVICES = tuple(
         (quota_pb2.DESCRIPTOR, "QuotaService"),
         (audit_pb2.DESCRIPTOR, "AuditService"),
         (feedback_pb2.DESCRIPTOR, "FeedbackService"),
+        (rollout_pb2.DESCRIPTOR, "RolloutService"),
     )
 )
 SERVICE_NAMES = (*PILOTHOUSE_SERVICES, ads.ADS_SERVICE)
@@ -105,7 +111,7 @@ class ControlPlane:
     bootstrap_token: str | None
     """The admin key generated at this start, if one was; shown once."""
     background: list[asyncio.Task[None]]
-    """Loops that run for the life of the server (approval expiry)."""
+    """Loops that run for the life of the server (approval expiry, rollout analysis)."""
 
     @property
     def address(self) -> str:
@@ -158,6 +164,12 @@ class ControlPlane:
             ),
             server,
         )
+        replica = f"{socket.gethostname()}/{os.getpid()}"
+        # Leases of background loops need each running control plane told apart, also
+        # two in one process.
+        holder = f"{replica}/{secrets.token_hex(4)}"
+        rollouts = Rollouts(db, registry, replica=holder, tick=settings.rollout_tick)
+        rollout_pb2_grpc.add_RolloutServiceServicer_to_server(RolloutServicer(rollouts), server)
         model_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
         prompt_pb2_grpc.add_PromptServiceServicer_to_server(PromptServicer(registry), server)
         agent_pb2_grpc.add_AgentRegistryServiceServicer_to_server(
@@ -171,7 +183,7 @@ class ControlPlane:
             ExecutorServicer(executors, publisher), server
         )
         ads.add_to_server(
-            AdsServicer(publisher, executors, replica=f"{socket.gethostname()}/{os.getpid()}"),
+            AdsServicer(publisher, executors, replica=replica),
             server,
         )
         health_servicer = health.aio.HealthServicer()
@@ -189,7 +201,10 @@ class ControlPlane:
             await db.aclose()
             raise OSError(f"cannot listen on {settings.listen}: {e}") from e
         await server.start()
-        background = [asyncio.create_task(approvals.expire_forever(), name="approval-expiry")]
+        background = [
+            asyncio.create_task(approvals.expire_forever(), name="approval-expiry"),
+            asyncio.create_task(rollouts.run_forever(), name="rollout-analysis"),
+        ]
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         plane = cls(

@@ -29,6 +29,7 @@ from google.protobuf.message import Message
 
 from controlplane.api import _convert
 from controlplane.api.context import principal
+from controlplane.api.rollout_convert import rollout_to_proto
 from controlplane.discovery.executors import ExecutorRegistry
 from controlplane.discovery.publisher import SnapshotPublisher
 from controlplane.discovery.snapshot import KIND_ORDER, Snapshot
@@ -52,6 +53,7 @@ _TO_PROTO: dict[str, Callable[[Record[Any]], Message]] = {
     "PromptVersion": _convert.prompt_version_to_proto,
     "Prompt": _convert.prompt_to_proto,
     "Agent": _convert.agent_to_proto,
+    "Rollout": rollout_to_proto,
 }
 
 

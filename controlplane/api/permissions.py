@@ -87,6 +87,11 @@ METHOD_PERMISSIONS: dict[str, Permission] = {
             "ListRunSummaries": Permission.USAGE_READ,
         },
     ),
+    **_registry(
+        "RolloutService",
+        ["GetRollout", "ListRollouts", "WatchRollout"],
+        ["CreateRollout", "PauseRollout", "ResumeRollout", "PromoteRollout", "AbortRollout"],
+    ),
     **_service(
         "FeedbackService",
         {"RecordFeedback": Permission.FEEDBACK_WRITE, "ListFeedback": Permission.USAGE_READ},

@@ -3,7 +3,8 @@
 A snapshot is the union of per-tenant configurations. Each tenant's is versioned by its
 content, checked for consistency (everything referenced is present) and, when the check
 fails, not published: the tenant's previous configuration stays in force. A prompt's
-versions are included only when a label or an agent names them.
+versions are included only when a label, an agent or a rollout names them; rollouts
+only while their candidate has a share of the runs.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ KIND_ORDER = (
     "PromptVersion",
     "Prompt",
     "Agent",
+    "Rollout",
 )
 
 
@@ -105,6 +107,8 @@ def tenant_config(tenant: str, grouped: Mapping[str, list[Record[Any]]]) -> Tena
         records["QuotaPolicy"] = [
             Record(tenant, QUOTA_POLICY_ID, default, etag_of(default), t.create_time, t.create_time)
         ]
+    # Executors need a rollout only while it gives its candidate a share.
+    records["Rollout"] = [rec for rec in records["Rollout"] if _routing(rec.spec)]
     records["PromptVersion"] = _versions_in_use(records)
     problems = tuple(_problems(tenant, records))
     digest = hashlib.sha256()
@@ -113,6 +117,13 @@ def tenant_config(tenant: str, grouped: Mapping[str, list[Record[Any]]]) -> Tena
             digest.update(f"{kind}/{rec.id}@{rec.etag};".encode())
     frozen = {kind: tuple(recs) for kind, recs in records.items()}
     return TenantConfig(tenant, frozen, digest.hexdigest()[:16], problems)
+
+
+def _routing(rollout: r.Rollout) -> bool:
+    return rollout.weight_bps > 0 and rollout.state in (
+        r.RolloutState.PROGRESSING,
+        r.RolloutState.PAUSED,
+    )
 
 
 def _short(name: str) -> str:
@@ -132,6 +143,11 @@ def _versions_in_use(records: Mapping[str, list[Record[Any]]]) -> list[Record[An
     for agent in records["Agent"]:
         if agent.spec.prompt_version:
             wanted.add(_version_id(agent.spec.prompt_version))
+    for rollout in records["Rollout"]:
+        wanted |= {
+            _version_id(rollout.spec.baseline_version),
+            _version_id(rollout.spec.candidate_version),
+        }
     return [v for v in records["PromptVersion"] if v.id in wanted]
 
 
@@ -169,5 +185,9 @@ def _problems(tenant: str, records: Mapping[str, list[Record[Any]]]) -> Iterable
         for tool in spec.tools:
             if missing("Tool", tool):
                 yield f"agent {agent.id} names missing tool {tool}"
+    for rollout in records["Rollout"]:
+        for version in (rollout.spec.baseline_version, rollout.spec.candidate_version):
+            if missing("PromptVersion", version, _version_id(version)):
+                yield f"rollout {rollout.id} names missing {version}"
     if not records["Tenant"]:
         yield f"{tenant_name(tenant)} is missing"

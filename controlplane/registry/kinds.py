@@ -8,6 +8,8 @@ same way to every kind.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -50,6 +52,11 @@ class Kind(Generic[S]):
     """Fields callers cannot set through create or update."""
     child_kind: str | None = None
     """A kind whose resources belong to this one and are deleted with it."""
+    initial: Callable[[S], S] | None = None
+    """Sets the output-only fields of a new resource (after they are cleared)."""
+    exclusive: Callable[[S], str | None] | None = None
+    """For kinds of which at most one live resource may name a given resource (a
+    prompt's one unfinished rollout): the name it claims, or None when it claims none."""
 
 
 MAX_TIMEOUT = timedelta(hours=1)
@@ -236,6 +243,98 @@ async def _agent_state(a: r.Agent, read: StateReader) -> list[PreconditionViolat
     return []
 
 
+MAX_ROLLOUT_STEPS = 20
+FULL_WEIGHT = 10_000
+"""A candidate's share is in basis points: 10,000 is every run."""
+MAX_STEP_DURATION = timedelta(days=30)
+MIN_ANALYSIS_INTERVAL = timedelta(seconds=1)
+MAX_ANALYSIS_INTERVAL = timedelta(hours=1)
+RATE_METRICS = frozenset({r.RolloutMetric.ERROR_RATE, r.RolloutMetric.GUARDRAIL_VIOLATION_RATE})
+
+
+def _check_rollout(ro: r.Rollout, v: Violations) -> None:
+    if not ro.prompt:
+        v.add("prompt", "is required (tenants/{tenant}/prompts/{prompt})")
+    versions = ro.prompt + "/versions/"
+    if ro.baseline_version and not ro.baseline_version.startswith(versions):
+        v.add("baseline_version", f"must be a version of {ro.prompt!r}")
+    if not ro.candidate_version:
+        v.add("candidate_version", "is required (a version of the prompt)")
+    elif not ro.candidate_version.startswith(versions):
+        v.add("candidate_version", f"must be a version of {ro.prompt!r}")
+    elif ro.candidate_version == ro.baseline_version:
+        v.add("candidate_version", "must differ from baseline_version")
+    if not ro.steps:
+        v.add("steps", "needs at least one step")
+    elif len(ro.steps) > MAX_ROLLOUT_STEPS:
+        v.add("steps", f"may have at most {MAX_ROLLOUT_STEPS} steps (has {len(ro.steps)})")
+    previous = 0
+    for i, step in enumerate(ro.steps):
+        if not 1 <= step.weight_bps <= FULL_WEIGHT:
+            v.add(f"steps[{i}].weight_bps", f"must be from 1 to {FULL_WEIGHT} basis points")
+        elif step.weight_bps <= previous:
+            v.add(f"steps[{i}].weight_bps", f"must be greater than the step before ({previous})")
+        previous = max(previous, step.weight_bps)
+        v.duration(f"steps[{i}].min_duration", step.min_duration, maximum=MAX_STEP_DURATION)
+        v.non_negative(f"steps[{i}].min_runs", step.min_runs)
+    a = ro.analysis
+    if a.interval is not None and not MIN_ANALYSIS_INTERVAL <= a.interval <= MAX_ANALYSIS_INTERVAL:
+        v.add("analysis.interval", "must be from 1 s to 1 h")
+    v.non_negative("analysis.min_sample_size", a.min_sample_size)
+    v.non_negative("analysis.failure_limit", a.failure_limit)
+    seen: set[r.RolloutMetric] = set()
+    for i, check in enumerate(a.checks):
+        field = f"analysis.checks[{i}]"
+        if check.metric is r.RolloutMetric.UNSPECIFIED:
+            v.add(f"{field}.metric", "is required")
+        elif check.metric in seen:
+            v.add(f"{field}.metric", f"{check.metric.value} is checked twice")
+        seen.add(check.metric)
+        if check.threshold is None and check.baseline_ratio is None:
+            v.add(field, "needs a threshold, a baseline_ratio or both")
+        if check.threshold is not None:
+            if not math.isfinite(check.threshold) or check.threshold < 0:
+                v.add(f"{field}.threshold", "must be a finite number, at least 0")
+            elif check.metric in RATE_METRICS | {r.RolloutMetric.FEEDBACK_SCORE} and (
+                check.threshold > 1
+            ):
+                v.add(f"{field}.threshold", f"a {check.metric.value} is from 0 to 1")
+        if check.baseline_ratio is not None and (
+            not math.isfinite(check.baseline_ratio) or check.baseline_ratio <= 0
+        ):
+            v.add(f"{field}.baseline_ratio", "must be a finite number greater than 0")
+
+
+def _rollout_refs(ro: r.Rollout) -> list[Reference]:
+    refs = [Reference("prompt", "Prompt", ro.prompt)] if ro.prompt else []
+    if ro.baseline_version:
+        refs.append(Reference("baseline_version", "PromptVersion", ro.baseline_version))
+    if ro.candidate_version:
+        refs.append(Reference("candidate_version", "PromptVersion", ro.candidate_version))
+    return refs
+
+
+async def _rollout_state(ro: r.Rollout, read: StateReader) -> list[PreconditionViolation]:
+    if ro.state.finished:
+        return []
+    prompt = await read("Prompt", ro.prompt)
+    production = prompt.labels.get(DEFAULT_PROMPT_LABEL) if isinstance(prompt, r.Prompt) else None
+    if production != ro.baseline_version:
+        return [
+            PreconditionViolation(
+                "BASELINE_NOT_PRODUCTION",
+                ro.prompt,
+                f"baseline_version: {ro.baseline_version!r} is not the production version of "
+                f"{ro.prompt!r} (production is {production or 'not set'})",
+            )
+        ]
+    return []
+
+
+def _rollout_exclusive(ro: r.Rollout) -> str | None:
+    return None if ro.state.finished else ro.prompt
+
+
 def _check_tenant(t: r.Tenant, v: Violations) -> None:
     v.text("display_name", t.display_name, max_len=200)
 
@@ -275,10 +374,36 @@ PROMPT_VERSION = Kind(
 )
 AGENT = Kind("Agent", "agents", "agent", r.Agent, _check_agent, _agent_refs, _agent_state)
 TENANT = Kind("Tenant", "tenants", "tenant", r.Tenant, _check_tenant)
+ROLLOUT = Kind(
+    "Rollout",
+    "rollouts",
+    "rollout",
+    r.Rollout,
+    _check_rollout,
+    _rollout_refs,
+    _rollout_state,
+    output_only=frozenset(
+        {
+            "state",
+            "state_reason",
+            "step_index",
+            "weight_bps",
+            "step_start_time",
+            "failed_analyses",
+        }
+    ),
+    initial=lambda ro: dataclasses.replace(
+        ro,
+        stickiness=ro.stickiness or r.Stickiness.SESSION,
+        state=r.RolloutState.PENDING,
+        state_reason="created; starts at the next analysis tick",
+    ),
+    exclusive=_rollout_exclusive,
+)
 QUOTA_POLICY = Kind("QuotaPolicy", "quotaPolicy", "quota_policy", r.QuotaPolicy, _check_quota)
 
 TENANT_SCOPED: dict[str, Kind[Any]] = {
-    k.name: k for k in (TOOL, MODEL, MODEL_ROUTE, PROMPT, PROMPT_VERSION, AGENT)
+    k.name: k for k in (TOOL, MODEL, MODEL_ROUTE, PROMPT, PROMPT_VERSION, AGENT, ROLLOUT)
 }
 
 __all__ = [
@@ -289,6 +414,7 @@ __all__ = [
     "PROMPT",
     "PROMPT_VERSION",
     "QUOTA_POLICY",
+    "ROLLOUT",
     "TENANT",
     "TENANT_SCOPED",
     "TOOL",

@@ -233,6 +233,77 @@ class QuotaPolicy:
     failure_mode: FailureMode = FailureMode.UNSPECIFIED
 
 
+class Stickiness(StrEnum):
+    UNSPECIFIED = ""
+    SESSION = "session"
+    USER = "user"
+    TENANT = "tenant"
+
+
+class RolloutState(StrEnum):
+    UNSPECIFIED = ""
+    PENDING = "pending"
+    PROGRESSING = "progressing"
+    PAUSED = "paused"
+    PROMOTED = "promoted"
+    ABORTED = "aborted"
+
+    @property
+    def finished(self) -> bool:
+        return self in (RolloutState.PROMOTED, RolloutState.ABORTED)
+
+
+class RolloutMetric(StrEnum):
+    UNSPECIFIED = ""
+    ERROR_RATE = "error_rate"
+    LATENCY_P95 = "latency_p95"
+    COST_PER_RUN = "cost_per_run"
+    GUARDRAIL_VIOLATION_RATE = "guardrail_violation_rate"
+    FEEDBACK_SCORE = "feedback_score"
+
+
+@dataclass(frozen=True)
+class RolloutStep:
+    weight_bps: int = 0
+    min_duration: timedelta | None = None
+    min_runs: int = 0
+
+
+@dataclass(frozen=True)
+class RolloutCheck:
+    metric: RolloutMetric = RolloutMetric.UNSPECIFIED
+    threshold: float | None = None
+    baseline_ratio: float | None = None
+
+
+@dataclass(frozen=True)
+class RolloutAnalysis:
+    interval: timedelta | None = None
+    min_sample_size: int = 0
+    failure_limit: int = 0
+    checks: tuple[RolloutCheck, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """A prompt's candidate version against its production version, in steps. The
+    fields after ``analysis`` are the rollout's progress: output only, moved by
+    ``controlplane.rollouts``."""
+
+    prompt: str = ""
+    baseline_version: str = ""
+    candidate_version: str = ""
+    stickiness: Stickiness = Stickiness.UNSPECIFIED
+    steps: tuple[RolloutStep, ...] = ()
+    analysis: RolloutAnalysis = field(default_factory=RolloutAnalysis)
+    state: RolloutState = RolloutState.UNSPECIFIED
+    state_reason: str = ""
+    step_index: int = 0
+    weight_bps: int = 0
+    step_start_time: datetime | None = None
+    failed_analyses: int = 0
+
+
 @dataclass(frozen=True)
 class ApiKeyDigest:
     """What executors get of an API key to check it themselves: never the secret."""

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -119,7 +119,7 @@ class Registry:
     @staticmethod
     async def _changed(
         conn: AsyncConnection,
-        caller: Principal,
+        caller: Principal | None,
         action: str,
         resource: str,
         *,
@@ -170,6 +170,8 @@ class Registry:
         caller.require_tenant(tenant)
         names.check_id(id_, f"{kind.request_field}_id")
         spec = _clear_output_only(kind, spec)
+        if kind.initial is not None:
+            spec = kind.initial(spec)
         _check(kind, spec)
         now = datetime.now(UTC)
         name = resource_name(kind, tenant, id_)
@@ -180,6 +182,7 @@ class Registry:
             if await resource_store.get(conn, tenant, kind.name, id_) is not None:
                 raise AlreadyExists(kind.name, name)
             refs = await self._resolve(conn, kind, tenant, spec)
+            await self._refuse_if_claimed(conn, kind, tenant, spec)
             try:
                 await resource_store.insert(conn, row, refs)
             except DuplicateKey as e:
@@ -231,6 +234,48 @@ class Registry:
             )
         return self._record(kind, row)
 
+    async def modify(
+        self,
+        caller: Principal | None,
+        kind: Kind[S],
+        name: str,
+        change: Callable[[r.Record[S]], Modification[S] | None],
+        *,
+        etag: str = "",
+    ) -> r.Record[S]:
+        """Read, change and write one resource in one transaction: ``change`` gets the
+        stored record and says what it becomes (None: nothing changes). For changes the
+        system makes to output-only fields, such as a rollout's progress; ``caller``
+        None is the control plane itself. A label move it asks for happens in the same
+        transaction."""
+        tenant, id_ = (
+            self._parse(caller, kind, name, "name") if caller else _parse_ref(kind, name, "name")
+        )
+        async with self._write() as conn:
+            existing = await self._existing(conn, kind, tenant, id_, name, etag)
+            modification = change(existing)
+            if modification is None:
+                return existing
+            spec = modification.spec
+            row = ResourceRow(
+                tenant,
+                kind.name,
+                id_,
+                _dumps(spec),
+                etag_of(spec),
+                existing.create_time,
+                datetime.now(UTC),
+            )
+            refs = await self._resolve(conn, kind, tenant, spec)
+            if not await resource_store.update(conn, row, existing.etag, refs):
+                raise EtagMismatch(name)
+            await self._changed(
+                conn, caller, modification.action, name, tenant=tenant, details=modification.details
+            )
+            if modification.move_label is not None:
+                await self._move_label(conn, caller, *modification.move_label, etag="")
+        return self._record(kind, row)
+
     async def delete(self, caller: Principal, kind: Kind[Any], name: str, etag: str) -> None:
         tenant, id_ = self._parse(caller, kind, name, "name")
         async with self._write() as conn:
@@ -247,6 +292,13 @@ class Registry:
             except ReferenceViolation as e:
                 raise _changed_underneath(name) from e
             await self._changed(conn, caller, f"{kind.name}.delete", name, tenant=tenant)
+
+    async def everywhere(self, kind: Kind[S]) -> list[r.Record[S]]:
+        """Every resource of ``kind`` in every tenant: for the control plane's own loops,
+        never for a caller."""
+        async with self._db.snapshot() as conn:
+            rows = await resource_store.list_everything(conn, kind.name)
+        return [self._record(kind, row) for row in rows]
 
     async def revision(self) -> int:
         """The registry's revision: it grows with every change."""
@@ -340,38 +392,93 @@ class Registry:
         target = names.parse_version(version, "version")
         if (target.tenant, target.prompt) != (prompt.tenant, prompt.id):
             raise InvalidArgument.of("version", f"{version!r} is not a version of {name!r}")
-        kind = kinds.PROMPT
         async with self._write() as conn:
-            existing = await self._existing(conn, kind, prompt.tenant, prompt.id, name, etag)
-            version_id = f"{prompt.id}/{target.version}"
-            if await resource_store.get(conn, prompt.tenant, "PromptVersion", version_id) is None:
-                raise NotFound("PromptVersion", version)
-            previous = existing.spec.labels.get(label, "")
-            if previous == version:
-                return existing, previous
-            spec = dataclasses.replace(
-                existing.spec, labels={**existing.spec.labels, label: version}
-            )
-            row = ResourceRow(
-                prompt.tenant,
-                kind.name,
-                prompt.id,
-                _dumps(spec),
-                etag_of(spec),
-                existing.create_time,
-                datetime.now(UTC),
-            )
-            if not await resource_store.update(conn, row, existing.etag, []):
-                raise EtagMismatch(name)
-            await self._changed(
-                conn,
-                caller,
-                "Prompt.label.move",
-                name,
-                tenant=prompt.tenant,
-                details={"label": label, "from": previous, "to": version},
-            )
+            await self._existing(conn, kinds.PROMPT, prompt.tenant, prompt.id, name, etag)
+            if label == kinds.DEFAULT_PROMPT_LABEL:
+                for rollout in await self._live(conn, kinds.ROLLOUT, prompt.tenant, name):
+                    raise FailedPrecondition(
+                        f"{name} has a rollout in progress; promote or abort "
+                        f"{resource_name(kinds.ROLLOUT, prompt.tenant, rollout.id)} to move "
+                        f"its {label} label",
+                        [
+                            PreconditionViolation(
+                                "ROLLOUT_IN_PROGRESS",
+                                resource_name(kinds.ROLLOUT, prompt.tenant, rollout.id),
+                                "the rollout decides where production points",
+                            )
+                        ],
+                    )
+            return await self._move_label(conn, caller, name, label, version, etag=etag)
+
+    async def _move_label(
+        self,
+        conn: AsyncConnection,
+        caller: Principal | None,
+        name: str,
+        label: str,
+        version: str,
+        *,
+        etag: str,
+    ) -> tuple[r.Record[r.Prompt], str]:
+        prompt = names.parse_child(name, "prompts", "name")
+        target = names.parse_version(version, "version")
+        kind = kinds.PROMPT
+        existing = await self._existing(conn, kind, prompt.tenant, prompt.id, name, etag)
+        version_id = f"{prompt.id}/{target.version}"
+        if await resource_store.get(conn, prompt.tenant, "PromptVersion", version_id) is None:
+            raise NotFound("PromptVersion", version)
+        previous = existing.spec.labels.get(label, "")
+        if previous == version:
+            return existing, previous
+        spec = dataclasses.replace(existing.spec, labels={**existing.spec.labels, label: version})
+        row = ResourceRow(
+            prompt.tenant,
+            kind.name,
+            prompt.id,
+            _dumps(spec),
+            etag_of(spec),
+            existing.create_time,
+            datetime.now(UTC),
+        )
+        if not await resource_store.update(conn, row, existing.etag, []):
+            raise EtagMismatch(name)
+        await self._changed(
+            conn,
+            caller,
+            "Prompt.label.move",
+            name,
+            tenant=prompt.tenant,
+            details={"label": label, "from": previous, "to": version},
+        )
         return self._record(kind, row), previous
+
+    async def _live(
+        self, conn: AsyncConnection, kind: Kind[S], tenant: str, claimed: str
+    ) -> list[r.Record[S]]:
+        """The resources of ``kind`` (an exclusive kind) that claim ``claimed`` now."""
+        assert kind.exclusive is not None
+        records = [
+            self._record(kind, row)
+            for row in await resource_store.list_all(conn, tenant, kind.name)
+        ]
+        return [rec for rec in records if kind.exclusive(rec.spec) == claimed]
+
+    async def _refuse_if_claimed(
+        self, conn: AsyncConnection, kind: Kind[S], tenant: str, spec: S
+    ) -> None:
+        """For an exclusive kind: lock what ``spec`` claims, and refuse if a live
+        resource of the kind claims it already."""
+        if kind.exclusive is None or (claimed := kind.exclusive(spec)) is None:
+            return
+        target = names.parse_child(claimed, "prompts", f"{kind.request_field}.prompt")
+        await resource_store.get(conn, tenant, "Prompt", target.id, for_update=True)
+        others = await self._live(conn, kind, tenant, claimed)
+        if others:
+            other = resource_name(kind, tenant, others[0].id)
+            raise FailedPrecondition(
+                f"{claimed} already has an unfinished {kind.name.lower()}, {other}",
+                [PreconditionViolation(f"{kind.name.upper()}_IN_PROGRESS", other, claimed)],
+            )
 
     # -- tenants and quota policies ---------------------------------------------------
 
@@ -625,6 +732,17 @@ class Registry:
                 + "; ".join(v.description for v in violations),
                 violations,
             )
+
+
+@dataclass(frozen=True)
+class Modification(Generic[S]):
+    """What ``Registry.modify`` writes: the new spec, the audit action and details, and
+    optionally a label move (prompt name, label, version) made with it."""
+
+    spec: S
+    action: str
+    details: dict[str, Any] | None = None
+    move_label: tuple[str, str, str] | None = None
 
 
 def _revised(

@@ -75,9 +75,12 @@ async def list_all(
     return [_row(r) for r in await conn.execute(query.order_by(resources.c.id))]
 
 
-async def list_everything(conn: AsyncConnection) -> list[ResourceRow]:
-    """Every resource of every tenant (configuration snapshots read the whole registry)."""
+async def list_everything(conn: AsyncConnection, kind: str | None = None) -> list[ResourceRow]:
+    """Every resource of every tenant (configuration snapshots read the whole registry),
+    or every one of ``kind``."""
     query = sa.select(*_COLUMNS).order_by(resources.c.tenant, resources.c.kind, resources.c.id)
+    if kind is not None:
+        query = query.where(resources.c.kind == kind)
     return [_row(r) for r in await conn.execute(query)]
 
 

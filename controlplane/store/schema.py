@@ -232,6 +232,7 @@ run_index = sa.Table(
     sa.Column("last_event_time", UTCDateTime, nullable=False),
     sa.Column("last_sequence", sa.BigInteger, nullable=False),
     sa.Index("ix_run_index_tenant_create_time", "tenant", "create_time"),
+    sa.Index("ix_run_index_tenant_end_time", "tenant", "end_time"),
 )
 
 # Each executor's relay as it last reported: how much waits in its outbox.
@@ -311,4 +312,27 @@ feedback = sa.Table(
     sa.Column("create_time", UTCDateTime, nullable=False),
     sa.Index("ix_feedback_tenant_run_id", "tenant", "run_id"),
     sa.Index("ix_feedback_tenant_create_time", "tenant", "create_time"),
+)
+
+# Each analysis of a rollout: when, at which step, its verdict, and the numbers and
+# check results (JSON) it reached them by.
+rollout_analyses = sa.Table(
+    "rollout_analyses",
+    metadata,
+    sa.Column("tenant", sa.String(63), primary_key=True),
+    sa.Column("rollout_id", sa.String(63), primary_key=True),
+    sa.Column("analysis_time", UTCDateTime, primary_key=True),
+    sa.Column("step_index", sa.Integer, nullable=False),
+    sa.Column("verdict", sa.String(16), nullable=False),
+    sa.Column("result", sa.Text, nullable=False),
+)
+
+# Background loops that must run on one control-plane replica at a time: the replica
+# holding a loop's row until ``expire_time`` runs it, renewing as it goes.
+loop_leases = sa.Table(
+    "loop_leases",
+    metadata,
+    sa.Column("name", sa.String(63), primary_key=True),
+    sa.Column("holder", sa.String(200), nullable=False),
+    sa.Column("expire_time", UTCDateTime, nullable=False),
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, TypeVar
 
 from google.protobuf import any_pb2, json_format
@@ -17,7 +18,16 @@ from google.protobuf.message import DecodeError, Message
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from pilothouse.v1 import agent_pb2, discovery_pb2, model_pb2, prompt_pb2, tenant_pb2, tool_pb2
+from pilothouse.assignment import Stickiness, in_candidate, unit_key
+from pilothouse.v1 import (
+    agent_pb2,
+    discovery_pb2,
+    model_pb2,
+    prompt_pb2,
+    rollout_pb2,
+    tenant_pb2,
+    tool_pb2,
+)
 
 TYPE_PREFIX = "type.googleapis.com/pilothouse.v1."
 MESSAGES: dict[str, type[Message]] = {
@@ -30,9 +40,28 @@ MESSAGES: dict[str, type[Message]] = {
     "PromptVersion": prompt_pb2.PromptVersion,
     "Prompt": prompt_pb2.Prompt,
     "Agent": agent_pb2.Agent,
+    "Rollout": rollout_pb2.Rollout,
 }
 TYPE_URLS = tuple(TYPE_PREFIX + kind for kind in MESSAGES)
 DEFAULT_PROMPT_LABEL = "production"
+STICKINESS = {
+    rollout_pb2.STICKINESS_UNSPECIFIED: Stickiness.SESSION,
+    rollout_pb2.STICKINESS_SESSION: Stickiness.SESSION,
+    rollout_pb2.STICKINESS_USER: Stickiness.USER,
+    rollout_pb2.STICKINESS_TENANT: Stickiness.TENANT,
+}
+BASELINE = "baseline"
+CANDIDATE = "candidate"
+
+
+@dataclass(frozen=True)
+class RunUnit:
+    """Who a new run is for, as a rollout's stickiness reads it."""
+
+    tenant: str
+    user: str = ""
+    session: str = ""
+
 
 M = TypeVar("M", bound=Message)
 
@@ -89,6 +118,35 @@ class ExecutorConfig:
             return None
         version = prompt.labels.get(agent.prompt_label or DEFAULT_PROMPT_LABEL)
         return self.get(prompt_pb2.PromptVersion, version) if version else None
+
+    def assigned_version(
+        self, agent: agent_pb2.Agent, unit: RunUnit
+    ) -> tuple[prompt_pb2.PromptVersion | None, str]:
+        """The version a new run of ``agent`` for ``unit`` gets, and its rollout variant
+        ("" when no rollout applies). A rollout applies to agents that run the prompt's
+        production label while that label points at the rollout's baseline."""
+        version = self.agent_prompt_version(agent)
+        if (
+            version is None
+            or agent.prompt_version
+            or (agent.prompt_label or DEFAULT_PROMPT_LABEL) != DEFAULT_PROMPT_LABEL
+        ):
+            return version, ""
+        rollout = self._rollouts_by_prompt.get(agent.prompt)
+        if rollout is None or rollout.baseline_version != version.name:
+            return version, ""
+        key = unit_key(
+            STICKINESS[rollout.stickiness], tenant=unit.tenant, user=unit.user, session=unit.session
+        )
+        if in_candidate(rollout.name, key, rollout.weight_bps):
+            candidate = self.get(prompt_pb2.PromptVersion, rollout.candidate_version)
+            if candidate is not None:
+                return candidate, CANDIDATE
+        return version, BASELINE
+
+    @cached_property
+    def _rollouts_by_prompt(self) -> dict[str, rollout_pb2.Rollout]:
+        return {ro.prompt: ro for ro in self.all(rollout_pb2.Rollout)}
 
     def to_proto(self) -> discovery_pb2.ConfigSnapshot:
         snapshot = discovery_pb2.ConfigSnapshot(version=self.version)
@@ -161,6 +219,11 @@ def _problems(config: ExecutorConfig) -> list[str]:
     for prompt in config.all(prompt_pb2.Prompt):
         for label, version_name in prompt.labels.items():
             need(prompt_pb2.PromptVersion, version_name, f"label {label} of {prompt.name}")
+    for rollout in config.all(rollout_pb2.Rollout):
+        for version_name in (rollout.baseline_version, rollout.candidate_version):
+            need(prompt_pb2.PromptVersion, version_name, f"rollout {rollout.name}")
+        if not 0 <= rollout.weight_bps <= 10_000:
+            problems.append(f"rollout {rollout.name} has weight {rollout.weight_bps} bps")
     for agent in config.all(agent_pb2.Agent):
         what = f"agent {agent.name}"
         need(prompt_pb2.Prompt, agent.prompt, what)

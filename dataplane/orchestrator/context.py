@@ -13,7 +13,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from dataplane.config.snapshot import ExecutorConfig
+from dataplane.config.snapshot import ExecutorConfig, RunUnit
 from dataplane.models.scripted import estimate_tokens
 from dataplane.models.types import ChatMessage, ToolSpec
 from pilothouse.v1 import agent_pb2, prompt_pb2, tool_pb2
@@ -124,6 +124,8 @@ class RunContext:
     tools: dict[str, tool_pb2.Tool]
     """By the name the model sees."""
     system_prompt: str
+    variant: str = ""
+    """The rollout variant the run is on ("" outside a rollout)."""
 
     @cached_property
     def tool_specs(self) -> tuple[ToolSpec, ...]:
@@ -161,18 +163,27 @@ def prompt_bound(messages: Sequence[ChatMessage], ctx: RunContext) -> int:
 
 
 def resolve(
-    config: ExecutorConfig, agent_name: str, variables: dict[str, str], *, pinned_version: str = ""
+    config: ExecutorConfig,
+    agent_name: str,
+    variables: dict[str, str],
+    *,
+    unit: RunUnit | None = None,
+    pinned_version: str = "",
+    pinned_variant: str = "",
 ) -> RunContext:
-    """The run's context from the snapshot. ``pinned_version``: the version a run was
-    admitted with (a resumed run keeps it even if a label moved since)."""
+    """The run's context from the snapshot. A new run is assigned its version (and
+    rollout variant) for ``unit``; ``pinned_version`` and ``pinned_variant`` are what a
+    run was admitted with (a resumed run keeps them even if a label or weight moved)."""
     agent = config.get(agent_pb2.Agent, agent_name)
     if agent is None:
         raise AdmissionError("agent", f"agent {agent_name!r} not found", not_found=True)
-    version = (
-        config.get(prompt_pb2.PromptVersion, pinned_version)
-        if pinned_version
-        else config.agent_prompt_version(agent)
-    )
+    variant = pinned_variant
+    if pinned_version:
+        version = config.get(prompt_pb2.PromptVersion, pinned_version)
+    elif unit is not None:
+        version, variant = config.assigned_version(agent, unit)
+    else:
+        version = config.agent_prompt_version(agent)
     if version is None:
         raise AdmissionError("agent", f"agent {agent_name!r} has no prompt version to run")
     values: dict[str, str] = {}
@@ -196,4 +207,6 @@ def resolve(
         for name in agent.tools
         if (tool := config.get(tool_pb2.Tool, name)) is not None
     }
-    return RunContext(agent, version, agent.model_route or version.model_route, tools, system)
+    return RunContext(
+        agent, version, agent.model_route or version.model_route, tools, system, variant
+    )

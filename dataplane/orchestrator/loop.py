@@ -245,6 +245,7 @@ class RunLoop:
             self.run.agent,
             request.get("variables", {}),
             pinned_version=request.get("prompt_version", ""),
+            pinned_variant=request.get("variant", ""),
         )
         limits = Limits.from_dict(request.get("limits", {}))
         checkpoints: list[Checkpoint] = []
@@ -255,8 +256,12 @@ class RunLoop:
             ChatMessage.from_dict(m) for cp in checkpoints for m in cp.delta.get("messages", [])
         ]
         self._usage = Usage.from_dict(self.run.usage)
-        labels = self._labels = RunLabels(self.run.agent, ctx.version.name, self.executor)
+        labels = self._labels = RunLabels(
+            self.run.agent, ctx.version.name, self.executor, ctx.variant
+        )
         self._span.set_attribute("pilothouse.prompt_version", ctx.version.name)
+        if ctx.variant:
+            self._span.set_attribute("pilothouse.rollout.variant", ctx.variant)
         tenant = self.config.get(tenant_pb2.Tenant, f"tenants/{self.run.tenant}")
         self._capture = tenant is not None and tenant.capture_content
         if limits.max_usd is not None:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from dataplane.config.snapshot import ExecutorConfig
+from dataplane.config.snapshot import ExecutorConfig, RunUnit
 from dataplane.config.watcher import ConfigWatcher
 from dataplane.guardrails import pii
 from dataplane.models.gateway import ModelGateway
@@ -138,7 +138,8 @@ class Runs:
         config = self._watcher.current
         if config is None:
             raise AdmissionError("", "this executor has no configuration yet")
-        ctx = resolve(config, admission.agent, admission.variables)
+        unit = RunUnit(admission.tenant, admission.user_id, admission.session_id)
+        ctx = resolve(config, admission.agent, admission.variables, unit=unit)
         size = len(admission.input.encode())
         if size > MAX_INPUT_BYTES:
             raise AdmissionError("input", f"is {size} bytes; at most {MAX_INPUT_BYTES}")
@@ -156,6 +157,7 @@ class Runs:
             "variables": admission.variables,
             "limits": limits(ctx.agent, admission.budget).to_dict(),
             "prompt_version": ctx.version.name,
+            "variant": ctx.variant,
             "config_version": config.version,
         }
         # Without a free slot here, the run waits in the queue for any executor rather
@@ -174,7 +176,7 @@ class Runs:
                 executor=self.executor,
             )
             raise
-        labels = RunLabels(admission.agent, ctx.version.name, self.executor)
+        labels = RunLabels(admission.agent, ctx.version.name, self.executor, ctx.variant)
         first = (
             None
             if queued

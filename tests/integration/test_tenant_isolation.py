@@ -26,6 +26,7 @@ from pilothouse.v1 import (
     model_pb2,
     prompt_pb2,
     quota_pb2,
+    rollout_pb2,
     telemetry_pb2,
     tenant_pb2,
     tool_pb2,
@@ -206,6 +207,35 @@ CASES: dict[str, Build] = {
         run=f"{t.parent}/runs/00000000-0000-0000-0000-000000000004", score=0.0
     ),
     "FeedbackService/ListFeedback": lambda t: feedback_pb2.ListFeedbackRequest(parent=t.parent),
+    # RolloutService: tenant B's rollouts.
+    "RolloutService/CreateRollout": lambda t: rollout_pb2.CreateRolloutRequest(
+        parent=t.parent,
+        rollout_id="canary",
+        rollout=rollout_pb2.Rollout(
+            prompt=t.version.split("/versions/")[0],
+            candidate_version=t.version,
+            steps=[rollout_pb2.RolloutStep(weight_bps=500)],
+        ),
+    ),
+    "RolloutService/GetRollout": lambda t: rollout_pb2.GetRolloutRequest(
+        name=f"{t.parent}/rollouts/canary"
+    ),
+    "RolloutService/ListRollouts": lambda t: rollout_pb2.ListRolloutsRequest(parent=t.parent),
+    "RolloutService/PauseRollout": lambda t: rollout_pb2.PauseRolloutRequest(
+        name=f"{t.parent}/rollouts/canary"
+    ),
+    "RolloutService/ResumeRollout": lambda t: rollout_pb2.ResumeRolloutRequest(
+        name=f"{t.parent}/rollouts/canary"
+    ),
+    "RolloutService/PromoteRollout": lambda t: rollout_pb2.PromoteRolloutRequest(
+        name=f"{t.parent}/rollouts/canary"
+    ),
+    "RolloutService/AbortRollout": lambda t: rollout_pb2.AbortRolloutRequest(
+        name=f"{t.parent}/rollouts/canary"
+    ),
+    "RolloutService/WatchRollout": lambda t: rollout_pb2.WatchRolloutRequest(
+        name=f"{t.parent}/rollouts/canary"
+    ),
     # AuditService: tenant B's audit chain.
     "AuditService/ListAuditRecords": lambda t: audit_pb2.ListAuditRecordsRequest(parent=t.parent),
     "AuditService/VerifyAuditLog": lambda t: audit_pb2.VerifyAuditLogRequest(parent=t.parent),

@@ -21,6 +21,7 @@ from pilothouse.v1 import (
     model_pb2_grpc,
     prompt_pb2_grpc,
     quota_pb2_grpc,
+    rollout_pb2_grpc,
     run_pb2_grpc,
     telemetry_pb2_grpc,
     tenant_pb2_grpc,
@@ -92,6 +93,7 @@ class Client:
         self.telemetry = telemetry_pb2_grpc.TelemetryServiceStub(self.channel)
         self.quota = quota_pb2_grpc.QuotaServiceStub(self.channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
+        self.rollouts = rollout_pb2_grpc.RolloutServiceStub(self.channel)
         self._executor_channel: grpc.aio.Channel | None = None
 
     @property

@@ -13,6 +13,7 @@ Kubernetes.
     pilothouse runs list|get|watch|cancel
     pilothouse usage [--by tenant|agent|model|prompt-version|...] [--since 24h] [--bucket 1h]
     pilothouse approvals list|approve|deny
+    pilothouse rollout start|status|watch|pause|resume|promote|abort
     pilothouse tools import-mcp URL [--prefix P] [--only NAME]
 
 The server, key and TLS come from flags or PILOTHOUSE_ADDR, PILOTHOUSE_API_KEY,
@@ -30,7 +31,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pilothouse.cli import approvals, audit, kinds, ledger, mcp_import, output, quota, runs
+from pilothouse.cli import (
+    approvals,
+    audit,
+    kinds,
+    ledger,
+    mcp_import,
+    output,
+    quota,
+    rollouts,
+    runs,
+)
 from pilothouse.cli.apply import apply_all, explain, report
 from pilothouse.cli.manifests import ManifestError, load
 from pilothouse.cli.usage import UsageError
@@ -107,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_commands(sub, common, fmt)
     ledger.add_commands(sub, common, fmt)
     quota.add_commands(sub, common, fmt)
+    rollouts.add_commands(sub, common, fmt)
     audit.add_commands(sub, common, fmt)
     approvals.add_commands(sub, common, fmt)
     mcp_import.add_commands(sub, common)
@@ -184,6 +196,8 @@ async def run(ns: argparse.Namespace) -> int:
             return await ledger.usage_command(client, ns, _tenant(ns))
         if ns.command == "quota":
             return await quota.command(client, ns, _tenant(ns))
+        if ns.command == "rollout":
+            return await rollouts.command(client, ns, _tenant(ns))
         if ns.command == "audit":
             return await audit.command(client, ns, _tenant(ns))
         if ns.command == "approvals":

@@ -119,9 +119,9 @@ def report(outcomes: list[Outcome], note: Callable[[Document], str] = lambda _: 
 
 
 def explain(error: ApiError) -> str:
-    """The error, with one line per field or precondition the server named."""
+    """The error's message, with one line per field or precondition the server named."""
     details = [f"  {v.field}: {v.description}" for v in error.field_violations]
     details += [f"  {v.description}" for v in error.precondition_violations]
     if not details:
         return str(error)
-    return "\n".join([f"{error.code}:", *details])
+    return "\n".join([str(error), *details])
