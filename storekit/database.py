@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -58,7 +59,7 @@ class Database:
             # A fixed set of connections: each aiosqlite connection is a thread, and one
             # opened for a moment of overflow costs a thread and the set-up pragmas.
             kwargs.update(
-                connect_args={"timeout": 30},
+                connect_args={"timeout": 30, "factory": _RollbackOnClose},
                 pool_reset_on_return=None,
                 pool_size=pool_size,
                 max_overflow=0,
@@ -77,7 +78,11 @@ class Database:
             # transaction costs one hand-off to that thread, not one per statement.
             self._sync_writer = sa.create_engine(
                 self.url.set(drivername="sqlite+pysqlite"),
-                connect_args={"timeout": 30, "check_same_thread": False},
+                connect_args={
+                    "timeout": 30,
+                    "check_same_thread": False,
+                    "factory": _RollbackOnClose,
+                },
                 pool_size=1,
                 max_overflow=0,
                 pool_reset_on_return=None,
@@ -277,6 +282,24 @@ def _ping_when_idle(engine: sa.Engine) -> None:
             engine.dialect.do_ping(dbapi_connection)
         except Exception as e:
             raise sa.exc.DisconnectionError(f"a pooled connection failed its check: {e}") from e
+
+
+class _RollbackOnClose(sqlite3.Connection):
+    """A SQLite connection that ends its open transaction before it closes.
+
+    A task cancelled while its statement runs on the driver's thread has its connection
+    invalidated and closed, but the statement's cursor stays referenced (by the
+    cancelled task's traceback, say). ``sqlite3`` then closes lazily: the connection
+    lives on until that cursor is freed, still inside its BEGIN IMMEDIATE, and every
+    other writer of the file waits out its busy timeout. Rolling back first releases the
+    lock at once; SQLite aborts the pending statement with it.
+    """
+
+    def close(self) -> None:
+        if self.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.rollback()
+        super().close()
 
 
 def _configure_sqlite(engine: sa.Engine) -> None:

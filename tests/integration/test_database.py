@@ -96,6 +96,52 @@ async def test_on_sqlite_a_caller_that_stops_waiting_does_not_undo_its_write(
     await run_db.aclose()
 
 
+async def test_on_sqlite_a_transaction_cancelled_mid_statement_releases_the_write_lock(
+    tmp_path: Path,
+) -> None:
+    """The cancelled task stays referenced, and with it the cursor of its statement: the
+    connection must still give up BEGIN IMMEDIATE's lock, or every later writer waits out
+    the busy timeout."""
+    db = open_run_database(f"sqlite:///{tmp_path / 'runs.db'}")
+    await db.migrate()
+    async with db.transaction() as conn:
+        await conn.exec_driver_sql("CREATE TABLE cancelled_writes (k INTEGER PRIMARY KEY)")
+    statement_sent = asyncio.Event()
+
+    async def slow_writer() -> None:
+        async with db.transaction() as conn:
+            await conn.exec_driver_sql("INSERT INTO cancelled_writes (k) VALUES (1)")
+            statement_sent.set()
+            await conn.execute(
+                sa.text(
+                    "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r"
+                    " WHERE i < 3000000) SELECT count(*) FROM r"
+                )
+            )
+
+    writer = asyncio.ensure_future(slow_writer())
+    await statement_sent.wait()
+    await asyncio.sleep(0.05)
+    writer.cancel()
+    try:
+        await writer
+    except asyncio.CancelledError as cancelled:
+        # Its traceback holds the statement's cursor, as a reference cycle waiting for
+        # the garbage collector would.
+        kept = cancelled
+
+    async def write_again() -> None:
+        async with db.transaction() as conn:
+            await conn.exec_driver_sql("INSERT INTO cancelled_writes (k) VALUES (2)")
+
+    await asyncio.wait_for(write_again(), timeout=10)  # the busy timeout is 30 s
+    async with db.snapshot() as conn:
+        stored = [k for (k,) in await conn.exec_driver_sql("SELECT k FROM cancelled_writes")]
+    assert stored == [2]
+    assert kept.__traceback__ is not None  # still referenced up to here
+    await db.aclose()
+
+
 async def test_postgresql_connections_dropped_while_idle_are_replaced(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
