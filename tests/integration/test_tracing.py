@@ -23,7 +23,7 @@ from tests.integration.test_telemetry import finished_summary
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
-QUESTION = "what is six times seven, for customer 5521?"
+QUESTION = "what is six times seven, for customer K-55219?"
 
 
 def attributes(span: ReadableSpan) -> dict[str, Any]:
@@ -117,7 +117,7 @@ async def test_a_run_is_one_trace_of_genai_spans_and_metrics(
     for sp in spans:
         for value in attributes(sp).values():
             text = str(value)
-            assert "six times seven" not in text and "5521" not in text
+            assert "six times seven" not in text and "K-55219" not in text
             assert "6 * 7" not in text and "The answer is" not in text
 
     # The trace id reached the control plane's run index; a run started without one
