@@ -7,14 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from google.protobuf import duration_pb2
 
+from controlplane.rollouts.service import LEASE
+from controlplane.store.database import open_database
+from controlplane.store.schema import loop_leases, rollout_analyses
 from pilothouse.assignment import Stickiness, in_candidate, unit_key
 from pilothouse.v1 import (
     audit_pb2,
@@ -27,7 +33,7 @@ from pilothouse.v1 import (
     telemetry_pb2_grpc,
 )
 from tests import helpers as h
-from tests.conftest import Live
+from tests.conftest import Live, start_live
 from tests.fakes.openai_server import Behaviour, FakeOpenAI
 from tests.integration.test_agent_runs import Stage, deploy, run_to_end, stage
 
@@ -459,3 +465,73 @@ async def test_the_cli_starts_shows_and_ends_a_rollout(live: Live, fake: FakeOpe
     assert "is aborted and cannot be paused" in again.err
     watched = await cli(live, "rollout", "watch", name)  # finished: one view, then it ends
     assert watched.code == 0 and watched.out.count("Rollout tenants/") == 1
+
+
+async def test_with_two_replicas_one_analyses_and_the_other_takes_over(
+    own_run_database_url: str, fake: FakeOpenAI
+) -> None:
+    """Two control planes on one database: while the first holds the rollout-analysis
+    lease the second never analyses (the analyses stay an interval apart); once the first
+    stops, the second takes the lease and the analyses go on."""
+    url = own_run_database_url  # a database of this test alone, for both replicas
+    first: Live | None = await start_live(url, rollout_tick=0.2)
+    assert first is not None
+    db = open_database(url)
+
+    async def holder() -> str | None:
+        async with db.snapshot() as conn:
+            held = await conn.execute(
+                sa.select(loop_leases.c.holder).where(loop_leases.c.name == LEASE)
+            )
+            return held.scalar_one_or_none()
+
+    async def analysis_times() -> list[datetime]:
+        async with db.snapshot() as conn:
+            rows = await conn.execute(
+                sa.select(rollout_analyses.c.analysis_time).order_by(
+                    rollout_analyses.c.analysis_time
+                )
+            )
+            return [t for (t,) in rows]
+
+    second: Live | None = None
+    try:
+        first_holder = await eventually(holder)
+        second = await start_live(url, rollout_tick=0.2, bootstrap_key=first.admin_key)
+        tenant, _, candidate = await prompt_with_candidate(first, fake)
+        # No traffic: every analysis is inconclusive and the rollout holds its step.
+        checks = [
+            rollout_pb2.RolloutCheck(metric=rollout_pb2.ROLLOUT_METRIC_ERROR_RATE, threshold=0.1)
+        ]
+        created = await create(
+            second, tenant, "canary", spec(tenant, candidate, 5000, checks=checks)
+        )
+        await reaches(second, created.rollout.name, rollout_pb2.ROLLOUT_STATE_PROGRESSING)
+
+        async def analysed(n: int) -> list[datetime] | None:
+            times = await analysis_times()
+            return times if len(times) >= n else None
+
+        before = await eventually(lambda: analysed(4))
+        assert await holder() == first_holder
+        gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(before)]
+        assert min(gaps) >= 0.95, gaps  # one analyst, once an interval (1 s)
+
+        stopping, first = first, None
+        await stopping.channel.close()
+        await stopping.plane.aclose()  # gives the lease back
+        second_holder = await eventually(holder)
+        assert second_holder != first_holder
+        after = await eventually(lambda: analysed(len(before) + 3))
+        assert after[: len(before)] == before
+        gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(after)]
+        assert min(gaps) >= 0.95, gaps
+        ro = await state_of(second, created.rollout.name)
+        assert ro.state == rollout_pb2.ROLLOUT_STATE_PROGRESSING
+        assert ro.last_analysis.verdict == rollout_pb2.VERDICT_INCONCLUSIVE
+    finally:
+        for plane in (first, second):
+            if plane is not None:
+                await plane.channel.close()
+                await plane.plane.aclose()
+        await db.aclose()
