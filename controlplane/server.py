@@ -22,6 +22,7 @@ from controlplane.api.agents import AgentRegistryServicer
 from controlplane.api.api_keys import ApiKeyServicer
 from controlplane.api.approvals import ApprovalServicer
 from controlplane.api.audit import AuditServicer
+from controlplane.api.evals import EvalServicer
 from controlplane.api.executors import ExecutorServicer
 from controlplane.api.feedback import FeedbackServicer
 from controlplane.api.interceptors import AuthInterceptor, ErrorInterceptor
@@ -39,6 +40,7 @@ from controlplane.auth.key_audit import KeyAudit
 from controlplane.config import Settings
 from controlplane.discovery.executors import ExecutorRegistry
 from controlplane.discovery.publisher import SnapshotPublisher
+from controlplane.evals.service import EvalReports
 from controlplane.feedback.service import FeedbackLog
 from controlplane.quota.service import Quotas
 from controlplane.registry.service import Registry
@@ -56,6 +58,8 @@ from pilothouse.v1 import (
     audit_pb2_grpc,
     discovery_pb2,
     discovery_pb2_grpc,
+    eval_pb2,
+    eval_pb2_grpc,
     feedback_pb2,
     feedback_pb2_grpc,
     model_pb2,
@@ -92,6 +96,7 @@ PILOTHOUSE_SERVICES = tuple(
         (audit_pb2.DESCRIPTOR, "AuditService"),
         (feedback_pb2.DESCRIPTOR, "FeedbackService"),
         (rollout_pb2.DESCRIPTOR, "RolloutService"),
+        (eval_pb2.DESCRIPTOR, "EvalService"),
     )
 )
 SERVICE_NAMES = (*PILOTHOUSE_SERVICES, ads.ADS_SERVICE)
@@ -168,7 +173,11 @@ class ControlPlane:
         # Leases of background loops need each running control plane told apart, also
         # two in one process.
         holder = f"{replica}/{secrets.token_hex(4)}"
-        rollouts = Rollouts(db, registry, replica=holder, tick=settings.rollout_tick)
+        reports = EvalReports(db, registry)
+        rollouts = Rollouts(
+            db, registry, replica=holder, tick=settings.rollout_tick, eval_gate=reports.gate
+        )
+        eval_pb2_grpc.add_EvalServiceServicer_to_server(EvalServicer(registry, reports), server)
         rollout_pb2_grpc.add_RolloutServiceServicer_to_server(RolloutServicer(rollouts), server)
         model_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
         prompt_pb2_grpc.add_PromptServiceServicer_to_server(PromptServicer(registry), server)

@@ -92,6 +92,11 @@ METHOD_PERMISSIONS: dict[str, Permission] = {
         ["GetRollout", "ListRollouts", "WatchRollout"],
         ["CreateRollout", "PauseRollout", "ResumeRollout", "PromoteRollout", "AbortRollout"],
     ),
+    **_registry(
+        "EvalService",
+        _crud("EvalSuite", "EvalSuites")[0] + ["GetEvalReport", "ListEvalReports"],
+        _crud("EvalSuite", "EvalSuites")[1] + ["CreateEvalReport"],
+    ),
     **_service(
         "FeedbackService",
         {"RecordFeedback": Permission.FEEDBACK_WRITE, "ListFeedback": Permission.USAGE_READ},

@@ -76,6 +76,15 @@ def rollout_from_proto(m: pb.Rollout) -> r.Rollout:
                 for i, c in enumerate(a.checks)
             ),
         ),
+        eval_gate=r.EvalGate(
+            suite=m.eval_gate.suite,
+            min_score=m.eval_gate.min_score,
+            max_regression=(
+                m.eval_gate.max_regression if m.eval_gate.HasField("max_regression") else None
+            ),
+        )
+        if m.HasField("eval_gate")
+        else None,
     )
 
 
@@ -105,6 +114,11 @@ def rollout_to_proto(record: r.Record[r.Rollout]) -> pb.Rollout:
             c.threshold = check.threshold
         if check.baseline_ratio is not None:
             c.baseline_ratio = check.baseline_ratio
+    if s.eval_gate is not None:
+        m.eval_gate.suite = s.eval_gate.suite
+        m.eval_gate.min_score = s.eval_gate.min_score
+        if s.eval_gate.max_regression is not None:
+            m.eval_gate.max_regression = s.eval_gate.max_regression
     _timestamp(m.step_start_time, s.step_start_time)
     _convert._meta(m, record, kinds.ROLLOUT)
     return m

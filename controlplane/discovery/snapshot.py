@@ -3,8 +3,9 @@
 A snapshot is the union of per-tenant configurations. Each tenant's is versioned by its
 content, checked for consistency (everything referenced is present) and, when the check
 fails, not published: the tenant's previous configuration stays in force. A prompt's
-versions are included only when a label, an agent or a rollout names them; rollouts
-only while their candidate has a share of the runs.
+versions are included only when a label, an agent or an unfinished rollout names them
+(a pending rollout's candidate too, so that its eval suite can run on executors);
+rollouts only while their candidate has a share of the runs.
 """
 
 from __future__ import annotations
@@ -107,9 +108,10 @@ def tenant_config(tenant: str, grouped: Mapping[str, list[Record[Any]]]) -> Tena
         records["QuotaPolicy"] = [
             Record(tenant, QUOTA_POLICY_ID, default, etag_of(default), t.create_time, t.create_time)
         ]
+    unfinished = [rec for rec in records["Rollout"] if not rec.spec.state.finished]
     # Executors need a rollout only while it gives its candidate a share.
-    records["Rollout"] = [rec for rec in records["Rollout"] if _routing(rec.spec)]
-    records["PromptVersion"] = _versions_in_use(records)
+    records["Rollout"] = [rec for rec in unfinished if _routing(rec.spec)]
+    records["PromptVersion"] = _versions_in_use(records, unfinished)
     problems = tuple(_problems(tenant, records))
     digest = hashlib.sha256()
     for kind in KIND_ORDER:
@@ -136,14 +138,16 @@ def _version_id(name: str) -> str:
     return f"{parts[3]}/{parts[5]}" if len(parts) == 6 else name
 
 
-def _versions_in_use(records: Mapping[str, list[Record[Any]]]) -> list[Record[Any]]:
+def _versions_in_use(
+    records: Mapping[str, list[Record[Any]]], rollouts: list[Record[r.Rollout]]
+) -> list[Record[Any]]:
     wanted: set[str] = set()
     for prompt in records["Prompt"]:
         wanted |= {_version_id(v) for v in prompt.spec.labels.values()}
     for agent in records["Agent"]:
         if agent.spec.prompt_version:
             wanted.add(_version_id(agent.spec.prompt_version))
-    for rollout in records["Rollout"]:
+    for rollout in rollouts:
         wanted |= {
             _version_id(rollout.spec.baseline_version),
             _version_id(rollout.spec.candidate_version),

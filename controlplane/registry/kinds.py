@@ -9,6 +9,7 @@ same way to every kind.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from collections.abc import Awaitable, Callable
@@ -303,10 +304,26 @@ def _check_rollout(ro: r.Rollout, v: Violations) -> None:
             not math.isfinite(check.baseline_ratio) or check.baseline_ratio <= 0
         ):
             v.add(f"{field}.baseline_ratio", "must be a finite number greater than 0")
+    _check_eval_gate(ro.eval_gate, v)
+
+
+def _check_eval_gate(gate: r.EvalGate | None, v: Violations) -> None:
+    if gate is None:
+        return
+    if not gate.suite:
+        v.add("eval_gate.suite", "is required (tenants/{tenant}/evalSuites/{suite})")
+    if not (math.isfinite(gate.min_score) and 0 <= gate.min_score <= 1):
+        v.add("eval_gate.min_score", "must be from 0 to 1")
+    if gate.max_regression is not None and not (
+        math.isfinite(gate.max_regression) and 0 <= gate.max_regression <= 1
+    ):
+        v.add("eval_gate.max_regression", "must be from 0 to 1")
 
 
 def _rollout_refs(ro: r.Rollout) -> list[Reference]:
     refs = [Reference("prompt", "Prompt", ro.prompt)] if ro.prompt else []
+    if ro.eval_gate is not None and ro.eval_gate.suite:
+        refs.append(Reference("eval_gate.suite", "EvalSuite", ro.eval_gate.suite))
     if ro.baseline_version:
         refs.append(Reference("baseline_version", "PromptVersion", ro.baseline_version))
     if ro.candidate_version:
@@ -317,6 +334,18 @@ def _rollout_refs(ro: r.Rollout) -> list[Reference]:
 async def _rollout_state(ro: r.Rollout, read: StateReader) -> list[PreconditionViolation]:
     if ro.state.finished:
         return []
+    if ro.eval_gate is not None and ro.eval_gate.suite:
+        suite = await read("EvalSuite", ro.eval_gate.suite)
+        agent = await read("Agent", suite.agent) if isinstance(suite, r.EvalSuite) else None
+        if isinstance(agent, r.Agent) and agent.prompt != ro.prompt:
+            return [
+                PreconditionViolation(
+                    "EVAL_SUITE_OF_ANOTHER_PROMPT",
+                    ro.eval_gate.suite,
+                    f"eval_gate.suite: the suite runs {suite.agent!r}, whose prompt is "
+                    f"{agent.prompt!r}, not {ro.prompt!r}",
+                )
+            ]
     prompt = await read("Prompt", ro.prompt)
     production = prompt.labels.get(DEFAULT_PROMPT_LABEL) if isinstance(prompt, r.Prompt) else None
     if production != ro.baseline_version:
@@ -333,6 +362,74 @@ async def _rollout_state(ro: r.Rollout, read: StateReader) -> list[PreconditionV
 
 def _rollout_exclusive(ro: r.Rollout) -> str | None:
     return None if ro.state.finished else ro.prompt
+
+
+MAX_EVAL_CASES = 500
+MAX_EXPECTATIONS = 10
+MAX_CASE_INPUT_BYTES = 65_536
+MAX_PATTERN = 1000
+COMPARED = frozenset({r.Grader.EXACT, r.Grader.CONTAINS, r.Grader.REGEX, r.Grader.JSON_SCHEMA})
+
+
+def _check_eval_suite(suite: r.EvalSuite, v: Violations) -> None:
+    if not suite.agent:
+        v.add("agent", "is required (tenants/{tenant}/agents/{agent})")
+    if not suite.cases:
+        v.add("cases", "needs at least one case")
+    elif len(suite.cases) > MAX_EVAL_CASES:
+        v.add("cases", f"may have at most {MAX_EVAL_CASES} cases (has {len(suite.cases)})")
+    v.unique("cases.id", tuple(c.id for c in suite.cases))
+    for i, case in enumerate(suite.cases):
+        field = f"cases[{i}]"
+        v.id(f"{field}.id", case.id)
+        size = len(case.input.encode())
+        if not case.input.strip():
+            v.add(f"{field}.input", "is required")
+        elif size > MAX_CASE_INPUT_BYTES:
+            v.add(f"{field}.input", f"is {size} bytes; at most {MAX_CASE_INPUT_BYTES}")
+        if not case.expectations:
+            v.add(f"{field}.expectations", "needs at least one expectation")
+        elif len(case.expectations) > MAX_EXPECTATIONS:
+            v.add(f"{field}.expectations", f"may have at most {MAX_EXPECTATIONS}")
+        for j, e in enumerate(case.expectations):
+            _check_expectation(e, f"{field}.expectations[{j}]", v)
+
+
+def _check_expectation(e: r.Expectation, field: str, v: Violations) -> None:
+    if e.grader is r.Grader.UNSPECIFIED:
+        v.add(f"{field}.grader", "is required")
+    elif e.grader in COMPARED and not e.value:
+        v.add(f"{field}.value", f"is required by the {e.grader.value} grader")
+    elif e.grader is r.Grader.REGEX:
+        if len(e.value) > MAX_PATTERN:
+            v.add(f"{field}.value", f"must be at most {MAX_PATTERN} characters")
+        else:
+            v.regex(f"{field}.value", e.value)
+    elif e.grader is r.Grader.JSON_SCHEMA:
+        try:
+            schema = json.loads(e.value)
+        except ValueError as err:
+            v.add(f"{field}.value", f"is not JSON: {err}")
+        else:
+            if isinstance(schema, dict):
+                v.json_schema(f"{field}.value", schema)
+            else:
+                v.add(f"{field}.value", "must be a JSON Schema object")
+    elif e.grader is r.Grader.MODEL_JUDGED:
+        if not e.judge_agent:
+            v.add(f"{field}.judge_agent", "is required by the model-judged grader")
+        v.text(f"{field}.rubric", e.rubric, max_len=4096, required=True)
+
+
+def _eval_suite_refs(suite: r.EvalSuite) -> list[Reference]:
+    refs = [Reference("agent", "Agent", suite.agent)] if suite.agent else []
+    refs += [
+        Reference(f"cases[{i}].expectations[{j}].judge_agent", "Agent", e.judge_agent)
+        for i, case in enumerate(suite.cases)
+        for j, e in enumerate(case.expectations)
+        if e.judge_agent
+    ]
+    return refs
 
 
 def _check_tenant(t: r.Tenant, v: Violations) -> None:
@@ -400,14 +497,19 @@ ROLLOUT = Kind(
     ),
     exclusive=_rollout_exclusive,
 )
+EVAL_SUITE = Kind(
+    "EvalSuite", "evalSuites", "eval_suite", r.EvalSuite, _check_eval_suite, _eval_suite_refs
+)
 QUOTA_POLICY = Kind("QuotaPolicy", "quotaPolicy", "quota_policy", r.QuotaPolicy, _check_quota)
 
 TENANT_SCOPED: dict[str, Kind[Any]] = {
-    k.name: k for k in (TOOL, MODEL, MODEL_ROUTE, PROMPT, PROMPT_VERSION, AGENT, ROLLOUT)
+    k.name: k
+    for k in (TOOL, MODEL, MODEL_ROUTE, PROMPT, PROMPT_VERSION, AGENT, ROLLOUT, EVAL_SUITE)
 }
 
 __all__ = [
     "AGENT",
+    "EVAL_SUITE",
     "DEFAULT_PROMPT_LABEL",
     "MODEL",
     "MODEL_ROUTE",

@@ -285,6 +285,13 @@ class RolloutAnalysis:
 
 
 @dataclass(frozen=True)
+class EvalGate:
+    suite: str = ""
+    min_score: float = 0.0
+    max_regression: float | None = None
+
+
+@dataclass(frozen=True)
 class Rollout:
     """A prompt's candidate version against its production version, in steps. The
     fields after ``analysis`` are the rollout's progress: output only, moved by
@@ -296,12 +303,46 @@ class Rollout:
     stickiness: Stickiness = Stickiness.UNSPECIFIED
     steps: tuple[RolloutStep, ...] = ()
     analysis: RolloutAnalysis = field(default_factory=RolloutAnalysis)
+    eval_gate: EvalGate | None = None
     state: RolloutState = RolloutState.UNSPECIFIED
     state_reason: str = ""
     step_index: int = 0
     weight_bps: int = 0
     step_start_time: datetime | None = None
     failed_analyses: int = 0
+
+
+class Grader(StrEnum):
+    UNSPECIFIED = ""
+    EXACT = "exact"
+    CONTAINS = "contains"
+    REGEX = "regex"
+    JSON_SCHEMA = "json_schema"
+    MODEL_JUDGED = "model_judged"
+
+
+@dataclass(frozen=True)
+class Expectation:
+    grader: Grader = Grader.UNSPECIFIED
+    value: str = ""
+    judge_agent: str = ""
+    rubric: str = ""
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    id: str = ""
+    input: str = ""
+    variables: dict[str, str] = field(default_factory=dict)
+    expectations: tuple[Expectation, ...] = ()
+
+
+@dataclass(frozen=True)
+class EvalSuite:
+    """The cases a prompt version of ``agent``'s prompt must pass."""
+
+    agent: str = ""
+    cases: tuple[EvalCase, ...] = ()
 
 
 @dataclass(frozen=True)

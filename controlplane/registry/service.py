@@ -132,8 +132,11 @@ class Registry:
 
     # -- any tenant-scoped kind -------------------------------------------------------
 
-    async def get(self, caller: Principal, kind: Kind[S], name: str) -> r.Record[S]:
-        tenant, id_ = self._parse(caller, kind, name, "name")
+    async def get(self, caller: Principal | None, kind: Kind[S], name: str) -> r.Record[S]:
+        """``caller`` None is the control plane itself."""
+        tenant, id_ = (
+            self._parse(caller, kind, name, "name") if caller else _parse_ref(kind, name, "name")
+        )
         async with self._db.single_statement() as conn:
             row = await resource_store.get(conn, tenant, kind.name, id_)
         if row is None:

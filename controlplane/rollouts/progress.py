@@ -44,10 +44,15 @@ def failure_limit(ro: r.Rollout) -> int:
     return ro.analysis.failure_limit or DEFAULT_FAILURE_LIMIT
 
 
-def start(ro: r.Rollout, now: datetime) -> Modification[r.Rollout] | None:
-    """Pending → the first step (None for any other state)."""
+def start(
+    ro: r.Rollout, now: datetime, blocked: str | None = None
+) -> Modification[r.Rollout] | None:
+    """Pending → the first step (None for any other state). ``blocked``: why the eval
+    gate holds it back; it stays pending, saying so."""
     if ro.state is not State.PENDING:
         return None
+    if blocked is not None:
+        return _hold(ro, blocked)
     spec = _at_step(ro, 0, now, State.PROGRESSING, "started")
     return Modification(spec, "Rollout.start", {"step": 0, "weight_bps": spec.weight_bps})
 
@@ -69,12 +74,19 @@ def resume(ro: r.Rollout, name: str, reason: str) -> Modification[r.Rollout] | N
     return Modification(spec, "Rollout.resume", {"reason": spec.state_reason})
 
 
-def promote(ro: r.Rollout, name: str, reason: str) -> Modification[r.Rollout] | None:
+def promote(
+    ro: r.Rollout, name: str, reason: str, blocked: str | None = None
+) -> Modification[r.Rollout] | None:
     """The candidate becomes production: the prompt's production label moves to it in
-    the same transaction."""
+    the same transaction. ``blocked``: why the eval gate forbids it."""
     _require(ro, name, {State.PENDING, State.PROGRESSING, State.PAUSED, State.PROMOTED}, "promoted")
     if ro.state is State.PROMOTED:
         return None
+    if blocked is not None:
+        raise FailedPrecondition(
+            f"{name} cannot be promoted: {blocked}",
+            [PreconditionViolation("EVAL_GATE", name, blocked)],
+        )
     spec = dataclasses.replace(
         ro,
         state=State.PROMOTED,
@@ -100,12 +112,17 @@ def abort(ro: r.Rollout, name: str, reason: str) -> Modification[r.Rollout] | No
 
 
 def after_analysis(
-    ro: r.Rollout, name: str, result: AnalysisResult, now: datetime
+    ro: r.Rollout,
+    name: str,
+    result: AnalysisResult,
+    now: datetime,
+    promotion_blocked: str | None = None,
 ) -> Modification[r.Rollout] | None:
     """What an analysis of the current step leads to: a failure counts toward the limit
     (at it the rollout aborts); a pass at a progressing step whose time and runs are in
-    takes the next step, or after the last one promotes the candidate. An analysis of
-    a step the rollout has left since changes nothing."""
+    takes the next step, or after the last one promotes the candidate, unless
+    ``promotion_blocked`` says why the eval gate holds it at the last step. An analysis
+    of a step the rollout has left since changes nothing."""
     if ro.state not in (State.PROGRESSING, State.PAUSED) or result.step_index != ro.step_index:
         return None
     if result.verdict is Verdict.FAILED:
@@ -132,7 +149,19 @@ def after_analysis(
         return Modification(
             spec, "Rollout.step", {"step": following, "weight_bps": spec.weight_bps}
         )
+    if promotion_blocked is not None:
+        return _hold(ro, f"every step held; {promotion_blocked}")
     return promote(ro, name, f"every step held; the last for {_age(ro, now)}")
+
+
+def _hold(ro: r.Rollout, why: str) -> Modification[r.Rollout] | None:
+    """The rollout stays where it is, its reason saying why (audited when it changes)."""
+    why = why[:MAX_REASON]
+    if ro.state_reason == why:
+        return None
+    return Modification(
+        dataclasses.replace(ro, state_reason=why), "Rollout.eval_gate.hold", {"reason": why}
+    )
 
 
 def step_done(ro: r.Rollout, candidate_runs: int, now: datetime) -> bool:

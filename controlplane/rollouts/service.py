@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -33,6 +33,8 @@ from controlplane.store.database import Database
 from controlplane.store.rollouts import AnalysisRow
 
 log = logging.getLogger("pilothouse.rollouts")
+
+EvalGate = Callable[[str, r.Rollout], Awaitable[str | None]]
 
 LEASE = "rollout-analysis"
 KIND = kinds.ROLLOUT
@@ -55,9 +57,17 @@ class RolloutView:
 
 class Rollouts:
     def __init__(
-        self, db: Database, registry: Registry, *, replica: str, tick: float = 1.0
+        self,
+        db: Database,
+        registry: Registry,
+        *,
+        replica: str,
+        tick: float = 1.0,
+        eval_gate: EvalGate | None = None,
     ) -> None:
+        """``eval_gate``: (tenant, rollout) → why its eval gate holds it back, or None."""
         self._db = db
+        self._eval_gate = eval_gate
         self._registry = registry
         self._replica = replica
         self._tick = tick
@@ -103,7 +113,11 @@ class Rollouts:
         return await self._move(caller, name, lambda ro: progress.resume(ro, name, reason))
 
     async def promote(self, caller: Principal, name: str, reason: str) -> RolloutView:
-        return await self._move(caller, name, lambda ro: progress.promote(ro, name, reason))
+        record = await self._registry.get(caller, KIND, name)
+        blocked = await self._gate(record)
+        return await self._move(
+            caller, name, lambda ro: progress.promote(ro, name, reason, blocked)
+        )
 
     async def abort(self, caller: Principal, name: str, reason: str) -> RolloutView:
         return await self._move(caller, name, lambda ro: progress.abort(ro, name, reason))
@@ -195,7 +209,8 @@ class Rollouts:
     async def _advance(self, rec: r.Record[r.Rollout], name: str, now: datetime) -> None:
         ro = rec.spec
         if ro.state is r.RolloutState.PENDING:
-            await self._system_move(name, lambda cur: progress.start(cur, now))
+            blocked = await self._gate(rec)
+            await self._system_move(name, lambda cur: progress.start(cur, now, blocked))
             return
         if ro.state not in (r.RolloutState.PROGRESSING, r.RolloutState.PAUSED):
             return
@@ -204,7 +219,15 @@ class Rollouts:
         if now - since < progress.interval(ro):
             return
         result = await self.analyse(rec, now)
-        await self._system_move(name, lambda cur: progress.after_analysis(cur, name, result, now))
+        blocked = await self._gate(rec) if ro.step_index == len(ro.steps) - 1 else None
+        await self._system_move(
+            name, lambda cur: progress.after_analysis(cur, name, result, now, blocked)
+        )
+
+    async def _gate(self, rec: r.Record[r.Rollout]) -> str | None:
+        if self._eval_gate is None or rec.spec.eval_gate is None:
+            return None
+        return await self._eval_gate(rec.tenant, rec.spec)
 
     async def analyse(self, rec: r.Record[r.Rollout], now: datetime) -> AnalysisResult:
         """Analyse the rollout's current step and keep the result."""

@@ -327,6 +327,26 @@ rollout_analyses = sa.Table(
     sa.Column("result", sa.Text, nullable=False),
 )
 
+# Reports of eval suites' runs: the score a prompt version reached on a suite as it was
+# (its etag), with each case's result (JSON).
+eval_reports = sa.Table(
+    "eval_reports",
+    metadata,
+    sa.Column("tenant", sa.String(63), primary_key=True),
+    sa.Column("id", sa.String(63), primary_key=True),
+    sa.Column("suite", sa.String(63), nullable=False),
+    sa.Column("suite_etag", sa.String(64), nullable=False),
+    sa.Column("prompt_version", sa.String(300), nullable=False),
+    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("passed_cases", sa.Integer, nullable=False),
+    sa.Column("total_cases", sa.Integer, nullable=False),
+    sa.Column("actor", sa.String(64), nullable=False),
+    sa.Column("create_time", UTCDateTime, nullable=False),
+    sa.Column("cases", sa.Text, nullable=False),
+    sa.Index("ix_eval_reports_tenant_create_time", "tenant", "create_time"),
+    sa.Index("ix_eval_reports_suite_version", "tenant", "suite", "prompt_version", "create_time"),
+)
+
 # Background loops that must run on one control-plane replica at a time: the replica
 # holding a loop's row until ``expire_time`` runs it, renewing as it goes.
 loop_leases = sa.Table(

@@ -8,6 +8,7 @@ import binascii
 import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
@@ -19,14 +20,15 @@ from google.rpc import error_details_pb2, status_pb2
 from dataplane.api import auth
 from dataplane.api._convert import event_to_proto, run_to_proto
 from dataplane.config.watcher import ConfigWatcher
+from dataplane.evals.cases import CaseRunner
 from dataplane.orchestrator.context import AdmissionError, Exhausted
 from dataplane.orchestrator.runs import Admission, Runs
 from dataplane.runstore.errors import IdempotencyConflict, RunNotFound
 from dataplane.runstore.model import Run
 from dataplane.runstore.store import RunStore
 from dataplane.telemetry.otel import trace_headers
+from pilothouse.v1 import eval_pb2, run_pb2_grpc
 from pilothouse.v1 import run_pb2 as pb
-from pilothouse.v1 import run_pb2_grpc
 from storekit.coalesce import Coalescer
 
 log = logging.getLogger("pilothouse.executor.api")
@@ -149,6 +151,7 @@ class AgentServicer(run_pb2_grpc.AgentServiceServicer):
         self._refusals = Coalescer(REFUSAL_WINDOW)
         self._uses = Coalescer(USE_WINDOW)
         self._recording: set[asyncio.Task[None]] = set()
+        self._cases = CaseRunner(runs)
 
     async def _refused(self, e: auth.PermissionDenied, method: str) -> None:
         """A key refused in a tenant goes to that tenant's audit log (one record per key
@@ -246,6 +249,30 @@ class AgentServicer(run_pb2_grpc.AgentServiceServicer):
         async for event in self._runs.watch(run.id, until_pause=True, known=admitted.events):
             yield pb.RunAgentResponse(event=event_to_proto(run, event))
 
+    async def RunEvalCase(
+        self, request: pb.RunEvalCaseRequest, context: Ctx
+    ) -> pb.RunEvalCaseResponse:
+        async def run_case() -> pb.RunEvalCaseResponse:
+            caller = self._caller(context, "RunEvalCase")
+            tenant, _ = _tenant_of(request.agent, "agents", "agent")
+            auth.require_tenant(caller, tenant)
+            _check_eval_case(request, tenant)
+            remaining = context.time_remaining()
+            admission = Admission(
+                tenant=tenant,
+                agent=request.agent,
+                input="",
+                variables={},
+                budget=request.budget,
+                deadline_at=datetime.now(UTC) + timedelta(seconds=remaining) if remaining else None,
+                trace=trace_headers(context.invocation_metadata() or ()),
+                prompt_version=request.prompt_version,
+            )
+            result = await self._cases.run(admission, request.report_id, request.case)
+            return pb.RunEvalCaseResponse(result=result)
+
+        return await _guard(context, run_case, self._guarding("RunEvalCase"))
+
     async def StartRun(self, request: pb.StartRunRequest, context: Ctx) -> pb.StartRunResponse:
         admitted = await _guard(
             context,
@@ -301,6 +328,32 @@ class AgentServicer(run_pb2_grpc.AgentServiceServicer):
         return pb.CancelRunResponse(
             run=run_to_proto(await _guard(context, cancel, self._guarding("CancelRun")))
         )
+
+
+_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_GRADERS = frozenset(eval_pb2.Grader.values()) - {eval_pb2.GRADER_UNSPECIFIED}
+
+
+def _check_eval_case(request: pb.RunEvalCaseRequest, tenant: str) -> None:
+    case = request.case
+    if not request.prompt_version:
+        raise AdmissionError("prompt_version", "is required")
+    if not _ID.match(request.report_id):
+        raise AdmissionError("report_id", "must be 1 to 63 lowercase letters, digits and hyphens")
+    if not _ID.match(case.id):
+        raise AdmissionError("case.id", "must be 1 to 63 lowercase letters, digits and hyphens")
+    if not case.input.strip():
+        raise AdmissionError("case.input", "is required")
+    if not case.expectations:
+        raise AdmissionError("case.expectations", "needs at least one expectation")
+    for j, e in enumerate(case.expectations):
+        field = f"case.expectations[{j}]"
+        if e.grader not in _GRADERS:
+            raise AdmissionError(f"{field}.grader", "is required (a known grader)")
+        if e.grader == eval_pb2.GRADER_MODEL_JUDGED:
+            judge_tenant, _ = _tenant_of(e.judge_agent, "agents", f"{field}.judge_agent")
+            if judge_tenant != tenant:
+                raise AdmissionError(f"{field}.judge_agent", f"is not an agent of {tenant!r}")
 
 
 def _encode_token(parent: str, last: Run) -> str:

@@ -162,6 +162,25 @@ def prompt_bound(messages: Sequence[ChatMessage], ctx: RunContext) -> int:
     return total
 
 
+def require_version(config: ExecutorConfig, agent_name: str, version: str) -> None:
+    """Refuse a pinned ``version`` that is not one of the agent's prompt's versions in
+    the configuration."""
+    agent = config.get(agent_pb2.Agent, agent_name)
+    if agent is None:
+        raise AdmissionError("agent", f"agent {agent_name!r} not found", not_found=True)
+    if not version.startswith(agent.prompt + "/versions/"):
+        raise AdmissionError(
+            "prompt_version",
+            f"{version!r} is not a version of {agent.prompt!r}, the agent's prompt",
+        )
+    if config.get(prompt_pb2.PromptVersion, version) is None:
+        raise AdmissionError(
+            "prompt_version",
+            f"{version!r} is not in this executor's configuration: executors get the versions "
+            "a label, an agent or a rollout names",
+        )
+
+
 def resolve(
     config: ExecutorConfig,
     agent_name: str,

@@ -20,6 +20,7 @@ from dataplane.orchestrator.context import (
     Exhausted,
     RunContext,
     limits,
+    require_version,
     resolve,
 )
 from dataplane.orchestrator.loop import RunLoop, opening
@@ -65,6 +66,11 @@ class Admission:
     deadline_at: datetime | None = None
     trace: dict[str, str] = field(default_factory=dict)
     """The caller's W3C trace context (``traceparent``, ``tracestate``), if it sent one."""
+    prompt_version: str = ""
+    """Pins the run to this version of the agent's prompt instead of assigning one (an
+    eval case's run); it must be in the configuration."""
+    variant: str = ""
+    """With ``prompt_version``: the variant the run is recorded on."""
 
 
 class Runs:
@@ -139,7 +145,16 @@ class Runs:
         if config is None:
             raise AdmissionError("", "this executor has no configuration yet")
         unit = RunUnit(admission.tenant, admission.user_id, admission.session_id)
-        ctx = resolve(config, admission.agent, admission.variables, unit=unit)
+        if admission.prompt_version:
+            require_version(config, admission.agent, admission.prompt_version)
+        ctx = resolve(
+            config,
+            admission.agent,
+            admission.variables,
+            unit=unit,
+            pinned_version=admission.prompt_version,
+            pinned_variant=admission.variant,
+        )
         size = len(admission.input.encode())
         if size > MAX_INPUT_BYTES:
             raise AdmissionError("input", f"is {size} bytes; at most {MAX_INPUT_BYTES}")

@@ -48,10 +48,12 @@ class Stage:
     def agents(self) -> run_pb2_grpc.AgentServiceStub:
         return run_pb2_grpc.AgentServiceStub(self.channel)
 
-    async def client_key(self, tenant: str) -> str:
+    async def client_key(self, tenant: str, role: int = api_key_pb2.ROLE_CLIENT) -> str:
+        """A key of ``tenant`` (a client's unless ``role`` says otherwise) that the
+        executor knows already."""
         key = await self.live.keys.CreateApiKey(
             api_key_pb2.CreateApiKeyRequest(
-                api_key=api_key_pb2.ApiKey(role=api_key_pb2.ROLE_CLIENT, tenant=f"tenants/{tenant}")
+                api_key=api_key_pb2.ApiKey(role=role, tenant=f"tenants/{tenant}")
             ),
             metadata=self.live.md(),
         )

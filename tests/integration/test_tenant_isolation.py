@@ -22,6 +22,7 @@ from pilothouse.v1 import (
     approval_pb2,
     audit_pb2,
     discovery_pb2,
+    eval_pb2,
     feedback_pb2,
     model_pb2,
     prompt_pb2,
@@ -236,6 +237,40 @@ CASES: dict[str, Build] = {
     "RolloutService/WatchRollout": lambda t: rollout_pb2.WatchRolloutRequest(
         name=f"{t.parent}/rollouts/canary"
     ),
+    # EvalService
+    "EvalService/GetEvalSuite": lambda t: eval_pb2.GetEvalSuiteRequest(
+        name=f"{t.parent}/evalSuites/basics"
+    ),
+    "EvalService/ListEvalSuites": lambda t: eval_pb2.ListEvalSuitesRequest(parent=t.parent),
+    "EvalService/CreateEvalSuite": lambda t: eval_pb2.CreateEvalSuiteRequest(
+        parent=t.parent,
+        eval_suite_id="intruder",
+        eval_suite=eval_pb2.EvalSuite(
+            agent=f"{t.parent}/agents/helper",
+            cases=[
+                eval_pb2.EvalCase(
+                    id="one",
+                    input="x",
+                    expectations=[eval_pb2.Expectation(grader=eval_pb2.GRADER_CONTAINS, value="x")],
+                )
+            ],
+        ),
+    ),
+    "EvalService/UpdateEvalSuite": lambda t: eval_pb2.UpdateEvalSuiteRequest(
+        eval_suite=eval_pb2.EvalSuite(name=f"{t.parent}/evalSuites/basics")
+    ),
+    "EvalService/DeleteEvalSuite": lambda t: eval_pb2.DeleteEvalSuiteRequest(
+        name=f"{t.parent}/evalSuites/basics"
+    ),
+    "EvalService/CreateEvalReport": lambda t: eval_pb2.CreateEvalReportRequest(
+        parent=t.parent,
+        report_id="r1",
+        report=eval_pb2.EvalReport(suite=f"{t.parent}/evalSuites/basics"),
+    ),
+    "EvalService/GetEvalReport": lambda t: eval_pb2.GetEvalReportRequest(
+        name=f"{t.parent}/evalReports/r1"
+    ),
+    "EvalService/ListEvalReports": lambda t: eval_pb2.ListEvalReportsRequest(parent=t.parent),
     # AuditService: tenant B's audit chain.
     "AuditService/ListAuditRecords": lambda t: audit_pb2.ListAuditRecordsRequest(parent=t.parent),
     "AuditService/VerifyAuditLog": lambda t: audit_pb2.VerifyAuditLogRequest(parent=t.parent),

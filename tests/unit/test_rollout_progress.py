@@ -153,3 +153,24 @@ def test_transitions_follow_the_states() -> None:
     assert held is not None
     back = progress.resume(held.spec, NAME, "")
     assert back is not None and back.spec.state is r.RolloutState.PENDING
+
+
+def test_an_eval_gate_holds_the_start_and_the_promotion() -> None:
+    pending = rollout(state=r.RolloutState.PENDING, weight_bps=0, step_start_time=None)
+    why = "eval gate: no report of s on the candidate version yet"
+    held = progress.start(pending, NOW, why)
+    assert held is not None and held.action == "Rollout.eval_gate.hold"
+    assert held.spec.state is r.RolloutState.PENDING and held.spec.weight_bps == 0
+    assert held.spec.state_reason == why
+    assert progress.start(held.spec, NOW, why) is None  # said once, not every tick
+    started = progress.start(held.spec, NOW)
+    assert started is not None and started.spec.state is r.RolloutState.PROGRESSING
+
+    last = rollout(step_index=1, weight_bps=5000, step_start_time=NOW - timedelta(minutes=6))
+    passed = analyse(last, runs("candidate", 4), NOW, min_samples=4)
+    kept = progress.after_analysis(last, NAME, passed, NOW, "eval gate: scored 0.5, below 0.8")
+    assert kept is not None and kept.spec.state is r.RolloutState.PROGRESSING
+    assert kept.spec.state_reason == "every step held; eval gate: scored 0.5, below 0.8"
+    with pytest.raises(FailedPrecondition) as refused:
+        progress.promote(last, NAME, "by hand", "eval gate: scored 0.5, below 0.8")
+    assert refused.value.violations[0].type == "EVAL_GATE"

@@ -18,6 +18,7 @@ from pilothouse.v1 import (
     approval_pb2_grpc,
     audit_pb2_grpc,
     discovery_pb2_grpc,
+    eval_pb2_grpc,
     model_pb2_grpc,
     prompt_pb2_grpc,
     quota_pb2_grpc,
@@ -94,6 +95,7 @@ class Client:
         self.quota = quota_pb2_grpc.QuotaServiceStub(self.channel)
         self.audit = audit_pb2_grpc.AuditServiceStub(self.channel)
         self.rollouts = rollout_pb2_grpc.RolloutServiceStub(self.channel)
+        self.evals = eval_pb2_grpc.EvalServiceStub(self.channel)
         self._executor_channel: grpc.aio.Channel | None = None
 
     @property
@@ -116,9 +118,14 @@ class Client:
         except grpc.aio.AioRpcError as e:
             raise ApiError.from_rpc(e) from None
 
-    async def call(self, method: Callable[..., Awaitable[R]], request: Any) -> R:
+    async def call(
+        self, method: Callable[..., Awaitable[R]], request: Any, *, timeout: float | None = None
+    ) -> R:
+        """A unary call; ``timeout`` None means the configured one."""
         try:
-            return await method(request, metadata=self._metadata(), timeout=self.config.timeout)
+            return await method(
+                request, metadata=self._metadata(), timeout=timeout or self.config.timeout
+            )
         except grpc.aio.AioRpcError as e:
             raise ApiError.from_rpc(e) from None
 

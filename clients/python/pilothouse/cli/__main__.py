@@ -14,6 +14,7 @@ Kubernetes.
     pilothouse usage [--by tenant|agent|model|prompt-version|...] [--since 24h] [--bucket 1h]
     pilothouse approvals list|approve|deny
     pilothouse rollout start|status|watch|pause|resume|promote|abort
+    pilothouse eval run --suite S --prompt-version V | eval report [NAME]
     pilothouse tools import-mcp URL [--prefix P] [--only NAME]
 
 The server, key and TLS come from flags or PILOTHOUSE_ADDR, PILOTHOUSE_API_KEY,
@@ -34,6 +35,7 @@ from typing import Any
 from pilothouse.cli import (
     approvals,
     audit,
+    evals,
     kinds,
     ledger,
     mcp_import,
@@ -119,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     ledger.add_commands(sub, common, fmt)
     quota.add_commands(sub, common, fmt)
     rollouts.add_commands(sub, common, fmt)
+    evals.add_commands(sub, common, fmt)
     audit.add_commands(sub, common, fmt)
     approvals.add_commands(sub, common, fmt)
     mcp_import.add_commands(sub, common)
@@ -198,6 +201,8 @@ async def run(ns: argparse.Namespace) -> int:
             return await quota.command(client, ns, _tenant(ns))
         if ns.command == "rollout":
             return await rollouts.command(client, ns, _tenant(ns))
+        if ns.command == "eval":
+            return await evals.command(client, ns, _tenant(ns))
         if ns.command == "audit":
             return await audit.command(client, ns, _tenant(ns))
         if ns.command == "approvals":

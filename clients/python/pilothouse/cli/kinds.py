@@ -19,7 +19,15 @@ from google.protobuf.message import Message
 
 from pilothouse.cli.usage import UsageError
 from pilothouse.client import Client
-from pilothouse.v1 import agent_pb2, api_key_pb2, model_pb2, prompt_pb2, tenant_pb2, tool_pb2
+from pilothouse.v1 import (
+    agent_pb2,
+    api_key_pb2,
+    eval_pb2,
+    model_pb2,
+    prompt_pb2,
+    tenant_pb2,
+    tool_pb2,
+)
 
 Column = tuple[str, Callable[[Any], str]]
 
@@ -275,6 +283,21 @@ KINDS: list[Kind] = [
             ("TOOLS", lambda m: ", ".join(_short(t) for t in m.tools) or "-"),
             AGE,
         ],
+    ),
+    Kind(
+        "EvalSuite",
+        "EvalSuites",
+        eval_pb2,
+        "evals",
+        "eval_suite",
+        "evalSuites",
+        [
+            NAME,
+            ("AGENT", lambda m: _short(m.agent)),
+            ("CASES", lambda m: str(len(m.cases))),
+            AGE,
+        ],
+        aliases=("suite", "suites", "evalsuite", "evalsuites", "eval-suite", "eval-suites"),
     ),
     Kind(
         "ApiKey",

@@ -35,7 +35,16 @@ from pilothouse.v1 import prompt_pb2
 # libyaml's parser when PyYAML was built with it: ten times faster on large manifests.
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-KIND_ORDER = ["Tenant", "QuotaPolicy", "Tool", "Model", "ModelRoute", "Prompt", "Agent"]
+KIND_ORDER = [
+    "Tenant",
+    "QuotaPolicy",
+    "Tool",
+    "Model",
+    "ModelRoute",
+    "Prompt",
+    "Agent",
+    "EvalSuite",
+]
 VERSION_FIELDS = ("template", "variables", "model_route", "parameters")
 _OUTPUT_ONLY = {"name", "etag", "create_time", "update_time", "content_hash"}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -51,6 +60,7 @@ _REFERENCES: dict[str, list[tuple[str, str]]] = {
         ("approval_policy.always_require[]", "tools"),
     ],
     "PromptVersion": [("model_route", "modelRoutes")],
+    "EvalSuite": [("agent", "agents"), ("cases[].expectations[].judge_agent", "agents")],
 }
 
 

@@ -108,6 +108,17 @@ def build(ns: argparse.Namespace, tenant: str | None) -> pb.Rollout:
         else:
             check.threshold = value
     ro.analysis.checks.extend(checks.values())
+    if ns.eval_suite:
+        ro.eval_gate.suite = (
+            ns.eval_suite
+            if ns.eval_suite.startswith("tenants/")
+            else f"tenants/{tenant}/evalSuites/{ns.eval_suite}"
+        )
+        ro.eval_gate.min_score = ns.eval_min_score
+        if ns.eval_max_regression is not None:
+            ro.eval_gate.max_regression = ns.eval_max_regression
+    elif ns.eval_max_regression is not None:
+        raise UsageError("--eval-max-regression needs --eval-suite")
     return ro
 
 
@@ -121,6 +132,14 @@ def view(ro: pb.Rollout) -> str:
         f"  prompt {ro.prompt}: {base} (baseline) → {short} (candidate)",
         f"  state  {state}: {ro.state_reason}",
     ]
+    if ro.HasField("eval_gate"):
+        gate = ro.eval_gate
+        regression = (
+            f", at most {gate.max_regression:g} below the baseline"
+            if gate.HasField("max_regression")
+            else ""
+        )
+        lines.append(f"  gate   {gate.suite} scores at least {gate.min_score:g}{regression}")
     marks = []
     for i, step in enumerate(ro.steps):
         text = f"{step.weight_bps / 100:g}%"
@@ -260,6 +279,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, fmt: dict[str, Any])
     start.add_argument("--stickiness", choices=sorted(STICKINESS), default="session")
     for option in CHECK_OPTIONS:
         start.add_argument("--" + option.replace("_", "-"), type=float)
+    start.add_argument("--eval-suite", help="a suite the candidate must pass first")
+    start.add_argument("--eval-min-score", type=float, default=1.0, help="from 0 to 1 (1)")
+    start.add_argument("--eval-max-regression", type=float, help="at most this below baseline")
     status = actions.add_parser("status", help="where a rollout stands", parents=[common])
     status.add_argument("name")
     status.add_argument("-o", "--output", **fmt)

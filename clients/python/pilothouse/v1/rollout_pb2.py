@@ -26,21 +26,21 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpilothouse/v1/rollout.proto\x12\rpilothouse.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"d\n\x0bRolloutStep\x12\x12\n\nweight_bps\x18\x01 \x01(\x05\x12/\n\x0cmin_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08min_runs\x18\x03 \x01(\x03\"\x92\x01\n\x0cRolloutCheck\x12,\n\x06metric\x18\x01 \x01(\x0e\x32\x1c.pilothouse.v1.RolloutMetric\x12\x16\n\tthreshold\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0e\x62\x61seline_ratio\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\x0c\n\n_thresholdB\x11\n\x0f_baseline_ratio\"\x9b\x01\n\x0fRolloutAnalysis\x12+\n\x08interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fmin_sample_size\x18\x02 \x01(\x03\x12\x15\n\rfailure_limit\x18\x03 \x01(\x05\x12+\n\x06\x63hecks\x18\x04 \x03(\x0b\x32\x1b.pilothouse.v1.RolloutCheck\"\xcc\x01\n\x0eVariantMetrics\x12\x0f\n\x07variant\x18\x01 \x01(\t\x12\x0c\n\x04runs\x18\x02 \x01(\x03\x12\x12\n\nerror_rate\x18\x03 \x01(\x01\x12\x1b\n\x13latency_p95_seconds\x18\x04 \x01(\x01\x12\x18\n\x10\x63ost_per_run_usd\x18\x05 \x01(\t\x12 \n\x18guardrail_violation_rate\x18\x06 \x01(\x01\x12\x16\n\x0e\x66\x65\x65\x64\x62\x61\x63k_score\x18\x07 \x01(\x01\x12\x16\n\x0e\x66\x65\x65\x64\x62\x61\x63k_count\x18\x08 \x01(\x03\"\xa5\x01\n\x0b\x43heckResult\x12,\n\x06metric\x18\x01 \x01(\x0e\x32\x1c.pilothouse.v1.RolloutMetric\x12\'\n\x07verdict\x18\x02 \x01(\x0e\x32\x16.pilothouse.v1.Verdict\x12\x17\n\x0f\x63\x61ndidate_value\x18\x03 \x01(\x01\x12\x16\n\x0e\x62\x61seline_value\x18\x04 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"\xc9\x01\n\x0e\x41nalysisResult\x12\x31\n\ranalysis_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x07verdict\x18\x02 \x01(\x0e\x32\x16.pilothouse.v1.Verdict\x12/\n\x08variants\x18\x03 \x03(\x0b\x32\x1d.pilothouse.v1.VariantMetrics\x12*\n\x06\x63hecks\x18\x04 \x03(\x0b\x32\x1a.pilothouse.v1.CheckResult\"\xc6\x04\n\x07Rollout\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x18\n\x10\x62\x61seline_version\x18\x03 \x01(\t\x12\x19\n\x11\x63\x61ndidate_version\x18\x04 \x01(\t\x12-\n\nstickiness\x18\x05 \x01(\x0e\x32\x19.pilothouse.v1.Stickiness\x12)\n\x05steps\x18\x06 \x03(\x0b\x32\x1a.pilothouse.v1.RolloutStep\x12\x30\n\x08\x61nalysis\x18\x07 \x01(\x0b\x32\x1e.pilothouse.v1.RolloutAnalysis\x12*\n\x05state\x18\x08 \x01(\x0e\x32\x1b.pilothouse.v1.RolloutState\x12\x14\n\x0cstate_reason\x18\t \x01(\t\x12\x12\n\nstep_index\x18\n \x01(\x05\x12\x12\n\nweight_bps\x18\x0b \x01(\x05\x12\x33\n\x0fstep_start_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x66\x61iled_analyses\x18\r \x01(\x05\x12\x34\n\rlast_analysis\x18\x0e \x01(\x0b\x32\x1d.pilothouse.v1.AnalysisResult\x12\x0c\n\x04\x65tag\x18\x0f \x01(\t\x12/\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"c\n\x14\x43reateRolloutRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x12\n\nrollout_id\x18\x02 \x01(\t\x12\'\n\x07rollout\x18\x03 \x01(\x0b\x32\x16.pilothouse.v1.Rollout\"@\n\x15\x43reateRolloutResponse\x12\'\n\x07rollout\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Rollout\"!\n\x11GetRolloutRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x12GetRolloutResponse\x12\'\n\x07rollout\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Rollout\"L\n\x13ListRolloutsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Y\n\x14ListRolloutsResponse\x12(\n\x08rollouts\x18\x01 \x03(\x0b\x32\x16.pilothouse.v1.Rollout\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"3\n\x13PauseRolloutRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"?\n\x14PauseRolloutResponse\x12\'\n\x07rollout\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Rollout\"4\n\x14ResumeRolloutRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"@\n\x15ResumeRolloutResponse\x12\'\n\x07rollout\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Rollout\"5\n\x15PromoteRolloutRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"A\n\x16PromoteRolloutResponse\x12\'\n\x07rollout\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Rollout\"3\n\x13\x41\x62ortRolloutRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"?\n\x14\x41\x62ortRolloutResponse\x12\'\n\x07rollout\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Rollout\"#\n\x13WatchRolloutRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\x14WatchRolloutResponse\x12\'\n\x07rollout\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Rollout*l\n\nStickiness\x12\x1a\n\x16STICKINESS_UNSPECIFIED\x10\x00\x12\x16\n\x12STICKINESS_SESSION\x10\x01\x12\x13\n\x0fSTICKINESS_USER\x10\x02\x12\x15\n\x11STICKINESS_TENANT\x10\x03*\xb8\x01\n\x0cRolloutState\x12\x1d\n\x19ROLLOUT_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15ROLLOUT_STATE_PENDING\x10\x01\x12\x1d\n\x19ROLLOUT_STATE_PROGRESSING\x10\x02\x12\x18\n\x14ROLLOUT_STATE_PAUSED\x10\x03\x12\x1a\n\x16ROLLOUT_STATE_PROMOTED\x10\x04\x12\x19\n\x15ROLLOUT_STATE_ABORTED\x10\x05*\xdf\x01\n\rRolloutMetric\x12\x1e\n\x1aROLLOUT_METRIC_UNSPECIFIED\x10\x00\x12\x1d\n\x19ROLLOUT_METRIC_ERROR_RATE\x10\x01\x12\x1e\n\x1aROLLOUT_METRIC_LATENCY_P95\x10\x02\x12\x1f\n\x1bROLLOUT_METRIC_COST_PER_RUN\x10\x03\x12+\n\'ROLLOUT_METRIC_GUARDRAIL_VIOLATION_RATE\x10\x04\x12!\n\x1dROLLOUT_METRIC_FEEDBACK_SCORE\x10\x05*d\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x12\n\x0eVERDICT_PASSED\x10\x01\x12\x12\n\x0eVERDICT_FAILED\x10\x02\x12\x18\n\x14VERDICT_INCONCLUSIVE\x10\x03\x32\xe0\x05\n\x0eRolloutService\x12Z\n\rCreateRollout\x12#.pilothouse.v1.CreateRolloutRequest\x1a$.pilothouse.v1.CreateRolloutResponse\x12Q\n\nGetRollout\x12 .pilothouse.v1.GetRolloutRequest\x1a!.pilothouse.v1.GetRolloutResponse\x12W\n\x0cListRollouts\x12\".pilothouse.v1.ListRolloutsRequest\x1a#.pilothouse.v1.ListRolloutsResponse\x12W\n\x0cPauseRollout\x12\".pilothouse.v1.PauseRolloutRequest\x1a#.pilothouse.v1.PauseRolloutResponse\x12Z\n\rResumeRollout\x12#.pilothouse.v1.ResumeRolloutRequest\x1a$.pilothouse.v1.ResumeRolloutResponse\x12]\n\x0ePromoteRollout\x12$.pilothouse.v1.PromoteRolloutRequest\x1a%.pilothouse.v1.PromoteRolloutResponse\x12W\n\x0c\x41\x62ortRollout\x12\".pilothouse.v1.AbortRolloutRequest\x1a#.pilothouse.v1.AbortRolloutResponse\x12Y\n\x0cWatchRollout\x12\".pilothouse.v1.WatchRolloutRequest\x1a#.pilothouse.v1.WatchRolloutResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpilothouse/v1/rollout.proto\x12\rpilothouse.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"d\n\x0bRolloutStep\x12\x12\n\nweight_bps\x18\x01 \x01(\x05\x12/\n\x0cmin_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08min_runs\x18\x03 \x01(\x03\"\x92\x01\n\x0cRolloutCheck\x12,\n\x06metric\x18\x01 \x01(\x0e\x32\x1c.pilothouse.v1.RolloutMetric\x12\x16\n\tthreshold\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0e\x62\x61seline_ratio\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\x0c\n\n_thresholdB\x11\n\x0f_baseline_ratio\"\x9b\x01\n\x0fRolloutAnalysis\x12+\n\x08interval\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fmin_sample_size\x18\x02 \x01(\x03\x12\x15\n\rfailure_limit\x18\x03 \x01(\x05\x12+\n\x06\x63hecks\x18\x04 \x03(\x0b\x32\x1b.pilothouse.v1.RolloutCheck\"\xcc\x01\n\x0eVariantMetrics\x12\x0f\n\x07variant\x18\x01 \x01(\t\x12\x0c\n\x04runs\x18\x02 \x01(\x03\x12\x12\n\nerror_rate\x18\x03 \x01(\x01\x12\x1b\n\x13latency_p95_seconds\x18\x04 \x01(\x01\x12\x18\n\x10\x63ost_per_run_usd\x18\x05 \x01(\t\x12 \n\x18guardrail_violation_rate\x18\x06 \x01(\x01\x12\x16\n\x0e\x66\x65\x65\x64\x62\x61\x63k_score\x18\x07 \x01(\x01\x12\x16\n\x0e\x66\x65\x65\x64\x62\x61\x63k_count\x18\x08 \x01(\x03\"\xa5\x01\n\x0b\x43heckResult\x12,\n\x06metric\x18\x01 \x01(\x0e\x32\x1c.pilothouse.v1.RolloutMetric\x12\'\n\x07verdict\x18\x02 \x01(\x0e\x32\x16.pilothouse.v1.Verdict\x12\x17\n\x0f\x63\x61ndidate_value\x18\x03 \x01(\x01\x12\x16\n\x0e\x62\x61seline_value\x18\x04 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"\xc9\x01\n\x0e\x41nalysisResult\x12\x31\n\ranalysis_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x07verdict\x18\x02 \x01(\x0e\x32\x16.pilothouse.v1.Verdict\x12/\n\x08variants\x18\x03 \x03(\x0b\x32\x1d.pilothouse.v1.VariantMetrics\x12*\n\x06\x63hecks\x18\x04 \x03(\x0b\x32\x1a.pilothouse.v1.CheckResult\"\\\n\x08\x45valGate\x12\r\n\x05suite\x18\x01 \x01(\t\x12\x11\n\tmin_score\x18\x02 \x01(\x01\x12\x1b\n\x0emax_regression\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\x11\n\x0f_max_regression\"\xf2\x04\n\x07Rollout\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x18\n\x10\x62\x61seline_version\x18\x03 \x01(\t\x12\x19\n\x11\x63\x61ndidate_version\x18\x04 \x01(\t\x12-\n\nstickiness\x18\x05 \x01(\x0e\x32\x19.pilothouse.v1.Stickiness\x12)\n\x05steps\x18\x06 \x03(\x0b\x32\x1a.pilothouse.v1.RolloutStep\x12\x30\n\x08\x61nalysis\x18\x07 \x01(\x0b\x32\x1e.pilothouse.v1.RolloutAnalysis\x12*\n\x05state\x18\x08 \x01(\x0e\x32\x1b.pilothouse.v1.RolloutState\x12\x14\n\x0cstate_reason\x18\t \x01(\t\x12\x12\n\nstep_index\x18\n \x01(\x05\x12\x12\n\nweight_bps\x18\x0b \x01(\x05\x12\x33\n\x0fstep_start_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x66\x61iled_analyses\x18\r \x01(\x05\x12\x34\n\rlast_analysis\x18\x0e \x01(\x0b\x32\x1d.pilothouse.v1.AnalysisResult\x12\x0c\n\x04\x65tag\x18\x0f \x01(\t\x12/\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\teval_gate\x18\x12 \x01(\x0b\x32\x17.pilothouse.v1.EvalGate\"c\n\x14\x43reateRolloutRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x12\n\nrollout_id\x18\x02 \x01(\t\x12\'\n\x07rollout\x18\x03 \x01(\x0b\x32\x16.pilothouse.v1.Rollout\"@\n\x15\x43reateRolloutResponse\x12\'\n\x07rollout\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Rollout\"!\n\x11GetRolloutRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"=\n\x12GetRolloutResponse\x12\'\n\x07rollout\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Rollout\"L\n\x13ListRolloutsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Y\n\x14ListRolloutsResponse\x12(\n\x08rollouts\x18\x01 \x03(\x0b\x32\x16.pilothouse.v1.Rollout\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"3\n\x13PauseRolloutRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"?\n\x14PauseRolloutResponse\x12\'\n\x07rollout\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Rollout\"4\n\x14ResumeRolloutRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"@\n\x15ResumeRolloutResponse\x12\'\n\x07rollout\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Rollout\"5\n\x15PromoteRolloutRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"A\n\x16PromoteRolloutResponse\x12\'\n\x07rollout\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Rollout\"3\n\x13\x41\x62ortRolloutRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"?\n\x14\x41\x62ortRolloutResponse\x12\'\n\x07rollout\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Rollout\"#\n\x13WatchRolloutRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\x14WatchRolloutResponse\x12\'\n\x07rollout\x18\x01 \x01(\x0b\x32\x16.pilothouse.v1.Rollout*l\n\nStickiness\x12\x1a\n\x16STICKINESS_UNSPECIFIED\x10\x00\x12\x16\n\x12STICKINESS_SESSION\x10\x01\x12\x13\n\x0fSTICKINESS_USER\x10\x02\x12\x15\n\x11STICKINESS_TENANT\x10\x03*\xb8\x01\n\x0cRolloutState\x12\x1d\n\x19ROLLOUT_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15ROLLOUT_STATE_PENDING\x10\x01\x12\x1d\n\x19ROLLOUT_STATE_PROGRESSING\x10\x02\x12\x18\n\x14ROLLOUT_STATE_PAUSED\x10\x03\x12\x1a\n\x16ROLLOUT_STATE_PROMOTED\x10\x04\x12\x19\n\x15ROLLOUT_STATE_ABORTED\x10\x05*\xdf\x01\n\rRolloutMetric\x12\x1e\n\x1aROLLOUT_METRIC_UNSPECIFIED\x10\x00\x12\x1d\n\x19ROLLOUT_METRIC_ERROR_RATE\x10\x01\x12\x1e\n\x1aROLLOUT_METRIC_LATENCY_P95\x10\x02\x12\x1f\n\x1bROLLOUT_METRIC_COST_PER_RUN\x10\x03\x12+\n\'ROLLOUT_METRIC_GUARDRAIL_VIOLATION_RATE\x10\x04\x12!\n\x1dROLLOUT_METRIC_FEEDBACK_SCORE\x10\x05*d\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x12\n\x0eVERDICT_PASSED\x10\x01\x12\x12\n\x0eVERDICT_FAILED\x10\x02\x12\x18\n\x14VERDICT_INCONCLUSIVE\x10\x03\x32\xe0\x05\n\x0eRolloutService\x12Z\n\rCreateRollout\x12#.pilothouse.v1.CreateRolloutRequest\x1a$.pilothouse.v1.CreateRolloutResponse\x12Q\n\nGetRollout\x12 .pilothouse.v1.GetRolloutRequest\x1a!.pilothouse.v1.GetRolloutResponse\x12W\n\x0cListRollouts\x12\".pilothouse.v1.ListRolloutsRequest\x1a#.pilothouse.v1.ListRolloutsResponse\x12W\n\x0cPauseRollout\x12\".pilothouse.v1.PauseRolloutRequest\x1a#.pilothouse.v1.PauseRolloutResponse\x12Z\n\rResumeRollout\x12#.pilothouse.v1.ResumeRolloutRequest\x1a$.pilothouse.v1.ResumeRolloutResponse\x12]\n\x0ePromoteRollout\x12$.pilothouse.v1.PromoteRolloutRequest\x1a%.pilothouse.v1.PromoteRolloutResponse\x12W\n\x0c\x41\x62ortRollout\x12\".pilothouse.v1.AbortRolloutRequest\x1a#.pilothouse.v1.AbortRolloutResponse\x12Y\n\x0cWatchRollout\x12\".pilothouse.v1.WatchRolloutRequest\x1a#.pilothouse.v1.WatchRolloutResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pilothouse.v1.rollout_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STICKINESS']._serialized_start=2698
-  _globals['_STICKINESS']._serialized_end=2806
-  _globals['_ROLLOUTSTATE']._serialized_start=2809
-  _globals['_ROLLOUTSTATE']._serialized_end=2993
-  _globals['_ROLLOUTMETRIC']._serialized_start=2996
-  _globals['_ROLLOUTMETRIC']._serialized_end=3219
-  _globals['_VERDICT']._serialized_start=3221
-  _globals['_VERDICT']._serialized_end=3321
+  _globals['_STICKINESS']._serialized_start=2836
+  _globals['_STICKINESS']._serialized_end=2944
+  _globals['_ROLLOUTSTATE']._serialized_start=2947
+  _globals['_ROLLOUTSTATE']._serialized_end=3131
+  _globals['_ROLLOUTMETRIC']._serialized_start=3134
+  _globals['_ROLLOUTMETRIC']._serialized_end=3357
+  _globals['_VERDICT']._serialized_start=3359
+  _globals['_VERDICT']._serialized_end=3459
   _globals['_ROLLOUTSTEP']._serialized_start=111
   _globals['_ROLLOUTSTEP']._serialized_end=211
   _globals['_ROLLOUTCHECK']._serialized_start=214
@@ -53,40 +53,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKRESULT']._serialized_end=893
   _globals['_ANALYSISRESULT']._serialized_start=896
   _globals['_ANALYSISRESULT']._serialized_end=1097
-  _globals['_ROLLOUT']._serialized_start=1100
-  _globals['_ROLLOUT']._serialized_end=1682
-  _globals['_CREATEROLLOUTREQUEST']._serialized_start=1684
-  _globals['_CREATEROLLOUTREQUEST']._serialized_end=1783
-  _globals['_CREATEROLLOUTRESPONSE']._serialized_start=1785
-  _globals['_CREATEROLLOUTRESPONSE']._serialized_end=1849
-  _globals['_GETROLLOUTREQUEST']._serialized_start=1851
-  _globals['_GETROLLOUTREQUEST']._serialized_end=1884
-  _globals['_GETROLLOUTRESPONSE']._serialized_start=1886
-  _globals['_GETROLLOUTRESPONSE']._serialized_end=1947
-  _globals['_LISTROLLOUTSREQUEST']._serialized_start=1949
-  _globals['_LISTROLLOUTSREQUEST']._serialized_end=2025
-  _globals['_LISTROLLOUTSRESPONSE']._serialized_start=2027
-  _globals['_LISTROLLOUTSRESPONSE']._serialized_end=2116
-  _globals['_PAUSEROLLOUTREQUEST']._serialized_start=2118
-  _globals['_PAUSEROLLOUTREQUEST']._serialized_end=2169
-  _globals['_PAUSEROLLOUTRESPONSE']._serialized_start=2171
-  _globals['_PAUSEROLLOUTRESPONSE']._serialized_end=2234
-  _globals['_RESUMEROLLOUTREQUEST']._serialized_start=2236
-  _globals['_RESUMEROLLOUTREQUEST']._serialized_end=2288
-  _globals['_RESUMEROLLOUTRESPONSE']._serialized_start=2290
-  _globals['_RESUMEROLLOUTRESPONSE']._serialized_end=2354
-  _globals['_PROMOTEROLLOUTREQUEST']._serialized_start=2356
-  _globals['_PROMOTEROLLOUTREQUEST']._serialized_end=2409
-  _globals['_PROMOTEROLLOUTRESPONSE']._serialized_start=2411
-  _globals['_PROMOTEROLLOUTRESPONSE']._serialized_end=2476
-  _globals['_ABORTROLLOUTREQUEST']._serialized_start=2478
-  _globals['_ABORTROLLOUTREQUEST']._serialized_end=2529
-  _globals['_ABORTROLLOUTRESPONSE']._serialized_start=2531
-  _globals['_ABORTROLLOUTRESPONSE']._serialized_end=2594
-  _globals['_WATCHROLLOUTREQUEST']._serialized_start=2596
-  _globals['_WATCHROLLOUTREQUEST']._serialized_end=2631
-  _globals['_WATCHROLLOUTRESPONSE']._serialized_start=2633
-  _globals['_WATCHROLLOUTRESPONSE']._serialized_end=2696
-  _globals['_ROLLOUTSERVICE']._serialized_start=3324
-  _globals['_ROLLOUTSERVICE']._serialized_end=4060
+  _globals['_EVALGATE']._serialized_start=1099
+  _globals['_EVALGATE']._serialized_end=1191
+  _globals['_ROLLOUT']._serialized_start=1194
+  _globals['_ROLLOUT']._serialized_end=1820
+  _globals['_CREATEROLLOUTREQUEST']._serialized_start=1822
+  _globals['_CREATEROLLOUTREQUEST']._serialized_end=1921
+  _globals['_CREATEROLLOUTRESPONSE']._serialized_start=1923
+  _globals['_CREATEROLLOUTRESPONSE']._serialized_end=1987
+  _globals['_GETROLLOUTREQUEST']._serialized_start=1989
+  _globals['_GETROLLOUTREQUEST']._serialized_end=2022
+  _globals['_GETROLLOUTRESPONSE']._serialized_start=2024
+  _globals['_GETROLLOUTRESPONSE']._serialized_end=2085
+  _globals['_LISTROLLOUTSREQUEST']._serialized_start=2087
+  _globals['_LISTROLLOUTSREQUEST']._serialized_end=2163
+  _globals['_LISTROLLOUTSRESPONSE']._serialized_start=2165
+  _globals['_LISTROLLOUTSRESPONSE']._serialized_end=2254
+  _globals['_PAUSEROLLOUTREQUEST']._serialized_start=2256
+  _globals['_PAUSEROLLOUTREQUEST']._serialized_end=2307
+  _globals['_PAUSEROLLOUTRESPONSE']._serialized_start=2309
+  _globals['_PAUSEROLLOUTRESPONSE']._serialized_end=2372
+  _globals['_RESUMEROLLOUTREQUEST']._serialized_start=2374
+  _globals['_RESUMEROLLOUTREQUEST']._serialized_end=2426
+  _globals['_RESUMEROLLOUTRESPONSE']._serialized_start=2428
+  _globals['_RESUMEROLLOUTRESPONSE']._serialized_end=2492
+  _globals['_PROMOTEROLLOUTREQUEST']._serialized_start=2494
+  _globals['_PROMOTEROLLOUTREQUEST']._serialized_end=2547
+  _globals['_PROMOTEROLLOUTRESPONSE']._serialized_start=2549
+  _globals['_PROMOTEROLLOUTRESPONSE']._serialized_end=2614
+  _globals['_ABORTROLLOUTREQUEST']._serialized_start=2616
+  _globals['_ABORTROLLOUTREQUEST']._serialized_end=2667
+  _globals['_ABORTROLLOUTRESPONSE']._serialized_start=2669
+  _globals['_ABORTROLLOUTRESPONSE']._serialized_end=2732
+  _globals['_WATCHROLLOUTREQUEST']._serialized_start=2734
+  _globals['_WATCHROLLOUTREQUEST']._serialized_end=2769
+  _globals['_WATCHROLLOUTRESPONSE']._serialized_start=2771
+  _globals['_WATCHROLLOUTRESPONSE']._serialized_end=2834
+  _globals['_ROLLOUTSERVICE']._serialized_start=3462
+  _globals['_ROLLOUTSERVICE']._serialized_end=4198
 # @@protoc_insertion_point(module_scope)

@@ -360,6 +360,42 @@ class AnalysisResult(_message.Message):
 Global___AnalysisResult: _TypeAlias = AnalysisResult  # noqa: Y015
 
 @_typing.final
+class EvalGate(_message.Message):
+    """What the newest report of suite on the candidate version (made against the suite as
+    it is now) must show: a score of at least min_score and, when max_regression is set,
+    no more than that below the newest such report on the baseline version. Without such
+    a report the rollout waits, pending (or at its last step), with the reason.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUITE_FIELD_NUMBER: _builtins.int
+    MIN_SCORE_FIELD_NUMBER: _builtins.int
+    MAX_REGRESSION_FIELD_NUMBER: _builtins.int
+    suite: _builtins.str
+    """Format: tenants/{tenant}/evalSuites/{suite}"""
+    min_score: _builtins.float
+    """From 0 to 1."""
+    max_regression: _builtins.float
+    """From 0 to 1."""
+    def __init__(
+        self,
+        *,
+        suite: _builtins.str = ...,
+        min_score: _builtins.float = ...,
+        max_regression: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_regression", b"_max_regression", "max_regression", b"max_regression"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_regression", b"_max_regression", "max_regression", b"max_regression", "min_score", b"min_score", "suite", b"suite"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_regression: _TypeAlias = _typing.Literal["max_regression"]  # noqa: Y015
+    _WhichOneofArgType__max_regression: _TypeAlias = _typing.Literal["_max_regression", b"_max_regression"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_regression) -> _WhichOneofReturnType__max_regression | None: ...
+
+Global___EvalGate: _TypeAlias = EvalGate  # noqa: Y015
+
+@_typing.final
 class Rollout(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -380,6 +416,7 @@ class Rollout(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    EVAL_GATE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Format: tenants/{tenant}/rollouts/{rollout}"""
     prompt: _builtins.str
@@ -422,6 +459,12 @@ class Rollout(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def eval_gate(self) -> Global___EvalGate:
+        """Optional: an eval suite the candidate must pass before the rollout starts and
+        before it promotes.
+        """
+
     def __init__(
         self,
         *,
@@ -442,10 +485,11 @@ class Rollout(_message.Message):
         etag: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        eval_gate: Global___EvalGate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "create_time", b"create_time", "last_analysis", b"last_analysis", "step_start_time", b"step_start_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "create_time", b"create_time", "eval_gate", b"eval_gate", "last_analysis", b"last_analysis", "step_start_time", b"step_start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "baseline_version", b"baseline_version", "candidate_version", b"candidate_version", "create_time", b"create_time", "etag", b"etag", "failed_analyses", b"failed_analyses", "last_analysis", b"last_analysis", "name", b"name", "prompt", b"prompt", "state", b"state", "state_reason", b"state_reason", "step_index", b"step_index", "step_start_time", b"step_start_time", "steps", b"steps", "stickiness", b"stickiness", "update_time", b"update_time", "weight_bps", b"weight_bps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analysis", b"analysis", "baseline_version", b"baseline_version", "candidate_version", b"candidate_version", "create_time", b"create_time", "etag", b"etag", "eval_gate", b"eval_gate", "failed_analyses", b"failed_analyses", "last_analysis", b"last_analysis", "name", b"name", "prompt", b"prompt", "state", b"state", "state_reason", b"state_reason", "step_index", b"step_index", "step_start_time", b"step_start_time", "steps", b"steps", "stickiness", b"stickiness", "update_time", b"update_time", "weight_bps", b"weight_bps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from pilothouse.v1 import agent_pb2 as _agent_pb2
+from pilothouse.v1 import eval_pb2 as _eval_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -850,3 +851,63 @@ class CancelRunResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelRunResponse: _TypeAlias = CancelRunResponse  # noqa: Y015
+
+@_typing.final
+class RunEvalCaseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    PROMPT_VERSION_FIELD_NUMBER: _builtins.int
+    REPORT_ID_FIELD_NUMBER: _builtins.int
+    CASE_FIELD_NUMBER: _builtins.int
+    BUDGET_FIELD_NUMBER: _builtins.int
+    agent: _builtins.str
+    """Format: tenants/{tenant}/agents/{agent}"""
+    prompt_version: _builtins.str
+    """A version of the agent's prompt. Format:
+    tenants/{tenant}/prompts/{prompt}/versions/{version}
+    """
+    report_id: _builtins.str
+    """The report the result is for: 1 to 63 lowercase letters, digits and hyphens."""
+    @_builtins.property
+    def case(self) -> _eval_pb2.EvalCase: ...
+    @_builtins.property
+    def budget(self) -> _agent_pb2.Budget:
+        """Tightens the agent's budget for the case's run."""
+
+    def __init__(
+        self,
+        *,
+        agent: _builtins.str = ...,
+        prompt_version: _builtins.str = ...,
+        report_id: _builtins.str = ...,
+        case: _eval_pb2.EvalCase | None = ...,
+        budget: _agent_pb2.Budget | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "case", b"case"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "budget", b"budget", "case", b"case", "prompt_version", b"prompt_version", "report_id", b"report_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunEvalCaseRequest: _TypeAlias = RunEvalCaseRequest  # noqa: Y015
+
+@_typing.final
+class RunEvalCaseResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def result(self) -> _eval_pb2.EvalCaseResult: ...
+    def __init__(
+        self,
+        *,
+        result: _eval_pb2.EvalCaseResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunEvalCaseResponse: _TypeAlias = RunEvalCaseResponse  # noqa: Y015

@@ -66,6 +66,11 @@ class AgentServiceStub:
                 request_serializer=pilothouse_dot_v1_dot_run__pb2.CancelRunRequest.SerializeToString,
                 response_deserializer=pilothouse_dot_v1_dot_run__pb2.CancelRunResponse.FromString,
                 _registered_method=True)
+        self.RunEvalCase = channel.unary_unary(
+                '/pilothouse.v1.AgentService/RunEvalCase',
+                request_serializer=pilothouse_dot_v1_dot_run__pb2.RunEvalCaseRequest.SerializeToString,
+                response_deserializer=pilothouse_dot_v1_dot_run__pb2.RunEvalCaseResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -115,6 +120,17 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunEvalCase(self, request, context):
+        """Runs one case of an eval suite and grades it: the case as an ordinary run of the
+        agent on prompt_version (variant "eval", so rollout analysis passes over it), then
+        a run of each model-judged expectation's judge agent. Idempotent by (report, case):
+        asked again, it grades the runs it made the first time. The version must be in the
+        executor's configuration: a label, an agent or a rollout names it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +163,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.CancelRun,
                     request_deserializer=pilothouse_dot_v1_dot_run__pb2.CancelRunRequest.FromString,
                     response_serializer=pilothouse_dot_v1_dot_run__pb2.CancelRunResponse.SerializeToString,
+            ),
+            'RunEvalCase': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunEvalCase,
+                    request_deserializer=pilothouse_dot_v1_dot_run__pb2.RunEvalCaseRequest.FromString,
+                    response_serializer=pilothouse_dot_v1_dot_run__pb2.RunEvalCaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +334,33 @@ class AgentService:
             '/pilothouse.v1.AgentService/CancelRun',
             pilothouse_dot_v1_dot_run__pb2.CancelRunRequest.SerializeToString,
             pilothouse_dot_v1_dot_run__pb2.CancelRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunEvalCase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pilothouse.v1.AgentService/RunEvalCase',
+            pilothouse_dot_v1_dot_run__pb2.RunEvalCaseRequest.SerializeToString,
+            pilothouse_dot_v1_dot_run__pb2.RunEvalCaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

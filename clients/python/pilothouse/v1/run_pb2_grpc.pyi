@@ -47,6 +47,13 @@ class AgentServiceStub:
     """Lists a tenant's runs, newest first."""
     CancelRun: _grpc.UnaryUnaryMultiCallable[_run_pb2.CancelRunRequest, _run_pb2.CancelRunResponse]
     """Asks a run to stop. A run no executor holds stops at once."""
+    RunEvalCase: _grpc.UnaryUnaryMultiCallable[_run_pb2.RunEvalCaseRequest, _run_pb2.RunEvalCaseResponse]
+    """Runs one case of an eval suite and grades it: the case as an ordinary run of the
+    agent on prompt_version (variant "eval", so rollout analysis passes over it), then
+    a run of each model-judged expectation's judge agent. Idempotent by (report, case):
+    asked again, it grades the runs it made the first time. The version must be in the
+    executor's configuration: a label, an agent or a rollout names it.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -67,6 +74,13 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """Lists a tenant's runs, newest first."""
     CancelRun: _aio.UnaryUnaryMultiCallable[_run_pb2.CancelRunRequest, _run_pb2.CancelRunResponse]  # type: ignore[assignment]
     """Asks a run to stop. A run no executor holds stops at once."""
+    RunEvalCase: _aio.UnaryUnaryMultiCallable[_run_pb2.RunEvalCaseRequest, _run_pb2.RunEvalCaseResponse]  # type: ignore[assignment]
+    """Runs one case of an eval suite and grades it: the case as an ordinary run of the
+    agent on prompt_version (variant "eval", so rollout analysis passes over it), then
+    a run of each model-judged expectation's judge agent. Idempotent by (report, case):
+    asked again, it grades the runs it made the first time. The version must be in the
+    executor's configuration: a label, an agent or a rollout names it.
+    """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     """AgentService runs agents. Executors serve it; every executor of a pool can answer for
@@ -120,5 +134,18 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_run_pb2.CancelRunResponse, _abc.Awaitable[_run_pb2.CancelRunResponse]]:
         """Asks a run to stop. A run no executor holds stops at once."""
+
+    @_abc_1.abstractmethod
+    def RunEvalCase(
+        self,
+        request: _run_pb2.RunEvalCaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_run_pb2.RunEvalCaseResponse, _abc.Awaitable[_run_pb2.RunEvalCaseResponse]]:
+        """Runs one case of an eval suite and grades it: the case as an ordinary run of the
+        agent on prompt_version (variant "eval", so rollout analysis passes over it), then
+        a run of each model-judged expectation's judge agent. Idempotent by (report, case):
+        asked again, it grades the runs it made the first time. The version must be in the
+        executor's configuration: a label, an agent or a rollout names it.
+        """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

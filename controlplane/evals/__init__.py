@@ -1,0 +1,1 @@
+"""Eval suites' reports, and the gate a rollout can put on them."""

@@ -1,0 +1,1 @@
+"""Running eval cases on the executor and grading their answers."""

@@ -1,0 +1,244 @@
+"""Rollouts with every server in its own process: a control plane (`controlplane serve`)
+and two executors (`dataplane serve`), with traffic spread over both executors. A
+candidate that fails a fifth of its runs is rolled back by analysis while traffic flows;
+a good one is promoted through every step, each session keeping its variant on both
+executors and never leaving the candidate once on it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from controlplane import launch
+from controlplane.auth import keys
+from pilothouse.assignment import Stickiness, in_candidate, unit_key
+from pilothouse.v1 import api_key_pb2, prompt_pb2, rollout_pb2, run_pb2, run_pb2_grpc
+from tests.bench.run_bench import start_executor
+from tests.conftest import Live
+from tests.fakes.openai_server import FakeOpenAI
+from tests.integration.test_rollouts import (
+    create,
+    eventually,
+    prompt_with_candidate,
+    serve_variants,
+    spec,
+    state_of,
+    summaries,
+)
+
+ERROR_RATE = rollout_pb2.RolloutCheck(metric=rollout_pb2.ROLLOUT_METRIC_ERROR_RATE, threshold=0.05)
+
+
+@dataclass
+class Pool:
+    live: Live
+    executors: list[run_pb2_grpc.AgentServiceStub]
+
+    async def run(self, key: str, tenant: str, session: str, on: int) -> list[run_pb2.RunEvent]:
+        """A run of session ``session`` on executor ``on`` (modulo the pool)."""
+        stub = self.executors[on % len(self.executors)]
+        call = stub.RunAgent(
+            run_pb2.RunAgentRequest(
+                agent=f"tenants/{tenant}/agents/a",
+                input="hello",
+                variables={"customer": "Ada"},
+                session_id=session,
+            ),
+            metadata=(("authorization", f"Bearer {key}"),),
+        )
+        return [response.event async for response in call]
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    server = await FakeOpenAI().start()
+    yield server
+    await server.aclose()
+
+
+@contextlib.asynccontextmanager
+async def processes(database_url: str, tmp_path: Path) -> AsyncIterator[Pool]:
+    admin = keys.generate().token
+    plane = await asyncio.to_thread(launch.start, database_url, bootstrap_key=admin)
+    channel = grpc.aio.insecure_channel(plane.address)
+    live = Live(plane, channel, admin)  # type: ignore[arg-type]  # a child, not in-process
+    children: list[subprocess.Popen[str]] = []
+    channels: list[grpc.aio.Channel] = [channel]
+    try:
+        key = await live.new_key(api_key_pb2.ROLE_EXECUTOR, None)
+        stubs = []
+        for n in range(2):
+            proc, address = await start_executor(
+                plane.address,
+                key,
+                f"proc-{n}-{os.urandom(2).hex()}",
+                tmp_path / f"executor-{n}",
+                f"sqlite:///{tmp_path / f'runs-{n}.db'}",
+                "WARNING",
+            )
+            children.append(proc)
+            channels.append(grpc.aio.insecure_channel(address))
+            stubs.append(run_pb2_grpc.AgentServiceStub(channels[-1]))
+        yield Pool(live, stubs)
+    finally:
+        for proc in children:
+            proc.terminate()
+        for proc in children:
+            await asyncio.to_thread(proc.wait, 30)
+        for open_channel in channels:
+            await open_channel.close()
+        await asyncio.to_thread(plane.stop)
+        for pipe in (plane.process.stderr, *(proc.stderr for proc in children)):
+            if pipe is not None:
+                pipe.close()
+
+
+async def ready(pool: Pool, tenant: str) -> str:
+    """A client key of ``tenant`` once both executors take it."""
+    key = await pool.live.new_key(api_key_pb2.ROLE_CLIENT, tenant)
+    for on in range(len(pool.executors)):
+
+        async def admitted(on: int = on) -> bool | None:
+            try:
+                events = await pool.run(key, tenant, "warm-up", on)
+            except grpc.aio.AioRpcError as e:
+                if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.NOT_FOUND):
+                    return None
+                raise
+            return events[-1].run_stopped.reason == run_pb2.STOP_REASON_COMPLETED or None
+
+        await eventually(admitted)
+    return key
+
+
+@contextlib.asynccontextmanager
+async def traffic(
+    pool: Pool, key: str, tenant: str, sessions: int
+) -> AsyncIterator[dict[str, tuple[str, int]]]:
+    """Runs flowing until the block ends, two at a time, round the sessions and the
+    executors (a session's runs land on both); yields each finished run's session and
+    executor by the run's name."""
+    finished: dict[str, tuple[str, int]] = {}
+
+    async def flow(offset: int) -> None:
+        n = offset
+        while True:
+            session, on = f"s-{n % sessions}", n // sessions
+            events = await pool.run(key, tenant, session, on)
+            finished[events[0].run] = (session, on % len(pool.executors))
+            n += 2
+
+    tasks = [asyncio.create_task(flow(i)) for i in range(2)]
+    try:
+        yield finished
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_failing_candidate_is_rolled_back_across_processes(
+    own_run_database_url: str, tmp_path: Path, fake: FakeOpenAI
+) -> None:
+    async with processes(own_run_database_url, tmp_path) as pool:
+        live = pool.live
+        tenant, baseline, candidate = await prompt_with_candidate(live, fake)
+        serve_variants(fake, fail_every=5)
+        key = await ready(pool, tenant)
+        created = await create(
+            live,
+            tenant,
+            "canary",
+            spec(tenant, candidate, 5000, 10_000, min_sample_size=5, checks=[ERROR_RATE]),
+        )
+        name = created.rollout.name
+        async with traffic(pool, key, tenant, sessions=30):
+
+            async def aborted() -> rollout_pb2.Rollout | None:
+                ro = await state_of(live, name)
+                return ro if ro.state == rollout_pb2.ROLLOUT_STATE_ABORTED else None
+
+            done = await eventually(aborted, 60)
+        assert done.weight_bps == 0 and "error_rate" in done.state_reason
+        # The failing analysis was the first with a full sample: within one interval.
+        assert (
+            done.failed_analyses == 1 and done.last_analysis.verdict == rollout_pb2.VERDICT_FAILED
+        )
+        numbers = {v.variant: v for v in done.last_analysis.variants}
+        assert numbers["candidate"].runs >= 5 and numbers["candidate"].error_rate > 0.05
+
+        # The abort reaches both executors: new sessions all run production again.
+        async def everywhere_baseline() -> bool | None:
+            for on in range(len(pool.executors)):
+                for n in range(4):
+                    events = await pool.run(key, tenant, f"after-{on}-{n}", on)
+                    if fake.requests[-1]["messages"][0]["content"] != "You help Ada.":
+                        return None
+                    assert events[-1].run_stopped.reason == run_pb2.STOP_REASON_COMPLETED
+            return True
+
+        await eventually(everywhere_baseline, 10)
+        prompt = await live.prompts.GetPrompt(
+            prompt_pb2.GetPromptRequest(name=f"tenants/{tenant}/prompts/p"), metadata=live.md()
+        )
+        assert prompt.prompt.labels["production"] == baseline
+
+
+async def test_a_good_candidate_is_promoted_and_sessions_keep_their_variant_across_executors(
+    own_run_database_url: str, tmp_path: Path, fake: FakeOpenAI
+) -> None:
+    weights = (2000, 5000, 10_000)
+    async with processes(own_run_database_url, tmp_path) as pool:
+        live = pool.live
+        tenant, _, candidate = await prompt_with_candidate(live, fake)
+        serve_variants(fake)
+        key = await ready(pool, tenant)
+        created = await create(
+            live,
+            tenant,
+            "canary",
+            spec(tenant, candidate, *weights, min_sample_size=3, checks=[ERROR_RATE]),
+        )
+        name = created.rollout.name
+        async with traffic(pool, key, tenant, sessions=12) as finished:
+
+            async def promoted() -> rollout_pb2.Rollout | None:
+                ro = await state_of(live, name)
+                return ro if ro.state == rollout_pb2.ROLLOUT_STATE_PROMOTED else None
+
+            await eventually(promoted, 90)
+
+        async def indexed() -> list[object] | None:
+            runs = [r for r in await summaries(live, tenant) if r.name in finished]
+            return runs if len(runs) == len(finished) else None
+
+        runs = await eventually(indexed)
+    # Per session, in time order: (variant, executor) of each run that had one.
+    journeys: dict[str, list[tuple[str, int]]] = {}
+    for run in sorted(runs, key=lambda r: r.create_time.ToDatetime()):  # type: ignore[attr-defined]
+        session, on = finished[run.name]  # type: ignore[attr-defined]
+        if run.variant:  # type: ignore[attr-defined]
+            journeys.setdefault(session, []).append((run.variant, on))  # type: ignore[attr-defined]
+    assert len(journeys) == 12
+    on_both = 0
+    for session, journey in journeys.items():
+        variants = [v for v, _ in journey]
+        # Never back from the candidate to the baseline as the weight grows.
+        assert variants == sorted(variants, key=lambda v: v == "candidate"), (session, journey)
+        # Executors that disagreed on a session at one weight would show in the journey,
+        # which alternates between them, as a step back; and each variant is the one the
+        # specified function gives at one of the steps' weights.
+        unit = unit_key(Stickiness.SESSION, tenant=tenant, session=session)
+        assert {v == "candidate" for v in variants} <= {
+            in_candidate(name, unit, w) for w in (0, *weights)
+        }
+        on_both += len({on for _, on in journey}) == 2
+    assert on_both >= 6  # most sessions ran on both executors
