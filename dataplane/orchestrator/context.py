@@ -192,16 +192,19 @@ def resolve(
 ) -> RunContext:
     """The run's context from the snapshot. A new run is assigned its version (and
     rollout variant) for ``unit``; ``pinned_version`` and ``pinned_variant`` are what a
-    run was admitted with (a resumed run keeps them even if a label or weight moved)."""
+    run was admitted with (a resumed run keeps them even if a label or weight moved), or
+    what an eval asks for."""
     agent = config.get(agent_pb2.Agent, agent_name)
     if agent is None:
         raise AdmissionError("agent", f"agent {agent_name!r} not found", not_found=True)
     variant = pinned_variant
     if pinned_version:
         version = config.get(prompt_pb2.PromptVersion, pinned_version)
-    elif unit is not None:
+    elif unit is not None and not pinned_variant:
         version, variant = config.assigned_version(agent, unit)
     else:
+        # A variant pinned without a version (an eval's judge): the agent's own version,
+        # outside any rollout of its prompt.
         version = config.agent_prompt_version(agent)
     if version is None:
         raise AdmissionError("agent", f"agent {agent_name!r} has no prompt version to run")

@@ -269,14 +269,18 @@ async def test_eval_run_grades_cases_and_a_gate_holds_the_rollout_until_a_passin
 
         # The cases ran as ordinary runs on the version under test, on the variant eval,
         # which rollout analysis passes over.
+        # So are the judge's runs, on the judge's own version.
         runs = {c["run"] for c in report["cases"]}
+        judges = {g["judge_run"] for c in report["cases"] for g in c["grades"] if "judge_run" in g}
+        assert len(judges) == 1
 
         async def indexed() -> list[Any] | None:
-            found = [r for r in await summaries(live, tenant) if r.name in runs]
-            return found if len(found) == len(runs) else None
+            found = [r for r in await summaries(live, tenant) if r.name in runs | judges]
+            return found if len(found) == len(runs | judges) else None
 
         for summary in await eventually(indexed):
-            assert summary.variant == "eval" and summary.prompt_version == candidate
+            assert summary.variant == "eval"
+            assert (summary.prompt_version == candidate) == (summary.name in runs)
 
         # Running a case again for the same report reuses its run.
         again = await s.agents.RunEvalCase(

@@ -2,7 +2,8 @@
 and two executors (`dataplane serve`), with traffic spread over both executors. A
 candidate that fails a fifth of its runs is rolled back by analysis while traffic flows;
 a good one is promoted through every step, each session keeping its variant on both
-executors and never leaving the candidate once on it."""
+executors and never leaving the candidate once on it; one whose eval suite fails gets
+no traffic at all."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from pilothouse.v1 import api_key_pb2, prompt_pb2, rollout_pb2, run_pb2, run_pb2
 from tests.bench.run_bench import start_executor
 from tests.conftest import Live
 from tests.fakes.openai_server import FakeOpenAI
+from tests.integration.test_cli import cli
+from tests.integration.test_evals import answers, create_suite, judge_agent
 from tests.integration.test_rollouts import (
     create,
     eventually,
@@ -41,6 +44,7 @@ ERROR_RATE = rollout_pb2.RolloutCheck(metric=rollout_pb2.ROLLOUT_METRIC_ERROR_RA
 class Pool:
     live: Live
     executors: list[run_pb2_grpc.AgentServiceStub]
+    addresses: list[str]
 
     async def run(self, key: str, tenant: str, session: str, on: int) -> list[run_pb2.RunEvent]:
         """A run of session ``session`` on executor ``on`` (modulo the pool)."""
@@ -75,6 +79,7 @@ async def processes(database_url: str, tmp_path: Path) -> AsyncIterator[Pool]:
     try:
         key = await live.new_key(api_key_pb2.ROLE_EXECUTOR, None)
         stubs = []
+        addresses = []
         for n in range(2):
             proc, address = await start_executor(
                 plane.address,
@@ -85,9 +90,10 @@ async def processes(database_url: str, tmp_path: Path) -> AsyncIterator[Pool]:
                 "WARNING",
             )
             children.append(proc)
+            addresses.append(address)
             channels.append(grpc.aio.insecure_channel(address))
             stubs.append(run_pb2_grpc.AgentServiceStub(channels[-1]))
-        yield Pool(live, stubs)
+        yield Pool(live, stubs, addresses)
     finally:
         for proc in children:
             proc.terminate()
@@ -101,9 +107,10 @@ async def processes(database_url: str, tmp_path: Path) -> AsyncIterator[Pool]:
                 pipe.close()
 
 
-async def ready(pool: Pool, tenant: str) -> str:
-    """A client key of ``tenant`` once both executors take it."""
-    key = await pool.live.new_key(api_key_pb2.ROLE_CLIENT, tenant)
+async def ready(pool: Pool, tenant: str, role: int = api_key_pb2.ROLE_CLIENT) -> str:
+    """A key of ``tenant`` (a client's unless ``role`` says otherwise) once both
+    executors take it."""
+    key = await pool.live.new_key(role, tenant)
     for on in range(len(pool.executors)):
 
         async def admitted(on: int = on) -> bool | None:
@@ -242,3 +249,59 @@ async def test_a_good_candidate_is_promoted_and_sessions_keep_their_variant_acro
         }
         on_both += len({on for _, on in journey}) == 2
     assert on_both >= 6  # most sessions ran on both executors
+
+
+async def test_a_rollout_whose_candidate_fails_its_eval_gets_no_traffic(
+    own_run_database_url: str, tmp_path: Path, fake: FakeOpenAI
+) -> None:
+    async with processes(own_run_database_url, tmp_path) as pool:
+        live = pool.live
+        tenant, baseline, candidate = await prompt_with_candidate(live, fake)
+        suite = await create_suite(live, tenant, await judge_agent(live, tenant))
+        answers(fake, candidate="I think it is 41")
+        ro = spec(tenant, candidate, 5000, checks=[ERROR_RATE])
+        ro.eval_gate.suite = suite.name
+        ro.eval_gate.min_score = 0.8
+        name = (await create(live, tenant, "gated", ro)).rollout.name
+        key = await ready(pool, tenant)
+        operator = await ready(pool, tenant, api_key_pb2.ROLE_OPERATOR)
+
+        async def evaluated() -> object | None:
+            ran = await cli(
+                live,
+                "eval",
+                "run",
+                "--suite",
+                "basics",
+                "--prompt-version",
+                candidate,
+                "--executor",
+                pool.addresses[0],
+                "--tenant",
+                tenant,
+                key=operator,
+            )
+            # Until the executor has the pending rollout's candidate, it refuses it.
+            return ran if ran.code == 0 else None
+
+        ran = await eventually(evaluated)
+        assert "0 of 2 cases passed" in ran.out  # type: ignore[attr-defined]
+
+        async def held() -> rollout_pb2.Rollout | None:
+            got = await state_of(live, name)
+            return got if "below 0.8" in got.state_reason else None
+
+        await eventually(held)
+        async with traffic(pool, key, tenant, sessions=20) as finished:
+            await asyncio.sleep(3)
+        got = await state_of(live, name)
+        assert got.state == rollout_pb2.ROLLOUT_STATE_PENDING and got.weight_bps == 0
+
+        async def indexed() -> list[object] | None:
+            runs = [r for r in await summaries(live, tenant) if r.name in finished]
+            return runs if len(runs) == len(finished) else None
+
+        runs = await eventually(indexed)
+    assert len(runs) >= 10
+    for run in runs:
+        assert run.variant == "" and run.prompt_version == baseline  # type: ignore[attr-defined]
