@@ -16,6 +16,7 @@ Kubernetes.
     pilothouse rollout start|status|watch|pause|resume|promote|abort
     pilothouse eval run --suite S --prompt-version V | eval report [NAME]
     pilothouse tools import-mcp URL [--prefix P] [--only NAME]
+    pilothouse deploy envoy --control-plane HOST:PORT [--tls-cert F --tls-key F] ...
 
 The server, key and TLS come from flags or PILOTHOUSE_ADDR, PILOTHOUSE_API_KEY,
 PILOTHOUSE_TLS_CA/_CERT/_KEY; the tenant of short names from --tenant or PILOTHOUSE_TENANT.
@@ -35,6 +36,7 @@ from typing import Any
 from pilothouse.cli import (
     approvals,
     audit,
+    deploy,
     evals,
     kinds,
     ledger,
@@ -125,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_commands(sub, common, fmt)
     approvals.add_commands(sub, common, fmt)
     mcp_import.add_commands(sub, common)
+    deploy.add_commands(sub)
 
     keys = sub.add_parser("keys", help="API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
@@ -167,6 +170,8 @@ def _tenant(ns: argparse.Namespace) -> str | None:
 
 
 async def run(ns: argparse.Namespace) -> int:
+    if ns.command == "deploy":
+        return deploy.command(ns)
     config = _config(ns)
     if not config.api_key:
         raise UsageError("no API key: pass --api-key or set PILOTHOUSE_API_KEY")

@@ -1,0 +1,1 @@
+"""Deployment configuration Pilothouse generates (the executors' Envoy sidecar)."""
