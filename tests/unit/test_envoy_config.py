@@ -74,7 +74,7 @@ def test_the_sidecar_parses_into_envoys_bootstrap(name: str) -> None:
         # Each resolves to a registered message type (ParseDict did so, or failed).
         assert value.TypeName(), value
     listeners = {lis.name: lis for lis in config.static_resources.listeners}
-    assert set(listeners) == {"ingress", "egress_control_plane"}
+    assert set(listeners) == {"ingress", "egress_control_plane", "health"}
     clusters = {c.name: c for c in config.static_resources.clusters}
     expected = {"executor", "control_plane"} | (
         {"otel_collector"} if name == "mtls-traced" else set()
@@ -112,7 +112,7 @@ def test_the_ingress_follows_grpc_deadlines_and_passes_health_checks_through() -
 
 def test_the_egress_retries_only_unavailable_behind_circuit_breakers() -> None:
     config = parsed(bootstrap(SIDECARS["plain"]))
-    egress = next(x for x in config.static_resources.listeners if x.name != "ingress")
+    egress = next(x for x in config.static_resources.listeners if x.name.startswith("egress"))
     manager = hcm_pb2.HttpConnectionManager()
     egress.filter_chains[0].filters[0].typed_config.Unpack(manager)
     retry = manager.route_config.virtual_hosts[0].routes[0].route.retry_policy

@@ -29,8 +29,10 @@ def sidecar(ns: argparse.Namespace) -> Sidecar:
         raise UsageError("--tls-cert and --tls-key go together")
     if ns.client_ca and not ns.tls_cert:
         raise UsageError("--client-ca (mutual TLS) needs --tls-cert and --tls-key")
-    for flag in ("executor_port", "ingress_port", "egress_port", "admin_port"):
-        if not 0 < getattr(ns, flag) < 65536:
+    for flag in ("executor_port", "ingress_port", "egress_port", "admin_port", "health_port"):
+        if not 0 < getattr(ns, flag) < 65536 and not (
+            flag == "health_port" and ns.health_port == 0
+        ):
             raise UsageError(f"--{flag.replace('_', '-')} must be a port from 1 to 65535")
     if ns.rate_limit < 1 or ns.burst < ns.rate_limit:
         raise UsageError("--rate-limit must be at least 1 and --burst at least --rate-limit")
@@ -40,6 +42,7 @@ def sidecar(ns: argparse.Namespace) -> Sidecar:
         ingress_port=ns.ingress_port,
         egress_port=ns.egress_port,
         admin_port=ns.admin_port,
+        health_port=ns.health_port or None,
         tls=Tls(ns.tls_cert, ns.tls_key, ns.client_ca or "") if ns.tls_cert else None,
         control_plane_ca_file=ns.control_plane_ca or "",
         collector=_endpoint(ns.collector, "--collector") if ns.collector else None,
@@ -66,6 +69,9 @@ def add_commands(sub: Any) -> None:
     envoy.add_argument("--ingress-port", type=int, default=8443)
     envoy.add_argument("--egress-port", type=int, default=50052)
     envoy.add_argument("--admin-port", type=int, default=9901)
+    envoy.add_argument(
+        "--health-port", type=int, default=8081, help="plaintext health checks only; 0: none"
+    )
     envoy.add_argument("--tls-cert", help="the ingress's certificate chain (a path)")
     envoy.add_argument("--tls-key", help="its private key (a path)")
     envoy.add_argument("--client-ca", help="require client certificates signed by this CA")

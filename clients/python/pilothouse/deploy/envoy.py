@@ -1,6 +1,6 @@
 """The Envoy sidecar of an executor, as an Envoy bootstrap (v3) written in YAML.
 
-Two listeners and their clusters:
+Three listeners and their clusters:
 
 * **ingress**: callers reach the executor's gRPC port through Envoy: HTTP/2 (TLS or
   mutual TLS when given certificates), the gRPC health check passed through to the
@@ -9,7 +9,9 @@ Two listeners and their clusters:
   each call's ``grpc-timeout`` (capped) instead of cutting long streams at a fixed time;
 * **egress**: the executor reaches the control plane through a local port: HTTP/2 to
   the control plane's cluster, with active gRPC health checks, circuit breakers, and
-  retries for UNAVAILABLE only (the one status that says the call did not happen).
+  retries for UNAVAILABLE only (the one status that says the call did not happen);
+* **health** (optional): plaintext, the gRPC health check only, for probes that cannot
+  speak TLS.
 
 ``bootstrap()`` builds the configuration as plain data; ``render()`` writes it as YAML.
 """
@@ -96,6 +98,9 @@ class Sidecar:
     egress_port: int = 50052
     """The local port the executor dials for the control plane."""
     admin_port: int = 9901
+    health_port: int | None = 8081
+    """A plaintext listener that passes only the gRPC health check through to the
+    executor: for probes that cannot speak TLS (Kubernetes' gRPC probes). None: none."""
     tls: Tls | None = None
     control_plane_ca_file: str = ""
     """Set: TLS to the control plane, verified against this CA."""
@@ -124,7 +129,11 @@ def bootstrap(s: Sidecar) -> dict[str, Any]:
         "node": {"cluster": s.service_name, "id": f"{s.service_name}-sidecar"},
         "admin": {"address": _address("127.0.0.1", s.admin_port)},
         "static_resources": {
-            "listeners": [_ingress(s), _egress(s)],
+            "listeners": [
+                _ingress(s),
+                _egress(s),
+                *([_health(s.health_port)] if s.health_port is not None else []),
+            ],
             "clusters": clusters,
         },
     }
@@ -257,6 +266,45 @@ def _ingress(s: Sidecar) -> dict[str, Any]:
     if s.tls is not None:
         listener["filter_chains"][0]["transport_socket"] = _downstream_tls(s.tls)
     return listener
+
+
+def _health(port: int) -> dict[str, Any]:
+    manager = {
+        "@type": HCM,
+        "stat_prefix": "health",
+        "codec_type": "HTTP2",
+        "route_config": {
+            "name": "health",
+            "virtual_hosts": [
+                {
+                    "name": "health",
+                    "domains": ["*"],
+                    "routes": [
+                        {
+                            "match": {"path": HEALTH_PATH, "grpc": {}},
+                            "route": {"cluster": "executor", "timeout": "2s"},
+                        },
+                        {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
+                    ],
+                }
+            ],
+        },
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+    }
+    return {
+        "name": "health",
+        "address": _address("0.0.0.0", port),
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": manager,
+                    }
+                ]
+            }
+        ],
+    }
 
 
 def _all_requests(runtime_key: str) -> dict[str, Any]:
