@@ -170,14 +170,22 @@ def check(objects: list[Obj]) -> None:
     check_sidecar(objects)
 
 
-def check_sidecar(objects: list[Obj]) -> None:
-    """The executor, its sidecar's bootstrap and the services agree on every address."""
-    text = named(objects, "ConfigMap", "executor-envoy")["data"]["envoy.yaml"]
+def generated_by_its_flags(text: str) -> Obj:
+    """A sidecar bootstrap whose first line gives the flags it was generated with,
+    checked to be what they generate now; as data."""
     first, _, body = text.partition("\n")
     assert first.startswith("# pilothouse deploy envoy ")
     args = shlex.split(first.removeprefix("# pilothouse "))
-    assert body == render(sidecar(build_parser().parse_args(args))), "regenerate envoy.yaml"
-    envoy = yaml.safe_load(body)
+    assert body == render(sidecar(build_parser().parse_args(args))), "regenerate it"
+    data: Obj = yaml.safe_load(body)
+    return data
+
+
+def check_sidecar(objects: list[Obj]) -> None:
+    """The executor, its sidecar's bootstrap and the services agree on every address."""
+    envoy = generated_by_its_flags(
+        named(objects, "ConfigMap", "executor-envoy")["data"]["envoy.yaml"]
+    )
     listeners = {x["name"]: x for x in envoy["static_resources"]["listeners"]}
     clusters = {c["name"]: c for c in envoy["static_resources"]["clusters"]}
 

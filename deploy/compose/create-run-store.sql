@@ -1,0 +1,1 @@
+CREATE DATABASE runs OWNER pilothouse;
