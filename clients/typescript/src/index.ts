@@ -16,6 +16,7 @@ const here = dirname(fileURLToPath(import.meta.url));
 /** The repository's proto/ directory (this package lives at clients/typescript). */
 export const PROTO_ROOT = resolve(here, "..", "..", "..", "proto");
 
+/** The control plane's services. */
 export const SERVICES = [
   "ToolService",
   "ModelService",
@@ -23,8 +24,16 @@ export const SERVICES = [
   "AgentRegistryService",
   "TenantService",
   "ApiKeyService",
+  "ApprovalService",
+  "TelemetryService",
+  "FeedbackService",
+  "RolloutService",
+  "EvalService",
+  "AuditService",
+  "QuotaService",
 ] as const;
-export type ServiceName = (typeof SERVICES)[number];
+/** AgentService runs agents: it is served by executors, not by the control plane. */
+export type ServiceName = (typeof SERVICES)[number] | "AgentService";
 
 /** A message as proto-loader represents it. */
 export type Message = Record<string, unknown>;
@@ -43,6 +52,8 @@ export class ApiError extends Error {
 export interface ClientOptions {
   /** host:port of the control plane. */
   address: string;
+  /** host:port of an executor (for AgentService); unset: AgentService is not available. */
+  executorAddress?: string;
   /** Sent as `authorization: Bearer <apiKey>`. */
   apiKey: string;
   /** TLS credentials; plaintext when unset. */
@@ -85,21 +96,66 @@ export class PilothouseClient {
       const Ctor = v1[name] as grpc.ServiceClientConstructor;
       this.stubs.set(name, new Ctor(options.address, credentials));
     }
+    if (options.executorAddress) {
+      const Ctor = v1.AgentService as grpc.ServiceClientConstructor;
+      this.stubs.set("AgentService", new Ctor(options.executorAddress, credentials));
+    }
     this.timeoutMs = options.timeoutMs ?? 30_000;
+  }
+
+  private metadata(): grpc.Metadata {
+    const metadata = new grpc.Metadata();
+    metadata.set("authorization", `Bearer ${this.options.apiKey}`);
+    return metadata;
+  }
+
+  private stub(service: ServiceName): Record<string, unknown> {
+    const stub = this.stubs.get(service);
+    if (stub === undefined) {
+      throw new Error(`${service} is served by executors: pass executorAddress`);
+    }
+    return stub as unknown as Record<string, unknown>;
+  }
+
+  /**
+   * A server-streaming call (RunAgent, WatchRun, WatchRollout): its responses as they
+   * come; the iteration throws ApiError when the server ends the stream with an error.
+   * Without ``timeoutMs`` the stream has no deadline.
+   */
+  async *stream<T extends Message = Message>(
+    service: ServiceName,
+    method: string,
+    request: Message,
+    timeoutMs?: number,
+  ): AsyncGenerator<T> {
+    const stub = this.stub(service);
+    const fn = stub[method] as ((r: Message, m: grpc.Metadata, o: grpc.CallOptions) => grpc.ClientReadableStream<T>) | undefined;
+    if (typeof fn !== "function") throw new Error(`${service} has no method ${method}`);
+    const options: grpc.CallOptions = timeoutMs ? { deadline: new Date(Date.now() + timeoutMs) } : {};
+    const call = fn.call(stub, request, this.metadata(), options);
+    try {
+      for await (const response of call) yield response as T;
+    } catch (error) {
+      const e = error as grpc.ServiceError;
+      throw new ApiError(grpc.status[e.code] ?? String(e.code), e.details, e.metadata);
+    }
   }
 
   /** Calls `service.method(request)`; rejects with ApiError when the server refuses. */
   call<T extends Message = Message>(service: ServiceName, method: string, request: Message): Promise<T> {
-    const stub = this.stubs.get(service) as unknown as Record<string, Unary>;
+    let stub: Record<string, Unary>;
+    try {
+      stub = this.stub(service) as Record<string, Unary>;
+    } catch (error) {
+      return Promise.reject(error);
+    }
     const fn = stub[method];
     if (typeof fn !== "function") {
       return Promise.reject(new Error(`${service} has no method ${method}`));
     }
-    const metadata = new grpc.Metadata();
-    metadata.set("authorization", `Bearer ${this.options.apiKey}`);
     const deadline = new Date(Date.now() + this.timeoutMs);
     return new Promise<T>((resolvePromise, reject) => {
-      fn.call(stub, request, metadata, { deadline }, (error, response) => {
+      fn.call(stub, request, this.metadata(), { deadline }, (error, response) => {
         if (error) {
           reject(new ApiError(grpc.status[error.code] ?? String(error.code), error.details, error.metadata));
         } else {

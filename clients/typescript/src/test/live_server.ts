@@ -15,28 +15,62 @@ export function newApiKey(): string {
   return `ph_${id}_${randomBytes(32).toString("base64url")}`;
 }
 
-export interface LiveServer {
+export interface Server {
   address: string;
-  adminKey: string;
   stop(): Promise<void>;
 }
 
+export interface LiveServer extends Server {
+  adminKey: string;
+}
+
+const PYTHON = process.env.PILOTHOUSE_PYTHON ?? join(REPO, ".venv", "bin", "python");
+
 export async function startControlPlane(): Promise<LiveServer> {
-  const python = process.env.PILOTHOUSE_PYTHON ?? join(REPO, ".venv", "bin", "python");
   const dir = mkdtempSync(join(tmpdir(), "pilothouse-ts-"));
   const adminKey = newApiKey();
-  const child: ChildProcess = spawn(
-    python,
+  const served = await serve(
     ["-m", "controlplane", "serve", "--listen", "127.0.0.1:0", "--database-url", `sqlite:///${join(dir, "cp.db")}`],
-    {
-      cwd: REPO,
-      env: { ...process.env, PILOTHOUSE_BOOTSTRAP_KEY: adminKey, PILOTHOUSE_LOG_LEVEL: "WARNING" },
-      stdio: ["ignore", "ignore", "pipe"],
-    },
+    { PILOTHOUSE_BOOTSTRAP_KEY: adminKey },
+    dir,
   );
+  return { ...served, adminKey };
+}
+
+/** An executor process (python -m dataplane serve) of the control plane at ``controlPlane``. */
+export async function startExecutor(controlPlane: string, executorKey: string): Promise<Server> {
+  const dir = mkdtempSync(join(tmpdir(), "pilothouse-ts-executor-"));
+  return serve(
+    [
+      "-m",
+      "dataplane",
+      "serve",
+      "--listen",
+      "127.0.0.1:0",
+      "--control-plane",
+      controlPlane,
+      "--node-id",
+      `ts-${randomBytes(3).toString("hex")}`,
+      "--state-dir",
+      dir,
+      "--run-store-url",
+      `sqlite:///${join(dir, "runs.db")}`,
+    ],
+    { PILOTHOUSE_EXECUTOR_KEY: executorKey },
+    dir,
+  );
+}
+
+/** Starts ``python args`` and waits for its "listening on" line; ``dir`` goes with it. */
+async function serve(args: string[], env: Record<string, string>, dir: string): Promise<Server> {
+  const child: ChildProcess = spawn(PYTHON, args, {
+    cwd: REPO,
+    env: { ...process.env, ...env, PILOTHOUSE_LOG_LEVEL: "WARNING" },
+    stdio: ["ignore", "ignore", "pipe"],
+  });
   const address = await new Promise<string>((ok, fail) => {
     let seen = "";
-    const timer = setTimeout(() => fail(new Error(`control plane did not start:\n${seen}`)), 30_000);
+    const timer = setTimeout(() => fail(new Error(`${args[1]} did not start:\n${seen}`)), 30_000);
     child.stderr?.on("data", (chunk: Buffer) => {
       seen += chunk.toString();
       const match = /listening on (\S+)/.exec(seen);
@@ -47,12 +81,11 @@ export async function startControlPlane(): Promise<LiveServer> {
     });
     child.on("exit", (code) => {
       clearTimeout(timer);
-      fail(new Error(`control plane exited with ${code}:\n${seen}`));
+      fail(new Error(`${args[1]} exited with ${code}:\n${seen}`));
     });
   });
   return {
     address,
-    adminKey,
     stop: () =>
       new Promise<void>((done) => {
         child.removeAllListeners("exit");
