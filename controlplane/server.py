@@ -39,6 +39,7 @@ from controlplane.auth.api_keys import ApiKeys
 from controlplane.auth.key_audit import KeyAudit
 from controlplane.config import Settings
 from controlplane.discovery.executors import ExecutorRegistry
+from controlplane.discovery.notifications import ChangeListener
 from controlplane.discovery.publisher import SnapshotPublisher
 from controlplane.evals.service import EvalReports
 from controlplane.feedback.service import FeedbackLog
@@ -117,6 +118,8 @@ class ControlPlane:
     """The admin key generated at this start, if one was; shown once."""
     background: list[asyncio.Task[None]]
     """Loops that run for the life of the server (approval expiry, rollout analysis)."""
+    listener: ChangeListener | None = None
+    """On PostgreSQL: hears changes made through other replicas."""
 
     @property
     def address(self) -> str:
@@ -210,6 +213,10 @@ class ControlPlane:
             await db.aclose()
             raise OSError(f"cannot listen on {settings.listen}: {e}") from e
         await server.start()
+        listener = None
+        if db.dialect == "postgresql":
+            listener = ChangeListener(db.url, publisher.nudge)
+            listener.start()
         background = [
             asyncio.create_task(approvals.expire_forever(), name="approval-expiry"),
             asyncio.create_task(rollouts.run_forever(), name="rollout-analysis"),
@@ -217,7 +224,16 @@ class ControlPlane:
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         plane = cls(
-            settings, db, server, health_servicer, publisher, executors, port, token, background
+            settings,
+            db,
+            server,
+            health_servicer,
+            publisher,
+            executors,
+            port,
+            token,
+            background,
+            listener,
         )
         log.info(
             "control plane serving",
@@ -240,6 +256,8 @@ class ControlPlane:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
         await self.executors.aclose()
+        if self.listener is not None:
+            await self.listener.aclose()
         await self.publisher.aclose()
         await self.db.aclose()
         log.info("control plane stopped")

@@ -7,6 +7,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from controlplane.store.schema import registry_revision
 
+NOTIFY_CHANNEL = "pilothouse_registry"
+"""On PostgreSQL, every bump notifies this channel on commit (other replicas listen)."""
+
 
 async def bump(conn: AsyncConnection) -> None:
     await conn.execute(
@@ -14,6 +17,8 @@ async def bump(conn: AsyncConnection) -> None:
         .where(registry_revision.c.id == 1)
         .values(revision=registry_revision.c.revision + 1)
     )
+    if conn.dialect.name == "postgresql":
+        await conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, "")))
 
 
 async def current(conn: AsyncConnection) -> int:
