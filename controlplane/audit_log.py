@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from controlplane.auth.principal import Permission, Principal
 from controlplane.errors import InvalidArgument, PermissionDenied
 from controlplane.registry import names
@@ -59,25 +61,27 @@ class AuditLog:
         return paginate(records, limit, collection, lambda r: str(r.sequence))
 
     async def verify(self, caller: Principal, parent: str) -> Verdict:
-        """Check the chain from its first record, in one consistent view; a head row ahead
-        of the last record means records were removed from the end."""
+        """Check the chain from its first record (after those retention removed), in one
+        consistent view; a head row ahead of the last record means records were removed
+        from the end."""
         name = chain(caller, parent)
-        verifier = Verifier()
         async with self._db.snapshot() as conn:
             head = await audit_store.head(conn, name)
-            after = 0
+            verifier = Verifier(head.pruned_sequence, head.pruned_hash)
+            after = head.pruned_sequence
             while batch := await audit_store.page(conn, name, after_seq=after, limit=VERIFY_BATCH):
                 if not all(verifier.feed(r) for r in batch):
                     break
                 after = batch[-1].sequence
         verdict = verifier.verdict()
-        if verdict.intact and (verdict.head_sequence, verdict.head_hash) != head:
-            return Verdict(
-                verdict.verified,
-                verdict.head_sequence,
-                verdict.head_hash,
-                verdict.head_sequence + 1,
-                f"the chain's head is record {head[0]}, but its records end at "
+        if verdict.intact and (verdict.head_sequence, verdict.head_hash) != (
+            head.sequence,
+            head.hash,
+        ):
+            return dataclasses.replace(
+                verdict,
+                broken_at=verdict.head_sequence + 1,
+                problem=f"the chain's head is record {head.sequence}, but its records end at "
                 f"{verdict.head_sequence}",
             )
         return verdict

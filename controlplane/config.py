@@ -7,7 +7,10 @@ import argparse
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+
+from controlplane.retention import RetentionPolicy
 
 DEFAULT_DATABASE = "sqlite:///.pilothouse/controlplane.db"
 
@@ -48,9 +51,29 @@ class Settings:
     go back to the tenant (its unreported USD does not)."""
     quota_refresh: float = 5.0
     """Seconds between executors' renewals of their quota leases."""
+    retain_usage_days: float | None = None
+    """Days usage ledger rows are kept; None keeps them for ever."""
+    retain_runs_days: float | None = None
+    """Days the run index keeps a run after it ended; None keeps it for ever."""
+    retain_audit_days: float | None = None
+    """Days audit records are kept (each chain stays verifiable from the last record
+    removed); None keeps them for ever."""
+    retention_interval: float = 3600.0
+    """Seconds between pruning passes (one replica at a time prunes)."""
     log_level: str = "INFO"
     log_format: str = "json"
     """json (one object per line) or text."""
+
+    @property
+    def retention(self) -> RetentionPolicy:
+        def age(days: float | None) -> timedelta | None:
+            return None if days is None else timedelta(days=days)
+
+        return RetentionPolicy(
+            usage=age(self.retain_usage_days),
+            runs=age(self.retain_runs_days),
+            audit=age(self.retain_audit_days),
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +97,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--quota-refresh", type=float, help="seconds (PILOTHOUSE_QUOTA_REFRESH; default 5)"
+    )
+    for kind, what in (
+        ("usage", "usage ledger rows"),
+        ("runs", "run index entries of ended runs"),
+        ("audit", "audit records"),
+    ):
+        parser.add_argument(
+            f"--retain-{kind}-days",
+            type=float,
+            help=f"keep {what} this many days (PILOTHOUSE_RETAIN_{kind.upper()}_DAYS; "
+            "default: for ever)",
+        )
+    parser.add_argument(
+        "--retention-interval",
+        type=float,
+        help="seconds between pruning passes (PILOTHOUSE_RETENTION_INTERVAL; default 3600)",
     )
     parser.add_argument("--log-level", help="DEBUG, INFO, … (PILOTHOUSE_LOG_LEVEL)")
     parser.add_argument("--log-format", choices=["json", "text"], help="(PILOTHOUSE_LOG_FORMAT)")
@@ -111,9 +150,30 @@ def from_arguments(ns: argparse.Namespace, env: Mapping[str, str] = os.environ) 
         quota_refresh=float(
             pick("quota_refresh", "PILOTHOUSE_QUOTA_REFRESH") or defaults.quota_refresh
         ),
+        retain_usage_days=_days(pick("retain_usage_days", "PILOTHOUSE_RETAIN_USAGE_DAYS")),
+        retain_runs_days=_days(pick("retain_runs_days", "PILOTHOUSE_RETAIN_RUNS_DAYS")),
+        retain_audit_days=_days(pick("retain_audit_days", "PILOTHOUSE_RETAIN_AUDIT_DAYS")),
+        retention_interval=float(
+            pick("retention_interval", "PILOTHOUSE_RETENTION_INTERVAL")
+            or defaults.retention_interval
+        ),
         log_level=(pick("log_level", "PILOTHOUSE_LOG_LEVEL") or defaults.log_level).upper(),
         log_format=pick("log_format", "PILOTHOUSE_LOG_FORMAT") or defaults.log_format,
     )
+    if settings.retention_interval <= 0:
+        raise SystemExit("--retention-interval must be positive")
     if not 0 < settings.quota_refresh < settings.quota_lease_ttl:
         raise SystemExit("--quota-refresh must be positive and shorter than --quota-lease-ttl")
     return settings
+
+
+def _days(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        days = float(value)
+    except ValueError:
+        raise SystemExit(f"retention {value!r}: give a number of days") from None
+    if not days > 0:
+        raise SystemExit(f"retention {value!r}: must be more than 0 days")
+    return days

@@ -43,8 +43,11 @@ from controlplane.discovery.notifications import ChangeListener
 from controlplane.discovery.publisher import SnapshotPublisher
 from controlplane.evals.service import EvalReports
 from controlplane.feedback.service import FeedbackLog
+from controlplane.loops import LoopLease
 from controlplane.quota.service import Quotas
 from controlplane.registry.service import Registry
+from controlplane.retention import LEASE as RETENTION
+from controlplane.retention import Retention
 from controlplane.rollouts.service import Rollouts
 from controlplane.store.database import Database, open_database
 from controlplane.telemetry.service import Telemetry
@@ -161,17 +164,13 @@ class ControlPlane:
         feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(
             FeedbackServicer(FeedbackLog(db)), server
         )
-        quota_pb2_grpc.add_QuotaServiceServicer_to_server(
-            QuotaServicer(
-                Quotas(
-                    db,
-                    registry,
-                    lease_ttl=timedelta(seconds=settings.quota_lease_ttl),
-                    refresh_interval=timedelta(seconds=settings.quota_refresh),
-                )
-            ),
-            server,
+        quotas = Quotas(
+            db,
+            registry,
+            lease_ttl=timedelta(seconds=settings.quota_lease_ttl),
+            refresh_interval=timedelta(seconds=settings.quota_refresh),
         )
+        quota_pb2_grpc.add_QuotaServiceServicer_to_server(QuotaServicer(quotas), server)
         replica = f"{socket.gethostname()}/{os.getpid()}"
         # Leases of background loops need each running control plane told apart, also
         # two in one process.
@@ -220,7 +219,21 @@ class ControlPlane:
         background = [
             asyncio.create_task(approvals.expire_forever(), name="approval-expiry"),
             asyncio.create_task(rollouts.run_forever(), name="rollout-analysis"),
+            asyncio.create_task(
+                _expire_quota_leases(db, holder, quotas, settings.quota_lease_ttl),
+                name=QUOTA_EXPIRY,
+            ),
         ]
+        if settings.retention.prunes:
+            retention = Retention(db, settings.retention)
+            lease = LoopLease(
+                db, RETENTION, holder, timedelta(seconds=max(60.0, 3 * settings.retention_interval))
+            )
+            background.append(
+                asyncio.create_task(
+                    retention.run_forever(lease, settings.retention_interval), name=RETENTION
+                )
+            )
         for name in ("", *SERVICE_NAMES):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         plane = cls(
@@ -261,6 +274,15 @@ class ControlPlane:
         await self.publisher.aclose()
         await self.db.aclose()
         log.info("control plane stopped")
+
+
+QUOTA_EXPIRY = "quota-lease-expiry"
+
+
+async def _expire_quota_leases(db: Database, holder: str, quotas: Quotas, ttl: float) -> None:
+    """Sweep expired quota leases, on one replica at a time, every half lease TTL."""
+    lease = LoopLease(db, QUOTA_EXPIRY, holder, timedelta(seconds=max(5.0, 3 * ttl)))
+    await lease.run(ttl / 2, quotas.expire_leases)
 
 
 def _credentials(settings: Settings) -> grpc.ServerCredentials:

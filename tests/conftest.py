@@ -91,6 +91,17 @@ async def own_run_database_url(
         yield url
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def own_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A control-plane database of this test alone, on each backend: for a test that
+    prunes, or otherwise changes what every tenant sees."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'own-controlplane.db'}"
+        return
+    async for url in fresh_pg_database():
+        yield url
+
+
 @pytest.fixture
 async def run_db(run_database_url: str) -> AsyncIterator[Database]:
     """A migrated run-store database, on each backend."""

@@ -61,4 +61,6 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
             head_hash=verdict.head_hash,
             broken_sequence=verdict.broken_at,
             problem=verdict.problem,
+            pruned_through_sequence=verdict.after_sequence,
+            pruned_through_hash=verdict.after_hash,
         )

@@ -8,6 +8,7 @@ the rate shares and slots of live leases never sum past their limits.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -145,6 +146,17 @@ def _spend(account: AccountRow, day: str, month: str, nano: int) -> AccountRow:
     )
 
 
+def _spent(leases: list[LeaseRow], windows: Windows, now: datetime) -> list[str]:
+    """Expired leases that no longer count against anything: no USD held, or USD of a
+    month that ended (USD an expired lease held in the current month still counts: its
+    executor may have spent it)."""
+    return [
+        lease.id
+        for lease in leases
+        if lease.expire_time <= now and (lease.usd_nano == 0 or lease.month != windows.month)
+    ]
+
+
 class Quotas:
     def __init__(
         self,
@@ -239,16 +251,7 @@ class Quotas:
         )
         quota_store.put_lease(conn, lease, new=mine is None)
         quota_store.save_account(conn, account)
-        # Expired leases that no longer count against anything go.
-        quota_store.delete_leases(
-            conn,
-            [
-                lease.id
-                for lease in others
-                if lease.expire_time <= now
-                and (lease.usd_nano == 0 or lease.month != windows.month)
-            ],
-        )
+        quota_store.delete_leases(conn, _spent(others, windows, now))
         held = Slice(
             lease.usd_nano, lease.tokens_per_minute, lease.requests_per_minute, lease.run_slots
         )
@@ -305,6 +308,26 @@ class Quotas:
             quota_store.delete_leases(conn, [lease_id])
 
         await self._db.write(release)
+
+    async def expire_leases(self, now: datetime | None = None) -> int:
+        """Remove the expired leases of every tenant that no longer count (the grants of
+        a tenant remove its own too; this reaches tenants whose executors went away).
+        How many went."""
+        now = now or datetime.now(UTC)
+        windows = Windows.at(now)
+        async with self._db.snapshot() as conn:
+            tenants = await quota_store.tenants_with_expired_leases(conn, now)
+
+        def expire(conn: Connection, tenant: str) -> int:
+            quota_store.lock_account(conn, tenant, windows.day, windows.month)
+            spent = _spent(quota_store.leases(conn, tenant), windows, now)
+            quota_store.delete_leases(conn, spent)
+            return len(spent)
+
+        total = 0
+        for tenant in tenants:
+            total += await self._db.write(functools.partial(expire, tenant=tenant))
+        return total
 
     async def balance(
         self, caller: Principal, tenant: str

@@ -18,16 +18,16 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from controlplane.auth.principal import Principal
 from controlplane.errors import InvalidArgument, NotFound
+from controlplane.loops import LoopLease
 from controlplane.registry import codec, kinds, names
 from controlplane.registry import resources as r
 from controlplane.registry.service import Registry, resource_name
 from controlplane.rollouts import analysis, progress
 from controlplane.rollouts.analysis import AnalysisResult, EndedRun
-from controlplane.store import loop_leases
 from controlplane.store import rollouts as rollout_store
 from controlplane.store.database import Database
 from controlplane.store.rollouts import AnalysisRow
@@ -69,10 +69,8 @@ class Rollouts:
         self._db = db
         self._eval_gate = eval_gate
         self._registry = registry
-        self._replica = replica
         self._tick = tick
-        self._lease_ttl = timedelta(seconds=max(5.0, 3 * tick))
-        self._held = False
+        self._lease = LoopLease(db, LEASE, replica, timedelta(seconds=max(5.0, 3 * tick)))
         self._analysed: dict[str, datetime] = {}
         """Newest analysis time of each rollout, as this replica knows it while it holds
         the lease (read from the database when it takes the lease)."""
@@ -170,31 +168,12 @@ class Rollouts:
     # -- the loop --------------------------------------------------------------------
 
     async def run_forever(self) -> None:
-        try:
-            while True:
-                try:
-                    await self.tick()
-                except Exception:
-                    log.exception("rollout tick failed")
-                await asyncio.sleep(self._tick)
-        finally:
-            if self._held:
-                with contextlib.suppress(Exception):
-                    async with self._db.transaction() as conn:
-                        await loop_leases.release(conn, LEASE, self._replica)
+        await self._lease.run(self._tick, self._pass)
 
-    async def tick(self, now: datetime | None = None) -> None:
-        """One pass over every unfinished rollout, if this replica holds the lease."""
-        now = now or datetime.now(UTC)
-        async with self._db.transaction() as conn:
-            held = await loop_leases.hold(
-                conn, LEASE, self._replica, now=now, until=now + self._lease_ttl
-            )
-        if held and not self._held:
+    async def _pass(self, now: datetime) -> None:
+        """One pass over every unfinished rollout, while this replica holds the lease."""
+        if self._lease.regained:
             self._analysed.clear()  # another replica may have analysed meanwhile
-        self._held = held
-        if not held:
-            return
         records = [
             rec for rec in await self._registry.everywhere(KIND) if not rec.spec.state.finished
         ]

@@ -148,12 +148,73 @@ async def page(
     return [Record(**r._mapping) for r in await conn.execute(query)]
 
 
-async def head(conn: AsyncConnection, chain: str) -> tuple[int, str]:
-    """The chain's last sequence and hash as its head row holds them (0 and the genesis
-    hash for a chain with no records)."""
+@dataclass(frozen=True)
+class Head:
+    sequence: int
+    hash: str
+    """The chain's last record (0 and the genesis hash for a chain with no records)."""
+    pruned_sequence: int = 0
+    pruned_hash: str = GENESIS
+    """The last record retention removed from the chain's start (0 and the genesis hash
+    when none was)."""
+
+
+async def head(conn: AsyncConnection, chain: str) -> Head:
+    """The chain's head row."""
     row = (
         await conn.execute(
-            sa.select(audit_heads.c.seq, audit_heads.c.hash).where(audit_heads.c.chain == chain)
+            sa.select(
+                audit_heads.c.seq,
+                audit_heads.c.hash,
+                audit_heads.c.pruned_seq,
+                audit_heads.c.pruned_hash,
+            ).where(audit_heads.c.chain == chain)
         )
     ).one_or_none()
-    return (0, GENESIS) if row is None else (int(row[0]), str(row[1]))
+    if row is None:
+        return Head(0, GENESIS)
+    return Head(int(row.seq), row.hash, int(row.pruned_seq), row.pruned_hash)
+
+
+async def chains(conn: AsyncConnection) -> list[str]:
+    return list((await conn.execute(sa.select(audit_heads.c.chain))).scalars())
+
+
+@dataclass(frozen=True)
+class Pruned:
+    records: int
+    through_sequence: int
+    through_hash: str
+
+
+def prune(conn: Connection, chain: str, before: datetime, limit: int) -> Pruned | None:
+    """Remove up to ``limit`` records from the chain's start, in sequence order, up to
+    the first of ``before`` or later, and remember the last one removed; None when none
+    was. The head stays locked until the transaction ends, so nothing is appended
+    meanwhile."""
+    _lock_head(conn, chain)
+    pruned_seq = conn.execute(
+        sa.select(audit_heads.c.pruned_seq).where(audit_heads.c.chain == chain)
+    ).scalar_one()
+    oldest = conn.execute(
+        sa.select(audit_events.c.seq, audit_events.c.time, audit_events.c.hash)
+        .where(audit_events.c.chain == chain, audit_events.c.seq > pruned_seq)
+        .order_by(audit_events.c.seq)
+        .limit(limit)
+    ).all()
+    last: tuple[int, str] | None = None
+    for seq, time, digest in oldest:
+        if time >= before:
+            break
+        last = (int(seq), str(digest))
+    if last is None:
+        return None
+    count = conn.execute(
+        audit_events.delete().where(audit_events.c.chain == chain, audit_events.c.seq <= last[0])
+    ).rowcount
+    conn.execute(
+        audit_heads.update()
+        .where(audit_heads.c.chain == chain)
+        .values(pruned_seq=last[0], pruned_hash=last[1])
+    )
+    return Pruned(count, *last)

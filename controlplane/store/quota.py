@@ -112,6 +112,11 @@ def delete_leases(conn: Connection, ids: Sequence[str]) -> None:
         conn.execute(quota_leases.delete().where(quota_leases.c.id.in_(ids)))
 
 
+async def tenants_with_expired_leases(conn: AsyncConnection, now: datetime) -> list[str]:
+    query = sa.select(quota_leases.c.tenant).where(quota_leases.c.expire_time <= now).distinct()
+    return list((await conn.execute(query)).scalars())
+
+
 async def read(conn: AsyncConnection, tenant: str) -> tuple[AccountRow | None, list[LeaseRow]]:
     """The tenant's account (None: no lease was ever taken) and leases, to look at."""
     account = (

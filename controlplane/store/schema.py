@@ -112,13 +112,17 @@ audit_events = sa.Table(
 )
 
 # The last record of each audit chain; appending locks it, so a chain never forks, and
-# it tells when records were cut from a chain's end.
+# it tells when records were cut from a chain's end. ``pruned_seq`` and ``pruned_hash``
+# are the last record retention removed from its start (0 and the genesis hash when
+# none was): the chain is checked from the record after it.
 audit_heads = sa.Table(
     "audit_heads",
     metadata,
     sa.Column("chain", sa.String(63), primary_key=True),
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("pruned_seq", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("pruned_hash", sa.String(64), nullable=False, server_default="0" * 64),
 )
 
 # One row: bumped by every registry write, in its transaction, so that every replica can
@@ -209,6 +213,7 @@ usage_events = sa.Table(
     sa.Column("approval_wait_seconds", sa.Float, nullable=False),
     sa.Index("ix_usage_events_tenant_time_us", "tenant", "time_us"),
     sa.Index("ix_usage_events_run_id", "run_id"),
+    sa.Index("ix_usage_events_time_us", "time_us"),
 )
 
 # The run index: each run as the telemetry of every executor tells it. ``last_sequence``
@@ -233,6 +238,7 @@ run_index = sa.Table(
     sa.Column("last_sequence", sa.BigInteger, nullable=False),
     sa.Index("ix_run_index_tenant_create_time", "tenant", "create_time"),
     sa.Index("ix_run_index_tenant_end_time", "tenant", "end_time"),
+    sa.Index("ix_run_index_end_time", "end_time"),
 )
 
 # Each executor's relay as it last reported: how much waits in its outbox.
@@ -254,6 +260,7 @@ rejected_events = sa.Table(
     sa.Column("time", UTCDateTime, nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("event", sa.Text, nullable=False),
+    sa.Index("ix_rejected_events_time", "time"),
 )
 
 

@@ -247,7 +247,7 @@ MICROS = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _micros(when: datetime) -> int:
+def micros(when: datetime) -> int:
     """``when`` in microseconds since the epoch, exactly."""
     return (when - _EPOCH) // timedelta(microseconds=1)
 
@@ -320,7 +320,7 @@ async def sum_usage(conn: AsyncConnection, query: UsageQuery) -> list[UsageSum]:
             sa.func.sum(u.tool_seconds),
             sa.func.sum(u.approval_wait_seconds),
         )
-        .where(u.time_us >= _micros(query.start), u.time_us < _micros(query.end))
+        .where(u.time_us >= micros(query.start), u.time_us < micros(query.end))
         .group_by(bucket, *dims)
         .order_by(bucket, *dims)
         .offset(query.offset)

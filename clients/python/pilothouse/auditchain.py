@@ -9,6 +9,10 @@ where ``time`` is ISO 8601 in UTC with microseconds (``2026-12-01T23:27:20.00000
 ``event_id`` is "" when there is none, and ``prev_hash`` is the previous record's hash
 (64 zeros before the first). Changing, removing or reordering a record breaks every
 hash after it; removing records at the end is caught against a head recorded earlier.
+
+Retention may remove a chain's oldest records; the control plane then keeps the last
+removed record's sequence and hash, and the chain is checked from the record after it,
+whose ``prev_hash`` must be that hash.
 """
 
 from __future__ import annotations
@@ -75,6 +79,9 @@ class Verdict:
     broken_at: int = 0
     """The sequence of the first record that does not check out; 0 when none."""
     problem: str = ""
+    after_sequence: int = 0
+    after_hash: str = GENESIS
+    """Where the check began: after the last record retention removed, if any."""
 
     @property
     def intact(self) -> bool:
@@ -84,8 +91,11 @@ class Verdict:
 class Verifier:
     """Checks a chain record by record, in sequence order, without holding it."""
 
-    def __init__(self) -> None:
-        self._expected, self._prev, self._count = 1, GENESIS, 0
+    def __init__(self, after_sequence: int = 0, after_hash: str = GENESIS) -> None:
+        """Start after record ``after_sequence`` whose hash is ``after_hash``: the last
+        one retention removed, when it removed any."""
+        self._after = (after_sequence, after_hash)
+        self._expected, self._prev, self._count = after_sequence + 1, after_hash, 0
         self._broken: Verdict | None = None
 
     def feed(self, r: Record) -> bool:
@@ -112,19 +122,24 @@ class Verifier:
             problem = "its contents do not match its hash"
         if problem:
             self._broken = Verdict(
-                self._count, self._expected - 1, self._prev, self._expected, problem
+                self._count, self._expected - 1, self._prev, self._expected, problem, *self._after
             )
             return False
         self._prev, self._expected, self._count = r.hash, self._expected + 1, self._count + 1
         return True
 
     def verdict(self) -> Verdict:
-        return self._broken or Verdict(self._count, self._expected - 1, self._prev)
+        return self._broken or Verdict(
+            self._count, self._expected - 1, self._prev, 0, "", *self._after
+        )
 
 
-def verify(records: Iterable[Record]) -> Verdict:
-    """Check a whole chain, given in sequence order."""
-    verifier = Verifier()
+def verify(
+    records: Iterable[Record], after_sequence: int = 0, after_hash: str = GENESIS
+) -> Verdict:
+    """Check a whole chain, given in sequence order (from the record after
+    ``after_sequence``, the last pruned, if any was)."""
+    verifier = Verifier(after_sequence, after_hash)
     for r in records:
         if not verifier.feed(r):
             break

@@ -116,8 +116,11 @@ async def _verify(client: Client, ns: argparse.Namespace, parent: str) -> int:
     remote = await client.call(
         client.audit.VerifyAuditLog, audit_pb2.VerifyAuditLogRequest(parent=parent)
     )
-    verifier = auditchain.Verifier()
-    held: str | None = None
+    # Records retention removed are gone; the chain is checked from the record after
+    # the last of them, which must name its hash.
+    pruned = (remote.pruned_through_sequence, remote.pruned_through_hash)
+    verifier = auditchain.Verifier(*pruned)
+    held: str | None = pruned[1] if expected and expected[0] == pruned[0] else None
     async for record in _records(client, parent):
         if expected and record.sequence == expected[0]:
             held = record.hash
@@ -131,7 +134,12 @@ async def _verify(client: Client, ns: argparse.Namespace, parent: str) -> int:
         )
     if not local.intact:
         problems.append(f"record {local.broken_at} does not check out here: {local.problem}")
-    if expected and held != expected[1]:
+    if expected and expected[0] < pruned[0]:
+        problems.append(
+            f"record {expected[0]}, the head recorded earlier, was removed by retention "
+            f"(records up to {pruned[0]} were): record a newer head to check against"
+        )
+    elif expected and held != expected[1]:
         problems.append(
             f"record {expected[0]} is not the head recorded earlier"
             + (" (it is gone)" if held is None else f" (its hash is now {held})")
@@ -140,6 +148,7 @@ async def _verify(client: Client, ns: argparse.Namespace, parent: str) -> int:
         "intact": not problems,
         "verified": local.verified,
         "head": f"{local.head_sequence}:{local.head_hash}",
+        "pruned_through": f"{pruned[0]}:{pruned[1]}",
         "problems": problems,
     }
     if ns.output != "table":
@@ -147,5 +156,8 @@ async def _verify(client: Client, ns: argparse.Namespace, parent: str) -> int:
     elif problems:
         print("BROKEN: " + "; ".join(problems))
     else:
-        print(f"intact: {local.verified} records. Head {result['head']}")
+        print(
+            f"intact: {local.verified} records. Head {result['head']}"
+            + (f" (records up to {pruned[0]} removed by retention)" if pruned[0] else "")
+        )
     return 0 if not problems else 1

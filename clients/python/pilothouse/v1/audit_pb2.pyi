@@ -160,6 +160,8 @@ class VerifyAuditLogResponse(_message.Message):
     HEAD_HASH_FIELD_NUMBER: _builtins.int
     BROKEN_SEQUENCE_FIELD_NUMBER: _builtins.int
     PROBLEM_FIELD_NUMBER: _builtins.int
+    PRUNED_THROUGH_SEQUENCE_FIELD_NUMBER: _builtins.int
+    PRUNED_THROUGH_HASH_FIELD_NUMBER: _builtins.int
     intact: _builtins.bool
     verified: _builtins.int
     """Records that checked out, in order from the first."""
@@ -171,6 +173,11 @@ class VerifyAuditLogResponse(_message.Message):
     broken_sequence: _builtins.int
     """The first record that does not check out (0 when intact), and why."""
     problem: _builtins.str
+    pruned_through_sequence: _builtins.int
+    """The last record retention removed from the chain's start (0 and 64 zeros when none
+    was): the first record kept must follow it (its prev_hash is this hash).
+    """
+    pruned_through_hash: _builtins.str
     def __init__(
         self,
         *,
@@ -180,10 +187,12 @@ class VerifyAuditLogResponse(_message.Message):
         head_hash: _builtins.str = ...,
         broken_sequence: _builtins.int = ...,
         problem: _builtins.str = ...,
+        pruned_through_sequence: _builtins.int = ...,
+        pruned_through_hash: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["broken_sequence", b"broken_sequence", "head_hash", b"head_hash", "head_sequence", b"head_sequence", "intact", b"intact", "problem", b"problem", "verified", b"verified"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["broken_sequence", b"broken_sequence", "head_hash", b"head_hash", "head_sequence", b"head_sequence", "intact", b"intact", "problem", b"problem", "pruned_through_hash", b"pruned_through_hash", "pruned_through_sequence", b"pruned_through_sequence", "verified", b"verified"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -68,7 +68,8 @@ class AuditServiceServicer:
 
     def VerifyAuditLog(self, request, context):
         """Checks a whole chain: every record's hash, the links between them, and that the
-        chain's head is its last record.
+        chain's head is its last record. Records retention removed are not there to
+        check: the chain is checked from the record after the last of them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -42,7 +42,8 @@ class AuditServiceStub:
     """Lists a chain's records in sequence order."""
     VerifyAuditLog: _grpc.UnaryUnaryMultiCallable[_audit_pb2.VerifyAuditLogRequest, _audit_pb2.VerifyAuditLogResponse]
     """Checks a whole chain: every record's hash, the links between them, and that the
-    chain's head is its last record.
+    chain's head is its last record. Records retention removed are not there to
+    check: the chain is checked from the record after the last of them.
     """
 
 @_typing.type_check_only
@@ -59,7 +60,8 @@ class AuditServiceAsyncStub(AuditServiceStub):
     """Lists a chain's records in sequence order."""
     VerifyAuditLog: _aio.UnaryUnaryMultiCallable[_audit_pb2.VerifyAuditLogRequest, _audit_pb2.VerifyAuditLogResponse]  # type: ignore[assignment]
     """Checks a whole chain: every record's hash, the links between them, and that the
-    chain's head is its last record.
+    chain's head is its last record. Records retention removed are not there to
+    check: the chain is checked from the record after the last of them.
     """
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -85,7 +87,8 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.VerifyAuditLogResponse, _abc.Awaitable[_audit_pb2.VerifyAuditLogResponse]]:
         """Checks a whole chain: every record's hash, the links between them, and that the
-        chain's head is its last record.
+        chain's head is its last record. Records retention removed are not there to
+        check: the chain is checked from the record after the last of them.
         """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
