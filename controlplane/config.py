@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from controlplane.retention import RetentionPolicy
+from storekit.flags import retention_days
 
 DEFAULT_DATABASE = "sqlite:///.pilothouse/controlplane.db"
 
@@ -150,9 +151,15 @@ def from_arguments(ns: argparse.Namespace, env: Mapping[str, str] = os.environ) 
         quota_refresh=float(
             pick("quota_refresh", "PILOTHOUSE_QUOTA_REFRESH") or defaults.quota_refresh
         ),
-        retain_usage_days=_days(pick("retain_usage_days", "PILOTHOUSE_RETAIN_USAGE_DAYS")),
-        retain_runs_days=_days(pick("retain_runs_days", "PILOTHOUSE_RETAIN_RUNS_DAYS")),
-        retain_audit_days=_days(pick("retain_audit_days", "PILOTHOUSE_RETAIN_AUDIT_DAYS")),
+        retain_usage_days=retention_days(
+            pick("retain_usage_days", "PILOTHOUSE_RETAIN_USAGE_DAYS"), "--retain-usage-days"
+        ),
+        retain_runs_days=retention_days(
+            pick("retain_runs_days", "PILOTHOUSE_RETAIN_RUNS_DAYS"), "--retain-runs-days"
+        ),
+        retain_audit_days=retention_days(
+            pick("retain_audit_days", "PILOTHOUSE_RETAIN_AUDIT_DAYS"), "--retain-audit-days"
+        ),
         retention_interval=float(
             pick("retention_interval", "PILOTHOUSE_RETENTION_INTERVAL")
             or defaults.retention_interval
@@ -165,15 +172,3 @@ def from_arguments(ns: argparse.Namespace, env: Mapping[str, str] = os.environ) 
     if not 0 < settings.quota_refresh < settings.quota_lease_ttl:
         raise SystemExit("--quota-refresh must be positive and shorter than --quota-lease-ttl")
     return settings
-
-
-def _days(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        days = float(value)
-    except ValueError:
-        raise SystemExit(f"retention {value!r}: give a number of days") from None
-    if not days > 0:
-        raise SystemExit(f"retention {value!r}: must be more than 0 days")
-    return days

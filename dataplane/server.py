@@ -32,6 +32,7 @@ from dataplane.quota.leases import Quotas
 from dataplane.runstore.database import open_run_database
 from dataplane.runstore.memory import Memory
 from dataplane.runstore.outbox import Outbox
+from dataplane.runstore.retention import RunRetention
 from dataplane.runstore.store import RunStore
 from dataplane.settings import Settings
 from dataplane.telemetry.export import providers_from_environment
@@ -86,6 +87,7 @@ class Executor:
     port: int
     _serving_task: asyncio.Task[None]
     _providers: tuple[SdkTracerProvider | None, SdkMeterProvider | None]
+    _retention_task: asyncio.Task[None] | None = None
     """Telemetry providers this executor made (and shuts down, flushing them)."""
 
     @property
@@ -170,6 +172,12 @@ class Executor:
         await server.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         serving = asyncio.create_task(_serve_once_configured(watcher, health_servicer))
+        retention = None
+        if settings.retain_runs_days is not None:
+            pruner = RunRetention(db, timedelta(days=settings.retain_runs_days))
+            retention = asyncio.create_task(
+                pruner.run_forever(settings.retention_interval), name="run-retention"
+            )
         executor = cls(
             settings,
             channel,
@@ -186,6 +194,7 @@ class Executor:
             port,
             serving,
             owned,
+            retention,
         )
         log.info("executor started", extra={"address": executor.address, "node": settings.node_id})
         return executor
@@ -193,6 +202,8 @@ class Executor:
     async def aclose(self) -> None:
         await self.health.enter_graceful_shutdown()
         self._serving_task.cancel()
+        if self._retention_task is not None:
+            self._retention_task.cancel()
         await self.server.stop(self.settings.shutdown_grace)
         await self.approvals.aclose()
         await self.runs.aclose()

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from storekit.flags import retention_days
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -37,6 +39,11 @@ class Settings:
     outbox_limit: int = 100_000
     """Telemetry events the outbox may hold before new runs are refused (back-pressure
     while the control plane does not take them)."""
+    retain_runs_days: float | None = None
+    """Days a finished run stays in the run store (with its input, history and answer);
+    None keeps runs for ever."""
+    retention_interval: float = 3600.0
+    """Seconds between pruning passes."""
     log_level: str = "INFO"
     log_format: str = "json"
     shutdown_grace: float = 10.0
@@ -64,6 +71,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--outbox-limit", type=int, help="(PILOTHOUSE_OUTBOX_LIMIT; default 100000)"
     )
+    parser.add_argument(
+        "--retain-runs-days",
+        type=float,
+        help="keep finished runs in the run store this many days "
+        "(PILOTHOUSE_RETAIN_RUNS_DAYS; default: for ever)",
+    )
+    parser.add_argument(
+        "--retention-interval",
+        type=float,
+        help="seconds between pruning passes (PILOTHOUSE_RETENTION_INTERVAL; default 3600)",
+    )
     parser.add_argument("--log-level", help="(PILOTHOUSE_LOG_LEVEL)")
     parser.add_argument("--log-format", choices=["json", "text"], help="(PILOTHOUSE_LOG_FORMAT)")
 
@@ -82,7 +100,7 @@ def from_arguments(ns: argparse.Namespace, env: Mapping[str, str] = os.environ) 
         pick("client_cert", "PILOTHOUSE_TLS_CERT"),
         pick("client_key", "PILOTHOUSE_TLS_KEY"),
     )
-    return Settings(
+    settings = Settings(
         api_key=api_key,
         listen=pick("listen", "PILOTHOUSE_EXECUTOR_LISTEN") or defaults.listen,
         control_plane=pick("control_plane", "PILOTHOUSE_CONTROL_PLANE") or defaults.control_plane,
@@ -99,6 +117,16 @@ def from_arguments(ns: argparse.Namespace, env: Mapping[str, str] = os.environ) 
             or defaults.max_concurrent_runs
         ),
         outbox_limit=int(pick("outbox_limit", "PILOTHOUSE_OUTBOX_LIMIT") or defaults.outbox_limit),
+        retain_runs_days=retention_days(
+            pick("retain_runs_days", "PILOTHOUSE_RETAIN_RUNS_DAYS"), "--retain-runs-days"
+        ),
+        retention_interval=float(
+            pick("retention_interval", "PILOTHOUSE_RETENTION_INTERVAL")
+            or defaults.retention_interval
+        ),
         log_level=(pick("log_level", "PILOTHOUSE_LOG_LEVEL") or defaults.log_level).upper(),
         log_format=pick("log_format", "PILOTHOUSE_LOG_FORMAT") or defaults.log_format,
     )
+    if settings.retention_interval <= 0:
+        raise SystemExit("--retention-interval must be positive")
+    return settings

@@ -47,6 +47,7 @@ runs = sa.Table(
     sa.Index("ix_runs_claim_queued", "state", "available_at"),
     sa.Index("ix_runs_claim_orphaned", "state", "lease_expires_at"),
     sa.Index("ix_runs_tenant_created", "tenant", "created_at"),
+    sa.Index("ix_runs_ended_at", "ended_at"),
 )
 
 # What each checkpoint added to the run's history: replayed in order, they rebuild it.

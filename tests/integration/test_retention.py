@@ -1,7 +1,7 @@
-"""Retention on the control plane: usage rows, run index entries and audit records older
-than configured go, on one replica at a time; audit chains stay verifiable (by the
+"""Retention: on the control plane, usage rows, run index entries and audit records older
+than configured go, on one replica at a time, and audit chains stay verifiable (by the
 control plane and by the CLI) from the last record removed; expired quota leases that no
-longer count are swept."""
+longer count are swept; executors prune finished runs from the run store."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ import sqlalchemy as sa
 from controlplane.config import add_arguments, from_arguments
 from controlplane.retention import LEASE, Retention, RetentionPolicy
 from controlplane.store.schema import audit_events, loop_leases, quota_leases
+from dataplane.runstore.schema import checkpoints, run_events, runs, tool_calls
 from pilothouse.v1 import api_key_pb2, run_pb2, telemetry_pb2, tool_pb2
 from tests import helpers as h
 from tests.conftest import Live, start_live
+from tests.integration.test_agent_runs import run_to_end, stage, support_agent
 from tests.integration.test_audit import records, verify
 from tests.integration.test_cli import cli
 from tests.integration.test_telemetry import (
@@ -29,6 +31,7 @@ from tests.integration.test_telemetry import (
     event,
     eventually,
     model_event,
+    request,
     send,
     telemetry,
 )
@@ -266,3 +269,40 @@ def test_retention_flags_are_checked(days: str) -> None:
     with pytest.raises(SystemExit) as refused:
         from_arguments(parser.parse_args([]), env={"PILOTHOUSE_RETAIN_AUDIT_DAYS": days})
     assert "days" in str(refused.value)
+
+
+async def test_executors_prune_finished_runs_past_their_retention(
+    live: Live, own_run_database_url: str, tmp_path: Path
+) -> None:
+    tenant = await support_agent(live)
+    async with stage(
+        live, own_run_database_url, tmp_path, retain_runs_days=1.0, retention_interval=0.2
+    ) as s:
+        key = await s.client_key(tenant)
+        md = (("authorization", f"Bearer {key}"),)
+        await s.settled()
+        old, kept = [(await run_to_end(s, key, request(tenant, n)))[0].run for n in range(2)]
+        old_id = old.rsplit("/", 1)[1]
+        async with s.executor.db.transaction() as conn:
+            await conn.execute(
+                runs.update()
+                .where(runs.c.id == old_id)
+                .values(ended_at=datetime.now(UTC) - timedelta(days=2))
+            )
+
+        async def gone() -> bool | None:
+            try:
+                await s.agents.GetRun(run_pb2.GetRunRequest(name=old), metadata=md)
+            except grpc.aio.AioRpcError as e:
+                return True if e.code() == Code.NOT_FOUND else None
+            return None
+
+        await eventually(gone)
+        got = await s.agents.GetRun(run_pb2.GetRunRequest(name=kept), metadata=md)
+        assert got.run.state == run_pb2.RUN_STATE_FINISHED
+        async with s.executor.db.snapshot() as conn:
+            for table in (checkpoints, tool_calls, run_events):
+                left = await conn.execute(
+                    sa.select(sa.func.count()).where(table.c.run_id == old_id)
+                )
+                assert left.scalar_one() == 0, table.name
