@@ -20,6 +20,8 @@ class Settings:
     listen: str = "127.0.0.1:7071"
     """host:port the executor serves on; port 0 picks a free one."""
     control_plane: str = "127.0.0.1:7070"
+    """The control plane's gRPC target: host:port, or a name or list of addresses that
+    resolves to several replicas (the channel moves to another when one is lost)."""
     node_id: str = socket.gethostname()
     """This executor's xDS node id: keep it stable across restarts."""
     cluster: str = "default"
@@ -55,7 +57,11 @@ class Settings:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", help="host:port (PILOTHOUSE_EXECUTOR_LISTEN)")
-    parser.add_argument("--control-plane", help="host:port (PILOTHOUSE_CONTROL_PLANE)")
+    parser.add_argument(
+        "--control-plane",
+        help="host:port, or any gRPC target: dns:///name:port, or ipv4:a:port,b:port to fail "
+        "over between replicas (PILOTHOUSE_CONTROL_PLANE)",
+    )
     parser.add_argument("--api-key", help="executor key (PILOTHOUSE_EXECUTOR_KEY)")
     parser.add_argument("--node-id", help="xDS node id (PILOTHOUSE_NODE_ID; default hostname)")
     parser.add_argument("--cluster", help="executor pool (PILOTHOUSE_CLUSTER)")
