@@ -121,23 +121,29 @@ async def test_leases_share_a_budget_and_never_pass_it(live: Live) -> None:
 
 
 async def test_racing_leases_never_hold_more_than_remains(live: Live) -> None:
-    """Many executors renewing at once, spending what they hold: the USD reported spent
-    plus the USD held never passes the budget, and every slot granted exists."""
+    await race_for_a_budget([live])
+
+
+async def race_for_a_budget(replicas: list[Live]) -> None:
+    """Many executors renewing at once (through each of ``replicas`` in turn), spending
+    what they hold: the USD reported spent plus the USD held never passes the budget,
+    and every slot granted exists."""
+    live = replicas[0]
     tenant = await limited_tenant(live, usd_per_day="10", max_concurrent_runs=7)
-    quota = quota_pb2_grpc.QuotaServiceStub(live.channel)
     md = live.md(await live.new_key(api_key_pb2.ROLE_EXECUTOR, None))
     parent = f"tenants/{tenant}"
     spent_total = Decimal(0)
     rng = random.Random(7)
 
-    async def executor(name: str) -> None:
+    async def executor(n: int) -> None:
         nonlocal spent_total
+        quota = quota_pb2_grpc.QuotaServiceStub(replicas[n % len(replicas)].channel)
         lease_id, held, spent = "", Decimal(0), Decimal(0)
         for _ in range(12):
             response = await quota.AcquireLease(
                 quota_pb2.AcquireLeaseRequest(
                     tenant=parent,
-                    executor=name,
+                    executor=f"exec-{n}",
                     lease_id=lease_id,
                     spent_usd=str(spent),
                     wants=amounts(usd="1.5", run_slots=3),
@@ -152,6 +158,8 @@ async def test_racing_leases_never_hold_more_than_remains(live: Live) -> None:
             metadata=md,
         )
 
+    quota = quota_pb2_grpc.QuotaServiceStub(live.channel)
+
     async def audit() -> None:
         for _ in range(30):
             got = balances(
@@ -164,7 +172,7 @@ async def test_racing_leases_never_hold_more_than_remains(live: Live) -> None:
             assert int(got["max_concurrent_runs"].held) <= 7
             await asyncio.sleep(0.005)
 
-    await asyncio.gather(*(executor(f"exec-{i}") for i in range(8)), audit())
+    await asyncio.gather(*(executor(i) for i in range(8)), audit())
     day = balances(
         await quota.GetBalance(quota_pb2.GetBalanceRequest(tenant=parent), metadata=live.md())
     )["usd_per_day"]

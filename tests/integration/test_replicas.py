@@ -1,6 +1,8 @@
 """Two control-plane replicas on one PostgreSQL database: a change made through one
 reaches executors of the other at once (LISTEN/NOTIFY), not only at the periodic
-reconcile, and after the notification connection is lost the reconcile still delivers."""
+reconcile, and after the notification connection is lost the reconcile still delivers;
+quota leases granted through both never pass a budget; each background loop runs on one
+of them at a time."""
 
 from __future__ import annotations
 
@@ -9,11 +11,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from controlplane.store.schema import loop_leases
 from pilothouse.v1 import tool_pb2
 from tests import helpers as h
 from tests.conftest import Live, fresh_pg_database, start_live
 from tests.integration.test_agent_runs import stage
+from tests.integration.test_quota import race_for_a_budget
 
 
 @pytest.fixture
@@ -49,6 +54,21 @@ async def test_a_change_through_one_replica_reaches_the_others_executors_at_once
             await s.executor.watcher.wait_for(
                 lambda c: c.get(tool_pb2.Tool, f"tenants/{tenant}/tools/echo-2") is not None, 5
             )
+    finally:
+        for live in (b, a):
+            await live.channel.close()
+            await live.plane.aclose()
+
+
+async def test_leases_granted_through_two_replicas_never_pass_a_budget(shared_pg: str) -> None:
+    a = await start_live(shared_pg)
+    b = await start_live(shared_pg, bootstrap_key=a.admin_key)
+    try:
+        await race_for_a_budget([a, b])
+        # Each loop's lease is one row: one replica at a time runs it.
+        async with a.plane.db.snapshot() as conn:
+            loops = set((await conn.execute(sa.select(loop_leases.c.name))).scalars())
+        assert loops >= {"rollout-analysis", "quota-lease-expiry"}
     finally:
         for live in (b, a):
             await live.channel.close()
