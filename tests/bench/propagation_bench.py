@@ -1,12 +1,15 @@
 """Propagation benchmark: publish (a prompt label moves) → every watching ADS stream holds
 the new snapshot whole and ACKs it. 100 and 1,000 streams, from 4 client processes, on a
-control plane of its own on 127.0.0.1 (SQLite). Prints p50/p99 and writes
+control plane of its own on 127.0.0.1 (SQLite); with PILOTHOUSE_TEST_PG_DSN also 1,000
+streams split between two control-plane replicas on one fresh PostgreSQL database, the
+label moved through one of them. Prints p50/p99 and writes
 tests/bench/results/propagation.json."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from sqlalchemy.engine import make_url
 
 from controlplane import launch
 from pilothouse.v1 import (
@@ -26,7 +30,14 @@ from pilothouse.v1 import (
     prompt_pb2,
     prompt_pb2_grpc,
 )
-from tests.bench.registry_bench import ROOT, apply, manifest, write_result
+from tests.bench.registry_bench import (
+    ROOT,
+    apply,
+    drop_pg_database,
+    fresh_pg_database,
+    manifest,
+    write_result,
+)
 
 PROCESSES = 4
 ROUNDS = 5
@@ -37,11 +48,16 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
-async def measure(streams: int, workdir: Path) -> dict[str, Any]:
+async def measure(
+    streams: int, database_url: str, workdir: Path, replicas: int = 1
+) -> dict[str, Any]:
+    """``streams`` split evenly between ``replicas`` control planes on ``database_url``;
+    every change made through the first."""
     admin = subprocess.run(
         [sys.executable, "-m", "controlplane", "keygen"], capture_output=True, text=True, check=True
     ).stdout.strip()
-    plane = launch.start(f"sqlite:///{workdir / f'cp-{streams}.db'}", bootstrap_key=admin)
+    planes = [launch.start(database_url, bootstrap_key=admin) for _ in range(replicas)]
+    plane = planes[0]
     clients: list[subprocess.Popen[str]] = []
     try:
         path = workdir / "m.yaml"
@@ -109,7 +125,7 @@ async def measure(streams: int, workdir: Path) -> dict[str, Any]:
                         sys.executable,
                         "-m",
                         "tests.bench.ads_streams",
-                        plane.address,
+                        planes[p % replicas].address,
                         key,
                         f"p{p}",
                         str(per),
@@ -146,6 +162,7 @@ async def measure(streams: int, workdir: Path) -> dict[str, Any]:
 
         await wait_all(None, 120)  # every stream holds the initial snapshot
         latencies: list[float] = []
+        by_replica: dict[int, list[float]] = {r: [] for r in range(replicas)}
         async with grpc.aio.insecure_channel(plane.address) as ch:
             prompts = prompt_pb2_grpc.PromptServiceStub(ch)
             for i in range(ROUNDS):
@@ -171,33 +188,53 @@ async def measure(streams: int, workdir: Path) -> dict[str, Any]:
                     )
                     seen.setdefault(item["node"], {})[item["version"]] = item["at"]
                 for node, fresh_versions in fresh.items():
-                    latencies.append(min(seen[node][v] for v in fresh_versions) - started)
+                    took = min(seen[node][v] for v in fresh_versions) - started
+                    latencies.append(took)
+                    # Nodes are named p{process}-{n}; process p watches replica p % replicas.
+                    by_replica[int(node[1:].split("-")[0]) % replicas].append(took * 1000)
         ms = [x * 1000 for x in latencies]
         return {
+            "backend": make_url(database_url).get_backend_name(),
+            "replicas": replicas,
             "streams": per * PROCESSES,
             "rounds": ROUNDS,
             "p50_ms": round(statistics.median(ms), 1),
             "p99_ms": round(pct(ms, 99), 1),
             "max_ms": round(max(ms), 1),
+            "p99_ms_by_replica": [round(pct(v, 99), 1) for v in by_replica.values()],
         }
     finally:
         for proc in clients:
             proc.terminate()
             proc.wait(timeout=30)
-        plane.stop()
+        for each in planes:
+            each.stop()
 
 
 async def main() -> None:
     results: dict[str, Any] = {"benchmark": "propagation", "processes": PROCESSES, "runs": []}
+
+    def report(result: dict[str, Any]) -> None:
+        results["runs"].append(result)
+        print(
+            f"{result['streams']:>5} streams on {result['replicas']} {result['backend']} "
+            f"control plane(s): publish → held and ACKed p50 {result['p50_ms']} ms, "
+            f"p99 {result['p99_ms']} ms (by replica: {result['p99_ms_by_replica']})",
+            flush=True,
+        )
+
     with tempfile.TemporaryDirectory() as tmp:
         for streams in (100, 1000):
-            result = await measure(streams, Path(tmp))
-            results["runs"].append(result)
-            print(
-                f"{streams:>5} streams: publish → held and ACKed p50 {result['p50_ms']} ms, "
-                f"p99 {result['p99_ms']} ms",
-                flush=True,
-            )
+            report(await measure(streams, f"sqlite:///{Path(tmp) / f'cp-{streams}.db'}", Path(tmp)))
+        dsn = os.environ.get("PILOTHOUSE_TEST_PG_DSN")
+        if dsn:
+            url, name = await fresh_pg_database(dsn)
+            try:
+                report(await measure(1000, url, Path(tmp), replicas=2))
+            finally:
+                await drop_pg_database(dsn, name)
+        else:
+            print("two replicas on postgresql skipped: set PILOTHOUSE_TEST_PG_DSN to include it")
     write_result("propagation", results)
 
 
