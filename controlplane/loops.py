@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from controlplane.store import loop_leases
 from controlplane.store.database import Database
+from storekit.loop import every
 
 log = logging.getLogger("pilothouse.loops")
 
@@ -56,14 +57,13 @@ class LoopLease:
         """Every ``interval`` seconds until cancelled: take or renew the lease and, while
         it is this replica's, do ``work`` (given the time). A failed pass is logged and the
         next comes as usual; the lease is released at the end."""
+
+        async def work_if_held() -> None:
+            now = datetime.now(UTC)
+            if await self.hold(now):
+                await work(now)
+
         try:
-            while True:
-                try:
-                    now = datetime.now(UTC)
-                    if await self.hold(now):
-                        await work(now)
-                except Exception:
-                    log.exception("background loop failed a pass", extra={"loop": self.name})
-                await asyncio.sleep(interval)
+            await every(interval, work_if_held, log, f"background loop {self.name} failed a pass")
         finally:
             await asyncio.shield(self.release())

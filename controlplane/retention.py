@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.engine import Connection
 
-from controlplane.loops import LoopLease
 from controlplane.store import audit as audit_store
 from controlplane.store import retention as retention_store
 from controlplane.store.database import Database
@@ -60,9 +59,6 @@ class Retention:
         self._db = db
         self.policy = policy
         self._batch = batch
-
-    async def run_forever(self, lease: LoopLease, interval: float) -> None:
-        await lease.run(interval, self.prune)
 
     async def prune(self, now: datetime | None = None) -> Pruned:
         """Remove everything older than the policy keeps, as of ``now``."""

@@ -9,8 +9,9 @@ import secrets
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -219,19 +220,22 @@ class ControlPlane:
         background = [
             asyncio.create_task(approvals.expire_forever(), name="approval-expiry"),
             asyncio.create_task(rollouts.run_forever(), name="rollout-analysis"),
-            asyncio.create_task(
-                _expire_quota_leases(db, holder, quotas, settings.quota_lease_ttl),
-                name=QUOTA_EXPIRY,
+            _sole_loop(
+                db,
+                holder,
+                QUOTA_EXPIRY,
+                interval=settings.quota_lease_ttl / 2,
+                work=quotas.expire_leases,
             ),
         ]
         if settings.retention.prunes:
-            retention = Retention(db, settings.retention)
-            lease = LoopLease(
-                db, RETENTION, holder, timedelta(seconds=max(60.0, 3 * settings.retention_interval))
-            )
             background.append(
-                asyncio.create_task(
-                    retention.run_forever(lease, settings.retention_interval), name=RETENTION
+                _sole_loop(
+                    db,
+                    holder,
+                    RETENTION,
+                    interval=settings.retention_interval,
+                    work=Retention(db, settings.retention).prune,
                 )
             )
         for name in ("", *SERVICE_NAMES):
@@ -279,10 +283,18 @@ class ControlPlane:
 QUOTA_EXPIRY = "quota-lease-expiry"
 
 
-async def _expire_quota_leases(db: Database, holder: str, quotas: Quotas, ttl: float) -> None:
-    """Sweep expired quota leases, on one replica at a time, every half lease TTL."""
-    lease = LoopLease(db, QUOTA_EXPIRY, holder, timedelta(seconds=max(5.0, 3 * ttl)))
-    await lease.run(ttl / 2, quotas.expire_leases)
+def _sole_loop(
+    db: Database,
+    holder: str,
+    name: str,
+    *,
+    interval: float,
+    work: Callable[[datetime], Awaitable[object]],
+) -> asyncio.Task[None]:
+    """``work`` every ``interval`` seconds on whichever replica holds the lease ``name``;
+    a replica that dies holding it hands it on after three intervals (5 s at least)."""
+    lease = LoopLease(db, name, holder, timedelta(seconds=max(5.0, 3 * interval)))
+    return asyncio.create_task(lease.run(interval, work), name=name)
 
 
 def _credentials(settings: Settings) -> grpc.ServerCredentials:

@@ -4,6 +4,7 @@ standard loop's, unless PILOTHOUSE_EVENT_LOOP=asyncio asks for the standard one.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -37,6 +38,19 @@ async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+async def every(
+    interval: float, work: Callable[[], Awaitable[object]], log: logging.Logger, failed: str
+) -> None:
+    """Do ``work`` every ``interval`` seconds until cancelled; a pass that fails is
+    logged as ``failed`` and the next comes as usual."""
+    while True:
+        try:
+            await work()
+        except Exception:
+            log.exception(failed)
+        await asyncio.sleep(interval)
 
 
 class Uninterrupted:

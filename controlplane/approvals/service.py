@@ -21,7 +21,7 @@ from controlplane.store import approvals as approval_store
 from controlplane.store.approvals import ApprovalRow
 from controlplane.store.database import Database
 from controlplane.store.errors import DuplicateKey
-from storekit.loop import wait_event
+from storekit.loop import every, wait_event
 
 log = logging.getLogger("pilothouse.approvals")
 
@@ -182,12 +182,7 @@ class Approvals:
         return len(due)
 
     async def expire_forever(self, interval: float = 1.0) -> None:
-        while True:
-            try:
-                await self.expire_due()
-            except Exception:
-                log.exception("expiring approval requests failed")
-            await asyncio.sleep(interval)
+        await every(interval, self.expire_due, log, "expiring approval requests failed")
 
     async def _expire_if_due(self, tenant: str, id_: str) -> bool:
         """Expire one request if its time has passed (committed on its own, so a refused

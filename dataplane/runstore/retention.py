@@ -9,7 +9,6 @@ SKIP LOCKED, so two pruning at once do not wait on each other."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -19,6 +18,7 @@ from sqlalchemy.engine import Connection
 from dataplane.runstore.model import RunState
 from dataplane.runstore.schema import checkpoints, run_events, runs, tool_calls
 from storekit.database import Database
+from storekit.loop import every
 
 log = logging.getLogger("pilothouse.runstore")
 
@@ -65,9 +65,4 @@ class RunRetention:
         return total
 
     async def run_forever(self, interval: float) -> None:
-        while True:
-            try:
-                await self.prune()
-            except Exception:
-                log.exception("pruning finished runs failed")
-            await asyncio.sleep(interval)
+        await every(interval, self.prune, log, "pruning finished runs failed")
