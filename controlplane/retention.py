@@ -80,40 +80,28 @@ class Retention:
     async def _drain(
         self, prune: Callable[[Connection, datetime, int], int], before: datetime
     ) -> int:
-        total = 0
-        while True:
-            n = await self._db.write(lambda conn: prune(conn, before, self._batch))
-            total += n
-            if n < self._batch:
-                return total
+        return await self._db.write_in_batches(
+            lambda conn, limit: prune(conn, before, limit), self._batch
+        )
 
     async def _prune_audit(self, before: datetime, now: datetime) -> int:
         async with self._db.snapshot() as conn:
             chains = await audit_store.chains(conn)
         total = 0
         for chain in chains:
-            while True:
-                pruned = await self._db.write(
-                    functools.partial(
-                        _prune_chain, chain=chain, before=before, now=now, limit=self._batch
-                    )
-                )
-                if pruned is None:
-                    break
-                total += pruned.records
-                if pruned.records < self._batch:
-                    break
+            prune = functools.partial(_prune_chain, chain=chain, before=before, now=now)
+            total += await self._db.write_in_batches(prune, self._batch)
         return total
 
 
 def _prune_chain(
-    conn: Connection, chain: str, before: datetime, now: datetime, limit: int
-) -> audit_store.Pruned | None:
+    conn: Connection, limit: int, *, chain: str, before: datetime, now: datetime
+) -> int:
     """One batch of the chain's oldest records, and the record of their removal, in one
-    transaction."""
+    transaction; how many records went."""
     pruned = audit_store.prune(conn, chain, before, limit)
     if pruned is None:
-        return None
+        return 0
     tenant = None if chain == audit_store.NO_TENANT else chain
     audit_store.append(
         conn,
@@ -136,4 +124,4 @@ def _prune_chain(
             )
         ],
     )
-    return pruned
+    return pruned.records

@@ -170,6 +170,17 @@ class Database:
         result: T = await future
         return result
 
+    async def write_in_batches(self, body: Callable[[Connection, int], int], batch: int) -> int:
+        """Run ``body(conn, batch)``, which changes at most ``batch`` rows and says how
+        many, each time in a transaction of its own, until it changes fewer; the total.
+        For work too large for one transaction (pruning): writers never wait long."""
+        total = 0
+        while True:
+            n = await self.write(lambda conn: body(conn, batch))
+            total += n
+            if n < batch:
+                return total
+
     def _drain(self) -> None:
         """On the writer thread: write what is queued, a group at a time, until nothing is."""
         while True:

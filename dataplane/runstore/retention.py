@@ -54,12 +54,9 @@ class RunRetention:
 
     async def prune(self, now: datetime | None = None) -> int:
         before = (now or datetime.now(UTC)) - self.keep
-        total = 0
-        while True:
-            n = await self._db.write(lambda conn: prune_ended(conn, before, self._batch))
-            total += n
-            if n < self._batch:
-                break
+        total = await self._db.write_in_batches(
+            lambda conn, limit: prune_ended(conn, before, limit), self._batch
+        )
         if total:
             log.info("pruned finished runs", extra={"runs": total, "ended_before": before})
         return total
