@@ -354,6 +354,7 @@ async def test_a_failing_candidate_is_rolled_back_within_an_interval(
             assert (run.variant == "candidate") == in_candidate(name, key_, 5000), run.name
 
 
+@pytest.mark.timeout(120)  # its wait for the promotion alone may take 60 s on a busy machine
 async def test_a_good_candidate_is_promoted_through_every_step(
     live: Live, own_run_database_url: str, tmp_path: Path, fake: FakeOpenAI
 ) -> None:
