@@ -14,6 +14,7 @@ key confined to a tenant sees only that tenant's resources.
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import logging
 import secrets
@@ -166,6 +167,11 @@ def add_to_server(servicer: AdsServicer, server: grpc.aio.Server) -> None:
     )
 
 
+class _Signal(enum.Enum):
+    NEWER = "a newer snapshot is published"
+    ENDED = "the client's requests ended"
+
+
 @dataclass
 class _TypeState:
     names: frozenset[str] = frozenset()
@@ -204,41 +210,41 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[bytes]:
         stream = _Stream(tenant=principal().tenant)
-        inbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
+        # One queue carries what the stream reacts to: the client's requests, word that a
+        # newer snapshot is out, and the end of the requests; so each costs one hand-off.
+        inbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | _Signal] = asyncio.Queue()
 
         async def read_requests() -> None:
             # Consumed in one task of its own, so the request iterator is always closed
             # by the task that runs it.
             async for request in request_iterator:
-                await inbox.put(request)
-            await inbox.put(None)
+                inbox.put_nowait(request)
+
+        def published(_: object) -> None:
+            inbox.put_nowait(_Signal.NEWER)
 
         reader = asyncio.create_task(read_requests())
-        next_request: asyncio.Future[discovery_pb2.DiscoveryRequest | None] = asyncio.ensure_future(
-            inbox.get()
-        )
+        reader.add_done_callback(lambda _: inbox.put_nowait(_Signal.ENDED))
         newer = self._publisher.newer()
+        newer.add_done_callback(published)
         try:
             while True:
-                done, _ = await asyncio.wait(
-                    {next_request, newer, reader}, return_when=asyncio.FIRST_COMPLETED
-                )
-                if next_request in done:
-                    request = next_request.result()
-                    if request is None:
-                        return
-                    next_request = asyncio.ensure_future(inbox.get())
-                    await self._receive(stream, request)
-                elif reader in done:
+                item = await inbox.get()
+                if item is _Signal.ENDED:
                     reader.result()  # the client went away with an error: end here too
-                    continue
-                if newer in done:
+                    return
+                if item is _Signal.NEWER:
                     newer = self._publisher.newer()
+                    newer.add_done_callback(published)
+                else:
+                    await self._receive(stream, item)
+                if not inbox.empty():
+                    continue  # a burst (a snapshot's ACKs): answer once it is all read
                 for response in self._due(stream):
                     yield response
                 self._report_ack(stream)
         finally:
-            next_request.cancel()
+            newer.remove_done_callback(published)
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
             if stream.node_id:
