@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,7 +21,15 @@ import pytest
 
 from controlplane import launch
 from controlplane.auth import keys
-from pilothouse.v1 import api_key_pb2, model_pb2, run_pb2, run_pb2_grpc, telemetry_pb2
+from pilothouse.v1 import (
+    api_key_pb2,
+    discovery_pb2,
+    discovery_pb2_grpc,
+    model_pb2,
+    run_pb2,
+    run_pb2_grpc,
+    telemetry_pb2,
+)
 from tests import helpers as h
 from tests.bench.run_bench import start_executor
 from tests.conftest import Live, fresh_pg_database
@@ -72,11 +81,12 @@ async def test_killing_a_replica_and_an_executor_under_load_loses_nothing(
         # Two executors prefer replica A, one prefers B; each fails over to the other.
         targets = [f"ipv4:{a.address},{b.address}"] * 2 + [f"ipv4:{b.address},{a.address}"]
         stubs = []
+        nodes = [f"pool-{n}-{os.urandom(2).hex()}" for n in range(len(targets))]
         for n, target in enumerate(targets):
             proc, address = await start_executor(
                 target,
                 executor_key,
-                f"pool-{n}-{os.urandom(2).hex()}",
+                nodes[n],
                 tmp_path / f"executor-{n}",
                 run_store,
                 "WARNING",
@@ -107,6 +117,7 @@ async def test_killing_a_replica_and_an_executor_under_load_loses_nothing(
         await asyncio.sleep(1.5)  # runs in flight on every executor
         a.process.send_signal(signal.SIGKILL)
         children[1].send_signal(signal.SIGKILL)
+        killed_at = datetime.now(UTC)
         names = list(await asyncio.gather(*before))
         # The survivors still take new runs, also the one whose replica died.
         names += await asyncio.gather(*(start(RUNS_BEFORE + n, [0, 2]) for n in range(RUNS_AFTER)))
@@ -121,6 +132,27 @@ async def test_killing_a_replica_and_an_executor_under_load_loses_nothing(
         assert {run.stop_reason for run in runs} == {run_pb2.STOP_REASON_COMPLETED}
         assert {run.final_answer for run in runs} == {'The answer is {"result": 42}'}
         assert any(run.attempts > 0 for run in runs), "the dead executor's runs moved on"
+
+        # The survivors' configuration streams are open on B and hold what B serves;
+        # executor 0's, which was on A, opened after the kill.
+        async def reconnected() -> bool | None:
+            listed = await discovery_pb2_grpc.ExecutorServiceStub(live_b.channel).ListExecutors(
+                discovery_pb2.ListExecutorsRequest(page_size=100), metadata=live_b.md()
+            )
+            by_node = {e.node_id: e for e in listed.executors}
+            moved, stayed = by_node.get(nodes[0]), by_node.get(nodes[2])
+            ok = (
+                moved is not None
+                and stayed is not None
+                and moved.connected_since.ToDatetime(UTC) > killed_at - timedelta(seconds=1)
+                and all(
+                    e.connected and e.acked_version == listed.current_version
+                    for e in (moved, stayed)
+                )
+            )
+            return True if ok else None
+
+        await eventually(reconnected, timeout=30)
 
         # The surviving replica's index and ledger agree with the runs, exactly.
         async def indexed(name: str) -> telemetry_pb2.RunSummary | None:
