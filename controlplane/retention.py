@@ -86,7 +86,7 @@ class Retention:
 
     async def _prune_audit(self, before: datetime, now: datetime) -> int:
         async with self._db.snapshot() as conn:
-            chains = await audit_store.chains(conn)
+            chains = await audit_store.chains_older_than(conn, before)
         total = 0
         for chain in chains:
             prune = functools.partial(_prune_chain, chain=chain, before=before, now=now)

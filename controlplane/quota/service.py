@@ -146,17 +146,6 @@ def _spend(account: AccountRow, day: str, month: str, nano: int) -> AccountRow:
     )
 
 
-def _spent(leases: list[LeaseRow], windows: Windows, now: datetime) -> list[str]:
-    """Expired leases that no longer count against anything: no USD held, or USD of a
-    month that ended (USD an expired lease held in the current month still counts: its
-    executor may have spent it)."""
-    return [
-        lease.id
-        for lease in leases
-        if lease.expire_time <= now and (lease.usd_nano == 0 or lease.month != windows.month)
-    ]
-
-
 class Quotas:
     def __init__(
         self,
@@ -251,7 +240,8 @@ class Quotas:
         )
         quota_store.put_lease(conn, lease, new=mine is None)
         quota_store.save_account(conn, account)
-        quota_store.delete_leases(conn, _spent(others, windows, now))
+        # This lease was just renewed, so only others' can go.
+        quota_store.delete_spent_leases(conn, tenant, now, windows.month)
         held = Slice(
             lease.usd_nano, lease.tokens_per_minute, lease.requests_per_minute, lease.run_slots
         )
@@ -310,19 +300,17 @@ class Quotas:
         await self._db.write(release)
 
     async def expire_leases(self, now: datetime | None = None) -> int:
-        """Remove the expired leases of every tenant that no longer count (the grants of
-        a tenant remove its own too; this reaches tenants whose executors went away).
-        How many went."""
+        """Remove the spent leases (expired, and counting against nothing) of every
+        tenant: the grants of a tenant remove its own too; this reaches tenants whose
+        executors went away. How many went."""
         now = now or datetime.now(UTC)
         windows = Windows.at(now)
         async with self._db.snapshot() as conn:
-            tenants = await quota_store.tenants_with_expired_leases(conn, now)
+            tenants = await quota_store.tenants_with_spent_leases(conn, now, windows.month)
 
         def expire(conn: Connection, tenant: str) -> int:
             quota_store.lock_account(conn, tenant, windows.day, windows.month)
-            spent = _spent(quota_store.leases(conn, tenant), windows, now)
-            quota_store.delete_leases(conn, spent)
-            return len(spent)
+            return quota_store.delete_spent_leases(conn, tenant, now, windows.month)
 
         total = 0
         for tenant in tenants:

@@ -176,29 +176,35 @@ async def head(conn: AsyncConnection, chain: str) -> Head:
     return Head(int(row.seq), row.hash, int(row.pruned_seq), row.pruned_hash)
 
 
-async def chains(conn: AsyncConnection) -> list[str]:
-    return list((await conn.execute(sa.select(audit_heads.c.chain))).scalars())
+async def chains_older_than(conn: AsyncConnection, before: datetime) -> list[str]:
+    """The chains whose first record (the one after the last pruned) is from before
+    ``before``: those retention has something to remove from."""
+    first = sa.and_(
+        audit_events.c.chain == audit_heads.c.chain,
+        audit_events.c.seq == audit_heads.c.pruned_seq + 1,
+    )
+    query = (
+        sa.select(audit_heads.c.chain).join(audit_events, first).where(audit_events.c.time < before)
+    )
+    return list((await conn.execute(query)).scalars())
 
 
 @dataclass(frozen=True)
-class Pruned:
+class ChainPruned:
     records: int
     through_sequence: int
     through_hash: str
 
 
-def prune(conn: Connection, chain: str, before: datetime, limit: int) -> Pruned | None:
+def prune(conn: Connection, chain: str, before: datetime, limit: int) -> ChainPruned | None:
     """Remove up to ``limit`` records from the chain's start, in sequence order, up to
     the first of ``before`` or later, and remember the last one removed; None when none
     was. The head stays locked until the transaction ends, so nothing is appended
     meanwhile."""
     _lock_head(conn, chain)
-    pruned_seq = conn.execute(
-        sa.select(audit_heads.c.pruned_seq).where(audit_heads.c.chain == chain)
-    ).scalar_one()
     oldest = conn.execute(
         sa.select(audit_events.c.seq, audit_events.c.time, audit_events.c.hash)
-        .where(audit_events.c.chain == chain, audit_events.c.seq > pruned_seq)
+        .where(audit_events.c.chain == chain)
         .order_by(audit_events.c.seq)
         .limit(limit)
     ).all()
@@ -217,4 +223,4 @@ def prune(conn: Connection, chain: str, before: datetime, limit: int) -> Pruned 
         .where(audit_heads.c.chain == chain)
         .values(pruned_seq=last[0], pruned_hash=last[1])
     )
-    return Pruned(count, *last)
+    return ChainPruned(count, *last)

@@ -112,8 +112,25 @@ def delete_leases(conn: Connection, ids: Sequence[str]) -> None:
         conn.execute(quota_leases.delete().where(quota_leases.c.id.in_(ids)))
 
 
-async def tenants_with_expired_leases(conn: AsyncConnection, now: datetime) -> list[str]:
-    query = sa.select(quota_leases.c.tenant).where(quota_leases.c.expire_time <= now).distinct()
+def _spent(now: datetime, month: str) -> sa.ColumnElement[bool]:
+    """Leases that expired and no longer count against anything: no USD held, or USD of
+    a month that ended (USD an expired lease held in the current month still counts: its
+    executor may have spent it)."""
+    return sa.and_(
+        quota_leases.c.expire_time <= now,
+        sa.or_(quota_leases.c.usd_nano == 0, quota_leases.c.month != month),
+    )
+
+
+def delete_spent_leases(conn: Connection, tenant: str, now: datetime, month: str) -> int:
+    """Remove the tenant's spent leases (see ``_spent``); how many went."""
+    return conn.execute(
+        quota_leases.delete().where(quota_leases.c.tenant == tenant, _spent(now, month))
+    ).rowcount
+
+
+async def tenants_with_spent_leases(conn: AsyncConnection, now: datetime, month: str) -> list[str]:
+    query = sa.select(quota_leases.c.tenant).where(_spent(now, month)).distinct()
     return list((await conn.execute(query)).scalars())
 
 

@@ -115,7 +115,7 @@ async def test_two_replicas_prune_usage_and_runs_past_their_retention(
         await until(lambda: cost(a, tenant), "0.5")
         fresh_run = f"tenants/{tenant}/runs/{fresh[0].id.split(':')[0]}"
         await until(lambda: indexed(a, tenant), {fresh_run})
-        # One replica prunes at a time: the lease names one of the two.
+        # The pruning ran under the retention lease (one row: one holder at a time).
         async with a.plane.db.snapshot() as conn:
             holders = (
                 await conn.execute(
