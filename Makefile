@@ -71,6 +71,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python -m tests.bench.quota_bench
 	$(BIN)/python -m tests.bench.tracing_bench
 	$(BIN)/python -m tests.bench.analysis_bench
+	$(BIN)/python -m tests.bench.hostile_bench
 
 clean:
 	rm -rf $(VENV) node_modules $(TS)/node_modules $(TS)/dist .pilothouse

@@ -26,6 +26,8 @@ from typing import Any, NamedTuple, TypeVar
 
 import httpx
 
+from dataplane.egress import EgressDenied, EgressPolicy
+
 T = TypeVar("T")
 Origin = tuple[str, str, int]
 
@@ -82,7 +84,12 @@ class Http1Transport(httpx.AsyncBaseTransport):
         max_idle_per_origin: int = 1000,
         idle_timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        egress: EgressPolicy | None = None,
     ) -> None:
+        """``egress``: where connections may go (checked on the resolved address, which
+        is then the one connected to); None allows everything, for callers outside an
+        executor."""
+        self._egress = egress
         self._max_idle = max_idle_per_origin
         self._idle_timeout = idle_timeout
         # Made up front: it reads the CA bundle, which is no work for a call in progress.
@@ -205,13 +212,14 @@ class Http1Transport(httpx.AsyncBaseTransport):
             tls = self._ssl_context
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(
-                    host,
-                    port,
-                    ssl=tls,
-                    server_hostname=host if tls else None,
-                    limit=_HEAD_LIMIT,
+                addresses = (
+                    [host] if self._egress is None else await self._egress.resolve(host, port)
                 )
+                reader, writer = await _open(addresses, port, tls, host)
+        except EgressDenied as e:
+            if request is not None:
+                e.request = request
+            raise
         except TimeoutError as e:
             raise httpx.ConnectTimeout(
                 f"connecting to {host}:{port} timed out", request=request
@@ -219,6 +227,26 @@ class Http1Transport(httpx.AsyncBaseTransport):
         except (OSError, ssl.SSLError) as e:
             raise httpx.ConnectError(f"connecting to {host}:{port}: {e}", request=request) from e
         return _Connection(reader, writer)
+
+
+async def _open(
+    addresses: list[str], port: int, tls: ssl.SSLContext | None, host: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to the first of ``addresses`` that answers (TLS verified for ``host``)."""
+    last: OSError | None = None
+    for address in addresses:
+        try:
+            return await asyncio.open_connection(
+                address.strip("[]"),
+                port,
+                ssl=tls,
+                server_hostname=host.strip("[]") if tls else None,
+                limit=_HEAD_LIMIT,
+            )
+        except OSError as e:
+            last = e
+    assert last is not None
+    raise last
 
 
 async def _guard(

@@ -68,6 +68,24 @@ def control_plane_channel(settings: Settings) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(settings.control_plane, creds, options=CHANNEL_OPTIONS)
 
 
+def control_plane_endpoints(target: str) -> list[tuple[str, int]]:
+    """The (host, port) pairs a gRPC target names: ``host:port``, ``dns:///host:port``,
+    ``ipv4:a:port,b:port``, ``ipv6:[a]:port,…``."""
+    scheme, colon, rest = target.partition(":")
+    if colon and scheme in ("ipv4", "ipv6"):
+        addresses = rest.split(",")
+    elif target.startswith("dns:"):
+        addresses = [target.rsplit("/", 1)[-1]]
+    else:
+        addresses = [target]
+    out = []
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        if host and port.isdigit():
+            out.append((host.strip("[]"), int(port)))
+    return out
+
+
 @dataclass
 class Executor:
     """A running executor. Build it with ``start``; stop it with ``aclose``."""
@@ -123,9 +141,14 @@ class Executor:
         await db.migrate()
         await watcher.start()
         store = RunStore(db, lease_ttl=timedelta(seconds=settings.lease_ttl))
-        transport = Http1Transport()
+        egress = settings.egress_policy()
+        if os.environ.get("OPENAI_BASE_URL"):
+            egress.allow_url(os.environ["OPENAI_BASE_URL"])
+        for host, port in control_plane_endpoints(settings.control_plane):
+            egress.protect(host, port)
+        transport = Http1Transport(egress=egress)
         http = http_client(transport)
-        mcp = McpSessions()
+        mcp = McpSessions(egress=egress)
         owner = f"{settings.node_id}/{secrets.token_hex(3)}"
         relay = OutboxRelay(
             channel,
@@ -140,7 +163,7 @@ class Executor:
         quotas = Quotas(channel, watcher, api_key=settings.api_key, executor=settings.node_id)
         runs = Runs(
             store,
-            ModelGateway(transport),
+            ModelGateway(transport, credentials=settings.credentials()),
             ToolRouter(http, Memory(db), mcp),
             watcher,
             owner=owner,
@@ -169,6 +192,7 @@ class Executor:
             (agent_service, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         port = server.add_insecure_port(settings.listen)
+        egress.protect(settings.listen.rsplit(":", 1)[0], port)
         await server.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         serving = asyncio.create_task(_serve_once_configured(watcher, health_servicer))

@@ -10,6 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from dataplane.egress import EgressPolicy
+from dataplane.models import credentials
+from dataplane.models.credentials import Credentials
 from storekit.flags import retention_days
 
 
@@ -46,9 +49,24 @@ class Settings:
     None keeps runs for ever."""
     retention_interval: float = 3600.0
     """Seconds between pruning passes."""
+    allow_egress: tuple[str, ...] = ()
+    """Destinations beyond the public internet that tenants' model, HTTP-tool and MCP
+    endpoints may reach: CIDRs, addresses or host names, each optionally with :PORT
+    (see dataplane/egress.py)."""
+    provider_credentials: tuple[str, ...] = ()
+    """``NAME=ENV_VAR:TENANTS[:ENDPOINT]`` declarations of provider credentials that
+    models may name (see dataplane/models/credentials.py)."""
+    credentials_file: Path | None = None
+    """A YAML file declaring more provider credentials."""
     log_level: str = "INFO"
     log_format: str = "json"
     shutdown_grace: float = 10.0
+
+    def egress_policy(self) -> EgressPolicy:
+        return EgressPolicy.from_entries(self.allow_egress)
+
+    def credentials(self, env: Mapping[str, str] = os.environ) -> Credentials:
+        return credentials.from_settings(self.provider_credentials, self.credentials_file, env)
 
     @property
     def lkg_path(self) -> Path:
@@ -87,6 +105,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--retention-interval",
         type=float,
         help="seconds between pruning passes (PILOTHOUSE_RETENTION_INTERVAL; default 3600)",
+    )
+    parser.add_argument(
+        "--allow-egress",
+        action="append",
+        metavar="CIDR|HOST[:PORT]",
+        help="let tenants' model, tool and MCP endpoints reach this non-public destination "
+        "(repeatable; PILOTHOUSE_ALLOW_EGRESS, comma-separated). By default only public "
+        "addresses are reachable",
+    )
+    parser.add_argument(
+        "--provider-credential",
+        action="append",
+        metavar="NAME=ENV_VAR:TENANTS[:ENDPOINT]",
+        help="a provider credential models may name: its secret's environment variable, the "
+        "tenants granted it (comma-separated ids, or *) and optionally the base URL it is "
+        "bound to (repeatable)",
+    )
+    parser.add_argument(
+        "--credentials-file",
+        help="YAML file declaring provider credentials (PILOTHOUSE_CREDENTIALS_FILE)",
     )
     parser.add_argument("--log-level", help="(PILOTHOUSE_LOG_LEVEL)")
     parser.add_argument("--log-format", choices=["json", "text"], help="(PILOTHOUSE_LOG_FORMAT)")
@@ -130,9 +168,23 @@ def from_arguments(ns: argparse.Namespace, env: Mapping[str, str] = os.environ) 
             pick("retention_interval", "PILOTHOUSE_RETENTION_INTERVAL")
             or defaults.retention_interval
         ),
+        allow_egress=tuple(
+            ns.allow_egress
+            if getattr(ns, "allow_egress", None)
+            else [e for e in env.get("PILOTHOUSE_ALLOW_EGRESS", "").split(",") if e.strip()]
+        ),
+        provider_credentials=tuple(getattr(ns, "provider_credential", None) or ()),
+        credentials_file=Path(file)
+        if (file := pick("credentials_file", "PILOTHOUSE_CREDENTIALS_FILE"))
+        else None,
         log_level=(pick("log_level", "PILOTHOUSE_LOG_LEVEL") or defaults.log_level).upper(),
         log_format=pick("log_format", "PILOTHOUSE_LOG_FORMAT") or defaults.log_format,
     )
     if settings.retention_interval <= 0:
         raise SystemExit("--retention-interval must be positive")
+    try:
+        settings.egress_policy()
+        settings.credentials(env)
+    except ValueError as e:  # CredentialConfigError is one
+        raise SystemExit(str(e)) from None
     return settings

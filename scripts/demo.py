@@ -70,6 +70,15 @@ def new_key(role: str, env: dict[str, str], tenant: str = "") -> str:
     return cli(*args, env=env).strip().splitlines()[-1]
 
 
+def openai_credential() -> list[str]:
+    """With OPENAI_API_KEY set, the example tenant may use it (the gpt-4o-mini model names
+    the credential "openai"), sent only to the OpenAI-compatible endpoint configured."""
+    if not os.environ.get("OPENAI_API_KEY"):
+        return []
+    endpoint = os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1")
+    return ["--provider-credential", f"openai=OPENAI_API_KEY:acme:{endpoint}"]
+
+
 def start_executor(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
         [
@@ -89,6 +98,11 @@ def start_executor(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
             "text",
             "--log-level",
             "WARNING",
+            # The example's refund desk (the issue-refund tool) listens here; tenants'
+            # endpoints may reach nothing else that is not public.
+            "--allow-egress",
+            "127.0.0.1:8089",
+            *openai_credential(),
         ],
         cwd=ROOT,
         env=env,

@@ -236,6 +236,7 @@ def model_from_proto(m: model_pb2.Model) -> r.Model:
         max_output_tokens=m.max_output_tokens,
         api_key_env=m.api_key_env,
         scripted=_scripted_from_proto(m.scripted) if m.HasField("scripted") else None,
+        credential=m.credential,
     )
 
 
@@ -287,6 +288,7 @@ def model_to_proto(record: Record[r.Model]) -> model_pb2.Model:
         context_window=s.context_window,
         max_output_tokens=s.max_output_tokens,
         api_key_env=s.api_key_env,
+        credential=s.credential,
     )
     if s.scripted is not None:
         _scripted_to_proto(s.scripted, m.scripted)

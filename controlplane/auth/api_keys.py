@@ -182,8 +182,10 @@ class ApiKeys:
 
     async def ensure_bootstrap_admin(self, token: str | None) -> str | None:
         """Make sure an admin key exists. With ``token`` (PILOTHOUSE_BOOTSTRAP_KEY) that key
-        is registered if it is not yet; without it, a key is generated when no admin key
-        exists. Returns a newly generated token, to be shown once, or None."""
+        is registered once: never again after it has been revoked, however often the
+        control plane restarts with the variable still set. Without it, a key is generated
+        when no admin key exists. Returns a newly generated token, to be shown once, or
+        None."""
         given = None if token is None else keys.parse(token)
         if token is not None and given is None:
             raise ValueError(
@@ -195,7 +197,18 @@ class ApiKeys:
                 if await key_store.count_with_role(conn, Role.ADMIN.value) > 0:
                     return None
                 material = keys.generate()
+            elif await key_store.bootstrap_registered(conn, given.id):
+                if await key_store.get(conn, given.id) is None:
+                    log.warning(
+                        "PILOTHOUSE_BOOTSTRAP_KEY names apiKeys/%s, which was revoked: it stays "
+                        "revoked (unset the variable, or set a new key from "
+                        "`controlplane keygen`)",
+                        given.id,
+                    )
+                return None
             elif await key_store.get(conn, given.id) is not None:
+                # Registered before bootstrap keys were recorded: record it now.
+                await key_store.record_bootstrap(conn, given.id, datetime.now(UTC))
                 return None
             else:
                 material = given
@@ -212,6 +225,8 @@ class ApiKeys:
                     None,
                 ),
             )
+            if given is not None:
+                await key_store.record_bootstrap(conn, material.id, now)
             await audit.record(
                 conn, None, "api_key.bootstrap", f"apiKeys/{material.id}", tenant=None
             )

@@ -4,31 +4,24 @@ violations, so that one response names every bad field at once."""
 from __future__ import annotations
 
 import json
-import re
 from datetime import timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
-
 from controlplane.errors import FieldViolation, InvalidArgument
 from controlplane.registry.names import ID_PATTERN, ID_RULE
+from pilothouse import jsonschemas, patterns
 
 
 @lru_cache(maxsize=4096)
 def _schema_problem(schema_json: str) -> str:
-    """Why a schema (as canonical JSON) is not valid draft 2020-12, or "" if it is.
-    Memoised: checking a schema against the metaschema costs about a millisecond, and the
-    same schemas come back with every apply."""
-    try:
-        Draft202012Validator.check_schema(json.loads(schema_json))
-    except SchemaError as e:
-        where = "/".join(str(p) for p in e.path)
-        return f"{' at /' + where if where else ''}: {e.message}"
-    return ""
+    """Why a schema (as canonical JSON) may not be used, or "" if it may: the rules
+    executors validate by (``pilothouse.jsonschemas``). Memoised: checking a schema
+    against the metaschema costs about a millisecond, and the same schemas come back with
+    every apply."""
+    return jsonschemas.problem(json.loads(schema_json)) or ""
 
 
 class Violations:
@@ -65,7 +58,7 @@ class Violations:
             return
         problem = _schema_problem(json.dumps(schema, sort_keys=True))
         if problem:
-            self.add(field, f"is not a valid JSON Schema (draft 2020-12){problem}")
+            self.add(field, problem)
             return
         if require_object and schema.get("type") != "object":
             self.add(field, 'must describe an object ("type": "object")')
@@ -97,10 +90,10 @@ class Violations:
             self.add(field, f"must be at most {maximum}")
 
     def regex(self, field: str, value: str) -> None:
-        try:
-            re.compile(value)
-        except re.error as e:
-            self.add(field, f"is not a valid regular expression: {e}")
+        """A tenant's pattern: one the executors' engine (RE2) compiles."""
+        why = patterns.problem(value)
+        if why is not None:
+            self.add(field, why)
 
     def unique(self, field: str, values: tuple[str, ...]) -> None:
         seen: set[str] = set()

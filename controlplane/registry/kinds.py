@@ -62,7 +62,7 @@ class Kind(Generic[S]):
 
 MAX_TIMEOUT = timedelta(hours=1)
 SCOPE_PATTERN = re.compile(r"^[a-z][a-z0-9_.:-]{0,99}$")
-ENV_PATTERN = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
+CREDENTIAL_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 BUILTIN_PATTERN = re.compile(r"^[a-z][a-z0-9_.-]{0,99}$")
 VARIABLE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 PLACEHOLDER = re.compile(r"\{\{\s*([^{}\s]*)\s*\}\}")
@@ -116,8 +116,19 @@ def _check_model(m: r.Model, v: Violations) -> None:
         v.add("max_output_tokens", "must be at least 1")
     elif m.context_window >= 1 and m.max_output_tokens > m.context_window:
         v.add("max_output_tokens", f"must not exceed context_window ({m.context_window})")
-    if m.api_key_env and not ENV_PATTERN.match(m.api_key_env):
-        v.add("api_key_env", f"{m.api_key_env!r} is not an environment variable name")
+    if m.api_key_env:
+        v.add(
+            "api_key_env",
+            "is no longer accepted: executors send only credentials their operator granted "
+            "to the tenant. Name one in credential and clear api_key_env in the same update "
+            "(docs/security.md, 'Migrating from api_key_env')",
+        )
+    if m.credential and not CREDENTIAL_PATTERN.match(m.credential):
+        v.add(
+            "credential",
+            f"{m.credential[:80]!r} is not a credential name (lower-case letters, digits "
+            "and '-', starting with a letter, at most 63 characters)",
+        )
     if m.scripted is not None:
         if m.provider is not r.ModelProvider.SCRIPTED:
             v.add("scripted", "is only meaningful for the scripted provider")

@@ -121,7 +121,10 @@ class Model:
     context_window: int = 0
     max_output_tokens: int = 0
     api_key_env: str = ""
+    """Deprecated and refused: kept so that models stored before ``credential`` load and
+    can be told what to change."""
     scripted: ScriptedModel | None = None
+    credential: str = ""
 
 
 @dataclass(frozen=True)

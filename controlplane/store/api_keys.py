@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -11,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from controlplane.store.errors import DuplicateKey, ReferenceViolation
 from controlplane.store.rows import ApiKeyRow
-from controlplane.store.schema import api_keys
+from controlplane.store.schema import api_keys, bootstrap_keys
 
 _COLUMNS = (
     api_keys.c.id,
@@ -72,3 +73,13 @@ async def delete(conn: AsyncConnection, key_id: str) -> int:
 async def count_with_role(conn: AsyncConnection, role: str) -> int:
     query = sa.select(sa.func.count()).select_from(api_keys).where(api_keys.c.role == role)
     return int((await conn.execute(query)).scalar_one())
+
+
+async def bootstrap_registered(conn: AsyncConnection, key_id: str) -> bool:
+    """Whether ``key_id`` was ever registered as a bootstrap key (revoked or not)."""
+    query = sa.select(bootstrap_keys.c.key_id).where(bootstrap_keys.c.key_id == key_id)
+    return (await conn.execute(query)).first() is not None
+
+
+async def record_bootstrap(conn: AsyncConnection, key_id: str, when: datetime) -> None:
+    await conn.execute(bootstrap_keys.insert().values(key_id=key_id, register_time=when))

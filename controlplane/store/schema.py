@@ -363,3 +363,13 @@ loop_leases = sa.Table(
     sa.Column("holder", sa.String(200), nullable=False),
     sa.Column("expire_time", UTCDateTime, nullable=False),
 )
+
+# Every key ever registered from PILOTHOUSE_BOOTSTRAP_KEY, kept after the key itself is
+# revoked: a bootstrap key is registered once, so a revoked one cannot come back when a
+# replica restarts with the variable still set.
+bootstrap_keys = sa.Table(
+    "bootstrap_keys",
+    metadata,
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("register_time", UTCDateTime, nullable=False),
+)

@@ -27,6 +27,7 @@ from dataplane.runstore.errors import IdempotencyConflict, RunNotFound
 from dataplane.runstore.model import Run
 from dataplane.runstore.store import RunStore
 from dataplane.telemetry.otel import trace_headers
+from pilothouse import jsonschemas, patterns
 from pilothouse.v1 import eval_pb2, run_pb2_grpc
 from pilothouse.v1 import run_pb2 as pb
 from storekit.coalesce import Coalescer
@@ -354,6 +355,22 @@ def _check_eval_case(request: pb.RunEvalCaseRequest, tenant: str) -> None:
             judge_tenant, _ = _tenant_of(e.judge_agent, "agents", f"{field}.judge_agent")
             if judge_tenant != tenant:
                 raise AdmissionError(f"{field}.judge_agent", f"is not an agent of {tenant!r}")
+        elif e.grader == eval_pb2.GRADER_REGEX:
+            why = patterns.problem(e.value)
+            if why is not None:
+                raise AdmissionError(f"{field}.value", why)
+        elif e.grader == eval_pb2.GRADER_JSON_SCHEMA:
+            try:
+                schema = jsonschemas.parse_document(e.value)
+            except ValueError as err:
+                raise AdmissionError(f"{field}.value", f"is not JSON: {err}") from None
+            why = (
+                jsonschemas.problem(schema)
+                if isinstance(schema, dict)
+                else "must be a JSON object (a JSON Schema)"
+            )
+            if why is not None:
+                raise AdmissionError(f"{field}.value", why)
 
 
 def _encode_token(parent: str, last: Run) -> str:
@@ -364,8 +381,10 @@ def _encode_token(parent: str, last: Run) -> str:
 def _decode_token(token: str, parent: str) -> tuple[datetime, str] | None:
     if not token:
         return None
-    with contextlib.suppress(ValueError, KeyError, TypeError, binascii.Error):
-        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        if data["p"] == parent:
-            return datetime.fromisoformat(data["t"]), str(data["i"])
+    if len(token) <= 1024:
+        with contextlib.suppress(ValueError, KeyError, TypeError, binascii.Error, RecursionError):
+            data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+            after = datetime.fromisoformat(data["t"])
+            if data["p"] == parent and after.tzinfo is not None and isinstance(data["i"], str):
+                return after, data["i"]
     raise AdmissionError("page_token", "is not a token of this list")

@@ -7,7 +7,6 @@ not apply is rejected (NACKed) and the previous one stays in force.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -15,9 +14,8 @@ from typing import Any, TypeVar
 
 from google.protobuf import any_pb2, json_format
 from google.protobuf.message import DecodeError, Message
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 
+from pilothouse import jsonschemas, patterns
 from pilothouse.assignment import Stickiness, in_candidate, unit_key
 from pilothouse.v1 import (
     agent_pb2,
@@ -76,27 +74,25 @@ class ExecutorConfig:
 
     version: str
     resources: Mapping[str, Mapping[str, Message]]
-    _validators: dict[str, Draft202012Validator] = field(
-        default_factory=dict, compare=False, repr=False
-    )
+    _validators: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
-    def input_validator(self, tool: tool_pb2.Tool) -> Draft202012Validator:
+    def input_validator(self, tool: tool_pb2.Tool) -> Any:
         """The validator of a tool's arguments, built on its first call and kept as long
         as the snapshot is."""
         validator = self._validators.get(tool.name)
         if validator is None:
-            validator = Draft202012Validator(json_format.MessageToDict(tool.input_schema))
+            validator = jsonschemas.validator(json_format.MessageToDict(tool.input_schema))
             self._validators[tool.name] = validator
         return validator
 
-    def output_validator(self, agent: agent_pb2.Agent) -> Draft202012Validator | None:
+    def output_validator(self, agent: agent_pb2.Agent) -> Any:
         """The validator of an agent's final answers; None when it sets no schema."""
         if not agent.HasField("output_schema"):
             return None
         key = f"output:{agent.name}"
         validator = self._validators.get(key)
         if validator is None:
-            validator = Draft202012Validator(json_format.MessageToDict(agent.output_schema))
+            validator = jsonschemas.validator(json_format.MessageToDict(agent.output_schema))
             self._validators[key] = validator
         return validator
 
@@ -237,17 +233,15 @@ def _problems(config: ExecutorConfig) -> list[str]:
         for tool_name in agent.tools:
             need(tool_pb2.Tool, tool_name, what)
         for i, pattern in enumerate(agent.guardrail_policy.blocked_patterns):
-            try:
-                re.compile(pattern)
-            except re.error as e:
-                problems.append(f"{what} blocked_patterns[{i}] does not compile: {e}")
+            why = patterns.problem(pattern)
+            if why is not None:
+                problems.append(f"{what} blocked_patterns[{i}] {why}")
         if agent.HasField("output_schema"):
             _check_schema(problems, f"{what} output_schema", agent.output_schema)
     return problems
 
 
 def _check_schema(problems: list[str], what: str, struct: Any) -> None:
-    try:
-        Draft202012Validator.check_schema(json_format.MessageToDict(struct))
-    except SchemaError as e:
-        problems.append(f"{what} is not a valid JSON Schema: {e.message}")
+    why = jsonschemas.problem(json_format.MessageToDict(struct))
+    if why is not None:
+        problems.append(f"{what} {why}")

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 
-import jsonschema
-
+from pilothouse import jsonschemas, patterns
 from pilothouse.v1 import eval_pb2
 
 
@@ -33,9 +31,9 @@ def grade(expectation: eval_pb2.Expectation, answer: str) -> Grade:
         return Grade(float(ok), "contains the text" if ok else "does not contain the text")
     if g == eval_pb2.GRADER_REGEX:
         try:
-            ok = re.search(value, answer) is not None
-        except re.error as e:
-            return Grade(0.0, f"the pattern does not compile: {e}")
+            ok = patterns.search(value, answer)
+        except patterns.PatternError as e:
+            return Grade(0.0, f"the pattern {e}")
         return Grade(float(ok), "the pattern matches" if ok else "the pattern does not match")
     if g == eval_pb2.GRADER_JSON_SCHEMA:
         return _json_schema(value, answer)
@@ -47,11 +45,13 @@ def _json_schema(schema_text: str, answer: str) -> Grade:
         schema = json.loads(schema_text)
     except ValueError as e:
         return Grade(0.0, f"the schema is not JSON: {e}")
+    if not isinstance(schema, dict) or jsonschemas.problem(schema) is not None:
+        return Grade(0.0, "the schema is not one Pilothouse can check")
     try:
-        document = json.loads(answer)
+        document = jsonschemas.parse_document(answer)
     except ValueError:
-        return Grade(0.0, "the answer is not JSON")
-    validator = jsonschema.Draft202012Validator(schema)
+        return Grade(0.0, "the answer is not JSON (or nests too deep)")
+    validator = jsonschemas.validator(schema)
     errors = sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
     if not errors:
         return Grade(1.0, "the answer is JSON the schema accepts")
@@ -81,17 +81,15 @@ def judge_input(rubric: str, case_input: str, answer: str) -> str:
     )
 
 
-_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
-
-
 def read_verdict(reply: str) -> Grade:
-    """The judge's score from its reply: the JSON object in it, with a ``score`` from 0
-    to 1. A reply without one scores 0, saying so."""
-    found = _OBJECT.search(reply)
-    if found is None:
+    """The judge's score from its reply: the JSON object in it (from its first ``{`` to
+    its last ``}``), with a ``score`` from 0 to 1. A reply without one scores 0, saying
+    so."""
+    start, end = reply.find("{"), reply.rfind("}")
+    if start < 0 or end < start:
         return Grade(0.0, "the judge's reply held no JSON object")
     try:
-        verdict = json.loads(found.group(0))
+        verdict = jsonschemas.parse_document(reply[start : end + 1])
     except ValueError:
         return Grade(0.0, "the judge's reply was not valid JSON")
     score = verdict.get("score") if isinstance(verdict, dict) else None

@@ -1,14 +1,15 @@
 """Screening tool output for prompt injection: text that tries to instruct the model
 rather than inform it. A screen of patterns, each named, so that a decision says which
 fired; it looks for instructions aimed at the model, not for topics, so ordinary data
-(orders, documents, error messages) passes."""
+(orders, documents, error messages) passes. The text is a tool's output, so the rules
+run on RE2 (linear in the text, never backtracking)."""
 
 from __future__ import annotations
 
-import re
+import re2
 
-_RULES: dict[str, re.Pattern[str]] = {
-    name: re.compile(pattern, re.IGNORECASE | re.MULTILINE)
+_RULES: dict[str, re2._Regexp[str]] = {
+    name: re2.compile("(?im)" + pattern)
     for name, pattern in {
         "override": r"\b(?:ignore|disregard|forget|override|bypass)\b.{0,40}?\b(?:previous|prior"
         r"|above|earlier|preceding|system|original|all|your)\b.{0,20}?\b(?:instructions?"

@@ -4,12 +4,11 @@ patterns, and personal data redacted when its policy says so."""
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
-
-from jsonschema import Draft202012Validator
+from typing import Any
 
 from dataplane.guardrails import pii
+from pilothouse import jsonschemas, patterns
 from pilothouse.v1 import agent_pb2
 
 REPAIR_PREFIX = "Your final answer does not satisfy the required output schema."
@@ -28,13 +27,16 @@ class Verdict:
     """Why the answer does not satisfy the schema, after its repair."""
 
 
-def schema_problem(validator: Draft202012Validator, answer: str) -> tuple[str, str]:
+def schema_problem(validator: Any, answer: str) -> tuple[str, str]:
     """Why ``answer`` is not JSON satisfying the schema, told to the model (which may
     quote the answer) and for the record (which never does); empty when it is."""
     try:
-        value = json.loads(answer)
+        value = jsonschemas.parse_document(answer)
     except json.JSONDecodeError as e:
         told = f"it is not JSON ({e.msg} at line {e.lineno} column {e.colno})"
+        return told, told
+    except ValueError as e:
+        told = f"it is not usable JSON: {e}"
         return told, told
     error = next(iter(sorted(validator.iter_errors(value), key=lambda e: list(e.path))), None)
     if error is None:
@@ -45,7 +47,7 @@ def schema_problem(validator: Draft202012Validator, answer: str) -> tuple[str, s
 
 def judge(
     agent: agent_pb2.Agent,
-    validator: Draft202012Validator | None,
+    validator: Any,
     answer: str,
     *,
     repaired: bool,
@@ -63,6 +65,6 @@ def judge(
             return Verdict(invalid=recorded)
     policy = agent.guardrail_policy
     for i, pattern in enumerate(policy.blocked_patterns):
-        if re.search(pattern, answer):
+        if patterns.search(pattern, answer):
             return Verdict(blocked=f"blocked_patterns[{i}] matched the final answer")
     return Verdict(answer=pii.redact(answer) if policy.redact_pii else answer)

@@ -22,6 +22,7 @@ from decimal import Decimal
 from dataplane.config.snapshot import ExecutorConfig
 from dataplane.http1 import Http1Transport
 from dataplane.models.breaker import Breakers
+from dataplane.models.credentials import CredentialRefused, Credentials, scrub
 from dataplane.models.openai import OpenAIProvider
 from dataplane.models.pricing import cost
 from dataplane.models.retry_budget import RetryBudget
@@ -83,9 +84,12 @@ class ModelGateway:
         env: Mapping[str, str] = os.environ,
         stream: bool = True,
         retry_budget: RetryBudget | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         """``transport``: what model calls go over (shared with the tools' client).
-        ``stream``: ask OpenAI-compatible providers for server-sent events."""
+        ``stream``: ask OpenAI-compatible providers for server-sent events.
+        ``credentials``: what models may name in ``credential`` (none by default)."""
+        self._credentials = credentials or Credentials()
         self._transport = transport
         self._stream = stream
         self._budget = retry_budget or RetryBudget()
@@ -154,6 +158,23 @@ class ModelGateway:
     def _base_url(self, model: model_pb2.Model) -> str:
         return model.endpoint or self._env.get("OPENAI_BASE_URL", "https://api.openai.com/v1")
 
+    def _credential(self, model: model_pb2.Model, base_url: str) -> str:
+        """The secret the call carries: the credential the model names, if the executor's
+        operator granted it to the model's tenant for this endpoint."""
+        if not model.credential:
+            if model.api_key_env:  # a model stored before credentials: say what to change
+                raise ProviderError(
+                    f"{model.name} names api_key_env, which executors no longer honour: "
+                    "name a credential granted by the executor's operator instead",
+                    retryable=False,
+                )
+            return ""
+        tenant = model.name.split("/", 2)[1] if model.name.count("/") >= 3 else ""
+        try:
+            return self._credentials.resolve(model.credential, tenant=tenant, endpoint=base_url)
+        except CredentialRefused as e:
+            raise ProviderError(f"{model.name}: {e}", retryable=False) from e
+
     async def _call(
         self, model: model_pb2.Model, request: ChatRequest, *, timeout: float
     ) -> ChatResult:
@@ -163,12 +184,21 @@ class ModelGateway:
             except TimeoutError as e:
                 raise ProviderError(f"timed out after {timeout:.1f}s", retryable=True) from e
         if model.provider == model_pb2.MODEL_PROVIDER_OPENAI:
+            base_url = self._base_url(model)
+            secret = self._credential(model, base_url)
             provider = OpenAIProvider(
                 self._transport,
-                self._base_url(model),
-                self._env.get(model.api_key_env or "OPENAI_API_KEY", ""),
+                base_url,
+                secret,
                 model.provider_model or model.name.rsplit("/", 1)[-1],
                 stream=self._stream,
             )
-            return await provider.complete(request, timeout=timeout)
+            try:
+                return await provider.complete(request, timeout=timeout)
+            except ProviderError as e:
+                # A provider may quote the key it was sent (a 401's "Incorrect API key
+                # provided: …"); the message goes on to run events, logs and the store.
+                if secret:
+                    e.message = scrub(e.message, secret)
+                raise
         raise ProviderError(f"unknown provider {model.provider}", retryable=False)

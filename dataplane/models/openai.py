@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from dataplane import fastjson
+from dataplane.egress import EgressDenied
 from dataplane.http1 import Http1Transport, RawResponse
 from dataplane.models.types import (
     ChatMessage,
@@ -134,6 +135,8 @@ class OpenAIProvider:
                 await reply.body.aclose()
         except httpx.TimeoutException as e:
             raise ProviderError(f"timed out: {e!r}", status=0, retryable=True) from e
+        except EgressDenied as e:
+            raise ProviderError(str(e), status=0, retryable=False) from e
         except httpx.TransportError as e:
             raise ProviderError(f"unreachable: {e!r}", status=0, retryable=True) from e
 
@@ -165,8 +168,10 @@ async def _buffered(reply: RawResponse) -> httpx.Response:
 def _parse_body(raw: bytes) -> ChatResult:
     try:
         data = json.loads(raw)
-    except ValueError as e:
-        raise ProviderError(f"malformed response: {e!r}", status=200) from e
+    except (ValueError, RecursionError) as e:
+        raise ProviderError(f"malformed response: {e!r}"[:300], status=200) from e
+    if not isinstance(data, dict):
+        raise ProviderError("malformed response: not a JSON object", status=200)
     return _parse(data)
 
 

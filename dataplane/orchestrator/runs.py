@@ -158,18 +158,29 @@ class Runs:
         size = len(admission.input.encode())
         if size > MAX_INPUT_BYTES:
             raise AdmissionError("input", f"is {size} bytes; at most {MAX_INPUT_BYTES}")
-        run_input = (
-            pii.redact(admission.input)
-            if ctx.agent.guardrail_policy.redact_pii
-            else admission.input
-        )
+        run_input, variables = admission.input, admission.variables
+        if ctx.agent.guardrail_policy.redact_pii:
+            # The variables are the caller's text as much as the input is: neither reaches
+            # the model or the run store unredacted.
+            run_input = pii.redact(run_input)
+            redacted = {name: pii.redact(value) for name, value in variables.items()}
+            if redacted != variables:
+                variables = redacted
+                ctx = resolve(
+                    config,
+                    admission.agent,
+                    variables,
+                    unit=unit,
+                    pinned_version=admission.prompt_version,
+                    pinned_variant=admission.variant,
+                )
         for gate in self._gates:
             gate(admission)
         trace = run_trace_context(admission.trace)
         request = {
             "trace": trace,
             "input": run_input,
-            "variables": admission.variables,
+            "variables": variables,
             "limits": limits(ctx.agent, admission.budget).to_dict(),
             "prompt_version": ctx.version.name,
             "variant": ctx.variant,

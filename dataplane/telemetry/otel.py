@@ -303,8 +303,10 @@ MAX_CAPTURED = 16 * 1024
 
 
 def captured(text: str) -> str:
-    """Content for a span: personal data and secrets redacted, cut to a size."""
-    return pii.redact(text)[:MAX_CAPTURED]
+    """Content for a span: personal data and secrets redacted, cut to a size. Cut before
+    the scan too (with room for a secret that straddles the cut), so that the work is
+    bounded whatever the content's size."""
+    return pii.redact(text[: MAX_CAPTURED + 1024])[:MAX_CAPTURED]
 
 
 def _message(m: ChatMessage) -> dict[str, Any]:

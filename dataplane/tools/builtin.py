@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import math
 import operator
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -41,35 +42,76 @@ _OPERATORS: dict[type[ast.AST], Callable[..., Any]] = {
 }
 
 
-def _evaluate(node: ast.AST) -> float | int:
-    if isinstance(node, ast.Expression):
-        return _evaluate(node.body)
-    if (
-        isinstance(node, ast.Constant)
-        and isinstance(node.value, (int, float))
-        and not isinstance(node.value, bool)
-    ):
-        return node.value
-    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-        left, right = _evaluate(node.left), _evaluate(node.right)
-        if isinstance(node.op, ast.Pow) and abs(right) > 100:
+MAX_EXPRESSION = 500
+"""Characters of one expression."""
+MAX_BITS = 4096
+"""Size of any integer the calculator makes (about 1,230 decimal digits): big-integer
+arithmetic runs in one C call that holds the GIL, so a size must be refused before the
+operation, not timed out after it."""
+MAX_OPERATIONS = 200
+
+
+def _bits(value: float | int) -> int:
+    return value.bit_length() if isinstance(value, int) else 0
+
+
+def _check_size(op: ast.AST, left: float | int, right: float | int) -> None:
+    """Refuse an operation whose integer result would pass MAX_BITS, before doing it."""
+    if isinstance(op, ast.Pow) and isinstance(left, int) and isinstance(right, int):
+        if right > 0 and abs(left) > 1 and _bits(left) * right > MAX_BITS:
+            raise ToolFailure(f"the result would have more than {MAX_BITS} bits")
+        if abs(right) > 10 * MAX_BITS:
             raise ToolFailure("exponent too large")
-        return _OPERATORS[type(node.op)](left, right)  # type: ignore[no-any-return]
-    if isinstance(node, ast.UnaryOp) and type(node.op) in _OPERATORS:
-        return _OPERATORS[type(node.op)](_evaluate(node.operand))  # type: ignore[no-any-return]
-    raise ToolFailure("only numbers and + - * / // % ** ( ) are allowed")
+    elif isinstance(op, ast.Mult) and _bits(left) + _bits(right) > MAX_BITS:
+        raise ToolFailure(f"the result would have more than {MAX_BITS} bits")
+    elif isinstance(op, ast.Pow) and abs(right) > 10 * MAX_BITS:
+        raise ToolFailure("exponent too large")
+
+
+class _Evaluator:
+    """Arithmetic on a parsed expression, within an operation budget and size bounds."""
+
+    def __init__(self) -> None:
+        self.operations = 0
+
+    def evaluate(self, node: ast.AST) -> float | int:
+        self.operations += 1
+        if self.operations > MAX_OPERATIONS:
+            raise ToolFailure(f"more than {MAX_OPERATIONS} operations")
+        if isinstance(node, ast.Expression):
+            return self.evaluate(node.body)
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, (int, float))
+            and not isinstance(node.value, bool)
+        ):
+            if _bits(node.value) > MAX_BITS:
+                raise ToolFailure(f"a number has more than {MAX_BITS} bits")
+            return node.value
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+            left, right = self.evaluate(node.left), self.evaluate(node.right)
+            _check_size(node.op, left, right)
+            result = _OPERATORS[type(node.op)](left, right)
+            if isinstance(result, complex):
+                raise ToolFailure("the result is not a real number")
+            return result  # type: ignore[no-any-return]
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPERATORS:
+            return _OPERATORS[type(node.op)](self.evaluate(node.operand))  # type: ignore[no-any-return]
+        raise ToolFailure("only numbers and + - * / // % ** ( ) are allowed")
 
 
 async def calculator(arguments: dict[str, Any], context: CallContext) -> Any:
     """Evaluate an arithmetic expression: {"expression": "2 * (3 + 4)"}."""
     expression = str(arguments.get("expression", ""))
-    if len(expression) > 500:
-        raise ToolFailure("expression too long")
+    if len(expression) > MAX_EXPRESSION:
+        raise ToolFailure(f"expression too long (at most {MAX_EXPRESSION} characters)")
     try:
-        tree = ast.parse(expression, mode="eval")
-        return {"result": _evaluate(tree)}
-    except (SyntaxError, ZeroDivisionError, OverflowError) as e:
-        raise ToolFailure(f"cannot evaluate {expression!r}: {e}") from e
+        result = _Evaluator().evaluate(ast.parse(expression, mode="eval"))
+    except (SyntaxError, ZeroDivisionError, OverflowError, ValueError, RecursionError) as e:
+        raise ToolFailure(f"cannot evaluate {expression[:100]!r}: {e}") from e
+    if isinstance(result, float) and not math.isfinite(result):
+        raise ToolFailure("the result is not a finite number")
+    return {"result": result}
 
 
 async def echo(arguments: dict[str, Any], context: CallContext) -> Any:

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import Any, cast
 
+import httpx
 import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, RequestParamsMeta, TextContent
 
+from dataplane.egress import EgressDenied, EgressPolicy
 from dataplane.tools.builtin import ToolFailure
+from pilothouse import jsonschemas
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +37,22 @@ class McpUnavailable(Exception):
 
 
 class McpSessions:
-    def __init__(self, *, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self, *, connect_timeout: float = 10.0, egress: EgressPolicy | None = None
+    ) -> None:
+        """``egress``: where MCP servers (and their redirects) may be; None allows any."""
         # The executor's own timeouts bound every call; the SDK's HTTP client never retries.
+        limits = httpx2.Limits(max_connections=200, max_keepalive_connections=50)
+        transport: httpx2.AsyncBaseTransport = httpx2.AsyncHTTPTransport(
+            limits=limits, trust_env=False
+        )
+        if egress is not None:
+            transport = _EgressGuard(egress, transport)
+        self._egress = egress
         self._http = httpx2.AsyncClient(
             timeout=httpx2.Timeout(connect_timeout, read=None),
-            limits=httpx2.Limits(max_connections=200, max_keepalive_connections=50),
+            transport=transport,
+            trust_env=False,
         )
         self._sessions: dict[str, _Session] = {}
         self._opening: dict[str, asyncio.Lock] = {}
@@ -50,6 +63,14 @@ class McpSessions:
     ) -> Any:
         """The tool's result as JSON-able data; ``ToolFailure`` when the tool reports an
         error, ``McpUnavailable`` when the server cannot be reached."""
+        if self._egress is not None:
+            parts = httpx2.URL(url)
+            try:
+                await self._egress.resolve(parts.host, parts.port or _default_port(parts.scheme))
+            except EgressDenied as e:
+                raise ToolFailure(str(e)) from e
+            except httpx.TransportError as e:
+                raise McpUnavailable(str(e)) from e
         session = await self._session(url)
         try:
             result = await session.client.call_tool(
@@ -148,6 +169,33 @@ class _Session:
             self._ready.cancel()
 
 
+def _default_port(scheme: str) -> int:
+    return 443 if scheme == "https" else 80
+
+
+class _EgressGuard(httpx2.AsyncBaseTransport):
+    """Checks every request's destination (redirects included) against the egress
+    policy and sends it to the address that was checked, the TLS name staying the host's."""
+
+    def __init__(self, policy: EgressPolicy, inner: httpx2.AsyncBaseTransport) -> None:
+        self._policy = policy
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        url = request.url
+        try:
+            addresses = await self._policy.resolve(url.host, url.port or _default_port(url.scheme))
+        except httpx.TransportError as e:
+            raise httpx2.ConnectError(str(e), request=request) from e
+        if url.scheme == "https":
+            request.extensions = {**request.extensions, "sni_hostname": url.host}
+        request.url = url.copy_with(host=addresses[0])
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 def tool_result(result: CallToolResult) -> Any:
     """What the model is told: the structured result when the tool gives one, else its
     content (text parsed as JSON when it is JSON)."""
@@ -160,7 +208,7 @@ def tool_result(result: CallToolResult) -> Any:
     for content in result.content:
         if isinstance(content, TextContent):
             try:
-                parts.append(json.loads(content.text))
+                parts.append(jsonschemas.parse_document(content.text))
             except ValueError:
                 parts.append(content.text)
         else:

@@ -11,7 +11,6 @@ receive the same key in the request's ``_meta``.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -20,12 +19,18 @@ import httpx
 from jsonschema.exceptions import best_match
 
 from dataplane.config.snapshot import ExecutorConfig
+from dataplane.egress import EgressDenied
 from dataplane.runstore.memory import Memory
 from dataplane.tools.builtin import BUILTINS, CallContext, ToolFailure
 from dataplane.tools.mcp import McpSessions, McpUnavailable
+from pilothouse import jsonschemas
 from pilothouse.v1 import tool_pb2
 
 DEFAULT_TIMEOUT = 30.0
+MAX_RESPONSE_BYTES = 1 << 20
+"""Bytes of an HTTP tool's response body."""
+MAX_RESULT_DEPTH = jsonschemas.MAX_DOCUMENT_DEPTH
+"""Nesting of a tool's result (it is checkpointed, encoded and sent to the model)."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ class ToolRouter:
                 {"error": f"tool {name!r} is not available to this agent"}, False, False
             )
         try:
-            parsed = json.loads(arguments or "{}")
+            parsed = jsonschemas.parse_document(arguments or "{}")
         except ValueError as e:
             return ToolOutcome({"error": f"arguments are not valid JSON: {e}"}, False, False)
         if not isinstance(parsed, dict):
@@ -122,6 +127,8 @@ class ToolRouter:
                     result = await self._run(
                         tool, arguments, idempotency_key, CallContext(tenant, agent, self._memory)
                     )
+                if jsonschemas.depth(result, MAX_RESULT_DEPTH) > MAX_RESULT_DEPTH:
+                    raise ToolFailure(f"the tool's result nests deeper than {MAX_RESULT_DEPTH}")
                 return ToolOutcome(result, True, True, attempt)
             except ToolFailure as e:
                 return ToolOutcome({"error": str(e)}, False, True, attempt)
@@ -152,19 +159,40 @@ class ToolRouter:
 
     async def _http_call(self, tool: tool_pb2.Tool, arguments: dict[str, Any], key: str) -> Any:
         try:
-            response = await self._http.post(
-                tool.endpoint, json=arguments, headers={"Idempotency-Key": key}, timeout=None
-            )
+            async with self._http.stream(
+                "POST",
+                tool.endpoint,
+                json=arguments,
+                headers={"Idempotency-Key": key},
+                timeout=None,
+            ) as response:
+                body = await _read_at_most(response, MAX_RESPONSE_BYTES)
+        except EgressDenied as e:
+            raise ToolFailure(str(e)) from e
         except httpx.TransportError as e:
             raise _Transient(f"unreachable: {e!r}") from e
+        text = body.decode(response.encoding or "utf-8", errors="replace")
         if response.status_code >= 500 or response.status_code in (408, 429):
             raise _Transient(f"HTTP {response.status_code}")
         if response.status_code >= 400:
-            raise ToolFailure(f"HTTP {response.status_code}: {response.text[:500]}")
+            raise ToolFailure(f"HTTP {response.status_code}: {text[:500]}")
         try:
-            return response.json()
+            return jsonschemas.parse_document(body)
         except ValueError:
-            return {"text": response.text[:10_000]}
+            return {"text": text[:10_000]}
+
+
+async def _read_at_most(response: httpx.Response, limit: int) -> bytes:
+    """The response's body; ``ToolFailure`` once it passes ``limit`` bytes (the rest is
+    never read, so a tool cannot make the executor hold more)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise ToolFailure(f"the tool's response is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class _Transient(Exception):

@@ -223,6 +223,9 @@ async def start_executor(
             run_store_url,
             "--log-level",
             log_level,
+            # The fake model server listens on loopback.
+            "--allow-egress",
+            "127.0.0.1",
         ],
         env={**os.environ, **(env or {}), "PILOTHOUSE_EXECUTOR_KEY": key},
         stdout=subprocess.DEVNULL,

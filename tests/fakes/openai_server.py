@@ -32,6 +32,8 @@ class Behaviour:
     """Compress a whole (not streamed) reply, whatever the client accepts."""
     stream_data: list[str] | None = None
     """A streamed reply of these ``data:`` payloads, as they are."""
+    quote_key: bool = False
+    """With an error status: quote the bearer token received, as OpenAI's 401 does."""
 
 
 @dataclass
@@ -73,9 +75,11 @@ class FakeOpenAI(LoopbackHttpServer):
             await asyncio.sleep(delay)
         if behaviour.status != 200:
             extra = {"retry-after": behaviour.retry_after} if behaviour.retry_after else {}
-            return self._send(
-                writer, behaviour.status, {"error": {"message": f"fake {behaviour.status}"}}, extra
-            )
+            message = f"fake {behaviour.status}"
+            if behaviour.quote_key:
+                key = headers.get("authorization", "").removeprefix("Bearer ")
+                message = f"Incorrect API key provided: {key}. You can find your API key at …"
+            return self._send(writer, behaviour.status, {"error": {"message": message}}, extra)
         if behaviour.stream_data is not None:
             writer.write(
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: "
@@ -123,7 +127,7 @@ class FakeOpenAI(LoopbackHttpServer):
                     {
                         "id": f"call_{i}",
                         "type": "function",
-                        "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])},
+                        "function": {"name": c["name"], "arguments": _arguments(c)},
                     }
                     for i, c in enumerate(behaviour.tool_calls)
                 ],
@@ -217,3 +221,9 @@ class FakeOpenAI(LoopbackHttpServer):
         send(b"data: [DONE]\n\n")
         writer.write(b"0\r\n\r\n")
         await writer.drain()
+
+
+def _arguments(call: dict[str, Any]) -> str:
+    """A call's arguments as JSON text; text given as it is (which may be anything)."""
+    arguments = call["arguments"]
+    return arguments if isinstance(arguments, str) else json.dumps(arguments)

@@ -81,6 +81,8 @@ async def stage(
     **settings: Any,
 ) -> AsyncIterator[Stage]:
     key = await live.new_key(api_key_pb2.ROLE_EXECUTOR, None)
+    # The fakes (model server, tools, MCP) listen on loopback.
+    settings.setdefault("allow_egress", ("127.0.0.1",))
     executor = await Executor.start(
         ExecutorSettings(
             api_key=key,

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 
 import grpc
+import pytest
 
 from controlplane.auth import keys
 from pilothouse.v1 import api_key_pb2, tenant_pb2, tool_pb2
 from tests import helpers as h
-from tests.conftest import Live
+from tests.conftest import Live, start_live
 
 Code = grpc.StatusCode
 
@@ -148,3 +150,35 @@ async def test_client_keys_must_name_a_tenant(live: Live) -> None:
         ),
         Code.FAILED_PRECONDITION,
     )
+
+
+async def test_a_revoked_bootstrap_key_stays_revoked_across_restarts(
+    own_database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As on every pod restart of a deployment that keeps PILOTHOUSE_BOOTSTRAP_KEY set."""
+    bootstrap = keys.generate().token
+    first = await start_live(own_database_url, bootstrap_key=bootstrap)
+    try:
+        second_admin = await first.new_key(api_key_pb2.ROLE_ADMIN, None)
+        key_id = keys.parse(bootstrap)
+        assert key_id is not None
+        await first.keys.DeleteApiKey(
+            api_key_pb2.DeleteApiKeyRequest(name=f"apiKeys/{key_id.id}"),
+            metadata=first.md(second_admin),
+        )
+    finally:
+        await first.channel.close()
+        await first.plane.aclose()
+    with caplog.at_level(logging.WARNING, logger="controlplane.auth.api_keys"):
+        again = await start_live(own_database_url, bootstrap_key=bootstrap)
+    try:
+        assert "stays revoked" in caplog.text and key_id.id in caplog.text
+        listing = api_key_pb2.ListApiKeysRequest()
+        await h.fails(
+            again.keys.ListApiKeys(listing, metadata=again.md(bootstrap)), Code.UNAUTHENTICATED
+        )
+        listed = await again.keys.ListApiKeys(listing, metadata=again.md(second_admin))
+        assert f"apiKeys/{key_id.id}" not in [k.name for k in listed.api_keys]
+    finally:
+        await again.channel.close()
+        await again.plane.aclose()

@@ -103,6 +103,8 @@ async def start_executor(
         run_store,
         "--lease-ttl",
         "1",
+        "--allow-egress",
+        "127.0.0.1",
         env={**os.environ, "PILOTHOUSE_EXECUTOR_KEY": key, "PILOTHOUSE_LOG_LEVEL": "WARNING"},
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,

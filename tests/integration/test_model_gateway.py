@@ -13,8 +13,10 @@ import pytest
 from google.protobuf import any_pb2
 
 from dataplane.config.snapshot import ExecutorConfig, parse
+from dataplane.egress import EgressPolicy
 from dataplane.http1 import Http1Transport
 from dataplane.models.breaker import Breakers
+from dataplane.models.credentials import Credential, Credentials
 from dataplane.models.gateway import (
     GatewayResult,
     ModelGateway,
@@ -64,7 +66,7 @@ def openai_model(fake: FakeOpenAI, name: str = "gpt") -> model_pb2.Model:
         name=f"tenants/t/models/{name}",
         provider_model="gpt-test",
         context_window=1000,
-        api_key_env="FAKE_KEY",
+        credential="fake",
     )
 
 
@@ -75,8 +77,12 @@ REQUEST = ChatRequest(
 )
 
 
+FAKE_CREDENTIAL = Credential("fake", "env:FAKE_KEY", "sk-test", frozenset({"t"}))
+
+
 def gateway(http: Http1Transport, **kwargs: object) -> ModelGateway:
-    return ModelGateway(http, retry=FAST, env={"FAKE_KEY": "sk-test"}, **kwargs)  # type: ignore[arg-type]
+    kwargs.setdefault("credentials", Credentials([FAKE_CREDENTIAL]))
+    return ModelGateway(http, retry=FAST, **kwargs)  # type: ignore[arg-type]
 
 
 async def ask(g: ModelGateway, fake: FakeOpenAI, pick_key: str) -> GatewayResult:
@@ -291,3 +297,72 @@ def test_retry_budget_accounting() -> None:
     for _ in range(4):
         budget.deposit()
     assert budget.withdraw() and budget.withdraw() and not budget.withdraw()
+
+
+async def refused(g: ModelGateway, model: model_pb2.Model) -> ProviderError:
+    """The call must fail at once, for good, without reaching any server."""
+    with pytest.raises(ProviderError) as info:
+        await g.complete(
+            config(model),
+            "tenants/t/modelRoutes/r",
+            REQUEST,
+            deadline=await deadline(),
+            pick_key="k",
+        )
+    assert not info.value.retryable
+    return info.value
+
+
+async def test_a_credential_goes_only_where_its_operator_granted_it(
+    fake: FakeOpenAI, http: Http1Transport
+) -> None:
+    fake.then(Behaviour(content="ok"))
+    bound = Credential("bound", "env:B", "sk-bound", frozenset({"t"}), (fake.base_url.rstrip("/"),))
+    elsewhere = Credential("elsewhere", "env:E", "sk-e", frozenset({"t"}), ("https://api.example",))
+    other = Credential("other", "env:O", "sk-other", frozenset({"someone-else"}))
+    g = gateway(http, credentials=Credentials([bound, elsewhere, other]))
+    model = openai_model(fake)
+
+    model.credential = "bound"
+    await g.complete(
+        config(model), "tenants/t/modelRoutes/r", REQUEST, deadline=await deadline(), pick_key="k"
+    )
+    assert fake.headers[-1]["authorization"] == "Bearer sk-bound"
+    calls = len(fake.requests)
+
+    model.credential = "elsewhere"
+    assert "may not be sent to" in str(await refused(g, model))
+    model.credential = "other"
+    assert "not granted to tenant 't'" in str(await refused(g, model))
+    model.credential = "missing"
+    assert "not configured on this executor" in str(await refused(g, model))
+    # A model stored before credentials existed names an environment variable: it is
+    # never read, whatever it names.
+    model.credential = ""
+    model.api_key_env = "PILOTHOUSE_EXECUTOR_KEY"
+    assert "api_key_env" in str(await refused(g, model))
+    assert len(fake.requests) == calls
+
+
+async def test_a_model_without_a_credential_sends_none(
+    fake: FakeOpenAI, http: Http1Transport
+) -> None:
+    fake.then(Behaviour(content="ok"))
+    model = openai_model(fake)
+    model.credential = ""
+    await gateway(http).complete(
+        config(model), "tenants/t/modelRoutes/r", REQUEST, deadline=await deadline(), pick_key="k"
+    )
+    assert "authorization" not in fake.headers[-1]
+
+
+async def test_egress_policy_keeps_model_calls_off_loopback(fake: FakeOpenAI) -> None:
+    """The fake listens on loopback: without the operator's leave the call is refused
+    before any connection, and for good."""
+    guarded = Http1Transport(egress=EgressPolicy())
+    try:
+        error = await refused(gateway(guarded), openai_model(fake))
+        assert "loopback" in str(error) and "--allow-egress" in str(error)
+        assert fake.requests == []
+    finally:
+        await guarded.aclose()

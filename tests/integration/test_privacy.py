@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from controlplane.store.schema import metadata
+from dataplane.runstore.store import RunStore
 from pilothouse.v1 import (
     agent_pb2,
     approval_pb2,
@@ -28,10 +29,11 @@ from pilothouse.v1 import (
     tenant_pb2,
     tool_pb2,
 )
+from tests import helpers as h
 from tests.conftest import Live
 from tests.fakes.openai_server import Behaviour, FakeOpenAI
 from tests.fakes.tool_server import DocumentTool, RefundTool
-from tests.integration.test_agent_runs import run_to_end, stage
+from tests.integration.test_agent_runs import deploy, run_to_end, stage
 from tests.integration.test_guardrails import guarded_agent
 from tests.integration.test_telemetry import eventually, finished_summary
 from tests.unit.test_pii import CORPUS
@@ -227,3 +229,34 @@ async def test_captured_content_is_redacted(
     assert "[SECRET]" in str(tool.attributes["gen_ai.tool.call.result"])  # type: ignore[index]
     everything = "\n".join(repr(dict(sp.attributes or {})) for sp in spans)
     assert leaks(everything) == []
+
+
+async def test_prompt_variables_are_redacted_like_the_input(
+    live: Live, run_database_url: str, tmp_path: Path
+) -> None:
+    fake = await FakeOpenAI().start()
+    try:
+        tenant = await live.new_tenant("pii")
+        agent = h.agent(
+            tenant, "support", [], guardrail_policy=agent_pb2.GuardrailPolicy(redact_pii=True)
+        )
+        await deploy(live, tenant, tools={}, model=h.openai_model(fake.base_url), agent=agent)
+        fake.then(Behaviour(content="Hello!"))
+        async with stage(live, run_database_url, tmp_path) as s:
+            await s.settled()
+            events = await run_to_end(
+                s,
+                await s.client_key(tenant),
+                run_pb2.RunAgentRequest(
+                    agent=f"tenants/{tenant}/agents/helper",
+                    input="hi, I am ada.lovelace@example.com",
+                    variables={"customer": "ada.lovelace@example.com"},
+                ),
+            )
+            assert events[-1].run_stopped.reason == run_pb2.STOP_REASON_COMPLETED
+            sent = repr(fake.requests)
+            assert "lovelace" not in sent and "[EMAIL]" in sent
+            run = await RunStore(s.executor.db).get(events[0].run.split("/")[-1])
+            assert "lovelace" not in repr(run.request)
+    finally:
+        await fake.aclose()

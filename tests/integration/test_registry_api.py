@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
+import sqlalchemy as sa
 from google.protobuf import field_mask_pb2
 
 from controlplane.store import audit as audit_store
+from controlplane.store.schema import resources
 from pilothouse.v1 import (
     agent_pb2,
     model_pb2,
@@ -669,3 +673,111 @@ async def test_pinned_versions_and_prompt_deletion(live: Live) -> None:
         Code.INVALID_ARGUMENT,
     )
     assert "agent.prompt_version" in h.field_violations(err)
+
+
+async def test_models_name_a_credential_never_an_environment_variable(live: Live) -> None:
+    tenant = await live.new_tenant()
+    parent = f"tenants/{tenant}"
+    for field, value in (("api_key_env", "PILOTHOUSE_EXECUTOR_KEY"), ("credential", "Not A Name")):
+        err = await h.fails(
+            live.models.CreateModel(
+                model_pb2.CreateModelRequest(
+                    parent=parent, model_id="m", model=h.model(**{field: value})
+                ),
+                metadata=live.md(),
+            ),
+            Code.INVALID_ARGUMENT,
+        )
+        assert f"model.{field}" in h.field_violations(err)
+    created = await live.models.CreateModel(
+        model_pb2.CreateModelRequest(
+            parent=parent, model_id="m", model=h.model(credential="openai-prod")
+        ),
+        metadata=live.md(),
+    )
+    assert created.model.credential == "openai-prod"
+
+
+async def test_a_model_stored_with_api_key_env_is_told_how_to_migrate(live: Live) -> None:
+    """A model written before credentials existed fails its next update with a message
+    naming the field, and is fixed by naming a credential and clearing api_key_env."""
+    tenant = await live.new_tenant()
+    name = f"tenants/{tenant}/models/legacy"
+    await live.models.CreateModel(
+        model_pb2.CreateModelRequest(
+            parent=f"tenants/{tenant}", model_id="legacy", model=h.model()
+        ),
+        metadata=live.md(),
+    )
+    async with live.plane.db.transaction() as conn:
+        row = (
+            await conn.execute(
+                sa.select(resources.c.spec).where(
+                    resources.c.tenant == tenant, resources.c.id == "legacy"
+                )
+            )
+        ).one()
+        spec = {**json.loads(row.spec), "api_key_env": "OPENAI_API_KEY"}
+        await conn.execute(
+            resources.update()
+            .where(resources.c.tenant == tenant, resources.c.id == "legacy")
+            .values(spec=json.dumps(spec))
+        )
+    stored = (
+        await live.models.GetModel(model_pb2.GetModelRequest(name=name), metadata=live.md())
+    ).model
+    assert stored.api_key_env == "OPENAI_API_KEY"
+    err = await h.fails(
+        live.models.UpdateModel(
+            model_pb2.UpdateModelRequest(
+                model=model_pb2.Model(name=name, input_price_per_million="1"),
+                update_mask=field_mask_pb2.FieldMask(paths=["input_price_per_million"]),
+            ),
+            metadata=live.md(),
+        ),
+        Code.INVALID_ARGUMENT,
+    )
+    assert "credential" in h.field_violations(err)["model.api_key_env"]
+    fixed = await live.models.UpdateModel(
+        model_pb2.UpdateModelRequest(
+            model=model_pb2.Model(name=name, credential="openai"),
+            update_mask=field_mask_pb2.FieldMask(paths=["credential", "api_key_env"]),
+        ),
+        metadata=live.md(),
+    )
+    assert fixed.model.credential == "openai" and not fixed.model.api_key_env
+
+
+async def test_tenant_patterns_are_checked_with_the_executors_engine(live: Live) -> None:
+    """A pattern RE2 cannot run is refused at the API, naming the field, wherever a
+    tenant may write one."""
+    tenant = await _registry_with_agent(live)
+    parent = f"tenants/{tenant}"
+    tool = h.tool()
+    tool.input_schema.update(
+        {"type": "object", "properties": {"text": {"type": "string", "pattern": r"(a)\1"}}}
+    )
+    err = await h.fails(
+        live.tools.CreateTool(
+            tool_pb2.CreateToolRequest(parent=parent, tool_id="backref", tool=tool),
+            metadata=live.md(),
+        ),
+        Code.INVALID_ARGUMENT,
+    )
+    assert "RE2" in h.field_violations(err)["tool.input_schema"]
+    agent = h.agent(tenant, "support", ["echo"])
+    agent.guardrail_policy.blocked_patterns.append(r"secret(?=s)")
+    err = await h.fails(
+        live.agents.CreateAgent(
+            agent_pb2.CreateAgentRequest(parent=parent, agent_id="lookahead", agent=agent),
+            metadata=live.md(),
+        ),
+        Code.INVALID_ARGUMENT,
+    )
+    assert "RE2" in h.field_violations(err)["agent.guardrail_policy.blocked_patterns[0]"]
+    # What backtracks on Python's engine runs in linear time on RE2: accepted.
+    agent.guardrail_policy.blocked_patterns[0] = r"(a+)+$"
+    await live.agents.CreateAgent(
+        agent_pb2.CreateAgentRequest(parent=parent, agent_id="linear", agent=agent),
+        metadata=live.md(),
+    )

@@ -276,7 +276,8 @@ CASES: dict[str, Build] = {
     "AuditService/VerifyAuditLog": lambda t: audit_pb2.VerifyAuditLogRequest(parent=t.parent),
 }
 
-# Streams a tenant-confined admin may open, which carry only its own tenant's events.
+# Streams a tenant-confined admin or executor may open, which carry only its own
+# tenant's events.
 STREAMS_OWN_TENANT = {"ApprovalService/WatchDecisions"}
 
 # Calls that name no tenant: they succeed, and show nothing of another tenant.
@@ -379,7 +380,9 @@ async def _tenant_b(live: Live) -> Target:
     return Target(tenant, prompt.labels["production"], key.api_key.name)
 
 
-@pytest.mark.parametrize("role", [api_key_pb2.ROLE_OPERATOR, api_key_pb2.ROLE_ADMIN])
+@pytest.mark.parametrize(
+    "role", [api_key_pb2.ROLE_OPERATOR, api_key_pb2.ROLE_ADMIN, api_key_pb2.ROLE_EXECUTOR]
+)
 async def test_key_of_tenant_a_cannot_touch_tenant_b(live: Live, role: int) -> None:
     tenant_a = await live.new_tenant("a")
     key_a = await live.new_key(role, tenant_a)
@@ -391,13 +394,17 @@ async def test_key_of_tenant_a_cannot_touch_tenant_b(live: Live, role: int) -> N
     for method, build in CASES.items():
         call = _callable(live, method)
         if method in FILTERED:
-            response = await call(build(b), metadata=live.md(key_a))
+            try:
+                response = await call(build(b), metadata=live.md(key_a))
+            except grpc.aio.AioRpcError as e:  # an executor may not even list
+                assert e.code() == Code.PERMISSION_DENIED and role == api_key_pb2.ROLE_EXECUTOR
+                continue
             if method == "TenantService/ListTenants":
                 assert [t.name for t in response.tenants] == [f"tenants/{tenant_a}"]
             continue
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await call(build(b), metadata=live.md(key_a))
-        if method in STREAMS_OWN_TENANT and role == api_key_pb2.ROLE_ADMIN:
+        if method in STREAMS_OWN_TENANT and role != api_key_pb2.ROLE_OPERATOR:
             # Allowed to watch, but only its own tenant: B's decision never arrives.
             assert info.value.code() == Code.DEADLINE_EXCEEDED, method
             continue
@@ -405,8 +412,12 @@ async def test_key_of_tenant_a_cannot_touch_tenant_b(live: Live, role: int) -> N
             f"{method}: {info.value.code()} {info.value.details()}"
         )
 
-    listed = await live.keys.ListApiKeys(api_key_pb2.ListApiKeysRequest(), metadata=live.md(key_a))
-    assert all(k.tenant == f"tenants/{tenant_a}" for k in listed.api_keys)
+    list_keys = live.keys.ListApiKeys(api_key_pb2.ListApiKeysRequest(), metadata=live.md(key_a))
+    if role == api_key_pb2.ROLE_EXECUTOR:
+        await h.fails(list_keys, Code.PERMISSION_DENIED)
+    else:
+        listed = await list_keys
+        assert all(k.tenant == f"tenants/{tenant_a}" for k in listed.api_keys)
     after = await live.tools.GetTool(
         tool_pb2.GetToolRequest(name=f"{b.parent}/tools/echo"), metadata=live.md()
     )

@@ -160,7 +160,12 @@ def _document(source: str, raw: Any) -> Document:
         return _prompt(where, source, kind, tenant, name, spec)
     message = _message(kind.message, spec, where)
     _expand(message, kind.name, tenant)
-    doc = Document(source, kind, tenant, name, message, _paths(kind.message, spec))
+    paths = _paths(kind.message, spec)
+    if kind.name == "Model" and "api_key_env" not in paths:
+        # A manifest without the deprecated field clears any value stored before it was
+        # deprecated (the server refuses models that keep one).
+        paths.append("api_key_env")
+    doc = Document(source, kind, tenant, name, message, paths)
     named: Any = message
     named.name = doc.name
     return doc

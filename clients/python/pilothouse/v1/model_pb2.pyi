@@ -21,6 +21,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _ModelProvider:
@@ -64,6 +69,7 @@ class Model(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     SCRIPTED_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Format: tenants/{tenant}/models/{model}"""
     provider: Global___ModelProvider.ValueType
@@ -81,11 +87,32 @@ class Model(_message.Message):
     """Tokens the model accepts in one call, prompt and output together. At least 1."""
     max_output_tokens: _builtins.int
     """Most tokens the model may produce in one call; at most context_window."""
-    api_key_env: _builtins.str
-    """Name of the executor's environment variable that holds the provider's API key.
-    Secrets are never stored in Pilothouse.
-    """
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def api_key_env(self) -> _builtins.str:
+        """Deprecated: no longer honoured and refused on create and update (clearing it is
+        allowed). A tenant must not choose which of the executor's environment variables is
+        sent to an endpoint it chose; name a credential instead (see docs/security.md,
+        "Migrating from api_key_env").
+        """
+
+    @api_key_env.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def api_key_env(self, value: _builtins.str) -> None:
+        """Deprecated: no longer honoured and refused on create and update (clearing it is
+        allowed). A tenant must not choose which of the executor's environment variables is
+        sent to an endpoint it chose; name a credential instead (see docs/security.md,
+        "Migrating from api_key_env").
+        """
+
     etag: _builtins.str
+    credential: _builtins.str
+    """Name of the provider credential the executor sends with each call (as a bearer
+    token): one the executor's operator configured and granted to this tenant
+    (`dataplane serve --provider-credential`, `--credentials-file`). The secret itself
+    never enters Pilothouse's API. Empty: calls carry no credential. Lower-case letters,
+    digits and '-', at most 63 characters.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -110,10 +137,11 @@ class Model(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         scripted: Global___ScriptedModel | None = ...,
+        credential: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "scripted", b"scripted", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_env", b"api_key_env", "context_window", b"context_window", "create_time", b"create_time", "endpoint", b"endpoint", "etag", b"etag", "input_price_per_million", b"input_price_per_million", "max_output_tokens", b"max_output_tokens", "name", b"name", "output_price_per_million", b"output_price_per_million", "provider", b"provider", "provider_model", b"provider_model", "scripted", b"scripted", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_env", b"api_key_env", "context_window", b"context_window", "create_time", b"create_time", "credential", b"credential", "endpoint", b"endpoint", "etag", b"etag", "input_price_per_million", b"input_price_per_million", "max_output_tokens", b"max_output_tokens", "name", b"name", "output_price_per_million", b"output_price_per_million", "provider", b"provider", "provider_model", b"provider_model", "scripted", b"scripted", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
