@@ -23,12 +23,16 @@ class ChildControlPlane:
     address: str
     log_tail: deque[str] = field(default_factory=lambda: deque(maxlen=200))
     """The child's last log lines (its stderr is drained so it never blocks on a full pipe)."""
+    drain: threading.Thread | None = None
 
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM, then wait for the graceful shutdown; the exit status."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout)
+        status = self.process.wait(timeout=timeout)
+        if self.drain is not None:
+            self.drain.join(timeout=5)
+        return status
 
 
 def start(
@@ -72,9 +76,9 @@ def start(
         tail.append(line)
         match = _LISTENING.search(line)
         if match:
-            child = ChildControlPlane(process, match[1], tail)
-            threading.Thread(target=_drain, args=(process, tail), daemon=True).start()
-            return child
+            drain = threading.Thread(target=_drain, args=(process, tail), daemon=True)
+            drain.start()
+            return ChildControlPlane(process, match[1], tail, drain)
     process.kill()
     process.wait()
     raise RuntimeError("the control plane did not start:\n" + "".join(tail))
@@ -82,5 +86,6 @@ def start(
 
 def _drain(process: subprocess.Popen[str], tail: deque[str]) -> None:
     assert process.stderr is not None
-    for line in process.stderr:
-        tail.append(line)
+    with process.stderr:  # closed at the end of the child's output, not left to the GC
+        for line in process.stderr:
+            tail.append(line)

@@ -52,6 +52,8 @@ from controlplane.retention import Retention
 from controlplane.rollouts.service import Rollouts
 from controlplane.store.database import Database, open_database
 from controlplane.telemetry.service import Telemetry
+from pilothouse.configuration import MAX_MESSAGE_BYTES
+from pilothouse.decoding import DecodeGuard
 from pilothouse.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -151,9 +153,15 @@ class ControlPlane:
             raise
         executors = ExecutorRegistry(db)
         server = grpc.aio.server(
-            interceptors=[ErrorInterceptor(), AuthInterceptor(api_keys, KeyAudit(db))],
+            interceptors=[
+                DecodeGuard(),
+                ErrorInterceptor(),
+                AuthInterceptor(api_keys, KeyAudit(db)),
+            ],
             options=[
                 ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+                # A tenant's configuration goes to executors in one response.
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
         )

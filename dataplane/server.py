@@ -40,6 +40,8 @@ from dataplane.telemetry.otel import Tracing
 from dataplane.telemetry.relay import OutboxRelay, RelaySettings
 from dataplane.tools.mcp import McpSessions
 from dataplane.tools.router import ToolRouter
+from pilothouse.configuration import MAX_MESSAGE_BYTES
+from pilothouse.decoding import DecodeGuard
 from pilothouse.v1 import run_pb2, run_pb2_grpc
 from storekit.database import Database
 
@@ -54,6 +56,9 @@ CHANNEL_OPTIONS = (
     ("grpc.max_reconnect_backoff_ms", 5000),
     ("grpc.keepalive_time_ms", 30000),
     ("grpc.keepalive_timeout_ms", 10000),
+    # One tenant's configuration arrives in one response: as large as the control plane
+    # may send one.
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 )
 
 
@@ -181,7 +186,7 @@ class Executor:
         await bridge.start()
         await relay.start()
         await quotas.start()
-        server = grpc.aio.server()
+        server = grpc.aio.server(interceptors=[DecodeGuard()])
         run_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentServicer(runs, store, watcher, executor=settings.node_id), server
         )

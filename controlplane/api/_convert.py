@@ -24,6 +24,7 @@ from controlplane.registry import resources as r
 from controlplane.registry.codec import content_hash
 from controlplane.registry.resources import Record
 from controlplane.registry.service import resource_name
+from pilothouse import wellknown
 from pilothouse.v1 import (
     agent_pb2,
     api_key_pb2,
@@ -122,7 +123,7 @@ def _duration(message: Any, field: str) -> timedelta | None:
     if not message.HasField(field):
         return None
     d: duration_pb2.Duration = getattr(message, field)
-    return d.ToTimedelta()
+    return wellknown.duration(d, field)
 
 
 def _set_duration(target: duration_pb2.Duration, value: timedelta | None) -> None:

@@ -1,48 +1,49 @@
-"""The Aggregated Discovery Service (xDS, State of the World) for executors.
+"""The Aggregated Discovery Service for executors: Delta xDS, one resource per tenant.
 
-Per stream and per type URL the server keeps what it last sent (version and nonce) and
-whether that response still awaits its ACK or NACK; at most one response per type is
-outstanding, and a newer snapshot is sent only once every type has answered for the
-current one, so the types of a stream move from snapshot to snapshot together. A request
-whose nonce is not the last one sent is stale and ignored. A NACK marks the version
-rejected for that node, which is then never sent to it again. A push happens only when
-the version the stream would see differs from what was last sent, so nothing is pushed
-when nothing changed. Every response of one snapshot carries that snapshot's version; a
-key confined to a tenant sees only that tenant's resources.
+This module is the gRPC edge: it turns requests into ``discovery.delta.Request`` values,
+drives one ``DeltaSession`` per stream (the protocol's rules live there) and encodes its
+responses. A tenant's configuration is packed once per version into a serialised
+``Resource`` and shared by every stream due it (a byte-bounded cache, so a large tenant's
+versions are not kept without limit). A key confined to a tenant sees only that tenant.
+State of the World is not served: its one response per type held every tenant, so one
+tenant's oversized or rejected configuration stopped every tenant's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import functools
 import logging
-import secrets
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import ads_pb2, ads_pb2_grpc, discovery_pb2
-from google.protobuf import any_pb2
+from envoy.service.discovery.v3 import ads_pb2, discovery_pb2
 from google.protobuf.message import Message
 
 from controlplane.api import _convert
 from controlplane.api.context import principal
 from controlplane.api.rollout_convert import rollout_to_proto
+from controlplane.discovery.delta import (
+    DeltaSession,
+    ProtocolError,
+    Request,
+    Response,
+    rejection,
+)
 from controlplane.discovery.executors import ExecutorRegistry
 from controlplane.discovery.publisher import SnapshotPublisher
 from controlplane.discovery.snapshot import KIND_ORDER, Snapshot
 from controlplane.errors import InvalidArgument
 from controlplane.lru import LruCache
 from controlplane.registry.resources import Record
+from pilothouse.configuration import TENANT_CONFIGURATION_URL, resource_name
+from pilothouse.v1 import discovery_pb2 as discovery_pb2_ph
 
 log = logging.getLogger("pilothouse.discovery")
 
 ADS_SERVICE = ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name
-TYPE_PREFIX = "type.googleapis.com/pilothouse.v1."
-TYPE_URLS = tuple(TYPE_PREFIX + kind for kind in KIND_ORDER)
 
 _TO_PROTO: dict[str, Callable[[Record[Any]], Message]] = {
     "ApiKeyDigest": _convert.api_key_digest_to_proto,
@@ -58,90 +59,41 @@ _TO_PROTO: dict[str, Callable[[Record[Any]], Message]] = {
 }
 
 
-class PackedResources:
-    """Resources as (name, Any), packed once per tenant configuration version and shared
-    by every stream that sees them."""
+class TenantBundles:
+    """Each tenant's configuration at a version as a serialised xDS ``Resource`` named
+    ``tenants/{tenant}``, made once and shared by every stream."""
 
-    def __init__(self) -> None:
-        self._cache: LruCache[tuple[str, str, str], list[tuple[str, any_pb2.Any]]] = LruCache(4096)
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self._cache: LruCache[tuple[str, str], bytes] = LruCache(
+            100_000, max_bytes=max_bytes, size=len
+        )
 
-    def for_view(
-        self, snapshot: Snapshot, kind: str, tenant: str | None
-    ) -> list[tuple[str, any_pb2.Any]]:
-        tenants = [tenant] if tenant is not None else sorted(snapshot.tenants)
-        out: list[tuple[str, any_pb2.Any]] = []
-        for t in tenants:
-            config = snapshot.tenants.get(t)
-            if config is None:
-                continue
-            records = config.resources[kind]
-            out += self._cache.get_or_make(
-                (kind, t, config.version), functools.partial(self._pack, kind, records)
-            )
-        return out
+    @property
+    def cached_bytes(self) -> int:
+        return self._cache.bytes
+
+    def encode(self, snapshot: Snapshot, tenant: str, version: str) -> bytes:
+        return self._cache.get_or_make(
+            (tenant, version), functools.partial(self._pack, snapshot, tenant, version)
+        )
 
     @staticmethod
-    def _pack(kind: str, records: tuple[Record[Any], ...]) -> list[tuple[str, any_pb2.Any]]:
-        packed = []
-        for record in records:
-            message = _TO_PROTO[kind](record)
-            wrapped = any_pb2.Any()
-            wrapped.Pack(message)
-            packed.append((getattr(message, "name"), wrapped))  # noqa: B009
-        return packed
+    def _pack(snapshot: Snapshot, tenant: str, version: str) -> bytes:
+        config = snapshot.tenant(tenant)
+        assert config is not None and config.version == version
+        bundle = discovery_pb2_ph.TenantConfiguration(name=resource_name(tenant), version=version)
+        for kind in KIND_ORDER:
+            for record in config.resources[kind]:
+                bundle.resources.add().Pack(_TO_PROTO[kind](record))
+        resource = discovery_pb2.Resource(name=bundle.name, version=version)
+        resource.resource.Pack(bundle)
+        return bytes(resource.SerializeToString())
 
 
-_NONCE_TAG = bytes([(5 << 3) | 2])
-"""Wire tag of ``DiscoveryResponse.nonce`` (field 5, length-delimited)."""
-
-
-class EncodedResponses:
-    """Responses serialised once per type, version and view, and shared by every stream
-    that is due the same one. A stream's nonce is appended to the shared bytes: a field
-    appended to a serialised message is a field of that message."""
-
-    def __init__(self, packed: PackedResources, identity: base_pb2.ControlPlane) -> None:
-        self._packed = packed
-        self._identity = identity
-        self._cache: LruCache[tuple[str, str, str | None, frozenset[str]], bytes] = LruCache(4096)
-
-    def encode(
-        self,
-        snapshot: Snapshot,
-        version: str,
-        type_url: str,
-        tenant: str | None,
-        names: frozenset[str],
-        nonce: str,
-    ) -> bytes:
-        body = self._cache.get_or_make(
-            (type_url, version, tenant, names),
-            functools.partial(self._serialise, snapshot, version, type_url, tenant, names),
-        )
-        encoded = nonce.encode()
-        return body + _NONCE_TAG + _varint(len(encoded)) + encoded
-
-    def _serialise(
-        self,
-        snapshot: Snapshot,
-        version: str,
-        type_url: str,
-        tenant: str | None,
-        names: frozenset[str],
-    ) -> bytes:
-        kind = type_url.removeprefix(TYPE_PREFIX)
-        resources = [
-            packed
-            for name, packed in self._packed.for_view(snapshot, kind, tenant)
-            if not names or name in names
-        ]
-        response = discovery_pb2.DiscoveryResponse(
-            version_info=version,
-            resources=resources,
-            type_url=type_url,
-            control_plane=self._identity,
-        )
-        return bytes(response.SerializeToString())
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field, encoded: appended to a serialised message, it is a field
+    of that message (so a shared serialised resource goes into many responses as it is)."""
+    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
 
 
 def _varint(value: int) -> bytes:
@@ -153,66 +105,110 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+_RESOURCES, _NONCE, _REMOVED = 2, 5, 6
+"""Field numbers of DeltaDiscoveryResponse."""
+
+
 def add_to_server(servicer: AdsServicer, server: grpc.aio.Server) -> None:
-    """Serve ADS; its responses come already serialised (see EncodedResponses), so they
-    go out as they are."""
-    handler: grpc.RpcMethodHandler[discovery_pb2.DiscoveryRequest, bytes] = (
+    """Serve ADS; delta responses come already serialised, so they go out as they are."""
+    delta: grpc.RpcMethodHandler[discovery_pb2.DeltaDiscoveryRequest, bytes] = (
+        grpc.stream_stream_rpc_method_handler(
+            servicer.DeltaAggregatedResources,
+            request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+        )
+    )
+    sotw: grpc.RpcMethodHandler[discovery_pb2.DiscoveryRequest, bytes] = (
         grpc.stream_stream_rpc_method_handler(
             servicer.StreamAggregatedResources,
             request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
         )
     )
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(ADS_SERVICE, {"StreamAggregatedResources": handler}),)
+        (
+            grpc.method_handlers_generic_handler(
+                ADS_SERVICE,
+                {"DeltaAggregatedResources": delta, "StreamAggregatedResources": sotw},
+            ),
+        )
     )
 
 
-class _Signal(enum.Enum):
-    NEWER = "a newer snapshot is published"
-    ENDED = "the client's requests ended"
+class _Ended:
+    """The client's requests ended."""
 
 
-@dataclass
-class _TypeState:
-    names: frozenset[str] = frozenset()
-    """Resource names subscribed to; empty means all (wildcard)."""
-    sent_version: str = ""
-    sent_nonce: str = ""
-    outstanding: bool = False
-    acked_version: str = ""
+class _Newer:
+    """A newer snapshot is published."""
 
 
-@dataclass
-class _Stream:
-    tenant: str | None
-    node_id: str = ""
-    nacked: set[str] = field(default_factory=set)
-    types: dict[str, _TypeState] = field(default_factory=dict)
-    reported_ack: str = ""
-    round: tuple[Snapshot, str] | None = None
-    """The snapshot (and its version for this stream) being delivered: every type gets
-    it before any type gets a newer one, so an executor always sees whole snapshots."""
+ENDED, NEWER = _Ended(), _Newer()
 
 
-class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+class _Status:
+    """Callbacks of the protocol machine, into the executor registry."""
+
+    def __init__(self, executors: ExecutorRegistry) -> None:
+        self._executors = executors
+
+    def acked(self, node: str, version: str) -> None:
+        self._executors.record_ack(node, version)
+
+    def nacked(self, node: str, resource: str, version: str, error: str) -> None:
+        log.warning(
+            "executor rejected a configuration",
+            extra={"node": node, "resource": resource, "version": version, "error": error},
+        )
+        self._executors.record_nack(node, rejection(resource, version), error[:2000])
+
+
+def _request(message: discovery_pb2.DeltaDiscoveryRequest) -> Request:
+    return Request(
+        type_url=message.type_url,
+        node_id=message.node.id,
+        cluster=message.node.cluster,
+        response_nonce=message.response_nonce,
+        error=message.error_detail.message if message.HasField("error_detail") else None,
+        initial_versions=dict(message.initial_resource_versions),
+    )
+
+
+class AdsServicer:
     def __init__(
         self, publisher: SnapshotPublisher, executors: ExecutorRegistry, replica: str
     ) -> None:
         self._publisher = publisher
         self._executors = executors
-        self._responses = EncodedResponses(
-            PackedResources(), base_pb2.ControlPlane(identifier=replica)
-        )
+        self._status = _Status(executors)
+        self._bundles = TenantBundles()
+        self._header = discovery_pb2.DeltaDiscoveryResponse(
+            type_url=TENANT_CONFIGURATION_URL,
+            control_plane=base_pb2.ControlPlane(identifier=replica),
+        ).SerializeToString()
 
     async def StreamAggregatedResources(
         self,
         request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[bytes]:
-        stream = _Stream(tenant=principal().tenant)
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "State of the World is not served: use DeltaAggregatedResources with type "
+            f"{TENANT_CONFIGURATION_URL}",
+        )
+        yield b""  # pragma: no cover - abort raises
+
+    async def DeltaAggregatedResources(
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[bytes]:
+        view = principal().tenant
+        session = DeltaSession(TENANT_CONFIGURATION_URL, self._status)
         # One queue carries what the stream reacts to: the client's requests, word that a
         # newer snapshot is out, and the end of the requests; so each costs one hand-off.
-        inbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | _Signal] = asyncio.Queue()
+        inbox: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest | _Ended | _Newer] = (
+            asyncio.Queue()
+        )
 
         async def read_requests() -> None:
             # Consumed in one task of its own, so the request iterator is always closed
@@ -221,96 +217,59 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ign
                 inbox.put_nowait(request)
 
         def published(_: object) -> None:
-            inbox.put_nowait(_Signal.NEWER)
+            inbox.put_nowait(NEWER)
 
         reader = asyncio.create_task(read_requests())
-        reader.add_done_callback(lambda _: inbox.put_nowait(_Signal.ENDED))
+        reader.add_done_callback(lambda _: inbox.put_nowait(ENDED))
         newer = self._publisher.newer()
         newer.add_done_callback(published)
         try:
             while True:
                 item = await inbox.get()
-                if item is _Signal.ENDED:
+                if isinstance(item, _Ended):
                     reader.result()  # the client went away with an error: end here too
                     return
-                if item is _Signal.NEWER:
+                if isinstance(item, _Newer):
                     newer = self._publisher.newer()
                     newer.add_done_callback(published)
                 else:
-                    await self._receive(stream, item)
-                if not inbox.empty():
-                    continue  # a burst (a snapshot's ACKs): answer once it is all read
-                for response in self._due(stream):
-                    yield response
-                self._report_ack(stream)
+                    try:
+                        await self._receive(session, _request(item))
+                    except ProtocolError as e:
+                        raise InvalidArgument.of(e.field, str(e)) from None
+                if not inbox.empty() or not session.node:
+                    continue  # a burst (acknowledgements): answer once it is all read
+                snapshot = self._publisher.current
+                for response in session.due(snapshot.versions(view)):
+                    yield self._encode(snapshot, response)
+                session.report()
         finally:
             newer.remove_done_callback(published)
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
-            if stream.node_id:
-                self._executors.record_closed(stream.node_id)
+            if session.node:
+                self._executors.record_closed(session.node)
 
-    async def _receive(self, stream: _Stream, request: discovery_pb2.DiscoveryRequest) -> None:
-        if not stream.node_id:
-            if not request.node.id:
-                raise InvalidArgument.of("node.id", "the first request must name its node")
-            stream.node_id = request.node.id
-            stream.nacked = await self._executors.connected(request.node.id, request.node.cluster)
-        if request.type_url not in TYPE_URLS:
-            log.warning("unknown type requested", extra={"type_url": request.type_url})
+    async def _receive(self, session: DeltaSession, request: Request) -> None:
+        if session.node:
+            session.receive(request)
             return
-        state = stream.types.setdefault(request.type_url, _TypeState())
-        if request.response_nonce:
-            if request.response_nonce != state.sent_nonce:
-                return  # stale: answers a response that has been superseded
-            state.outstanding = False
-            if request.HasField("error_detail"):
-                stream.nacked.add(state.sent_version)
-                log.warning(
-                    "executor rejected a snapshot",
-                    extra={
-                        "node": stream.node_id,
-                        "version": state.sent_version,
-                        "error": request.error_detail.message,
-                    },
-                )
-                self._executors.record_nack(
-                    stream.node_id, state.sent_version, request.error_detail.message
-                )
-            else:
-                state.acked_version = request.version_info
-        elif request.version_info:
-            # A (re)connecting client that already holds this version needs nothing.
-            state.sent_version = state.acked_version = request.version_info
-        state.names = frozenset(request.resource_names)
+        if not request.node_id:
+            raise ProtocolError("node.id", "the first request must name its node")
+        rejected = await self._executors.connected(request.node_id, request.cluster)
+        session.open(request, rejected)
 
-    def _due(self, stream: _Stream) -> list[bytes]:
-        if stream.round is None or not any(s.outstanding for s in stream.types.values()):
-            current = self._publisher.current
-            stream.round = (current, current.version_for(stream.tenant))
-        snapshot, version = stream.round
-        if version in stream.nacked:
-            return []
-        responses = []
-        for type_url in TYPE_URLS:
-            state = stream.types.get(type_url)
-            if state is None or state.outstanding or state.sent_version == version:
-                continue
-            nonce = secrets.token_hex(8)
-            responses.append(
-                self._responses.encode(
-                    snapshot, version, type_url, stream.tenant, state.names, nonce
+    def _encode(self, snapshot: Snapshot, response: Response) -> bytes:
+        out = [self._header]
+        if response.tenant is not None:
+            out.append(_field(1, response.version.encode()))  # system_version_info
+            out.append(
+                _field(
+                    _RESOURCES,
+                    self._bundles.encode(snapshot, response.tenant, response.version),
                 )
             )
-            state.sent_version, state.sent_nonce, state.outstanding = version, nonce, True
-        return responses
-
-    def _report_ack(self, stream: _Stream) -> None:
-        """Record the version once every watched type has acknowledged it."""
-        versions = {s.acked_version for s in stream.types.values()}
-        if len(versions) != 1:
-            return
-        (version,) = versions
-        if version and version != stream.reported_ack:
-            stream.reported_ack = version
-            self._executors.record_ack(stream.node_id, version)
+        for name in response.removed:
+            out.append(_field(_REMOVED, name.encode()))
+        out.append(_field(_NONCE, response.nonce.encode()))
+        return b"".join(out)

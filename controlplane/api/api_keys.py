@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC
 from typing import Any
 
 import grpc
@@ -12,6 +11,7 @@ from controlplane.api.context import principal
 from controlplane.auth.api_keys import ApiKeys
 from controlplane.errors import InvalidArgument
 from controlplane.registry import names
+from pilothouse import wellknown
 from pilothouse.v1 import api_key_pb2 as pb
 from pilothouse.v1 import api_key_pb2_grpc
 
@@ -39,7 +39,9 @@ class ApiKeyServicer(api_key_pb2_grpc.ApiKeyServiceServicer):
             display_name=m.display_name,
             role=_convert.role_from_proto(m.role),
             tenant=tenant,
-            expire_time=m.expire_time.ToDatetime(tzinfo=UTC) if m.HasField("expire_time") else None,
+            expire_time=wellknown.timestamp(m.expire_time, "api_key.expire_time")
+            if m.HasField("expire_time")
+            else None,
         )
         return pb.CreateApiKeyResponse(api_key=_convert.api_key_to_proto(key), secret=secret)
 

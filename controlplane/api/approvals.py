@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC
 from typing import Any
 
 import grpc
@@ -20,6 +19,7 @@ from controlplane.approvals.service import (
 )
 from controlplane.errors import InvalidArgument
 from controlplane.store.approvals import ApprovalRow
+from pilothouse import wellknown
 from pilothouse.v1 import approval_pb2 as pb
 from pilothouse.v1 import approval_pb2_grpc
 
@@ -62,7 +62,11 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
         self, request: pb.CreateApprovalRequest, context: Ctx
     ) -> pb.CreateApprovalResponse:
         a = request.approval
-        expires = a.expire_time.ToDatetime(tzinfo=UTC) if a.HasField("expire_time") else None
+        expires = (
+            wellknown.timestamp(a.expire_time, "approval.expire_time")
+            if a.HasField("expire_time")
+            else None
+        )
         filing = Filing(
             a.run, a.agent, a.step, a.call_index, a.tool, a.arguments, a.reason, expires
         )

@@ -17,6 +17,7 @@ from controlplane.auth import keys
 from controlplane.auth.api_keys import ApiKeys
 from controlplane.auth.key_audit import KeyAudit
 from controlplane.registry.names import tenant_of
+from pilothouse import wellknown
 
 log = logging.getLogger("pilothouse.api")
 
@@ -109,12 +110,14 @@ class ErrorInterceptor(_WrappingInterceptor):
 
     def wrap(self, method: str, behavior: Behavior, streaming: bool) -> Behavior:
         async def abort_for(exc: Exception, ctx: grpc.aio.ServicerContext[Any, Any]) -> None:
+            if isinstance(exc, wellknown.OutOfRange):
+                exc = errors.InvalidArgument.of(exc.field, str(exc))
             if isinstance(exc, errors.PilothouseError):
                 code = status.status_code(exc)
                 rich = status.rich_status(exc)
                 log.info(
                     "rpc refused",
-                    extra={"method": method, "code": code.name, "error": exc.message},
+                    extra={"method": method, "code": code.name, "error": rich.message},
                 )
             else:
                 log.exception("rpc failed", extra={"method": method})

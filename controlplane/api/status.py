@@ -21,6 +21,21 @@ _CODES: list[tuple[type[errors.PilothouseError], grpc.StatusCode]] = [
 
 DETAILS_KEY = "grpc-status-details-bin"
 
+# A status travels in the response's trailing metadata, which gRPC caps at 16 KiB with
+# every header: a refusal that quoted a caller's multi-KB value in full (or listed every
+# one of a thousand problems) came back as RESOURCE_EXHAUSTED instead of the error.
+MAX_MESSAGE = 1000
+MAX_VIOLATIONS = 10
+MAX_FIELD = 200
+MAX_DESCRIPTION = 300
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: max(0, limit - 40)]}… ({len(text) - limit + 40} more characters)"
+
 
 def status_code(error: errors.PilothouseError) -> grpc.StatusCode:
     for cls, code in _CODES:
@@ -32,7 +47,12 @@ def status_code(error: errors.PilothouseError) -> grpc.StatusCode:
 def rich_status(error: errors.PilothouseError) -> status_pb2.Status:
     """The status with its details, as sent in the grpc-status-details-bin trailer."""
     code = status_code(error)
-    status = status_pb2.Status(code=code.value[0], message=error.message)
+    message = error.message
+    if isinstance(error, errors.InvalidArgument) and len(error.violations) > MAX_VIOLATIONS:
+        shown = error.violations[:MAX_VIOLATIONS]
+        message = "; ".join(f"{v.field}: {clip(v.description, MAX_DESCRIPTION)}" for v in shown)
+        message += f"; and {len(error.violations) - MAX_VIOLATIONS} more problems"
+    status = status_pb2.Status(code=code.value[0], message=clip(message, MAX_MESSAGE))
     detail: (
         error_details_pb2.BadRequest
         | error_details_pb2.PreconditionFailure
@@ -43,23 +63,25 @@ def rich_status(error: errors.PilothouseError) -> status_pb2.Status:
         detail = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description
+                    field=clip(v.field, MAX_FIELD), description=clip(v.description, MAX_DESCRIPTION)
                 )
-                for v in error.violations
+                for v in error.violations[:MAX_VIOLATIONS]
             ]
         )
     elif isinstance(error, errors.FailedPrecondition) and error.violations:
         detail = error_details_pb2.PreconditionFailure(
             violations=[
                 error_details_pb2.PreconditionFailure.Violation(
-                    type=v.type, subject=v.subject, description=v.description
+                    type=v.type,
+                    subject=clip(v.subject, MAX_FIELD),
+                    description=clip(v.description, MAX_DESCRIPTION),
                 )
-                for v in error.violations
+                for v in error.violations[:MAX_VIOLATIONS]
             ]
         )
     elif isinstance(error, (errors.NotFound, errors.AlreadyExists)):
         detail = error_details_pb2.ResourceInfo(
-            resource_type=error.resource_type, resource_name=error.name
+            resource_type=error.resource_type, resource_name=clip(error.name, MAX_FIELD)
         )
     if detail is not None:
         packed = any_pb2.Any()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC
 from typing import Any
 
 import grpc
@@ -19,6 +18,7 @@ from controlplane.api.telemetry_convert import (
 from controlplane.errors import InvalidArgument
 from controlplane.registry import names
 from controlplane.telemetry.service import Intake, Telemetry
+from pilothouse import wellknown
 from pilothouse.v1 import telemetry_pb2 as pb
 from pilothouse.v1 import telemetry_pb2_grpc
 
@@ -105,10 +105,16 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         rows, token, freshness = await self._telemetry.query_usage(
             principal(),
             tenant,
-            start=request.start_time.ToDatetime(UTC) if request.HasField("start_time") else None,
-            end=request.end_time.ToDatetime(UTC) if request.HasField("end_time") else None,
+            start=wellknown.timestamp(request.start_time, "start_time")
+            if request.HasField("start_time")
+            else None,
+            end=wellknown.timestamp(request.end_time, "end_time")
+            if request.HasField("end_time")
+            else None,
             group_by=group_by,
-            bucket=request.bucket.ToTimedelta() if request.HasField("bucket") else None,
+            bucket=wellknown.duration(request.bucket, "bucket")
+            if request.HasField("bucket")
+            else None,
             page_size_=request.page_size,
             page_token=request.page_token,
         )

@@ -18,9 +18,11 @@ from typing import Any
 
 from controlplane.registry import kinds
 from controlplane.registry import resources as r
+from controlplane.registry.codec import canonical_json
 from controlplane.registry.names import tenant_name
 from controlplane.registry.resources import Record
 from controlplane.registry.service import QUOTA_POLICY_ID, RegistryContents, etag_of
+from pilothouse.configuration import MAX_TENANT_CONFIG_BYTES, combined_version
 
 # The order executors should apply kinds in: what is referenced before what refers to it.
 KIND_ORDER = (
@@ -45,6 +47,9 @@ class TenantConfig:
     version: str
     problems: tuple[str, ...] = ()
     """Why the configuration is inconsistent; empty when it may be published."""
+    sizes: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+    """``{kind}/{id}@{etag}`` → the record's size as canonical JSON, so that a change
+    measures only what changed."""
 
 
 @dataclass(frozen=True)
@@ -58,9 +63,15 @@ class Snapshot:
 
     def version_for(self, tenant: str | None) -> str:
         """The version of what a caller confined to ``tenant`` (None: every tenant) sees."""
-        configs = self._configs(tenant)
-        text = "|".join(f"{c.tenant}={c.version}" for c in configs)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return combined_version(self.versions(tenant))
+
+    def versions(self, tenant: str | None) -> dict[str, str]:
+        """Tenant id → configuration version, of the tenants a caller confined to
+        ``tenant`` (None: every tenant) sees."""
+        return {c.tenant: c.version for c in self._configs(tenant)}
+
+    def tenant(self, tenant: str) -> TenantConfig | None:
+        return self.tenants.get(tenant)
 
     def records(self, kind: str, tenant: str | None) -> list[Record[Any]]:
         return [rec for c in self._configs(tenant) for rec in c.resources.get(kind, ())]
@@ -89,7 +100,9 @@ def build(
     configs: dict[str, TenantConfig] = {}
     held_back: dict[str, tuple[str, ...]] = {}
     for tenant, grouped in by_tenant.items():
-        config = tenant_config(tenant, grouped)
+        config = tenant_config(
+            tenant, grouped, previous.tenants.get(tenant) if previous is not None else None
+        )
         if not config.problems:
             configs[tenant] = config
             continue
@@ -99,7 +112,11 @@ def build(
     return Snapshot(contents.revision, configs), held_back
 
 
-def tenant_config(tenant: str, grouped: Mapping[str, list[Record[Any]]]) -> TenantConfig:
+def tenant_config(
+    tenant: str, grouped: Mapping[str, list[Record[Any]]], previous: TenantConfig | None = None
+) -> TenantConfig:
+    """A tenant's configuration, checked; ``previous`` (its published one) is returned as
+    it is when nothing in it changed."""
     records = {kind: sorted(grouped.get(kind, []), key=lambda rec: rec.id) for kind in KIND_ORDER}
     if not records["QuotaPolicy"]:
         # Never set: executors get the default (unlimited) policy, named like a stored one.
@@ -112,13 +129,30 @@ def tenant_config(tenant: str, grouped: Mapping[str, list[Record[Any]]]) -> Tena
     # Executors need a rollout only while it gives its candidate a share.
     records["Rollout"] = [rec for rec in unfinished if _routing(rec.spec)]
     records["PromptVersion"] = _versions_in_use(records, unfinished)
-    problems = tuple(_problems(tenant, records))
     digest = hashlib.sha256()
     for kind in KIND_ORDER:
         for rec in records[kind]:
             digest.update(f"{kind}/{rec.id}@{rec.etag};".encode())
+    if previous is not None and previous.version == digest.hexdigest()[:16]:
+        return previous
+    problems = tuple(_problems(tenant, records))
+    known = previous.sizes if previous is not None else {}
+    sizes = {
+        key: known.get(key) or len(canonical_json(rec.spec))
+        for kind in KIND_ORDER
+        for rec in records[kind]
+        for key in (f"{kind}/{rec.id}@{rec.etag}",)
+    }
+    size = sum(sizes.values())
+    if size > MAX_TENANT_CONFIG_BYTES:
+        # Delivered as one resource, a tenant's configuration must fit one response;
+        # a larger one is held back alone, never blocking another tenant's.
+        problems += (
+            f"{tenant_name(tenant)}'s configuration is {size} bytes; at most "
+            f"{MAX_TENANT_CONFIG_BYTES} reach executors",
+        )
     frozen = {kind: tuple(recs) for kind, recs in records.items()}
-    return TenantConfig(tenant, frozen, digest.hexdigest()[:16], problems)
+    return TenantConfig(tenant, frozen, digest.hexdigest()[:16], problems, sizes)
 
 
 def _routing(rollout: r.Rollout) -> bool:

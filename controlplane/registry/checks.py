@@ -24,6 +24,9 @@ def _schema_problem(schema_json: str) -> str:
     return jsonschemas.problem(json.loads(schema_json)) or ""
 
 
+MAX_URL = 2048
+
+
 class Violations:
     """Collects field violations; ``raise_if_any`` turns them into INVALID_ARGUMENT."""
 
@@ -63,10 +66,23 @@ class Violations:
         if require_object and schema.get("type") != "object":
             self.add(field, 'must describe an object ("type": "object")')
 
+    def count(self, field: str, values: tuple[Any, ...] | list[Any], *, maximum: int) -> None:
+        if len(values) > maximum:
+            self.add(field, f"may hold at most {maximum} (holds {len(values)})")
+
+    def json_size(self, field: str, value: Any, *, max_bytes: int) -> None:
+        """A free-form JSON value (tool-call arguments, metadata) of at most ``max_bytes``."""
+        size = len(json.dumps(value, separators=(",", ":"), default=str))
+        if size > max_bytes:
+            self.add(field, f"is {size} bytes as JSON; at most {max_bytes}")
+
     def url(self, field: str, value: str, *, required: bool) -> None:
         if not value:
             if required:
                 self.add(field, "is required")
+            return
+        if len(value) > MAX_URL:
+            self.add(field, f"must be at most {MAX_URL} characters (is {len(value)})")
             return
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.netloc:

@@ -61,6 +61,20 @@ class Kind(Generic[S]):
 
 
 MAX_TIMEOUT = timedelta(hours=1)
+# Limits of a tenant's resources: each is documented on its field in proto/, and a
+# tenant's whole configuration is bounded again as executors receive it
+# (pilothouse.configuration.MAX_TENANT_CONFIG_BYTES).
+MAX_SCRIPTED_RULES = 100
+MAX_SCRIPTED_TEXT = 65_536
+MAX_SCRIPTED_CALLS = 16
+MAX_SCRIPTED_ARGUMENTS = 16_384
+MAX_ROUTE_MODELS = 16
+MAX_TEMPLATE = 200_000
+MAX_VARIABLES = 64
+MAX_VARIABLE_DEFAULT = 4096
+MAX_AGENT_TOOLS = 128
+MAX_BLOCKED_PATTERNS = 64
+MAX_STOP_SEQUENCE = 200
 SCOPE_PATTERN = re.compile(r"^[a-z][a-z0-9_.:-]{0,99}$")
 CREDENTIAL_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 BUILTIN_PATTERN = re.compile(r"^[a-z][a-z0-9_.-]{0,99}$")
@@ -132,6 +146,7 @@ def _check_model(m: r.Model, v: Violations) -> None:
     if m.scripted is not None:
         if m.provider is not r.ModelProvider.SCRIPTED:
             v.add("scripted", "is only meaningful for the scripted provider")
+        v.count("scripted.rules", m.scripted.rules, maximum=MAX_SCRIPTED_RULES)
         for i, rule in enumerate(m.scripted.rules):
             where = f"scripted.rules[{i}]"
             replies = sum((bool(rule.answer), bool(rule.tool_calls), bool(rule.fail_with_status)))
@@ -142,13 +157,28 @@ def _check_model(m: r.Model, v: Violations) -> None:
             if rule.on_step < 0:
                 v.add(f"{where}.on_step", "must be at least 0")
             v.duration(f"{where}.latency", rule.latency, maximum=timedelta(minutes=5))
+            v.text(f"{where}.answer", rule.answer, max_len=MAX_SCRIPTED_TEXT)
+            v.text(f"{where}.input_contains", rule.input_contains, max_len=MAX_SCRIPTED_TEXT)
+            v.text(
+                f"{where}.last_tool_result_contains",
+                rule.last_tool_result_contains,
+                max_len=MAX_SCRIPTED_TEXT,
+            )
+            v.count(f"{where}.tool_calls", rule.tool_calls, maximum=MAX_SCRIPTED_CALLS)
             for j, call in enumerate(rule.tool_calls):
                 v.id(f"{where}.tool_calls[{j}].tool", call.tool)
+                v.json_size(
+                    f"{where}.tool_calls[{j}].arguments",
+                    call.arguments,
+                    max_bytes=MAX_SCRIPTED_ARGUMENTS,
+                )
 
 
 def _check_route(m: r.ModelRoute, v: Violations) -> None:
     if not m.targets:
         v.add("targets", "needs at least one model")
+    v.count("targets", m.targets, maximum=MAX_ROUTE_MODELS)
+    v.count("fallbacks", m.fallbacks, maximum=MAX_ROUTE_MODELS)
     for i, target in enumerate(m.targets):
         if target.weight < 1:
             v.add(f"targets[{i}].weight", "must be at least 1")
@@ -167,9 +197,12 @@ def _check_prompt(p: r.Prompt, v: Violations) -> None:
 
 
 def check_prompt_version(p: r.PromptVersion, v: Violations) -> None:
-    v.text("template", p.template, max_len=200_000, required=True)
+    v.text("template", p.template, max_len=MAX_TEMPLATE, required=True)
+    v.count("variables", p.variables, maximum=MAX_VARIABLES)
     declared: set[str] = set()
     for i, var in enumerate(p.variables):
+        v.text(f"variables[{i}].default_value", var.default_value, max_len=MAX_VARIABLE_DEFAULT)
+        v.text(f"variables[{i}].description", var.description, max_len=4096)
         if not VARIABLE_PATTERN.match(var.name):
             v.add(f"variables[{i}].name", f"{var.name!r} must be letters, digits and underscores")
         if var.name in declared:
@@ -191,6 +224,8 @@ def check_prompt_version(p: r.PromptVersion, v: Violations) -> None:
         v.add("parameters.max_output_tokens", "must be at least 1")
     if len(params.stop) > 4:
         v.add("parameters.stop", "may hold at most 4 sequences")
+    for i, stop in enumerate(params.stop):
+        v.text(f"parameters.stop[{i}]", stop, max_len=MAX_STOP_SEQUENCE)
 
 
 def _version_refs(p: r.PromptVersion) -> list[Reference]:
@@ -208,6 +243,12 @@ def _check_agent(a: r.Agent, v: Violations) -> None:
     if a.prompt_version and a.prompt and not a.prompt_version.startswith(a.prompt + "/versions/"):
         v.add("prompt_version", f"must be a version of {a.prompt!r}")
     v.unique("tools", a.tools)
+    v.count("tools", a.tools, maximum=MAX_AGENT_TOOLS)
+    v.count(
+        "guardrail_policy.blocked_patterns",
+        a.guardrail_policy.blocked_patterns,
+        maximum=MAX_BLOCKED_PATTERNS,
+    )
     budget = a.default_budget
     for name in ("max_steps", "max_tool_calls", "max_tokens"):
         v.non_negative(f"default_budget.{name}", getattr(budget, name))

@@ -9,6 +9,7 @@ caller's tenant is checked here again so no path reaches another tenant's rows.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -69,13 +70,18 @@ class SpecCache:
     once, then served from memory while unchanged. Specs are shared between callers
     and must never be mutated (every change builds a new one)."""
 
-    def __init__(self, max_entries: int = 20_000) -> None:
-        self._specs: LruCache[tuple[str, str], Any] = LruCache(max_entries)
+    def __init__(self, max_entries: int = 20_000, max_bytes: int = 64 * 1024 * 1024) -> None:
+        # Keyed by a digest of the stored text, weighed by its size (the decoded spec
+        # weighs about as much): a tenant's large resources, updated again and again,
+        # cannot make the cache hold more than max_bytes.
+        self._specs: LruCache[tuple[str, bytes], tuple[int, Any]] = LruCache(
+            max_entries, max_bytes=max_bytes, size=lambda entry: entry[0]
+        )
 
     def record(self, kind: Kind[S], row: ResourceRow) -> r.Record[S]:
-        spec = self._specs.get_or_make(
-            (kind.name, row.spec),
-            lambda: codec.decode(kind.spec_type, json.loads(row.spec)),
+        _, spec = self._specs.get_or_make(
+            (kind.name, hashlib.sha256(row.spec.encode()).digest()),
+            lambda: (2 * len(row.spec), codec.decode(kind.spec_type, json.loads(row.spec))),
         )
         return r.Record(row.tenant, row.id, spec, row.etag, row.create_time, row.update_time)
 

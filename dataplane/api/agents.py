@@ -44,6 +44,10 @@ USE_WINDOW = 3600.0
 """Of one key's calls, by method, one audit record this often."""
 
 
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 40]}… ({len(text) - limit + 40} more)"
+
+
 async def _abort(
     ctx: Ctx,
     code: grpc.StatusCode,
@@ -53,6 +57,9 @@ async def _abort(
     retry_after: float | None = None,
     quota: tuple[str, str] | None = None,
 ) -> NoReturn:
+    # The status travels in trailing metadata (16 KiB with every header): a message that
+    # quotes a caller's multi-KB value would turn the refusal into RESOURCE_EXHAUSTED.
+    message, field = _clip(message, 1000), _clip(field, 200)
     status = status_pb2.Status(code=code.value[0], message=message)
     if quota is not None:
         detail = any_pb2.Any()
@@ -134,10 +141,10 @@ def _tenant_of(name: str, collection: str, field: str) -> tuple[str, str]:
         len(parts) != 4
         or parts[0] != "tenants"
         or parts[2] != collection
-        or not parts[1]
-        or not parts[3]
+        or not _ID.match(parts[1])
+        or not 0 < len(parts[3]) <= 63
     ):
-        raise AdmissionError(field, f"{name!r} is not tenants/{{tenant}}/{collection}/{{id}}")
+        raise AdmissionError(field, f"{name[:200]!r} is not tenants/{{tenant}}/{collection}/{{id}}")
     return parts[1], parts[3]
 
 
@@ -214,6 +221,7 @@ class AgentServicer(run_pb2_grpc.AgentServiceServicer):
         )
         tenant, _ = _tenant_of(request.agent, "agents", "agent")
         auth.require_tenant(caller, tenant)
+        _check_run_request(request)
         remaining = ctx.time_remaining()
         deadline = datetime.now(UTC) + timedelta(seconds=remaining) if remaining else None
         return Admission(
@@ -332,6 +340,38 @@ class AgentServicer(run_pb2_grpc.AgentServiceServicer):
 
 
 _ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+MAX_KEY = 256
+"""Characters of an idempotency key, a session id or a user id."""
+MAX_VARIABLES = 64
+MAX_VARIABLE_BYTES = 65_536
+MAX_VARIABLES_BYTES = 262_144
+"""A run's variables together, as UTF-8."""
+
+
+def _check_run_request(request: pb.RunAgentRequest | pb.StartRunRequest) -> None:
+    """Sizes a caller controls, bounded before anything is stored or scanned."""
+    for field in ("idempotency_key", "session_id", "user_id"):
+        value = getattr(request, field)
+        if len(value) > MAX_KEY:
+            raise AdmissionError(field, f"must be at most {MAX_KEY} characters (is {len(value)})")
+    if len(request.variables) > MAX_VARIABLES:
+        raise AdmissionError("variables", f"may hold at most {MAX_VARIABLES} variables")
+    total = 0
+    for name, value in request.variables.items():
+        size = len(name.encode()) + len(value.encode())
+        total += size
+        if len(name) > 64:
+            raise AdmissionError("variables", f"names at most 64 characters ({name[:64]!r}…)")
+        if size > MAX_VARIABLE_BYTES:
+            raise AdmissionError(
+                f"variables[{name}]", f"is {size} bytes; at most {MAX_VARIABLE_BYTES}"
+            )
+    if total > MAX_VARIABLES_BYTES:
+        raise AdmissionError(
+            "variables", f"are {total} bytes together; at most {MAX_VARIABLES_BYTES}"
+        )
+
+
 _GRADERS = frozenset(eval_pb2.Grader.values()) - {eval_pb2.GRADER_UNSPECIFIED}
 
 

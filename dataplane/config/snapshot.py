@@ -1,13 +1,15 @@
-"""An executor's configuration: the resources of one snapshot, parsed, indexed and checked.
+"""An executor's configuration: each tenant's resources, parsed, indexed and checked.
 
-The executor checks every snapshot before it uses one: a snapshot that does not parse,
-names something it does not hold, or carries a JSON Schema or pattern the executor could
-not apply is rejected (NACKed) and the previous one stays in force.
+Configuration arrives one tenant at a time (``TenantConfig``), and the executor checks
+each before it uses it: one that does not parse, holds another tenant's resources, names
+something it does not hold, or carries a JSON Schema or pattern the executor could not
+apply is rejected (NACKed) and that tenant's previous configuration stays in force; the
+other tenants' are untouched. ``ExecutorConfig`` is what is in force: every tenant's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar
@@ -17,6 +19,7 @@ from google.protobuf.message import DecodeError, Message
 
 from pilothouse import jsonschemas, patterns
 from pilothouse.assignment import Stickiness, in_candidate, unit_key
+from pilothouse.configuration import TYPE_PREFIX, combined_version, resource_name, tenant_of
 from pilothouse.v1 import (
     agent_pb2,
     discovery_pb2,
@@ -27,7 +30,6 @@ from pilothouse.v1 import (
     tool_pb2,
 )
 
-TYPE_PREFIX = "type.googleapis.com/pilothouse.v1."
 MESSAGES: dict[str, type[Message]] = {
     "ApiKeyDigest": discovery_pb2.ApiKeyDigest,
     "Tenant": tenant_pb2.Tenant,
@@ -40,7 +42,6 @@ MESSAGES: dict[str, type[Message]] = {
     "Agent": agent_pb2.Agent,
     "Rollout": rollout_pb2.Rollout,
 }
-TYPE_URLS = tuple(TYPE_PREFIX + kind for kind in MESSAGES)
 DEFAULT_PROMPT_LABEL = "production"
 STICKINESS = {
     rollout_pb2.STICKINESS_UNSPECIFIED: Stickiness.SESSION,
@@ -69,9 +70,10 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
-class ExecutorConfig:
-    """One snapshot's resources by kind and name. Immutable once built."""
+class TenantConfig:
+    """One tenant's resources by kind and name, checked. Immutable once built."""
 
+    tenant: str
     version: str
     resources: Mapping[str, Mapping[str, Message]]
     _validators: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -144,32 +146,150 @@ class ExecutorConfig:
     def _rollouts_by_prompt(self) -> dict[str, rollout_pb2.Rollout]:
         return {ro.prompt: ro for ro in self.all(rollout_pb2.Rollout)}
 
-    def to_proto(self) -> discovery_pb2.ConfigSnapshot:
-        snapshot = discovery_pb2.ConfigSnapshot(version=self.version)
+    def to_proto(self) -> discovery_pb2.TenantConfiguration:
+        bundle = discovery_pb2.TenantConfiguration(
+            name=resource_name(self.tenant), version=self.version
+        )
         for kind in MESSAGES:
             for message in self.resources.get(kind, {}).values():
-                packed = snapshot.resources.add()
-                packed.Pack(message)
+                bundle.resources.add().Pack(message)
+        return bundle
+
+
+def _owner(message: Message) -> str | None:
+    """The tenant a resource belongs to."""
+    if isinstance(message, discovery_pb2.ApiKeyDigest):
+        return tenant_of(message.tenant)
+    name = str(getattr(message, "name", ""))
+    parts = name.split("/", 2)
+    return parts[1] if len(parts) >= 2 and parts[0] == "tenants" and parts[1] else None
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """The configuration in force: each tenant's, as received and checked on its own.
+    Immutable; a change makes a new one that shares every unchanged tenant's (and so the
+    validators built for it)."""
+
+    tenants: Mapping[str, TenantConfig] = field(default_factory=dict)
+
+    @cached_property
+    def version(self) -> str:
+        """Equal to the control plane's version of the same tenants' configurations."""
+        return combined_version({t: c.version for t, c in self.tenants.items()})
+
+    def tenant_versions(self) -> dict[str, str]:
+        """Resource name (tenants/{tenant}) → version held: what a reconnecting stream
+        tells the control plane it has."""
+        return {resource_name(t): c.version for t, c in self.tenants.items()}
+
+    def changed(
+        self, updated: Mapping[str, TenantConfig], removed: Iterable[str] = ()
+    ) -> ExecutorConfig:
+        gone = set(removed)
+        tenants = {t: c for t, c in self.tenants.items() if t not in gone}
+        tenants.update(updated)
+        return ExecutorConfig(tenants)
+
+    @cached_property
+    def _key_owners(self) -> dict[str, TenantConfig]:
+        return {
+            name: config
+            for config in self.tenants.values()
+            for name in config.resources.get("ApiKeyDigest", {})
+        }
+
+    def _config_of(self, name: str) -> TenantConfig | None:
+        if name.startswith("apiKeys/"):
+            return self._key_owners.get(name)
+        parts = name.split("/", 2)
+        if len(parts) < 2 or parts[0] != "tenants":
+            return None
+        return self.tenants.get(parts[1])
+
+    def get(self, kind: type[M], name: str) -> M | None:
+        config = self._config_of(name)
+        return None if config is None else config.get(kind, name)
+
+    def all(self, kind: type[M]) -> list[M]:
+        return [m for config in self.tenants.values() for m in config.all(kind)]
+
+    def input_validator(self, tool: tool_pb2.Tool) -> Any:
+        config = self._config_of(tool.name)
+        if config is None:
+            raise KeyError(tool.name)
+        return config.input_validator(tool)
+
+    def output_validator(self, agent: agent_pb2.Agent) -> Any:
+        config = self._config_of(agent.name)
+        return None if config is None else config.output_validator(agent)
+
+    def agent_prompt_version(self, agent: agent_pb2.Agent) -> prompt_pb2.PromptVersion | None:
+        config = self._config_of(agent.name)
+        return None if config is None else config.agent_prompt_version(agent)
+
+    def assigned_version(
+        self, agent: agent_pb2.Agent, unit: RunUnit
+    ) -> tuple[prompt_pb2.PromptVersion | None, str]:
+        config = self._config_of(agent.name)
+        return (None, "") if config is None else config.assigned_version(agent, unit)
+
+    def to_proto(self) -> discovery_pb2.ConfigSnapshot:
+        snapshot = discovery_pb2.ConfigSnapshot(version=self.version)
+        for tenant in sorted(self.tenants):
+            snapshot.tenants.append(self.tenants[tenant].to_proto())
         return snapshot
 
     @classmethod
     def from_proto(cls, snapshot: discovery_pb2.ConfigSnapshot) -> ExecutorConfig:
+        """A saved configuration, checked again; one saved before per-tenant delivery
+        (everything in ``resources``) is split by tenant, with versions to be refreshed."""
+        if snapshot.tenants:
+            return cls({c.tenant: c for c in (parse_tenant(b) for b in snapshot.tenants)})
         by_type: dict[str, list[any_pb2.Any]] = {}
         for packed in snapshot.resources:
             by_type.setdefault(packed.type_url, []).append(packed)
-        return parse(snapshot.version, by_type)
+        return parse("", by_type)
+
+
+def parse_tenant(bundle: discovery_pb2.TenantConfiguration) -> TenantConfig:
+    """Unpack and check one tenant's configuration; ConfigError says what is wrong."""
+    tenant = tenant_of(bundle.name)
+    if tenant is None:
+        raise ConfigError(f"{bundle.name[:100]!r} does not name a tenant")
+    by_type: dict[str, list[any_pb2.Any]] = {}
+    for packed in bundle.resources:
+        by_type.setdefault(packed.type_url, []).append(packed)
+    return _check(tenant, bundle.version, _unpack(by_type, tenant))
 
 
 def parse(version: str, by_type: Mapping[str, Sequence[any_pb2.Any]]) -> ExecutorConfig:
-    """Unpack and check one snapshot; ConfigError says what is wrong."""
+    """Unpack and check resources of any tenants, each tenant's configuration given
+    ``version``; ConfigError says what is wrong."""
+    grouped: dict[str, dict[str, dict[str, Message]]] = {}
+    for kind, resources in _unpack(by_type, None).items():
+        for name, message in resources.items():
+            owner = _owner(message)
+            if owner is None:
+                raise ConfigError(f"{kind} {name} belongs to no tenant")
+            grouped.setdefault(owner, {k: {} for k in MESSAGES})[kind][name] = message
+    return ExecutorConfig(
+        {tenant: _check(tenant, version, resources) for tenant, resources in grouped.items()}
+    )
+
+
+def _unpack(
+    by_type: Mapping[str, Sequence[any_pb2.Any]], tenant: str | None
+) -> dict[str, dict[str, Message]]:
+    """Resources by kind and name; with ``tenant``, every one must be that tenant's."""
     resources: dict[str, dict[str, Message]] = {kind: {} for kind in MESSAGES}
     for type_url, items in by_type.items():
         kind = type_url.removeprefix(TYPE_PREFIX)
         if kind not in MESSAGES or not type_url.startswith(TYPE_PREFIX):
-            raise ConfigError(f"unexpected resource type {type_url}")
+            raise ConfigError(f"unexpected resource type {type_url[:200]}")
         for packed in items:
             if packed.type_url != type_url:
-                raise ConfigError(f"a {packed.type_url} resource came as {type_url}")
+                raise ConfigError(f"a {packed.type_url[:200]} resource came as {type_url}")
             message = MESSAGES[kind]()
             try:
                 message.ParseFromString(packed.value)
@@ -180,17 +300,23 @@ def parse(version: str, by_type: Mapping[str, Sequence[any_pb2.Any]]) -> Executo
                 raise ConfigError(f"a {kind} resource has no name")
             if name in resources[kind]:
                 raise ConfigError(f"{kind} {name} appears twice")
+            if tenant is not None and _owner(message) != tenant:
+                raise ConfigError(f"{kind} {name} is not tenant {tenant}'s")
             resources[kind][name] = message
-    config = ExecutorConfig(version, resources)
+    return resources
+
+
+def _check(tenant: str, version: str, resources: dict[str, dict[str, Message]]) -> TenantConfig:
+    config = TenantConfig(tenant, version, resources)
     problems = list(_problems(config))
     if problems:
         shown = "; ".join(problems[:5])
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise ConfigError(f"snapshot {version} rejected: {shown}{more}")
+        raise ConfigError(f"{resource_name(tenant)} {version} rejected: {shown}{more}")
     return config
 
 
-def _problems(config: ExecutorConfig) -> list[str]:
+def _problems(config: TenantConfig) -> list[str]:
     problems: list[str] = []
 
     def need(kind: type[Message], name: str, what: str) -> None:

@@ -1,11 +1,12 @@
-"""The executor's xDS client: it watches every Pilothouse resource type over ADS (State of
-the World), applies a snapshot once all its types have arrived and passed the checks, and
-keeps serving on the last good one whatever happens to the control plane.
+"""The executor's xDS client: it watches its tenants' configurations over Delta ADS (one
+resource per tenant), applies each that passes the checks, and keeps serving on the last
+good ones whatever happens to the control plane.
 
-Every type of one push carries the snapshot's version, so the watcher gathers the
-responses of a version and answers them together: all ACKs once the whole snapshot is
-applied, or all NACKs (with the previous version and the reason) when it is rejected.
-Disconnected, it retries with exponential backoff and full jitter.
+Each response holds one tenant's configuration (or removals) and is answered on its own:
+an ACK once applied, a NACK with the reason when rejected, the tenant's previous
+configuration staying in force and every other tenant's untouched. A reconnecting stream
+says which versions it holds, so nothing it has is sent again. Disconnected, it retries
+with exponential backoff and full jitter.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import code_pb2, status_pb2
 
 from dataplane.config import lkg
-from dataplane.config.snapshot import TYPE_URLS, ConfigError, ExecutorConfig, parse
+from dataplane.config.snapshot import ConfigError, ExecutorConfig, parse_tenant
+from pilothouse.configuration import TENANT_CONFIGURATION_URL, tenant_of
+from pilothouse.v1 import discovery_pb2 as discovery_pb2_ph
 
 log = logging.getLogger("pilothouse.executor.config")
 
@@ -124,70 +127,105 @@ class ConfigWatcher:
             await asyncio.sleep(delay)
 
     async def _session(self) -> AsyncIterator[str]:
-        """One ADS stream; yields each applied version."""
-        call = self._stub.StreamAggregatedResources(metadata=self._metadata)
-        have = self._current.version if self._current else ""
-        pending: dict[str, dict[str, discovery_pb2.DiscoveryResponse]] = {}
+        """One Delta ADS stream; yields the version in force after each burst of
+        responses it applied (and acknowledged)."""
+        call = self._stub.DeltaAggregatedResources(metadata=self._metadata)
+        held = self._current.tenant_versions() if self._current else {}
+        inbox: asyncio.Queue[discovery_pb2.DeltaDiscoveryResponse | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                while True:
+                    response = await call.read()
+                    if response is grpc.aio.EOF:
+                        return
+                    assert isinstance(response, discovery_pb2.DeltaDiscoveryResponse)
+                    inbox.put_nowait(response)
+            finally:
+                inbox.put_nowait(None)
+
+        reader = asyncio.create_task(read(), name="config-reader")
         try:
-            for type_url in TYPE_URLS:
-                await call.write(
-                    discovery_pb2.DiscoveryRequest(
-                        node=self._node, type_url=type_url, version_info=have
-                    )
+            await call.write(
+                discovery_pb2.DeltaDiscoveryRequest(
+                    node=self._node,
+                    type_url=TENANT_CONFIGURATION_URL,
+                    initial_resource_versions=held,
                 )
+            )
             while True:
-                response = await call.read()
-                if response is grpc.aio.EOF:
+                first = await inbox.get()
+                if first is None:
+                    await reader  # raises the stream's error, if it ended with one
                     return
-                assert isinstance(response, discovery_pb2.DiscoveryResponse)
                 self.connected = True
-                round_ = pending.setdefault(response.version_info, {})
-                round_[response.type_url] = response
-                if len(round_) < len(TYPE_URLS):
-                    continue
-                del pending[response.version_info]
-                config, answers = self._answer(response.version_info, round_)
-                if config is not None:
-                    # On disk before it is acknowledged: an ACKed snapshot survives a restart.
+                # Answer a burst at once: apply every response that has arrived, keep the
+                # result on disk, then acknowledge them all.
+                burst = [first]
+                while not inbox.empty():
+                    item = inbox.get_nowait()
+                    if item is None:
+                        inbox.put_nowait(None)
+                        break
+                    burst.append(item)
+                config = self._current or ExecutorConfig()
+                answers = []
+                for response in burst:
+                    config, answer = self._apply(config, response)
+                    answers.append(answer)
+                if config is not self._current:
+                    # On disk before it is acknowledged: an acknowledged configuration
+                    # survives a restart.
                     await lkg.save(self._lkg_path, config)
                     self._set(config)
-                for request in answers:
-                    await call.write(request)
-                if config is not None:
-                    yield config.version
+                for answer in answers:
+                    await call.write(answer)
+                yield config.version
         finally:
             call.cancel()
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
 
-    def _answer(
-        self, version: str, responses: dict[str, discovery_pb2.DiscoveryResponse]
-    ) -> tuple[ExecutorConfig | None, list[discovery_pb2.DiscoveryRequest]]:
-        """Check a complete snapshot: the configuration to put in force (None when it is
-        rejected) and the ACKs, or NACKs carrying the previous version and the reason."""
+    def _apply(
+        self, config: ExecutorConfig, response: discovery_pb2.DeltaDiscoveryResponse
+    ) -> tuple[ExecutorConfig, discovery_pb2.DeltaDiscoveryRequest]:
+        """``config`` with one response applied, and its ACK; or ``config`` as it was and
+        the response's NACK, saying why. A response holds one tenant's configuration (or
+        removals), so a NACK never holds back another tenant's."""
+        answer = discovery_pb2.DeltaDiscoveryRequest(
+            node=self._node, type_url=TENANT_CONFIGURATION_URL, response_nonce=response.nonce
+        )
         try:
-            config = parse(version, {url: list(r.resources) for url, r in responses.items()})
+            if response.type_url != TENANT_CONFIGURATION_URL:
+                raise ConfigError(f"unexpected resource type {response.type_url[:200]}")
+            updated = {}
+            for resource in response.resources:
+                bundle = discovery_pb2_ph.TenantConfiguration()
+                if not resource.resource.Unpack(bundle):
+                    raise ConfigError(f"{resource.name[:100]} is not a TenantConfiguration")
+                if bundle.name != resource.name or bundle.version != resource.version:
+                    raise ConfigError(f"{resource.name[:100]} does not match its content")
+                tenant_config = parse_tenant(bundle)
+                updated[tenant_config.tenant] = tenant_config
+            removed = [t for t in map(tenant_of, response.removed_resources) if t]
+            candidate = config.changed(updated, removed)
             if self._check is not None:
-                self._check(config)
+                self._check(candidate)
         except ConfigError as e:
-            previous = self._current.version if self._current else ""
-            log.error("rejecting snapshot %s: %s", version, e, extra={"version": version})
-            error = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(e))
-            return None, [
-                discovery_pb2.DiscoveryRequest(
-                    node=self._node,
-                    type_url=url,
-                    version_info=previous,
-                    response_nonce=response.nonce,
-                    error_detail=error,
-                )
-                for url, response in responses.items()
-            ]
-        log.info("snapshot applied", extra={"version": version})
-        return config, [
-            discovery_pb2.DiscoveryRequest(
-                node=self._node,
-                type_url=url,
-                version_info=version,
-                response_nonce=response.nonce,
+            names = [r.name for r in response.resources] or list(response.removed_resources)
+            log.error(
+                "rejecting configuration %s: %s",
+                ", ".join(names)[:200],
+                e,
+                extra={"version": response.system_version_info},
             )
-            for url, response in responses.items()
-        ]
+            answer.error_detail.CopyFrom(
+                status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(e)[:4000])
+            )
+            return config, answer
+        log.info(
+            "configuration applied",
+            extra={"tenants": sorted(updated), "removed": removed, "version": candidate.version},
+        )
+        return candidate, answer

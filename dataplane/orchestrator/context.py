@@ -16,6 +16,7 @@ from google.protobuf import json_format
 from dataplane.config.snapshot import ExecutorConfig, RunUnit
 from dataplane.models.scripted import estimate_tokens
 from dataplane.models.types import ChatMessage, ToolSpec
+from pilothouse import wellknown
 from pilothouse.v1 import agent_pb2, prompt_pb2, tool_pb2
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z][A-Za-z0-9_]*)\s*\}\}")
@@ -74,13 +75,33 @@ class Limits:
         )
 
 
+MAX_USD = Decimal(1_000_000_000)
+"""The largest budget a run may name: far past any real one, and small enough for exact
+arithmetic with every cost it is compared to."""
+
+
 def _usd(text: str, field: str) -> Decimal | None:
     if not text:
         return None
     try:
-        return Decimal(text)
+        value = Decimal(text[:100])
     except InvalidOperation:
-        raise AdmissionError(field, f"{text!r} is not a decimal number") from None
+        raise AdmissionError(field, f"{text[:40]!r} is not a decimal number") from None
+    if len(text) > 100 or not value.is_finite() or not 0 <= value <= MAX_USD:
+        raise AdmissionError(field, f"must be a decimal number from 0 to {MAX_USD}")
+    return value
+
+
+def _wall_time(budget: agent_pb2.Budget, field: str) -> float:
+    if not budget.HasField("max_wall_time"):
+        return 0.0
+    try:
+        seconds = wellknown.duration(budget.max_wall_time, field).total_seconds()
+    except wellknown.OutOfRange as e:
+        raise AdmissionError(e.field, str(e)) from None
+    if seconds < 0:
+        raise AdmissionError(field, "must not be negative")
+    return seconds
 
 
 def _tighter(agent: int, asked: int) -> int:
@@ -99,14 +120,8 @@ def limits(agent: agent_pb2.Agent, asked: agent_pb2.Budget) -> Limits:
         if (agent_usd or asked_usd) is not None
         else None
     )
-    wall_agent = (
-        base.max_wall_time.ToTimedelta().total_seconds() if base.HasField("max_wall_time") else 0.0
-    )
-    wall_asked = (
-        asked.max_wall_time.ToTimedelta().total_seconds()
-        if asked.HasField("max_wall_time")
-        else 0.0
-    )
+    wall_agent = _wall_time(base, "agent.default_budget.max_wall_time")
+    wall_asked = _wall_time(asked, "budget.max_wall_time")
     return Limits(
         _tighter(base.max_steps, asked.max_steps),
         _tighter(base.max_tool_calls, asked.max_tool_calls),

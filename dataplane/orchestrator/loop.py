@@ -692,6 +692,13 @@ class RunLoop:
         for index, call in enumerate(reply.tool_calls):
             record = done.get((step, index))
             if record is not None and record.state in (CallState.COMPLETED, CallState.FAILED):
+                # Replayed on resume exactly as it was first given: the tool's output,
+                # marked untrusted, and tainting the rest of the step.
+                untrusted = True
+                content = mark(call.name, json.dumps(record.result))
+                results.append(ChatMessage("tool", content, tool_call_id=call.id))
+                continue
+            if record is not None and record.state is CallState.REFUSED:
                 results.append(ChatMessage("tool", json.dumps(record.result), tool_call_id=call.id))
                 continue
             checked = self.router.check(self.config, ctx.tools, call.name, call.arguments)
@@ -803,7 +810,7 @@ class RunLoop:
                 index,
                 call,
                 arguments={},
-                state=CallState.FAILED,
+                state=CallState.REFUSED,
                 result=outcome.result,
                 events=[self._finished(step, call, outcome, 0.0, record)],
                 last=last,

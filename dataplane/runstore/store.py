@@ -1022,7 +1022,12 @@ class RunStore:
         started = entry.state is CallState.STARTED
         if started or entry.state is CallState.AWAITING_APPROVAL:
             values["started_at"] = now  # for a call filed for approval: since when it waits
-        elif entry.state in (CallState.COMPLETED, CallState.FAILED, CallState.DENIED):
+        elif entry.state in (
+            CallState.COMPLETED,
+            CallState.FAILED,
+            CallState.REFUSED,
+            CallState.DENIED,
+        ):
             values["finished_at"] = now
         params = {f"v_{column}": value for column, value in values.items()}
         params.update(k_run=run_id, k_step=entry.step, k_index=entry.call_index)

@@ -1,6 +1,6 @@
-"""One process of ADS streams for the propagation benchmark: each stream subscribes to
-every Pilothouse type, ACKs every snapshot, and prints a JSON line with the wall time at
-which it held each new version whole."""
+"""One process of ADS streams for the propagation benchmark: each stream watches every
+tenant's configuration over Delta xDS, acknowledges every response, and prints a JSON
+line with the wall time at which it held each new version of a tenant's configuration."""
 
 from __future__ import annotations
 
@@ -13,36 +13,30 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from dataplane.config.snapshot import TYPE_URLS
+from pilothouse.configuration import TENANT_CONFIGURATION_URL
 from storekit import loop
 
 
 async def stream(channel: grpc.aio.Channel, key: str, node: str) -> None:
-    call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(
+    call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources(
         metadata=(("authorization", f"Bearer {key}"),)
     )
     identity = base_pb2.Node(id=node, cluster="bench")
-    for url in TYPE_URLS:
-        await call.write(discovery_pb2.DiscoveryRequest(node=identity, type_url=url))
-    rounds: dict[str, dict[str, str]] = {}
+    await call.write(
+        discovery_pb2.DeltaDiscoveryRequest(node=identity, type_url=TENANT_CONFIGURATION_URL)
+    )
     async for response in call:
-        got = rounds.setdefault(response.version_info, {})
-        got[response.type_url] = response.nonce
-        if len(got) == len(TYPE_URLS):
+        if response.resources:
             now = time.time()
             print(
-                json.dumps({"node": node, "version": response.version_info, "at": now}), flush=True
+                json.dumps({"node": node, "version": response.system_version_info, "at": now}),
+                flush=True,
             )
-            for url, nonce in got.items():
-                await call.write(
-                    discovery_pb2.DiscoveryRequest(
-                        node=identity,
-                        type_url=url,
-                        version_info=response.version_info,
-                        response_nonce=nonce,
-                    )
-                )
-            del rounds[response.version_info]
+        await call.write(
+            discovery_pb2.DeltaDiscoveryRequest(
+                node=identity, type_url=TENANT_CONFIGURATION_URL, response_nonce=response.nonce
+            )
+        )
 
 
 async def main() -> None:

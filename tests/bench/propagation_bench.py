@@ -1,9 +1,9 @@
 """Propagation benchmark: publish (a prompt label moves) → every watching ADS stream holds
-the new snapshot whole and ACKs it. 100 and 1,000 streams, from 4 client processes, on a
-control plane of its own on 127.0.0.1 (SQLite); with PILOTHOUSE_TEST_PG_DSN also 1,000
-streams split between two control-plane replicas on one fresh PostgreSQL database, the
-label moved through one of them. Prints p50/p99 and writes
-tests/bench/results/propagation.json."""
+the tenant's new configuration (Delta xDS) and ACKs it. 100 and 1,000 streams, from 4
+client processes, on a control plane of its own on 127.0.0.1 (SQLite); with
+PILOTHOUSE_TEST_PG_DSN also 1,000 streams split between two control-plane replicas on
+one fresh PostgreSQL database, the label moved through one of them. Prints p50/p99 and
+writes tests/bench/results/propagation.json."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The xDS protocol as the control plane speaks it, checked with a raw ADS client."""
+"""The xDS protocol as the control plane speaks it (Delta, one resource per tenant),
+checked with a raw ADS client over a live server. The protocol's rules one by one are in
+tests/unit/test_delta_protocol.py; here they are seen end to end."""
 
 from __future__ import annotations
 
@@ -13,25 +15,26 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 
-from controlplane.api.ads import TYPE_PREFIX, TYPE_URLS
-from pilothouse.v1 import api_key_pb2, discovery_pb2_grpc, prompt_pb2, tool_pb2
+from pilothouse.configuration import TENANT_CONFIGURATION_URL, combined_version
+from pilothouse.v1 import api_key_pb2, discovery_pb2_grpc, prompt_pb2, tenant_pb2, tool_pb2
 from pilothouse.v1 import discovery_pb2 as ph_discovery
 from tests import helpers as h
 from tests.conftest import Live
 from tests.integration.test_registry_api import _registry_with_agent
 
-TOOL_URL = TYPE_PREFIX + "Tool"
+URL = TENANT_CONFIGURATION_URL
 
 
 @dataclass
 class RawAds:
-    """One ADS stream, driven by hand. Responses are read in the background (a read
+    """One Delta ADS stream, driven by hand. Responses are read in the background (a read
     that times out would cancel the whole call)."""
 
-    call: grpc.aio.StreamStreamCall[discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse]
+    call: grpc.aio.StreamStreamCall[
+        discovery_pb2.DeltaDiscoveryRequest, discovery_pb2.DeltaDiscoveryResponse
+    ]
     node: base_pb2.Node
-    acked: dict[str, str] = field(default_factory=dict)
-    inbox: asyncio.Queue[discovery_pb2.DiscoveryResponse | BaseException] = field(
+    inbox: asyncio.Queue[discovery_pb2.DeltaDiscoveryResponse | BaseException] = field(
         default_factory=asyncio.Queue
     )
 
@@ -42,17 +45,22 @@ class RawAds:
         except BaseException as e:  # noqa: BLE001 - handed to the reader
             await self.inbox.put(e)
 
-    async def send(
-        self, type_url: str, version: str = "", nonce: str = "", error: str = ""
-    ) -> None:
-        request = discovery_pb2.DiscoveryRequest(
-            node=self.node, type_url=type_url, version_info=version, response_nonce=nonce
+    async def subscribe(self, held: dict[str, str] | None = None) -> None:
+        await self.call.write(
+            discovery_pb2.DeltaDiscoveryRequest(
+                node=self.node, type_url=URL, initial_resource_versions=held or {}
+            )
+        )
+
+    async def answer(self, response: discovery_pb2.DeltaDiscoveryResponse, error: str = "") -> None:
+        request = discovery_pb2.DeltaDiscoveryRequest(
+            node=self.node, type_url=URL, response_nonce=response.nonce
         )
         if error:
             request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
         await self.call.write(request)
 
-    async def recv(self, timeout: float = 5) -> discovery_pb2.DiscoveryResponse:
+    async def recv(self, timeout: float = 5) -> discovery_pb2.DeltaDiscoveryResponse:
         item = await asyncio.wait_for(self.inbox.get(), timeout)
         if isinstance(item, BaseException):
             raise item
@@ -62,28 +70,11 @@ class RawAds:
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(self.inbox.get(), seconds)
 
-    async def subscribe_all(self) -> dict[str, discovery_pb2.DiscoveryResponse]:
-        for url in TYPE_URLS:
-            await self.send(url)
-        return await self.collect(len(TYPE_URLS))
-
-    async def collect(self, count: int) -> dict[str, discovery_pb2.DiscoveryResponse]:
-        got = {}
-        for _ in range(count):
-            response = await self.recv()
-            got[response.type_url] = response
-        return got
-
-    async def ack_all(self, responses: dict[str, discovery_pb2.DiscoveryResponse]) -> None:
-        for url, response in responses.items():
-            await self.send(url, response.version_info, response.nonce)
-            self.acked[url] = response.version_info
-
 
 @contextlib.asynccontextmanager
 async def ads(live: Live, node_id: str, key: str | None = None) -> AsyncIterator[RawAds]:
     stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(live.channel)
-    call = stub.StreamAggregatedResources(metadata=live.md(key))
+    call = stub.DeltaAggregatedResources(metadata=live.md(key))
     stream = RawAds(call, base_pb2.Node(id=node_id, cluster="pool-a"))
     pump = asyncio.create_task(stream.pump())
     try:
@@ -103,50 +94,87 @@ async def _executor_key(live: Live, tenant: str | None = None) -> str:
     return key
 
 
-async def test_initial_push_ack_and_change(live: Live) -> None:
+def bundle(response: discovery_pb2.DeltaDiscoveryResponse) -> ph_discovery.TenantConfiguration:
+    (resource,) = response.resources
+    out = ph_discovery.TenantConfiguration()
+    assert resource.resource.Unpack(out)
+    assert (out.name, out.version) == (resource.name, resource.version)
+    return out
+
+
+def tools(config: ph_discovery.TenantConfiguration) -> list[str]:
+    found = []
+    for packed in config.resources:
+        tool = tool_pb2.Tool()
+        if packed.Unpack(tool):
+            found.append(tool.name)
+    return found
+
+
+async def executor_status(live: Live, node: str) -> ph_discovery.Executor:
+    listed = await discovery_pb2_grpc.ExecutorServiceStub(live.channel).ListExecutors(
+        ph_discovery.ListExecutorsRequest(page_size=1000), metadata=live.md()
+    )
+    return next(e for e in listed.executors if e.node_id == node)
+
+
+async def test_a_tenants_configuration_is_pushed_acknowledged_and_changed(live: Live) -> None:
     tenant = await _registry_with_agent(live)
     key = await _executor_key(live, tenant)
     async with ads(live, f"node-{tenant}", key) as stream:
-        first = await stream.subscribe_all()
-        versions = {r.version_info for r in first.values()}
-        assert len(versions) == 1, "every type of one push carries the snapshot's version"
-        (version,) = versions
-        assert all(r.nonce for r in first.values())
-        tools = first[TOOL_URL]
-        unpacked = [tool_pb2.Tool.FromString(a.value) for a in tools.resources]
-        assert [t.name for t in unpacked] == [f"tenants/{tenant}/tools/echo"]
-        assert all(a.type_url == TOOL_URL for a in tools.resources)
-        await stream.ack_all(first)
+        await stream.subscribe()
+        first = await stream.recv()
+        config = bundle(first)
+        assert first.type_url == URL and first.nonce and first.system_version_info
+        assert config.name == f"tenants/{tenant}"
+        assert tools(config) == [f"tenants/{tenant}/tools/echo"]
+        await stream.answer(first)
         await stream.nothing_for(0.5)  # nothing changed: nothing pushed
 
         await live.tools.CreateTool(
             tool_pb2.CreateToolRequest(parent=f"tenants/{tenant}", tool_id="more", tool=h.tool()),
             metadata=live.md(),
         )
-        pushed = await stream.collect(len(TYPE_URLS))
-        new_versions = {r.version_info for r in pushed.values()}
-        assert len(new_versions) == 1 and version not in new_versions
-        assert len(pushed[TOOL_URL].resources) == 2
+        pushed = bundle(await stream.recv())
+        assert pushed.version != config.version and len(tools(pushed)) == 2
 
 
 async def test_a_tenant_key_sees_only_its_tenant(live: Live) -> None:
     mine = await _registry_with_agent(live)
     theirs = await _registry_with_agent(live)
     async with ads(live, f"node-{mine}", await _executor_key(live, mine)) as stream:
-        got = await stream.subscribe_all()
-        names = [tool_pb2.Tool.FromString(a.value).name for a in got[TOOL_URL].resources]
-        assert names == [f"tenants/{mine}/tools/echo"]
-        assert not any(theirs in n for n in names)
+        await stream.subscribe(held={f"tenants/{theirs}": "anything"})
+        got = [await stream.recv(), await stream.recv()]
+        pushed = [bundle(r).name for r in got if r.resources]
+        removed = [name for r in got for name in r.removed_resources]
+        assert pushed == [f"tenants/{mine}"]
+        assert removed == [f"tenants/{theirs}"], "what it may not see, it is told to drop"
+        await stream.nothing_for(0.3)
+
+
+async def test_every_tenant_comes_in_a_response_of_its_own(live: Live) -> None:
+    a, b = await _registry_with_agent(live), await _registry_with_agent(live)
+    async with ads(live, "all-tenants", await _executor_key(live)) as stream:
+        await stream.subscribe()
+        names: set[str] = set()
+        while not {f"tenants/{a}", f"tenants/{b}"} <= names:
+            response = await stream.recv()
+            assert len(response.resources) == 1
+            names.add(bundle(response).name)
 
 
 async def test_stale_nonce_is_ignored(live: Live) -> None:
     tenant = await _registry_with_agent(live)
     async with ads(live, f"stale-{tenant}", await _executor_key(live, tenant)) as stream:
-        await stream.send(TOOL_URL)
+        await stream.subscribe()
         first = await stream.recv()
-        await stream.send(TOOL_URL, "bogus-version", "not-the-nonce")
+        await stream.call.write(
+            discovery_pb2.DeltaDiscoveryRequest(
+                node=stream.node, type_url=URL, response_nonce="not-the-nonce"
+            )
+        )
         await stream.nothing_for(0.3)
-        await stream.send(TOOL_URL, first.version_info, first.nonce)
+        await stream.answer(first)
         await stream.nothing_for(0.3)
 
 
@@ -155,22 +183,17 @@ async def test_nack_is_recorded_and_the_version_never_resent(live: Live) -> None
     node = f"picky-{tenant}"
     key = await _executor_key(live, tenant)
     async with ads(live, node, key) as stream:
-        first = await stream.subscribe_all()
-        version = first[TOOL_URL].version_info
-        for url, response in first.items():
-            await stream.send(url, "", response.nonce, error="tool schema refused by test")
+        await stream.subscribe()
+        first = await stream.recv()
+        await stream.answer(first, error="tool schema refused by test")
         await stream.nothing_for(0.5)
 
     # Reconnecting does not bring the rejected version back.
     async with ads(live, node, key) as again:
-        for url in TYPE_URLS:
-            await again.send(url)
+        await again.subscribe()
         await again.nothing_for(0.5)
-        listed = await discovery_pb2_grpc.ExecutorServiceStub(live.channel).ListExecutors(
-            ph_discovery.ListExecutorsRequest(page_size=1000), metadata=live.md()
-        )
-        status = next(e for e in listed.executors if e.node_id == node)
-        assert status.last_nack_version == version
+        status = await executor_status(live, node)
+        assert status.last_nack_version == f"tenants/{tenant}@{first.system_version_info}"
         assert status.last_nack_error == "tool schema refused by test"
         assert status.connected and status.cluster == "pool-a"
 
@@ -179,8 +202,8 @@ async def test_nack_is_recorded_and_the_version_never_resent(live: Live) -> None
             tool_pb2.CreateToolRequest(parent=f"tenants/{tenant}", tool_id="fix", tool=h.tool()),
             metadata=live.md(),
         )
-        fresh = await again.collect(len(TYPE_URLS))
-        assert {r.version_info for r in fresh.values()} != {version}
+        fresh = await again.recv()
+        assert fresh.system_version_info != first.system_version_info
 
 
 async def test_ack_is_recorded_and_reconnect_with_current_version_gets_nothing(
@@ -190,26 +213,44 @@ async def test_ack_is_recorded_and_reconnect_with_current_version_gets_nothing(
     node = f"steady-{tenant}"
     key = await _executor_key(live, tenant)
     async with ads(live, node, key) as stream:
-        first = await stream.subscribe_all()
-        await stream.ack_all(first)
-        version = first[TOOL_URL].version_info
+        await stream.subscribe()
+        first = await stream.recv()
+        await stream.answer(first)
         await asyncio.sleep(0.2)
+    held = {f"tenants/{tenant}": first.system_version_info}
     async with ads(live, node, key) as again:
-        for url in TYPE_URLS:
-            await again.send(url, version)
+        await again.subscribe(held=held)
         await again.nothing_for(0.4)
-    listed = await discovery_pb2_grpc.ExecutorServiceStub(live.channel).ListExecutors(
-        ph_discovery.ListExecutorsRequest(page_size=1000), metadata=live.md()
-    )
-    status = next(e for e in listed.executors if e.node_id == node)
-    assert status.acked_version == version
+    status = await executor_status(live, node)
+    assert status.acked_version == combined_version({tenant: first.system_version_info})
+    assert status.acked_version == live.plane.publisher.current.version_for(tenant)
+
+
+async def test_a_deleted_tenant_is_removed(live: Live) -> None:
+    tenant = await live.new_tenant("gone")
+    async with ads(live, f"removal-{tenant}", await _executor_key(live)) as stream:
+        await stream.subscribe()
+        while True:
+            response = await stream.recv()
+            await stream.answer(response)
+            if response.resources and bundle(response).name == f"tenants/{tenant}":
+                break
+        await live.tenants.DeleteTenant(
+            tenant_pb2.DeleteTenantRequest(name=f"tenants/{tenant}"), metadata=live.md()
+        )
+        while True:
+            response = await stream.recv()
+            await stream.answer(response)
+            if f"tenants/{tenant}" in response.removed_resources:
+                break
 
 
 async def test_label_move_reaches_a_watching_executor_quickly(live: Live) -> None:
     tenant = await _registry_with_agent(live)
     parent = f"tenants/{tenant}/prompts/support"
     async with ads(live, f"fast-{tenant}", await _executor_key(live, tenant)) as stream:
-        await stream.ack_all(await stream.subscribe_all())
+        await stream.subscribe()
+        await stream.answer(await stream.recv())
         created = await live.prompts.CreatePromptVersion(
             prompt_pb2.CreatePromptVersionRequest(
                 parent=parent, prompt_version=h.version(tenant, "default", "v2 {{customer}}")
@@ -224,44 +265,53 @@ async def test_label_move_reaches_a_watching_executor_quickly(live: Live) -> Non
             ),
             metadata=live.md(),
         )
-        pushed = await stream.collect(len(TYPE_URLS))
+        pushed = bundle(await stream.recv())
         assert loop.time() - started < 5  # generous: the benchmark measures it properly
-        prompts = [
-            prompt_pb2.Prompt.FromString(a.value) for a in pushed[TYPE_PREFIX + "Prompt"].resources
-        ]
+        prompts, versions = [], []
+        for packed in pushed.resources:
+            prompt, version = prompt_pb2.Prompt(), prompt_pb2.PromptVersion()
+            if packed.Unpack(prompt):
+                prompts.append(prompt)
+            elif packed.Unpack(version):
+                versions.append(version.name)
         assert prompts[0].labels["production"] == created.prompt_version.name
-        versions = pushed[TYPE_PREFIX + "PromptVersion"].resources
-        assert created.prompt_version.name in {
-            prompt_pb2.PromptVersion.FromString(a.value).name for a in versions
-        }
+        assert created.prompt_version.name in versions
 
 
 async def test_only_executors_and_admins_may_watch(live: Live) -> None:
     tenant = await live.new_tenant()
     operator = await live.new_key(api_key_pb2.ROLE_OPERATOR, tenant)
     async with ads(live, "intruder", operator) as stream:
-        await stream.send(TOOL_URL)
+        await stream.subscribe()
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stream.recv()
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-async def test_types_move_to_a_new_snapshot_together(live: Live) -> None:
-    tenant = await _registry_with_agent(live)
-    async with ads(live, f"lockstep-{tenant}", await _executor_key(live, tenant)) as stream:
-        first = await stream.subscribe_all()
-        urls = list(first)
-        for url in urls[:3]:
-            await stream.send(url, first[url].version_info, first[url].nonce)
-        await live.tools.CreateTool(
-            tool_pb2.CreateToolRequest(parent=f"tenants/{tenant}", tool_id="mid", tool=h.tool()),
-            metadata=live.md(),
+async def test_protocol_mistakes_are_invalid_arguments(live: Live) -> None:
+    key = await _executor_key(live)
+    async with ads(live, "", key) as nameless:
+        await nameless.subscribe()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await nameless.recv()
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "node.id" in (info.value.details() or "")
+    async with ads(live, "wrong-type", key) as wrong:
+        await wrong.call.write(
+            discovery_pb2.DeltaDiscoveryRequest(
+                node=wrong.node, type_url="type.googleapis.com/pilothouse.v1.Tool"
+            )
         )
-        await live.plane.publisher.refresh()
-        await stream.nothing_for(0.3)  # the round in progress is not broken up
-        for url in urls[3:]:
-            await stream.send(url, first[url].version_info, first[url].nonce)
-        second = await stream.collect(len(TYPE_URLS))
-        assert len({r.version_info for r in second.values()}) == 1
-        assert second[TOOL_URL].version_info != first[TOOL_URL].version_info
-        assert len(second[TOOL_URL].resources) == 2
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await wrong.recv()
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_state_of_the_world_is_not_served(live: Live) -> None:
+    stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(live.channel)
+    call = stub.StreamAggregatedResources(metadata=live.md(await _executor_key(live)))
+    await call.write(discovery_pb2.DiscoveryRequest(type_url=URL))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call.read()
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "DeltaAggregatedResources" in (info.value.details() or "")

@@ -256,3 +256,30 @@ async def test_tools_import_mcp_registers_the_servers_tools(live: Live) -> None:
     gone = await cli(live, "tools", "import-mcp", server.url, "--tenant", "x")
     assert gone.code == 1 and gone.err.startswith("error: cannot list the tools of")
     assert "Traceback" not in gone.err
+
+
+BOMB = "\n".join(
+    ["kind: Tenant\nmetadata: {name: bomb}\nspec:\n  displayName: x\nextra:"]
+    + [f"  l0: &l0 [{', '.join(['lol'] * 9)}]"]
+    + [f"  l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+)
+
+
+async def test_apply_refuses_alias_bombs_and_oversized_files(live: Live, tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BOMB)
+    refused = await cli(live, "apply", "-f", str(bomb))
+    assert refused.code != 0 and "aliases expand to more than" in refused.err
+    assert "Traceback" not in refused.err
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * (8 * 1024 * 1024) + "\n")
+    refused = await cli(live, "apply", "-f", str(big))
+    assert refused.code != 0 and "at most" in refused.err and "Traceback" not in refused.err
+    # Aliases in reason are fine.
+    tenant = f"alias-{os.urandom(3).hex()}"
+    fine = tmp_path / "fine.yaml"
+    fine.write_text(
+        f"kind: Tenant\nmetadata: {{name: &name {tenant}}}\nspec: {{displayName: *name}}\n"
+    )
+    applied = await cli(live, "apply", "-f", str(fine))
+    assert applied.code == 0, applied.err

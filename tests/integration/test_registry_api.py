@@ -781,3 +781,43 @@ async def test_tenant_patterns_are_checked_with_the_executors_engine(live: Live)
         agent_pb2.CreateAgentRequest(parent=parent, agent_id="linear", agent=agent),
         metadata=live.md(),
     )
+
+
+async def test_every_tenant_controlled_size_is_bounded(live: Live) -> None:
+    """The 4.5 MB tool schema that once stopped every executor's configuration is refused
+    at the API, as is each other oversized field, naming it."""
+    tenant = await _registry_with_agent(live)
+    parent = f"tenants/{tenant}"
+    huge = h.tool()
+    huge.input_schema.update({"type": "object", "description": "x" * 4_500_000})
+    err = await h.fails(
+        live.tools.CreateTool(
+            tool_pb2.CreateToolRequest(parent=parent, tool_id="huge", tool=huge),
+            metadata=live.md(),
+        ),
+        Code.INVALID_ARGUMENT,
+    )
+    assert "bytes" in h.field_violations(err)["tool.input_schema"]
+    scripted = h.model()
+    for _ in range(101):
+        scripted.scripted.rules.add(answer="a" * 70_000)
+    err = await h.fails(
+        live.models.CreateModel(
+            model_pb2.CreateModelRequest(parent=parent, model_id="chatty", model=scripted),
+            metadata=live.md(),
+        ),
+        Code.INVALID_ARGUMENT,
+    )
+    violations = h.field_violations(err)
+    assert "model.scripted.rules" in violations
+    assert "model.scripted.rules[0].answer" in violations
+    long_url = h.tool()
+    long_url.kind, long_url.endpoint = tool_pb2.TOOL_KIND_HTTP, "https://x.example/" + "a" * 3000
+    err = await h.fails(
+        live.tools.CreateTool(
+            tool_pb2.CreateToolRequest(parent=parent, tool_id="far", tool=long_url),
+            metadata=live.md(),
+        ),
+        Code.INVALID_ARGUMENT,
+    )
+    assert "2048" in h.field_violations(err)["tool.endpoint"]

@@ -342,7 +342,10 @@ async def test_usage_queries_bucket_page_and_validate(live: Live) -> None:
     )
     assert {r.run for r in [*first.rows, *rest.rows]} == {f"{parent}/runs/{r}" for r in runs}
     assert not rest.next_page_token
-    everyone = await usage(live, "tenants/-", telemetry_pb2.USAGE_DIMENSION_TENANT, **window)
+    # Every tenant of the session's shared database, on one page.
+    everyone = await usage(
+        live, "tenants/-", telemetry_pb2.USAGE_DIMENSION_TENANT, page_size=1000, **window
+    )
     assert tenant in {r.tenant for r in everyone.rows}
 
     for fields, dims, field in [

@@ -104,11 +104,63 @@ def read_sources(paths: list[str]) -> Iterator[tuple[str, str]]:
         else:
             raise ManifestError(f"{path}: no such file or directory")
         for f in files:
+            if f.stat().st_size > MAX_MANIFEST_BYTES:
+                raise ManifestError(
+                    f"{f}: {f.stat().st_size} bytes; a manifest may hold at most "
+                    f"{MAX_MANIFEST_BYTES}"
+                )
             yield str(f), f.read_text()
 
 
+MAX_MANIFEST_BYTES = 8 * 1024 * 1024
+"""A manifest file's size."""
+MAX_EXPANDED_NODES = 200_000
+"""Nodes of a manifest with its aliases expanded: a few lines of nested aliases ("a
+billion laughs") otherwise expand to billions of nodes when the documents are walked."""
+
+
+def _expanded_nodes(text: str) -> int:
+    """How many nodes ``text`` holds once its aliases are expanded, counted from its
+    events (stopping as soon as the count passes MAX_EXPANDED_NODES)."""
+    sizes: dict[str, int] = {}
+    stack: list[tuple[str | None, int]] = []
+    total = 0
+
+    def close(anchor: str | None, size: int) -> None:
+        nonlocal total
+        if anchor:
+            sizes[anchor] = size
+        if stack:
+            parent_anchor, parent_size = stack.pop()
+            stack.append((parent_anchor, parent_size + size))
+        else:
+            total += size
+
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            stack.append((event.anchor, 1))
+        elif isinstance(event, yaml.CollectionEndEvent):
+            close(*stack.pop())
+        elif isinstance(event, yaml.ScalarEvent):
+            close(event.anchor, 1)
+        elif isinstance(event, yaml.AliasEvent):
+            close(None, sizes.get(event.anchor or "", 1))
+        if total + sum(size for _, size in stack) > MAX_EXPANDED_NODES:
+            return MAX_EXPANDED_NODES + 1
+    return total
+
+
 def parse(label: str, text: str) -> list[Document]:
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise ManifestError(
+            f"{label}: {len(text)} characters; a manifest may hold at most {MAX_MANIFEST_BYTES}"
+        )
     try:
+        if _expanded_nodes(text) > MAX_EXPANDED_NODES:
+            raise ManifestError(
+                f"{label}: its aliases expand to more than {MAX_EXPANDED_NODES} nodes; "
+                "write the repeated parts out, or split the file"
+            )
         raw_docs = list(yaml.load_all(text, Loader=_Loader))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)

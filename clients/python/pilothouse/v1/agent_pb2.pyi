@@ -115,7 +115,9 @@ class GuardrailPolicy(_message.Message):
     """Redact personal data (emails, phone and card numbers) from the final answer."""
     @_builtins.property
     def blocked_patterns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Regular expressions (RE2 subset) that, matched in the final answer, fail the run."""
+        """Regular expressions that, matched in the final answer, fail the run. At most 64,
+        each an RE2 pattern (no back-references or look-around) of at most 1,024 characters.
+        """
 
     def __init__(
         self,
@@ -168,7 +170,7 @@ class Agent(_message.Message):
     etag: _builtins.str
     @_builtins.property
     def tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Tools the agent may call. Format of each: tenants/{tenant}/tools/{tool}"""
+        """Tools the agent may call, at most 128. Format of each: tenants/{tenant}/tools/{tool}"""
 
     @_builtins.property
     def default_budget(self) -> Global___Budget:
@@ -180,7 +182,9 @@ class Agent(_message.Message):
     def guardrail_policy(self) -> Global___GuardrailPolicy: ...
     @_builtins.property
     def output_schema(self) -> _struct_pb2.Struct:
-        """Optional JSON Schema (draft 2020-12) the final answer must satisfy."""
+        """Optional JSON Schema (draft 2020-12) the final answer must satisfy. At most 64 KiB as
+        JSON and 32 levels deep; its patterns are RE2 patterns.
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...

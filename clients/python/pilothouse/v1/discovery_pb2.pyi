@@ -177,21 +177,64 @@ class ConfigSnapshot(_message.Message):
 
     VERSION_FIELD_NUMBER: _builtins.int
     RESOURCES_FIELD_NUMBER: _builtins.int
+    TENANTS_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     @_builtins.property
     def resources(self) -> _containers.RepeatedCompositeFieldContainer[_any_pb2.Any]:
-        """The resources, each an Any of type.googleapis.com/pilothouse.v1.<Message>."""
+        """The resources, each an Any of type.googleapis.com/pilothouse.v1.<Message>. Files
+        written before tenants (below) hold everything here.
+        """
+
+    @_builtins.property
+    def tenants(self) -> _containers.RepeatedCompositeFieldContainer[Global___TenantConfiguration]:
+        """Each tenant's configuration as it was received."""
 
     def __init__(
         self,
         *,
         version: _builtins.str = ...,
         resources: _abc.Iterable[_any_pb2.Any] | None = ...,
+        tenants: _abc.Iterable[Global___TenantConfiguration] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "tenants", b"tenants", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConfigSnapshot: _TypeAlias = ConfigSnapshot  # noqa: Y015
+
+@_typing.final
+class TenantConfiguration(_message.Message):
+    """One tenant's whole configuration, as executors receive it over Delta xDS."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Format: tenants/{tenant}"""
+    version: _builtins.str
+    """The version of its content: what the control plane's executor status compares."""
+    @_builtins.property
+    def resources(self) -> _containers.RepeatedCompositeFieldContainer[_any_pb2.Any]:
+        """The tenant's resources, each an Any of type.googleapis.com/pilothouse.v1.<Message>.
+        At most 4 MiB of registry content in all: the control plane holds back a larger
+        configuration (the tenant's previous one stays in force).
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+        resources: _abc.Iterable[_any_pb2.Any] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "resources", b"resources", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TenantConfiguration: _TypeAlias = TenantConfiguration  # noqa: Y015

@@ -27,11 +27,15 @@ if _version_not_supported:
 
 class ExecutorServiceStub:
     """Executors receive configuration from the control plane over xDS: the control plane
-    serves envoy.service.discovery.v3.AggregatedDiscoveryService (State of the World),
-    with the registry's resources as Any of type.googleapis.com/pilothouse.v1.<Message>
-    (Tenant, QuotaPolicy, Tool, Model, ModelRoute, Prompt, PromptVersion, Agent,
-    ApiKeyDigest).
-    Every response of one push carries the same version_info: the snapshot's version.
+    serves envoy.service.discovery.v3.AggregatedDiscoveryService, Delta (incremental)
+    variant only, with one resource type,
+    type.googleapis.com/pilothouse.v1.TenantConfiguration: one resource per tenant, named
+    tenants/{tenant} and versioned by its content, holding that tenant's registry
+    resources (Tenant, QuotaPolicy, Tool, Model, ModelRoute, Prompt, PromptVersion, Agent,
+    Rollout, ApiKeyDigest) as Any of type.googleapis.com/pilothouse.v1.<Message>. Each
+    response carries one tenant's configuration (or removals), so a tenant's configuration
+    is delivered, acknowledged or rejected on its own: one tenant's problem never holds
+    back another's. docs/architecture.md describes the protocol.
 
     ExecutorService reports what each executor has acknowledged.
     """
@@ -51,11 +55,15 @@ class ExecutorServiceStub:
 
 class ExecutorServiceServicer:
     """Executors receive configuration from the control plane over xDS: the control plane
-    serves envoy.service.discovery.v3.AggregatedDiscoveryService (State of the World),
-    with the registry's resources as Any of type.googleapis.com/pilothouse.v1.<Message>
-    (Tenant, QuotaPolicy, Tool, Model, ModelRoute, Prompt, PromptVersion, Agent,
-    ApiKeyDigest).
-    Every response of one push carries the same version_info: the snapshot's version.
+    serves envoy.service.discovery.v3.AggregatedDiscoveryService, Delta (incremental)
+    variant only, with one resource type,
+    type.googleapis.com/pilothouse.v1.TenantConfiguration: one resource per tenant, named
+    tenants/{tenant} and versioned by its content, holding that tenant's registry
+    resources (Tenant, QuotaPolicy, Tool, Model, ModelRoute, Prompt, PromptVersion, Agent,
+    Rollout, ApiKeyDigest) as Any of type.googleapis.com/pilothouse.v1.<Message>. Each
+    response carries one tenant's configuration (or removals), so a tenant's configuration
+    is delivered, acknowledged or rejected on its own: one tenant's problem never holds
+    back another's. docs/architecture.md describes the protocol.
 
     ExecutorService reports what each executor has acknowledged.
     """
@@ -85,11 +93,15 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ExecutorService:
     """Executors receive configuration from the control plane over xDS: the control plane
-    serves envoy.service.discovery.v3.AggregatedDiscoveryService (State of the World),
-    with the registry's resources as Any of type.googleapis.com/pilothouse.v1.<Message>
-    (Tenant, QuotaPolicy, Tool, Model, ModelRoute, Prompt, PromptVersion, Agent,
-    ApiKeyDigest).
-    Every response of one push carries the same version_info: the snapshot's version.
+    serves envoy.service.discovery.v3.AggregatedDiscoveryService, Delta (incremental)
+    variant only, with one resource type,
+    type.googleapis.com/pilothouse.v1.TenantConfiguration: one resource per tenant, named
+    tenants/{tenant} and versioned by its content, holding that tenant's registry
+    resources (Tenant, QuotaPolicy, Tool, Model, ModelRoute, Prompt, PromptVersion, Agent,
+    Rollout, ApiKeyDigest) as Any of type.googleapis.com/pilothouse.v1.<Message>. Each
+    response carries one tenant's configuration (or removals), so a tenant's configuration
+    is delivered, acknowledged or rejected on its own: one tenant's problem never holds
+    back another's. docs/architecture.md describes the protocol.
 
     ExecutorService reports what each executor has acknowledged.
     """

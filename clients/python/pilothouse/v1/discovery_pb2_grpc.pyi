@@ -28,11 +28,15 @@ GRPC_VERSION: str
 
 class ExecutorServiceStub:
     """Executors receive configuration from the control plane over xDS: the control plane
-    serves envoy.service.discovery.v3.AggregatedDiscoveryService (State of the World),
-    with the registry's resources as Any of type.googleapis.com/pilothouse.v1.<Message>
-    (Tenant, QuotaPolicy, Tool, Model, ModelRoute, Prompt, PromptVersion, Agent,
-    ApiKeyDigest).
-    Every response of one push carries the same version_info: the snapshot's version.
+    serves envoy.service.discovery.v3.AggregatedDiscoveryService, Delta (incremental)
+    variant only, with one resource type,
+    type.googleapis.com/pilothouse.v1.TenantConfiguration: one resource per tenant, named
+    tenants/{tenant} and versioned by its content, holding that tenant's registry
+    resources (Tenant, QuotaPolicy, Tool, Model, ModelRoute, Prompt, PromptVersion, Agent,
+    Rollout, ApiKeyDigest) as Any of type.googleapis.com/pilothouse.v1.<Message>. Each
+    response carries one tenant's configuration (or removals), so a tenant's configuration
+    is delivered, acknowledged or rejected on its own: one tenant's problem never holds
+    back another's. docs/architecture.md describes the protocol.
 
     ExecutorService reports what each executor has acknowledged.
     """
@@ -47,11 +51,15 @@ class ExecutorServiceStub:
 @_typing.type_check_only
 class ExecutorServiceAsyncStub(ExecutorServiceStub):
     """Executors receive configuration from the control plane over xDS: the control plane
-    serves envoy.service.discovery.v3.AggregatedDiscoveryService (State of the World),
-    with the registry's resources as Any of type.googleapis.com/pilothouse.v1.<Message>
-    (Tenant, QuotaPolicy, Tool, Model, ModelRoute, Prompt, PromptVersion, Agent,
-    ApiKeyDigest).
-    Every response of one push carries the same version_info: the snapshot's version.
+    serves envoy.service.discovery.v3.AggregatedDiscoveryService, Delta (incremental)
+    variant only, with one resource type,
+    type.googleapis.com/pilothouse.v1.TenantConfiguration: one resource per tenant, named
+    tenants/{tenant} and versioned by its content, holding that tenant's registry
+    resources (Tenant, QuotaPolicy, Tool, Model, ModelRoute, Prompt, PromptVersion, Agent,
+    Rollout, ApiKeyDigest) as Any of type.googleapis.com/pilothouse.v1.<Message>. Each
+    response carries one tenant's configuration (or removals), so a tenant's configuration
+    is delivered, acknowledged or rejected on its own: one tenant's problem never holds
+    back another's. docs/architecture.md describes the protocol.
 
     ExecutorService reports what each executor has acknowledged.
     """
@@ -62,11 +70,15 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
 
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
     """Executors receive configuration from the control plane over xDS: the control plane
-    serves envoy.service.discovery.v3.AggregatedDiscoveryService (State of the World),
-    with the registry's resources as Any of type.googleapis.com/pilothouse.v1.<Message>
-    (Tenant, QuotaPolicy, Tool, Model, ModelRoute, Prompt, PromptVersion, Agent,
-    ApiKeyDigest).
-    Every response of one push carries the same version_info: the snapshot's version.
+    serves envoy.service.discovery.v3.AggregatedDiscoveryService, Delta (incremental)
+    variant only, with one resource type,
+    type.googleapis.com/pilothouse.v1.TenantConfiguration: one resource per tenant, named
+    tenants/{tenant} and versioned by its content, holding that tenant's registry
+    resources (Tenant, QuotaPolicy, Tool, Model, ModelRoute, Prompt, PromptVersion, Agent,
+    Rollout, ApiKeyDigest) as Any of type.googleapis.com/pilothouse.v1.<Message>. Each
+    response carries one tenant's configuration (or removals), so a tenant's configuration
+    is delivered, acknowledged or rejected on its own: one tenant's problem never holds
+    back another's. docs/architecture.md describes the protocol.
 
     ExecutorService reports what each executor has acknowledged.
     """

@@ -75,7 +75,8 @@ class Model(_message.Message):
     provider: Global___ModelProvider.ValueType
     endpoint: _builtins.str
     """Base URL of the provider's API; empty means the executor's default
-    (OPENAI_BASE_URL for openai).
+    (OPENAI_BASE_URL for openai). At most 2,048 characters; executors reach only public
+    addresses unless their operator allows more (dataplane serve --allow-egress).
     """
     provider_model: _builtins.str
     """The model's id at the provider, e.g. "gpt-4o-mini". Empty means the resource id."""
@@ -157,7 +158,9 @@ class ScriptedModel(_message.Message):
 
     RULES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScriptedRule]: ...
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScriptedRule]:
+        """At most 100."""
+
     def __init__(
         self,
         *,
@@ -187,7 +190,9 @@ class ScriptedRule(_message.Message):
     on_step: _builtins.int
     """The run's step (1 for the first model call). 0: any step."""
     input_contains: _builtins.str
-    """The run's input contains this text."""
+    """The run's input contains this text. At most 65,536 characters, as are
+    last_tool_result_contains and answer.
+    """
     last_tool_result_contains: _builtins.str
     """The last tool result the model was given contains this text."""
     answer: _builtins.str
@@ -196,7 +201,7 @@ class ScriptedRule(_message.Message):
     """Or fail the call as a provider would with this HTTP status (429, 500, 503…)."""
     @_builtins.property
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ScriptedToolCall]:
-        """Or reply with these tool calls."""
+        """Or reply with these tool calls, at most 16."""
 
     @_builtins.property
     def latency(self) -> _duration_pb2.Duration:
@@ -232,7 +237,9 @@ class ScriptedToolCall(_message.Message):
     tool: _builtins.str
     """The tool's id (the last segment of its name), as the model sees it."""
     @_builtins.property
-    def arguments(self) -> _struct_pb2.Struct: ...
+    def arguments(self) -> _struct_pb2.Struct:
+        """At most 16 KiB as JSON."""
+
     def __init__(
         self,
         *,
@@ -291,11 +298,13 @@ class ModelRoute(_message.Message):
     """Format: tenants/{tenant}/modelRoutes/{model_route}"""
     etag: _builtins.str
     @_builtins.property
-    def targets(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelRouteTarget]: ...
+    def targets(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelRouteTarget]:
+        """At most 16."""
+
     @_builtins.property
     def fallbacks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Models tried in this order once the chosen target has failed.
-        Format of each: tenants/{tenant}/models/{model}
+        At most 16. Format of each: tenants/{tenant}/models/{model}
         """
 
     @_builtins.property

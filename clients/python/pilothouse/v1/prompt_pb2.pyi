@@ -131,7 +131,9 @@ class ModelParameters(_message.Message):
     max_output_tokens: _builtins.int
     """At most the model's max_output_tokens."""
     @_builtins.property
-    def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 4, each at most 200 characters."""
+
     def __init__(
         self,
         *,
@@ -177,7 +179,7 @@ class PromptVersion(_message.Message):
     where version is the first 16 hex digits of content_hash.
     """
     template: _builtins.str
-    """The system prompt, with {{variable}} placeholders."""
+    """The system prompt, with {{variable}} placeholders. At most 200,000 characters."""
     model_route: _builtins.str
     """Route the version's model calls take. Format: tenants/{tenant}/modelRoutes/{model_route}"""
     content_hash: _builtins.str
@@ -186,7 +188,9 @@ class PromptVersion(_message.Message):
     """
     @_builtins.property
     def variables(self) -> _containers.RepeatedCompositeFieldContainer[Global___PromptVariable]:
-        """Every placeholder of the template must be declared here."""
+        """Every placeholder of the template must be declared here. At most 64; a default
+        value and a description each at most 4,096 characters.
+        """
 
     @_builtins.property
     def parameters(self) -> Global___ModelParameters: ...

@@ -183,10 +183,13 @@ class Tool(_message.Message):
     name: _builtins.str
     """Format: tenants/{tenant}/tools/{tool}"""
     description: _builtins.str
-    """What the tool does, shown to the model."""
+    """What the tool does, shown to the model. At most 4,096 characters."""
     kind: Global___ToolKind.ValueType
     endpoint: _builtins.str
-    """builtin: the implementation's name; http: the URL called; mcp: the MCP server's URL."""
+    """builtin: the implementation's name; http: the URL called; mcp: the MCP server's URL.
+    At most 2,048 characters. Executors reach only public addresses unless their
+    operator allows more (dataplane serve --allow-egress).
+    """
     remote_name: _builtins.str
     """mcp only: the tool's name on the MCP server, when it differs from the resource id."""
     required_scope: _builtins.str
@@ -200,11 +203,14 @@ class Tool(_message.Message):
     """
     @_builtins.property
     def input_schema(self) -> _struct_pb2.Struct:
-        """JSON Schema (draft 2020-12) of the arguments; must describe an object."""
+        """JSON Schema (draft 2020-12) of the arguments; must describe an object. At most
+        64 KiB as JSON and 32 levels deep; its pattern and patternProperties are RE2 patterns
+        (no back-references or look-around) of at most 1,024 characters.
+        """
 
     @_builtins.property
     def output_schema(self) -> _struct_pb2.Struct:
-        """Optional JSON Schema (draft 2020-12) of the result."""
+        """Optional JSON Schema (draft 2020-12) of the result; limits as input_schema."""
 
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
