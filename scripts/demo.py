@@ -63,10 +63,12 @@ def cli(*args: str, env: dict[str, str], show: str = "", stdin: str | None = Non
     return result.stdout or ""
 
 
-def new_key(role: str, env: dict[str, str], tenant: str = "") -> str:
+def new_key(role: str, env: dict[str, str], tenant: str = "", *scopes: str) -> str:
     args = ["keys", "create", "--role", role, "--display-name", f"demo {role}"]
     if tenant:
         args += ["--tenant", tenant]
+    for scope in scopes:
+        args += ["--scope", scope]
     return cli(*args, env=env).strip().splitlines()[-1]
 
 
@@ -202,7 +204,8 @@ def main() -> None:
 
         client_env = {
             **env,
-            "PILOTHOUSE_API_KEY": new_key("client", env, "acme"),
+            # The refund tool requires this scope of the key that starts a run.
+            "PILOTHOUSE_API_KEY": new_key("client", env, "acme", "orders:refund"),
             "PILOTHOUSE_EXECUTOR_ADDR": executor_address,
         }
         wait_until_current(env)  # the client key has reached the executor too

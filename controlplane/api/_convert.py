@@ -188,6 +188,7 @@ def tool_from_proto(m: tool_pb2.Tool) -> r.Tool:
         ),
         required_scope=m.required_scope,
         approval=_enum(APPROVAL_MODES, m.approval, "tool.approval"),
+        trusted_output=m.trusted_output,
     )
 
 
@@ -200,6 +201,7 @@ def tool_to_proto(record: Record[r.Tool]) -> tool_pb2.Tool:
         remote_name=t.remote_name,
         required_scope=t.required_scope,
         approval=APPROVAL_MODES[1][t.approval],
+        trusted_output=t.trusted_output,
     )
     dict_to_struct(t.input_schema, m.input_schema)
     if t.output_schema is not None:
@@ -400,6 +402,9 @@ def agent_from_proto(m: agent_pb2.Agent) -> r.Agent:
             require_for_destructive=m.approval_policy.require_for_destructive,
             always_require=tuple(m.approval_policy.always_require),
             timeout=_duration(m.approval_policy, "timeout"),
+            allow_open_world_when_untrusted=tuple(
+                m.approval_policy.allow_open_world_when_untrusted
+            ),
         ),
         guardrail_policy=r.GuardrailPolicy(
             screen_tool_output=m.guardrail_policy.screen_tool_output,
@@ -432,6 +437,7 @@ def agent_to_proto(record: Record[r.Agent]) -> agent_pb2.Agent:
     m.approval_policy.default_mode = APPROVAL_MODES[1][ap.default_mode]
     m.approval_policy.require_for_destructive = ap.require_for_destructive
     m.approval_policy.always_require.extend(ap.always_require)
+    m.approval_policy.allow_open_world_when_untrusted.extend(ap.allow_open_world_when_untrusted)
     _set_duration(m.approval_policy.timeout, ap.timeout)
     g = s.guardrail_policy
     m.guardrail_policy.screen_tool_output = g.screen_tool_output
@@ -509,6 +515,7 @@ def api_key_to_proto(key: ApiKey) -> api_key_pb2.ApiKey:
         display_name=key.display_name,
         role=ROLES[1][key.role],
         tenant=f"tenants/{key.tenant}" if key.tenant else "",
+        scopes=key.scopes,
     )
     _timestamp(m.expire_time, key.expire_time)
     _timestamp(m.create_time, key.create_time)
@@ -522,6 +529,7 @@ def api_key_digest_to_proto(record: Record[r.ApiKeyDigest]) -> discovery_pb2.Api
         role=ROLES[1][Role(s.role)],
         tenant=f"tenants/{record.tenant}",
         secret_sha256=s.secret_sha256,
+        scopes=s.scopes,
     )
     _timestamp(m.expire_time, s.expire_time)
     return m

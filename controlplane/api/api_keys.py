@@ -42,6 +42,7 @@ class ApiKeyServicer(api_key_pb2_grpc.ApiKeyServiceServicer):
             expire_time=wellknown.timestamp(m.expire_time, "api_key.expire_time")
             if m.HasField("expire_time")
             else None,
+            scopes=tuple(m.scopes),
         )
         return pb.CreateApiKeyResponse(api_key=_convert.api_key_to_proto(key), secret=secret)
 

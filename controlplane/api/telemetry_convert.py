@@ -23,6 +23,7 @@ from controlplane.telemetry.records import (
     UsageRecord,
 )
 from controlplane.telemetry.service import RunSummary
+from pilothouse.decimals import plain
 from pilothouse.v1 import run_pb2
 from pilothouse.v1 import telemetry_pb2 as pb
 
@@ -256,9 +257,7 @@ def usage_row_to_proto(row: UsageSum) -> pb.UsageRow:
 
 
 def _decimal_text(value: Decimal) -> str:
-    """Plain notation, no trailing zeros: 0.0123, 12, 0."""
-    text = format(value.normalize(), "f")
-    return text if text != "-0" else "0"
+    return plain(value)
 
 
 def run_summary_to_proto(summary: RunSummary) -> pb.RunSummary:

@@ -19,6 +19,7 @@ from controlplane.errors import (
     PreconditionViolation,
     Unauthenticated,
 )
+from controlplane.registry.kinds import SCOPE_PATTERN
 from controlplane.registry.names import tenant_name
 from controlplane.registry.pagination import decode_token, page_size, paginate
 from controlplane.store import api_keys as key_store
@@ -39,15 +40,25 @@ class ApiKey:
     tenant: str | None
     create_time: datetime
     expire_time: datetime | None
+    scopes: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
         return f"apiKeys/{self.id}"
 
 
+MAX_SCOPES = 32
+
+
 def _key(row: ApiKeyRow) -> ApiKey:
     return ApiKey(
-        row.id, row.display_name, Role(row.role), row.tenant, row.create_time, row.expire_time
+        row.id,
+        row.display_name,
+        Role(row.role),
+        row.tenant,
+        row.create_time,
+        row.expire_time,
+        row.scopes,
     )
 
 
@@ -97,6 +108,7 @@ class ApiKeys:
         role: Role,
         tenant: str | None,
         expire_time: datetime | None,
+        scopes: tuple[str, ...] = (),
     ) -> tuple[ApiKey, str]:
         """Issue a key; returns it and its token, which is never shown again."""
         caller.require(Permission.KEYS_MANAGE)
@@ -112,6 +124,14 @@ class ApiKeys:
             )
         if len(display_name) > 200:
             raise InvalidArgument.of("api_key.display_name", "must be at most 200 characters")
+        if len(scopes) > MAX_SCOPES:
+            raise InvalidArgument.of("api_key.scopes", f"may hold at most {MAX_SCOPES}")
+        for i, scope in enumerate(scopes):
+            if not SCOPE_PATTERN.match(scope):
+                raise InvalidArgument.of(
+                    f"api_key.scopes[{i}]", f"{scope[:100]!r} must look like 'orders:write'"
+                )
+        scopes = tuple(dict.fromkeys(scopes))
         now = datetime.now(UTC)
         if expire_time is not None and expire_time <= now:
             raise InvalidArgument.of("api_key.expire_time", "must be in the future")
@@ -124,6 +144,7 @@ class ApiKeys:
             keys.hash_secret(material.secret),
             now,
             expire_time,
+            scopes,
         )
         async with self._db.transaction() as conn:
             if tenant is not None and await tenant_store.get(conn, tenant) is None:

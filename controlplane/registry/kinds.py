@@ -261,6 +261,12 @@ def _check_agent(a: r.Agent, v: Violations) -> None:
                 f"approval_policy.always_require[{i}]", f"{tool!r} is not one of the agent's tools"
             )
     v.duration("approval_policy.timeout", policy.timeout, maximum=timedelta(days=30))
+    for i, tool in enumerate(policy.allow_open_world_when_untrusted):
+        if tool not in a.tools:
+            v.add(
+                f"approval_policy.allow_open_world_when_untrusted[{i}]",
+                f"{tool[:200]!r} is not one of the agent's tools",
+            )
     for i, pattern in enumerate(a.guardrail_policy.blocked_patterns):
         v.regex(f"guardrail_policy.blocked_patterns[{i}]", pattern)
     v.json_schema("output_schema", a.output_schema)

@@ -81,6 +81,7 @@ class Tool:
     annotations: ToolAnnotations = field(default_factory=ToolAnnotations)
     required_scope: str = ""
     approval: ApprovalMode = ApprovalMode.UNSPECIFIED
+    trusted_output: bool = False
 
 
 class ModelProvider(StrEnum):
@@ -189,6 +190,7 @@ class ApprovalPolicy:
     require_for_destructive: bool = False
     always_require: tuple[str, ...] = ()
     timeout: timedelta | None = None
+    allow_open_world_when_untrusted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -355,6 +357,7 @@ class ApiKeyDigest:
     role: str = ""
     secret_sha256: str = ""
     expire_time: datetime | None = None
+    scopes: tuple[str, ...] = ()
 
 
 S = TypeVar("S")

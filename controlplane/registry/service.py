@@ -328,7 +328,7 @@ class Registry:
         for key in key_rows:
             if key.tenant is None:
                 continue  # unconfined keys (admins, executors) never run agents
-            digest = r.ApiKeyDigest(key.role, key.secret_hash, key.expire_time)
+            digest = r.ApiKeyDigest(key.role, key.secret_hash, key.expire_time, key.scopes)
             grouped["ApiKeyDigest"].append(
                 r.Record(
                     key.tenant, key.id, digest, etag_of(digest), key.create_time, key.create_time

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -22,11 +23,22 @@ _COLUMNS = (
     api_keys.c.secret_hash,
     api_keys.c.create_time,
     api_keys.c.expire_time,
+    api_keys.c.scopes,
 )
 
 
 def _row(r: Sequence[Any]) -> ApiKeyRow:
-    return ApiKeyRow(*r)
+    key_id, tenant, role, display_name, secret_hash, created, expires, scopes = r
+    return ApiKeyRow(
+        key_id,
+        tenant,
+        role,
+        display_name,
+        secret_hash,
+        created,
+        expires,
+        tuple(json.loads(scopes or "[]")),
+    )
 
 
 async def get(conn: AsyncConnection, key_id: str) -> ApiKeyRow | None:
@@ -58,6 +70,7 @@ async def insert(conn: AsyncConnection, row: ApiKeyRow) -> None:
                 secret_hash=row.secret_hash,
                 create_time=row.create_time,
                 expire_time=row.expire_time,
+                scopes=json.dumps(list(row.scopes)),
             )
         )
     except IntegrityError as e:

@@ -43,3 +43,4 @@ class ApiKeyRow:
     secret_hash: str
     create_time: datetime
     expire_time: datetime | None
+    scopes: tuple[str, ...] = ()

@@ -87,6 +87,8 @@ api_keys = sa.Table(
     sa.Column("secret_hash", sa.String(64), nullable=False),
     sa.Column("create_time", UTCDateTime, nullable=False),
     sa.Column("expire_time", UTCDateTime, nullable=True),
+    # JSON list of the permission scopes the key holds.
+    sa.Column("scopes", sa.Text, nullable=False, server_default="[]"),
 )
 
 # What changed, who changed it and when. Rows outlive the tenant they concern.

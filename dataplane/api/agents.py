@@ -235,6 +235,8 @@ class AgentServicer(run_pb2_grpc.AgentServiceServicer):
             user_id=request.user_id,
             deadline_at=deadline if isinstance(request, pb.RunAgentRequest) else None,
             trace=trace_headers(ctx.invocation_metadata() or ()),
+            key=caller.key,
+            scopes=caller.scopes,
         )
 
     async def _run_for(self, ctx: Ctx, name: str, method: str) -> Run:
@@ -276,6 +278,8 @@ class AgentServicer(run_pb2_grpc.AgentServiceServicer):
                 deadline_at=datetime.now(UTC) + timedelta(seconds=remaining) if remaining else None,
                 trace=trace_headers(context.invocation_metadata() or ()),
                 prompt_version=request.prompt_version,
+                key=caller.key,
+                scopes=caller.scopes,
             )
             result = await self._cases.run(admission, request.report_id, request.case)
             return pb.RunEvalCaseResponse(result=result)

@@ -37,6 +37,7 @@ class Caller:
     """apiKeys/{id}"""
     tenant: str
     """The tenant the key is confined to."""
+    scopes: tuple[str, ...] = ()
 
 
 def authenticate(watcher: ConfigWatcher, authorization: str | None) -> Caller:
@@ -60,7 +61,7 @@ def authenticate(watcher: ConfigWatcher, authorization: str | None) -> Caller:
         raise Unauthenticated(f"API key {digest.name} has expired")
     if digest.role not in RUNNER_ROLES:
         raise PermissionDenied(f"role {api_key_pb2.Role.Name(digest.role)} may not run agents")
-    return Caller(digest.name, digest.tenant.removeprefix("tenants/"))
+    return Caller(digest.name, digest.tenant.removeprefix("tenants/"), tuple(digest.scopes))
 
 
 def require_tenant(caller: Caller, tenant: str) -> None:

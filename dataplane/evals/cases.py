@@ -75,6 +75,8 @@ class CaseRunner:
                         deadline_at=admission.deadline_at,
                         trace=admission.trace,
                         variant=VARIANT,
+                        key=admission.key,
+                        scopes=admission.scopes,
                     )
                 )
                 cost += judged.cost

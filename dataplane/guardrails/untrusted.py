@@ -23,6 +23,11 @@ def mark(tool: str, content: str) -> str:
     return f'<tool_output tool="{name}" trust="untrusted">\n{defused}\n</tool_output>'
 
 
+def is_marked(text: str) -> bool:
+    """Whether ``text`` is a tool output marked untrusted (by ``mark``)."""
+    return text.startswith("<tool_output ") and 'trust="untrusted">' in text[:300]
+
+
 def unmark(text: str) -> str:
     """The content of a marked tool output (the text itself when it is not marked)."""
     match = _MARKED.match(text)

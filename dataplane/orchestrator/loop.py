@@ -25,7 +25,8 @@ from opentelemetry.trace import INVALID_SPAN, Span
 from dataplane.config.snapshot import ExecutorConfig
 from dataplane.guardrails import output, pii
 from dataplane.guardrails.injection import screen
-from dataplane.guardrails.untrusted import NOTICE, mark
+from dataplane.guardrails.taint import open_world, screen_arguments, trusted_output
+from dataplane.guardrails.untrusted import NOTICE, is_marked, mark, unmark
 from dataplane.models.gateway import ModelGateway, NoModelAvailable
 from dataplane.models.pricing import cost as price
 from dataplane.models.scripted import estimate_tokens
@@ -51,6 +52,7 @@ from dataplane.telemetry import records
 from dataplane.telemetry.otel import Tracing, captured, trace_id_of
 from dataplane.telemetry.records import RunLabels
 from dataplane.tools.router import ToolOutcome, ToolRouter
+from pilothouse.decimals import plain
 from pilothouse.v1 import model_pb2, tenant_pb2, tool_pb2
 
 MAX_DETAIL = 500
@@ -74,7 +76,7 @@ class Usage:
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cached_input_tokens": self.cached_input_tokens,
-            "cost_usd": str(self.cost_usd),
+            "cost_usd": plain(self.cost_usd),
             "model_calls": self.model_calls,
             "tool_calls": self.tool_calls,
         }
@@ -303,7 +305,9 @@ class RunLoop:
                         if answer is None:
                             continue  # the model was asked to repair its answer
                         raise _Stop(StopReason.COMPLETED, final_answer=answer)
-                untrusted = any(m.role == "tool" for m in messages)
+                untrusted = [
+                    unmark(m.content) for m in messages if m.role == "tool" and is_marked(m.content)
+                ]
                 results = await self._act(
                     ctx, limits, messages[-1], step, journal, deadline_wall, untrusted
                 )
@@ -492,7 +496,7 @@ class RunLoop:
                     "model": result.model.name,
                     "input_tokens": usage.input_tokens,
                     "output_tokens": usage.output_tokens,
-                    "cost_usd": str(result.cost),
+                    "cost_usd": plain(result.cost),
                     "finish_reason": result.result.finish_reason,
                     "latency_seconds": round(seconds, 6),
                     "attempts": result.attempts,
@@ -602,6 +606,16 @@ class RunLoop:
         if self.lease.cancel_requested:
             raise _Stop(StopReason.CANCELLED, "cancelled")
 
+    @staticmethod
+    def _given(tool: tool_pb2.Tool | None, name: str, result: Any, untrusted: list[str]) -> str:
+        """What the model is given of a call's result: marked untrusted (and added to the
+        run's untrusted content) unless the tool's output is trusted."""
+        content = json.dumps(result)
+        if tool is not None and trusted_output(tool):
+            return content
+        untrusted.append(content)
+        return mark(name, content)
+
     async def _journal(
         self,
         step: int,
@@ -682,10 +696,11 @@ class RunLoop:
         step: int,
         journal: list[ToolCallRecord],
         deadline_wall: float | None,
-        untrusted: bool,
+        untrusted: list[str],
     ) -> list[ChatMessage] | None:
         """Run the reply's tool calls; their results, or None when the run now waits for
-        an approval. ``untrusted``: tool output has entered the run already."""
+        an approval. ``untrusted``: the untrusted tool output in the run so far (it taints
+        the run when there is any); this step's is added as it comes."""
         assert self._labels is not None
         done = {(j.step, j.call_index): j for j in journal}
         results: list[ChatMessage] = []
@@ -693,22 +708,42 @@ class RunLoop:
             record = done.get((step, index))
             if record is not None and record.state in (CallState.COMPLETED, CallState.FAILED):
                 # Replayed on resume exactly as it was first given: the tool's output,
-                # marked untrusted, and tainting the rest of the step.
-                untrusted = True
-                content = mark(call.name, json.dumps(record.result))
+                # marked untrusted and tainting the rest of the step unless trusted.
+                replayed = ctx.tools.get(call.name)
+                content = self._given(replayed, call.name, record.result, untrusted)
                 results.append(ChatMessage("tool", content, tool_call_id=call.id))
                 continue
             if record is not None and record.state is CallState.REFUSED:
                 results.append(ChatMessage("tool", json.dumps(record.result), tool_call_id=call.id))
                 continue
-            checked = self.router.check(self.config, ctx.tools, call.name, call.arguments)
+            checked = self.router.check(
+                self.config,
+                ctx.tools,
+                call.name,
+                call.arguments,
+                frozenset(self.run.request.get("scopes") or ()),
+            )
             if isinstance(checked, ToolOutcome):
                 outcome = checked
+                if checked.missing_scope:
+                    await self.store.audit(
+                        self.run.tenant,
+                        "tool.scope_refused",
+                        f"tenants/{self.run.tenant}/runs/{self.run.id}",
+                        {
+                            "agent": self.run.agent,
+                            "step": step,
+                            "tool": call.name,
+                            "scope": checked.missing_scope,
+                            "key": self.run.request.get("key", ""),
+                        },
+                        executor=self._labels.executor,
+                    )
             else:
                 tool, arguments = checked
                 if limits.max_tool_calls and self._usage.tool_calls + 1 > limits.max_tool_calls:
                     raise _Stop(StopReason.BUDGET_EXCEEDED, "tool_calls")
-                reason = needs_approval(ctx, tool, untrusted)
+                reason = needs_approval(ctx, tool, untrusted, arguments)
                 if reason and (record is None or record.state is CallState.AWAITING_APPROVAL):
                     await self._journal(
                         step,
@@ -771,7 +806,6 @@ class RunLoop:
                                 "gen_ai.tool.call.result", captured(json.dumps(outcome.result))
                             )
                     self._usage.tool_calls += 1
-                    untrusted = True
                     content = json.dumps(outcome.result)
                     tripped = (
                         screen(content) if ctx.agent.guardrail_policy.screen_tool_output else []
@@ -800,9 +834,8 @@ class RunLoop:
                         )
                     if not last:
                         self._notify()
-                    results.append(
-                        ChatMessage("tool", mark(call.name, content), tool_call_id=call.id)
-                    )
+                    given = self._given(tool, call.name, outcome.result, untrusted)
+                    results.append(ChatMessage("tool", given, tool_call_id=call.id))
                     continue
             last = index == len(reply.tool_calls) - 1
             await self._journal(
@@ -857,8 +890,11 @@ def _safe_to_repeat(tool: tool_pb2.Tool) -> bool:
     )
 
 
-def needs_approval(ctx: RunContext, tool: tool_pb2.Tool, untrusted: bool) -> str:
-    """Why a call must wait for a person, or "" when it need not."""
+def needs_approval(
+    ctx: RunContext, tool: tool_pb2.Tool, untrusted: list[str], arguments: Any = None
+) -> str:
+    """Why a call must wait for a person, or "" when it need not. ``untrusted``: the
+    run's untrusted content so far (any taints it)."""
     policy = ctx.agent.approval_policy
     mode = tool.approval or policy.default_mode
     if tool.name in policy.always_require:
@@ -867,6 +903,17 @@ def needs_approval(ctx: RunContext, tool: tool_pb2.Tool, untrusted: bool) -> str
         return "the tool always requires approval"
     if mode == tool_pb2.APPROVAL_MODE_WHEN_UNTRUSTED and untrusted:
         return "untrusted content has entered the run"
+    if open_world(tool):
+        screened = screen_arguments(
+            arguments, untrusted, private=ctx.agent.guardrail_policy.redact_pii
+        )
+        if screened:
+            return f"{screened}, and the tool reaches outside"
+        if untrusted and tool.name not in policy.allow_open_world_when_untrusted:
+            return (
+                "untrusted content has entered the run and the tool reaches outside "
+                "(its open-world hint is true or unset)"
+            )
     annotations = tool.annotations
     read_only = annotations.HasField("read_only_hint") and annotations.read_only_hint
     destructive = not read_only and (

@@ -71,6 +71,10 @@ class Admission:
     eval case's run); it must be in the configuration."""
     variant: str = ""
     """With ``prompt_version``: the variant the run is recorded on."""
+    key: str = ""
+    """The key that started the run (apiKeys/{id})."""
+    scopes: tuple[str, ...] = ()
+    """The scopes that key holds: the run may call tools that require one of them."""
 
 
 class Runs:
@@ -181,6 +185,8 @@ class Runs:
             "trace": trace,
             "input": run_input,
             "variables": variables,
+            "key": admission.key,
+            "scopes": list(admission.scopes),
             "limits": limits(ctx.agent, admission.budget).to_dict(),
             "prompt_version": ctx.version.name,
             "variant": ctx.variant,

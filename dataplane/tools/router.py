@@ -41,6 +41,8 @@ class ToolOutcome:
     executed: bool
     """False when the call was refused or invalid and nothing ran."""
     attempts: int = 0
+    missing_scope: str = ""
+    """Set when the call was refused for the scope its tool requires."""
 
 
 class ToolRouter:
@@ -55,14 +57,30 @@ class ToolRouter:
         self._mcp = mcp
 
     def check(
-        self, config: ExecutorConfig, allowed: dict[str, tool_pb2.Tool], name: str, arguments: str
+        self,
+        config: ExecutorConfig,
+        allowed: dict[str, tool_pb2.Tool],
+        name: str,
+        arguments: str,
+        scopes: frozenset[str] = frozenset(),
     ) -> tuple[tool_pb2.Tool, dict[str, Any]] | ToolOutcome:
         """The tool (one of ``allowed``, from ``config``) and parsed arguments, or the
-        refusal to hand back to the model."""
+        refusal to hand back to the model. ``scopes``: those of the key that started the
+        run; a tool that requires another is refused."""
         tool = allowed.get(name)
         if tool is None:
             return ToolOutcome(
                 {"error": f"tool {name!r} is not available to this agent"}, False, False
+            )
+        if tool.required_scope and tool.required_scope not in scopes:
+            return ToolOutcome(
+                {
+                    "error": f"tool {name!r} requires the scope {tool.required_scope!r}, which "
+                    "the key that started this run does not hold"
+                },
+                False,
+                False,
+                missing_scope=tool.required_scope,
             )
         try:
             parsed = jsonschemas.parse_document(arguments or "{}")

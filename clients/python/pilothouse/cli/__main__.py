@@ -7,7 +7,7 @@ Kubernetes.
     pilothouse delete KIND NAME
     pilothouse prompt versions NAME
     pilothouse prompt label NAME LABEL VERSION
-    pilothouse keys create --role ROLE [--tenant T]
+    pilothouse keys create --role ROLE [--tenant T] [--scope S …]
     pilothouse executors
     pilothouse run AGENT --input TEXT [--var K=V] [--no-follow]
     pilothouse runs list|get|watch|cancel
@@ -139,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--display-name", default="")
     create.add_argument("--expires-in", help="e.g. 30d, 12h (default: never)")
+    create.add_argument(
+        "--scope",
+        action="append",
+        default=[],
+        help="a permission scope the key holds, e.g. orders:write (repeatable): its runs "
+        "may call tools that require it",
+    )
     return parser
 
 
@@ -364,7 +371,7 @@ _ROLES = {
 
 
 async def _keys(client: Client, ns: argparse.Namespace) -> int:
-    key = api_key_pb2.ApiKey(role=_ROLES[ns.role], display_name=ns.display_name)
+    key = api_key_pb2.ApiKey(role=_ROLES[ns.role], display_name=ns.display_name, scopes=ns.scope)
     tenant = _tenant(ns)
     if tenant:
         key.tenant = f"tenants/{tenant}"
@@ -375,8 +382,9 @@ async def _keys(client: Client, ns: argparse.Namespace) -> int:
     response = await client.call(
         client.api_keys.CreateApiKey, api_key_pb2.CreateApiKeyRequest(api_key=key)
     )
-    scope = response.api_key.tenant or "all tenants"
-    print(f"Created {response.api_key.name} ({ns.role}, {scope}).")
+    where = response.api_key.tenant or "all tenants"
+    scopes = f", scopes {', '.join(response.api_key.scopes)}" if response.api_key.scopes else ""
+    print(f"Created {response.api_key.name} ({ns.role}, {where}{scopes}).")
     print("Its secret is shown once; store it now:")
     print(response.secret)
     return 0

@@ -310,6 +310,7 @@ KINDS: list[Kind] = [
             NAME,
             ("ROLE", lambda m: _enum_short(m, "role")),
             ("TENANT", lambda m: _short(m.tenant) or "*"),
+            ("SCOPES", lambda m: ",".join(m.scopes) or "-"),
             ("DISPLAY NAME", lambda m: m.display_name),
             (
                 "EXPIRES",

@@ -68,6 +68,7 @@ class ApprovalPolicy(_message.Message):
     REQUIRE_FOR_DESTRUCTIVE_FIELD_NUMBER: _builtins.int
     ALWAYS_REQUIRE_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    ALLOW_OPEN_WORLD_WHEN_UNTRUSTED_FIELD_NUMBER: _builtins.int
     default_mode: _tool_pb2.ApprovalMode.ValueType
     """Applied to tools whose own approval is unset."""
     require_for_destructive: _builtins.bool
@@ -84,6 +85,15 @@ class ApprovalPolicy(_message.Message):
         Unset means 24h.
         """
 
+    @_builtins.property
+    def allow_open_world_when_untrusted(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tools that reach outside (effective open-world hint true) which this agent may call
+        without a person's approval after untrusted content has entered the run. Their
+        arguments are still screened: a value taken from the run's untrusted content, or
+        personal data, sends the call to a person. Format of each:
+        tenants/{tenant}/tools/{tool}; each must be in the agent's tools.
+        """
+
     def __init__(
         self,
         *,
@@ -91,10 +101,11 @@ class ApprovalPolicy(_message.Message):
         require_for_destructive: _builtins.bool = ...,
         always_require: _abc.Iterable[_builtins.str] | None = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        allow_open_world_when_untrusted: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["always_require", b"always_require", "default_mode", b"default_mode", "require_for_destructive", b"require_for_destructive", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_open_world_when_untrusted", b"allow_open_world_when_untrusted", "always_require", b"always_require", "default_mode", b"default_mode", "require_for_destructive", b"require_for_destructive", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

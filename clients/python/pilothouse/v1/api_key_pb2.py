@@ -25,33 +25,33 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpilothouse/v1/api_key.proto\x12\rpilothouse.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc1\x01\n\x06\x41piKey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12!\n\x04role\x18\x03 \x01(\x0e\x32\x13.pilothouse.v1.Role\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"=\n\x13\x43reateApiKeyRequest\x12&\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x15.pilothouse.v1.ApiKey\"N\n\x14\x43reateApiKeyResponse\x12&\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x15.pilothouse.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\" \n\x10GetApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x11GetApiKeyResponse\x12&\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x15.pilothouse.v1.ApiKey\"K\n\x12ListApiKeysRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\"W\n\x13ListApiKeysResponse\x12\'\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x15.pilothouse.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x13\x44\x65leteApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x16\n\x14\x44\x65leteApiKeyResponse*c\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_ADMIN\x10\x01\x12\x11\n\rROLE_OPERATOR\x10\x02\x12\x11\n\rROLE_EXECUTOR\x10\x03\x12\x0f\n\x0bROLE_CLIENT\x10\x04\x32\xe7\x02\n\rApiKeyService\x12W\n\x0c\x43reateApiKey\x12\".pilothouse.v1.CreateApiKeyRequest\x1a#.pilothouse.v1.CreateApiKeyResponse\x12N\n\tGetApiKey\x12\x1f.pilothouse.v1.GetApiKeyRequest\x1a .pilothouse.v1.GetApiKeyResponse\x12T\n\x0bListApiKeys\x12!.pilothouse.v1.ListApiKeysRequest\x1a\".pilothouse.v1.ListApiKeysResponse\x12W\n\x0c\x44\x65leteApiKey\x12\".pilothouse.v1.DeleteApiKeyRequest\x1a#.pilothouse.v1.DeleteApiKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpilothouse/v1/api_key.proto\x12\rpilothouse.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd1\x01\n\x06\x41piKey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12!\n\x04role\x18\x03 \x01(\x0e\x32\x13.pilothouse.v1.Role\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06scopes\x18\x07 \x03(\t\"=\n\x13\x43reateApiKeyRequest\x12&\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x15.pilothouse.v1.ApiKey\"N\n\x14\x43reateApiKeyResponse\x12&\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x15.pilothouse.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\" \n\x10GetApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x11GetApiKeyResponse\x12&\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x15.pilothouse.v1.ApiKey\"K\n\x12ListApiKeysRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\"W\n\x13ListApiKeysResponse\x12\'\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x15.pilothouse.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x13\x44\x65leteApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x16\n\x14\x44\x65leteApiKeyResponse*c\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0e\n\nROLE_ADMIN\x10\x01\x12\x11\n\rROLE_OPERATOR\x10\x02\x12\x11\n\rROLE_EXECUTOR\x10\x03\x12\x0f\n\x0bROLE_CLIENT\x10\x04\x32\xe7\x02\n\rApiKeyService\x12W\n\x0c\x43reateApiKey\x12\".pilothouse.v1.CreateApiKeyRequest\x1a#.pilothouse.v1.CreateApiKeyResponse\x12N\n\tGetApiKey\x12\x1f.pilothouse.v1.GetApiKeyRequest\x1a .pilothouse.v1.GetApiKeyResponse\x12T\n\x0bListApiKeys\x12!.pilothouse.v1.ListApiKeysRequest\x1a\".pilothouse.v1.ListApiKeysResponse\x12W\n\x0c\x44\x65leteApiKey\x12\".pilothouse.v1.DeleteApiKeyRequest\x1a#.pilothouse.v1.DeleteApiKeyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pilothouse.v1.api_key_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=740
-  _globals['_ROLE']._serialized_end=839
+  _globals['_ROLE']._serialized_start=756
+  _globals['_ROLE']._serialized_end=855
   _globals['_APIKEY']._serialized_start=80
-  _globals['_APIKEY']._serialized_end=273
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=275
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=336
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=338
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=416
-  _globals['_GETAPIKEYREQUEST']._serialized_start=418
-  _globals['_GETAPIKEYREQUEST']._serialized_end=450
-  _globals['_GETAPIKEYRESPONSE']._serialized_start=452
-  _globals['_GETAPIKEYRESPONSE']._serialized_end=511
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=513
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=588
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=590
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=677
-  _globals['_DELETEAPIKEYREQUEST']._serialized_start=679
-  _globals['_DELETEAPIKEYREQUEST']._serialized_end=714
-  _globals['_DELETEAPIKEYRESPONSE']._serialized_start=716
-  _globals['_DELETEAPIKEYRESPONSE']._serialized_end=738
-  _globals['_APIKEYSERVICE']._serialized_start=842
-  _globals['_APIKEYSERVICE']._serialized_end=1201
+  _globals['_APIKEY']._serialized_end=289
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=291
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=352
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=354
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=432
+  _globals['_GETAPIKEYREQUEST']._serialized_start=434
+  _globals['_GETAPIKEYREQUEST']._serialized_end=466
+  _globals['_GETAPIKEYRESPONSE']._serialized_start=468
+  _globals['_GETAPIKEYRESPONSE']._serialized_end=527
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=529
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=604
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=606
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=693
+  _globals['_DELETEAPIKEYREQUEST']._serialized_start=695
+  _globals['_DELETEAPIKEYREQUEST']._serialized_end=730
+  _globals['_DELETEAPIKEYRESPONSE']._serialized_start=732
+  _globals['_DELETEAPIKEYRESPONSE']._serialized_end=754
+  _globals['_APIKEYSERVICE']._serialized_start=858
+  _globals['_APIKEYSERVICE']._serialized_end=1217
 # @@protoc_insertion_point(module_scope)

@@ -143,6 +143,7 @@ class ApiKeyDigest(_message.Message):
     TENANT_FIELD_NUMBER: _builtins.int
     SECRET_SHA256_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Format: apiKeys/{api_key}"""
     role: _api_key_pb2.Role.ValueType
@@ -152,6 +153,10 @@ class ApiKeyDigest(_message.Message):
     """Hex SHA-256 of the key's secret part."""
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The scopes the key holds (see ApiKey.scopes)."""
+
     def __init__(
         self,
         *,
@@ -160,10 +165,11 @@ class ApiKeyDigest(_message.Message):
         tenant: _builtins.str = ...,
         secret_sha256: _builtins.str = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "name", b"name", "role", b"role", "secret_sha256", b"secret_sha256", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "name", b"name", "role", b"role", "scopes", b"scopes", "secret_sha256", b"secret_sha256", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -128,6 +128,11 @@ class ToolAnnotations(_message.Message):
     destructive_hint: _builtins.bool
     idempotent_hint: _builtins.bool
     open_world_hint: _builtins.bool
+    """The tool reaches outside (sends mail, fetches URLs). Unset means true, as MCP
+    defines; builtin tools never reach outside, whatever it says. Once untrusted content
+    has entered a run, a call to such a tool waits for a person unless the agent allows
+    it (ApprovalPolicy.allow_open_world_when_untrusted).
+    """
     def __init__(
         self,
         *,
@@ -180,6 +185,7 @@ class Tool(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    TRUSTED_OUTPUT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Format: tenants/{tenant}/tools/{tool}"""
     description: _builtins.str
@@ -193,13 +199,20 @@ class Tool(_message.Message):
     remote_name: _builtins.str
     """mcp only: the tool's name on the MCP server, when it differs from the resource id."""
     required_scope: _builtins.str
-    """Permission scope the caller of a run must hold for the agent to use this tool,
-    for example "orders:write". Empty means none.
+    """Permission scope the key that started a run must hold (ApiKey.scopes) for the run
+    to call this tool, for example "orders:write"; a run whose key lacks it gets a tool
+    error instead, and the refusal is audited. Empty means none.
     """
     approval: Global___ApprovalMode.ValueType
     etag: _builtins.str
     """Opaque; changes whenever the tool does. Send it back on update or delete
     to act only on the version read.
+    """
+    trusted_output: _builtins.bool
+    """The operator vouches for this tool's output: it is not marked untrusted and does not
+    taint the run. Leave unset for anything that can carry someone else's text (a
+    ticket, an e-mail, a web page), even from an internal system. The calculator and
+    clock builtins are trusted without it.
     """
     @_builtins.property
     def input_schema(self) -> _struct_pb2.Struct:
@@ -242,10 +255,11 @@ class Tool(_message.Message):
         etag: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        trusted_output: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "create_time", b"create_time", "input_schema", b"input_schema", "output_schema", b"output_schema", "retry_policy", b"retry_policy", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "approval", b"approval", "create_time", b"create_time", "description", b"description", "endpoint", b"endpoint", "etag", b"etag", "input_schema", b"input_schema", "kind", b"kind", "name", b"name", "output_schema", b"output_schema", "remote_name", b"remote_name", "required_scope", b"required_scope", "retry_policy", b"retry_policy", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "approval", b"approval", "create_time", b"create_time", "description", b"description", "endpoint", b"endpoint", "etag", b"etag", "input_schema", b"input_schema", "kind", b"kind", "name", b"name", "output_schema", b"output_schema", "remote_name", b"remote_name", "required_scope", b"required_scope", "retry_policy", b"retry_policy", "timeout", b"timeout", "trusted_output", b"trusted_output", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
