@@ -410,6 +410,7 @@ def agent_from_proto(m: agent_pb2.Agent) -> r.Agent:
             screen_tool_output=m.guardrail_policy.screen_tool_output,
             redact_pii=m.guardrail_policy.redact_pii,
             blocked_patterns=tuple(m.guardrail_policy.blocked_patterns),
+            injection_classifier=m.guardrail_policy.injection_classifier,
         ),
         output_schema=_optional_struct(m, "output_schema"),
     )
@@ -443,6 +444,7 @@ def agent_to_proto(record: Record[r.Agent]) -> agent_pb2.Agent:
     m.guardrail_policy.screen_tool_output = g.screen_tool_output
     m.guardrail_policy.redact_pii = g.redact_pii
     m.guardrail_policy.blocked_patterns.extend(g.blocked_patterns)
+    m.guardrail_policy.injection_classifier = g.injection_classifier
     if s.output_schema is not None:
         dict_to_struct(s.output_schema, m.output_schema)
         m.output_schema.SetInParent()

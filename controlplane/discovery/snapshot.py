@@ -220,6 +220,9 @@ def _problems(tenant: str, records: Mapping[str, list[Record[Any]]]) -> Iterable
             yield f"agent {agent.id} runs label {label} that prompt {prompt.id} lacks"
         if spec.model_route and missing("ModelRoute", spec.model_route):
             yield f"agent {agent.id} names missing route {spec.model_route}"
+        classifier = spec.guardrail_policy.injection_classifier
+        if classifier and missing("ModelRoute", classifier):
+            yield f"agent {agent.id} names missing classifier route {classifier}"
         for tool in spec.tools:
             if missing("Tool", tool):
                 yield f"agent {agent.id} names missing tool {tool}"

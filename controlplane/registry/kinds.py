@@ -278,6 +278,14 @@ def _agent_refs(a: r.Agent) -> list[Reference]:
         refs.append(Reference("prompt_version", "PromptVersion", a.prompt_version))
     if a.model_route:
         refs.append(Reference("model_route", "ModelRoute", a.model_route))
+    if a.guardrail_policy.injection_classifier:
+        refs.append(
+            Reference(
+                "guardrail_policy.injection_classifier",
+                "ModelRoute",
+                a.guardrail_policy.injection_classifier,
+            )
+        )
     refs += [Reference(f"tools[{i}]", "Tool", name) for i, name in enumerate(a.tools)]
     return refs
 

@@ -198,6 +198,7 @@ class GuardrailPolicy:
     screen_tool_output: bool = False
     redact_pii: bool = False
     blocked_patterns: tuple[str, ...] = ()
+    injection_classifier: str = ""
 
 
 @dataclass(frozen=True)

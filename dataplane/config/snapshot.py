@@ -356,6 +356,8 @@ def _problems(config: TenantConfig) -> list[str]:
             problems.append(f"{what} has no prompt version to run")
         if agent.model_route:
             need(model_pb2.ModelRoute, agent.model_route, what)
+        if agent.guardrail_policy.injection_classifier:
+            need(model_pb2.ModelRoute, agent.guardrail_policy.injection_classifier, what)
         for tool_name in agent.tools:
             need(tool_pb2.Tool, tool_name, what)
         for i, pattern in enumerate(agent.guardrail_policy.blocked_patterns):

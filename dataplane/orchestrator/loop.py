@@ -23,7 +23,7 @@ from typing import Any
 from opentelemetry.trace import INVALID_SPAN, Span
 
 from dataplane.config.snapshot import ExecutorConfig
-from dataplane.guardrails import output, pii
+from dataplane.guardrails import classifier, output, pii
 from dataplane.guardrails.injection import screen
 from dataplane.guardrails.taint import open_world, screen_arguments, trusted_output
 from dataplane.guardrails.untrusted import NOTICE, is_marked, mark, unmark
@@ -606,6 +606,117 @@ class RunLoop:
         if self.lease.cancel_requested:
             raise _Stop(StopReason.CANCELLED, "cancelled")
 
+    async def _classify(
+        self,
+        ctx: RunContext,
+        limits: Limits,
+        tool: str,
+        content: str,
+        step: int,
+        deadline_wall: float | None,
+    ) -> tuple[classifier.Verdict, list[NewEvent]]:
+        """Ask the agent's injection classifier about a tool's output: its verdict, and
+        the event of the call (billed to the run and its tenant like the agent's own). Its
+        verdict is an audit record. A classifier that cannot answer (an error, the run's
+        budget spent) is a verdict of no injection, recorded as unreadable."""
+        route = ctx.agent.guardrail_policy.injection_classifier
+        judged = content[: classifier.MAX_JUDGED_CHARS]
+        messages = (ChatMessage("system", classifier.INSTRUCTIONS), ChatMessage("user", judged))
+        route_pb = self.config.get(model_pb2.ModelRoute, route)
+        names = ([t.model for t in route_pb.targets] + list(route_pb.fallbacks)) if route_pb else []
+        models = [m for n in names if (m := self.config.get(model_pb2.Model, n)) is not None]
+        bound = sum(len(m.content.encode()) + 16 for m in messages)
+        worst = max(
+            (price(m, CallUsage(bound, classifier.MAX_VERDICT_TOKENS)) for m in models),
+            default=Decimal(0),
+        )
+        events: list[NewEvent] = []
+        verdict = classifier.Verdict(False, "the classifier was not asked", readable=False)
+        lease = self.quotas.lease(self.run.tenant) if self.quotas is not None else None
+        reservation = NO_RESERVATION
+        try:
+            if limits.max_usd is not None and self._usage.cost_usd + worst > limits.max_usd:
+                raise _NoClassifier("the run's budget leaves nothing for it")
+            if lease is not None:
+                reservation = await lease.reserve(
+                    worst,
+                    bound + classifier.MAX_VERDICT_TOKENS,
+                    deadline=self._deadline(deadline_wall),
+                )
+            started = time.perf_counter()
+            result = await self.gateway.complete(
+                self.config,
+                route,
+                ChatRequest(
+                    messages=messages,
+                    max_output_tokens=classifier.MAX_VERDICT_TOKENS,
+                    step=step,
+                    run_input=judged,
+                ),
+                deadline=self._deadline(deadline_wall),
+                pick_key=f"{self.run.id}:{step}:classifier",
+            )
+        except (ProviderError, NoModelAvailable, QuotaExceeded, _NoClassifier) as e:
+            reservation.settle(Decimal(0), 0)
+            verdict = classifier.Verdict(
+                False, f"the classifier could not answer: {e}"[:300], False
+            )
+        else:
+            usage = result.result.usage
+            reservation.settle(result.cost, usage.input_tokens + usage.output_tokens)
+            self._usage.input_tokens += usage.input_tokens
+            self._usage.output_tokens += usage.output_tokens
+            self._usage.cost_usd += result.cost
+            self._usage.model_calls += 1
+            verdict = classifier.read(result.result.message.content)
+            assert self._labels is not None
+            seconds = time.perf_counter() - started
+            events.append(
+                NewEvent(
+                    "model_call_finished",
+                    {
+                        "step": step,
+                        "model": result.model.name,
+                        "input_tokens": usage.input_tokens,
+                        "output_tokens": usage.output_tokens,
+                        "cost_usd": plain(result.cost),
+                        "finish_reason": result.result.finish_reason,
+                        "latency_seconds": round(seconds, 6),
+                        "attempts": result.attempts,
+                    },
+                    records.model_usage(
+                        self._labels,
+                        step=step,
+                        model=result.model,
+                        input_tokens=usage.input_tokens,
+                        output_tokens=usage.output_tokens,
+                        cached_input_tokens=usage.cached_input_tokens,
+                        cost_usd=result.cost,
+                        queue_seconds=0.0,
+                        model_seconds=seconds,
+                        attempts=result.attempts,
+                        finish_reason=result.result.finish_reason,
+                    ),
+                )
+            )
+        assert self._labels is not None
+        await self.store.audit(
+            self.run.tenant,
+            "guardrail.classifier",
+            f"tenants/{self.run.tenant}/runs/{self.run.id}",
+            {
+                "agent": self.run.agent,
+                "step": step,
+                "tool": tool,
+                "route": route,
+                "injection": verdict.injection,
+                "readable": verdict.readable,
+                "reason": pii.redact(verdict.reason),
+            },
+            executor=self._labels.executor,
+        )
+        return verdict, events
+
     @staticmethod
     def _given(tool: tool_pb2.Tool | None, name: str, result: Any, untrusted: list[str]) -> str:
         """What the model is given of a call's result: marked untrusted (and added to the
@@ -810,6 +921,17 @@ class RunLoop:
                     tripped = (
                         screen(content) if ctx.agent.guardrail_policy.screen_tool_output else []
                     )
+                    judged: list[NewEvent] = []
+                    if (
+                        not tripped
+                        and ctx.agent.guardrail_policy.injection_classifier
+                        and not trusted_output(tool)
+                    ):
+                        verdict, judged = await self._classify(
+                            ctx, limits, call.name, content, step, deadline_wall
+                        )
+                        if verdict.injection:
+                            tripped = [verdict.reason or "judged an injection"]
                     # A tripped screen ends the run here: its call is journaled at once.
                     last = index == len(reply.tool_calls) - 1 and not tripped
                     await self._journal(
@@ -820,16 +942,18 @@ class RunLoop:
                         state=CallState.COMPLETED if outcome.ok else CallState.FAILED,
                         result=outcome.result,
                         events=[
+                            *judged,
                             self._finished(
                                 step, call, outcome, time.perf_counter() - started, record
-                            )
+                            ),
                         ],
                         last=last,
                     )
                     if tripped:
+                        guardrail = "injection_classifier" if judged else "screen_tool_output"
                         raise _Stop(
                             StopReason.GUARDRAIL,
-                            f"screen_tool_output: the output of {call.name} reads as prompt "
+                            f"{guardrail}: the output of {call.name} reads as prompt "
                             f"injection ({', '.join(tripped)})",
                         )
                     if not last:
@@ -880,6 +1004,10 @@ def opening(
             )
         ],
     )
+
+
+class _NoClassifier(Exception):
+    """The injection classifier cannot be asked."""
 
 
 def _safe_to_repeat(tool: tool_pb2.Tool) -> bool:

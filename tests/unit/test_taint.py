@@ -41,3 +41,14 @@ def test_arguments_are_screened_for_untrusted_values_and_personal_data() -> None
         {"body": ["hi ada@example.com"]}, [], private=True
     )
     assert screen_arguments({"body": "hi ada@example.com"}, [], private=False) == ""
+
+
+def test_classifier_verdicts_are_read_or_marked_unreadable() -> None:
+    from dataplane.guardrails.classifier import read
+
+    assert read('{"injection": true, "reason": "asks to ignore"}').injection
+    judged = read('Sure! {"injection": false, "reason": "data"} hope this helps')
+    assert not judged.injection and judged.readable and judged.reason == "data"
+    for reply in ("", "yes", '{"injection": "maybe"}', "{" * 10_000):
+        verdict = read(reply)
+        assert not verdict.injection and not verdict.readable

@@ -29,7 +29,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from pilothouse.v1 import tool_pb2 as pilothouse_dot_v1_dot_tool__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pilothouse/v1/agent.proto\x12\rpilothouse.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18pilothouse/v1/tool.proto\"\x8a\x01\n\x06\x42udget\x12\x11\n\tmax_steps\x18\x01 \x01(\x05\x12\x16\n\x0emax_tool_calls\x18\x02 \x01(\x05\x12\x12\n\nmax_tokens\x18\x03 \x01(\x03\x12\x0f\n\x07max_usd\x18\x04 \x01(\t\x12\x30\n\rmax_wall_time\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd1\x01\n\x0e\x41pprovalPolicy\x12\x31\n\x0c\x64\x65\x66\x61ult_mode\x18\x01 \x01(\x0e\x32\x1b.pilothouse.v1.ApprovalMode\x12\x1f\n\x17require_for_destructive\x18\x02 \x01(\x08\x12\x16\n\x0e\x61lways_require\x18\x03 \x03(\t\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x1f\x61llow_open_world_when_untrusted\x18\x05 \x03(\t\"[\n\x0fGuardrailPolicy\x12\x1a\n\x12screen_tool_output\x18\x01 \x01(\x08\x12\x12\n\nredact_pii\x18\x02 \x01(\x08\x12\x18\n\x10\x62locked_patterns\x18\x03 \x03(\t\"\xe4\x03\n\x05\x41gent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x16\n\x0cprompt_label\x18\x04 \x01(\tH\x00\x12\x18\n\x0eprompt_version\x18\x05 \x01(\tH\x00\x12\x13\n\x0bmodel_route\x18\x06 \x01(\t\x12\r\n\x05tools\x18\x07 \x03(\t\x12-\n\x0e\x64\x65\x66\x61ult_budget\x18\x08 \x01(\x0b\x32\x15.pilothouse.v1.Budget\x12\x36\n\x0f\x61pproval_policy\x18\t \x01(\x0b\x32\x1d.pilothouse.v1.ApprovalPolicy\x12\x38\n\x10guardrail_policy\x18\n \x01(\x0b\x32\x1e.pilothouse.v1.GuardrailPolicy\x12.\n\routput_schema\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04\x65tag\x18\x0c \x01(\t\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x11\n\x0fprompt_selector\"\x1f\n\x0fGetAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"7\n\x10GetAgentResponse\x12#\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x14.pilothouse.v1.Agent\"J\n\x11ListAgentsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"S\n\x12ListAgentsResponse\x12$\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x14.pilothouse.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"[\n\x12\x43reateAgentRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12#\n\x05\x61gent\x18\x03 \x01(\x0b\x32\x14.pilothouse.v1.Agent\":\n\x13\x43reateAgentResponse\x12#\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x14.pilothouse.v1.Agent\"j\n\x12UpdateAgentRequest\x12#\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x14.pilothouse.v1.Agent\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\":\n\x13UpdateAgentResponse\x12#\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x14.pilothouse.v1.Agent\"0\n\x12\x44\x65leteAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x15\n\x13\x44\x65leteAgentResponse2\xb8\x03\n\x14\x41gentRegistryService\x12K\n\x08GetAgent\x12\x1e.pilothouse.v1.GetAgentRequest\x1a\x1f.pilothouse.v1.GetAgentResponse\x12Q\n\nListAgents\x12 .pilothouse.v1.ListAgentsRequest\x1a!.pilothouse.v1.ListAgentsResponse\x12T\n\x0b\x43reateAgent\x12!.pilothouse.v1.CreateAgentRequest\x1a\".pilothouse.v1.CreateAgentResponse\x12T\n\x0bUpdateAgent\x12!.pilothouse.v1.UpdateAgentRequest\x1a\".pilothouse.v1.UpdateAgentResponse\x12T\n\x0b\x44\x65leteAgent\x12!.pilothouse.v1.DeleteAgentRequest\x1a\".pilothouse.v1.DeleteAgentResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pilothouse/v1/agent.proto\x12\rpilothouse.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18pilothouse/v1/tool.proto\"\x8a\x01\n\x06\x42udget\x12\x11\n\tmax_steps\x18\x01 \x01(\x05\x12\x16\n\x0emax_tool_calls\x18\x02 \x01(\x05\x12\x12\n\nmax_tokens\x18\x03 \x01(\x03\x12\x0f\n\x07max_usd\x18\x04 \x01(\t\x12\x30\n\rmax_wall_time\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd1\x01\n\x0e\x41pprovalPolicy\x12\x31\n\x0c\x64\x65\x66\x61ult_mode\x18\x01 \x01(\x0e\x32\x1b.pilothouse.v1.ApprovalMode\x12\x1f\n\x17require_for_destructive\x18\x02 \x01(\x08\x12\x16\n\x0e\x61lways_require\x18\x03 \x03(\t\x12*\n\x07timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x1f\x61llow_open_world_when_untrusted\x18\x05 \x03(\t\"y\n\x0fGuardrailPolicy\x12\x1a\n\x12screen_tool_output\x18\x01 \x01(\x08\x12\x12\n\nredact_pii\x18\x02 \x01(\x08\x12\x18\n\x10\x62locked_patterns\x18\x03 \x03(\t\x12\x1c\n\x14injection_classifier\x18\x04 \x01(\t\"\xe4\x03\n\x05\x41gent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x16\n\x0cprompt_label\x18\x04 \x01(\tH\x00\x12\x18\n\x0eprompt_version\x18\x05 \x01(\tH\x00\x12\x13\n\x0bmodel_route\x18\x06 \x01(\t\x12\r\n\x05tools\x18\x07 \x03(\t\x12-\n\x0e\x64\x65\x66\x61ult_budget\x18\x08 \x01(\x0b\x32\x15.pilothouse.v1.Budget\x12\x36\n\x0f\x61pproval_policy\x18\t \x01(\x0b\x32\x1d.pilothouse.v1.ApprovalPolicy\x12\x38\n\x10guardrail_policy\x18\n \x01(\x0b\x32\x1e.pilothouse.v1.GuardrailPolicy\x12.\n\routput_schema\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04\x65tag\x18\x0c \x01(\t\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x11\n\x0fprompt_selector\"\x1f\n\x0fGetAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"7\n\x10GetAgentResponse\x12#\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x14.pilothouse.v1.Agent\"J\n\x11ListAgentsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"S\n\x12ListAgentsResponse\x12$\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x14.pilothouse.v1.Agent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"[\n\x12\x43reateAgentRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12#\n\x05\x61gent\x18\x03 \x01(\x0b\x32\x14.pilothouse.v1.Agent\":\n\x13\x43reateAgentResponse\x12#\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x14.pilothouse.v1.Agent\"j\n\x12UpdateAgentRequest\x12#\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x14.pilothouse.v1.Agent\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\":\n\x13UpdateAgentResponse\x12#\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x14.pilothouse.v1.Agent\"0\n\x12\x44\x65leteAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x15\n\x13\x44\x65leteAgentResponse2\xb8\x03\n\x14\x41gentRegistryService\x12K\n\x08GetAgent\x12\x1e.pilothouse.v1.GetAgentRequest\x1a\x1f.pilothouse.v1.GetAgentResponse\x12Q\n\nListAgents\x12 .pilothouse.v1.ListAgentsRequest\x1a!.pilothouse.v1.ListAgentsResponse\x12T\n\x0b\x43reateAgent\x12!.pilothouse.v1.CreateAgentRequest\x1a\".pilothouse.v1.CreateAgentResponse\x12T\n\x0bUpdateAgent\x12!.pilothouse.v1.UpdateAgentRequest\x1a\".pilothouse.v1.UpdateAgentResponse\x12T\n\x0b\x44\x65leteAgent\x12!.pilothouse.v1.DeleteAgentRequest\x1a\".pilothouse.v1.DeleteAgentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,29 +41,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPROVALPOLICY']._serialized_start=341
   _globals['_APPROVALPOLICY']._serialized_end=550
   _globals['_GUARDRAILPOLICY']._serialized_start=552
-  _globals['_GUARDRAILPOLICY']._serialized_end=643
-  _globals['_AGENT']._serialized_start=646
-  _globals['_AGENT']._serialized_end=1130
-  _globals['_GETAGENTREQUEST']._serialized_start=1132
-  _globals['_GETAGENTREQUEST']._serialized_end=1163
-  _globals['_GETAGENTRESPONSE']._serialized_start=1165
-  _globals['_GETAGENTRESPONSE']._serialized_end=1220
-  _globals['_LISTAGENTSREQUEST']._serialized_start=1222
-  _globals['_LISTAGENTSREQUEST']._serialized_end=1296
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=1298
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=1381
-  _globals['_CREATEAGENTREQUEST']._serialized_start=1383
-  _globals['_CREATEAGENTREQUEST']._serialized_end=1474
-  _globals['_CREATEAGENTRESPONSE']._serialized_start=1476
-  _globals['_CREATEAGENTRESPONSE']._serialized_end=1534
-  _globals['_UPDATEAGENTREQUEST']._serialized_start=1536
-  _globals['_UPDATEAGENTREQUEST']._serialized_end=1642
-  _globals['_UPDATEAGENTRESPONSE']._serialized_start=1644
-  _globals['_UPDATEAGENTRESPONSE']._serialized_end=1702
-  _globals['_DELETEAGENTREQUEST']._serialized_start=1704
-  _globals['_DELETEAGENTREQUEST']._serialized_end=1752
-  _globals['_DELETEAGENTRESPONSE']._serialized_start=1754
-  _globals['_DELETEAGENTRESPONSE']._serialized_end=1775
-  _globals['_AGENTREGISTRYSERVICE']._serialized_start=1778
-  _globals['_AGENTREGISTRYSERVICE']._serialized_end=2218
+  _globals['_GUARDRAILPOLICY']._serialized_end=673
+  _globals['_AGENT']._serialized_start=676
+  _globals['_AGENT']._serialized_end=1160
+  _globals['_GETAGENTREQUEST']._serialized_start=1162
+  _globals['_GETAGENTREQUEST']._serialized_end=1193
+  _globals['_GETAGENTRESPONSE']._serialized_start=1195
+  _globals['_GETAGENTRESPONSE']._serialized_end=1250
+  _globals['_LISTAGENTSREQUEST']._serialized_start=1252
+  _globals['_LISTAGENTSREQUEST']._serialized_end=1326
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=1328
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=1411
+  _globals['_CREATEAGENTREQUEST']._serialized_start=1413
+  _globals['_CREATEAGENTREQUEST']._serialized_end=1504
+  _globals['_CREATEAGENTRESPONSE']._serialized_start=1506
+  _globals['_CREATEAGENTRESPONSE']._serialized_end=1564
+  _globals['_UPDATEAGENTREQUEST']._serialized_start=1566
+  _globals['_UPDATEAGENTREQUEST']._serialized_end=1672
+  _globals['_UPDATEAGENTRESPONSE']._serialized_start=1674
+  _globals['_UPDATEAGENTRESPONSE']._serialized_end=1732
+  _globals['_DELETEAGENTREQUEST']._serialized_start=1734
+  _globals['_DELETEAGENTREQUEST']._serialized_end=1782
+  _globals['_DELETEAGENTRESPONSE']._serialized_start=1784
+  _globals['_DELETEAGENTRESPONSE']._serialized_end=1805
+  _globals['_AGENTREGISTRYSERVICE']._serialized_start=1808
+  _globals['_AGENTREGISTRYSERVICE']._serialized_end=2248
 # @@protoc_insertion_point(module_scope)

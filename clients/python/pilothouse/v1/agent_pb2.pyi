@@ -120,10 +120,20 @@ class GuardrailPolicy(_message.Message):
     SCREEN_TOOL_OUTPUT_FIELD_NUMBER: _builtins.int
     REDACT_PII_FIELD_NUMBER: _builtins.int
     BLOCKED_PATTERNS_FIELD_NUMBER: _builtins.int
+    INJECTION_CLASSIFIER_FIELD_NUMBER: _builtins.int
     screen_tool_output: _builtins.bool
     """Screen tool output for prompt injection before the model sees it."""
     redact_pii: _builtins.bool
     """Redact personal data (emails, phone and card numbers) from the final answer."""
+    injection_classifier: _builtins.str
+    """A model (through this route) that judges each untrusted tool output for
+    instructions aimed at the agent before the agent's model sees it. Its verdict is an
+    audit record (guardrail.classifier); an output it judges an injection stops the run
+    (STOP_REASON_GUARDRAIL). Its calls are billed to the run like the agent's own. An
+    unreadable verdict is recorded and does not stop the run: the taint policy is the
+    defence, the classifier a second opinion. Empty: no classifier.
+    Format: tenants/{tenant}/modelRoutes/{model_route}
+    """
     @_builtins.property
     def blocked_patterns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Regular expressions that, matched in the final answer, fail the run. At most 64,
@@ -136,10 +146,11 @@ class GuardrailPolicy(_message.Message):
         screen_tool_output: _builtins.bool = ...,
         redact_pii: _builtins.bool = ...,
         blocked_patterns: _abc.Iterable[_builtins.str] | None = ...,
+        injection_classifier: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_patterns", b"blocked_patterns", "redact_pii", b"redact_pii", "screen_tool_output", b"screen_tool_output"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_patterns", b"blocked_patterns", "injection_classifier", b"injection_classifier", "redact_pii", b"redact_pii", "screen_tool_output", b"screen_tool_output"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
