@@ -272,8 +272,9 @@ def _outbox_has_room(relay: OutboxRelay) -> None:
 async def _serve_once_configured(
     watcher: ConfigWatcher, health_servicer: health.aio.HealthServicer
 ) -> None:
-    """Health turns SERVING once a configuration is in force (received or loaded)."""
-    config = await watcher.wait_for(lambda _: True, timeout=None)
+    """Health turns SERVING once a whole configuration is in force: the control plane's
+    initial state received, or the last-known-good file loaded."""
+    config = await watcher.wait_until_ready()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info("configuration in force", extra={"version": config.version})
 

@@ -241,7 +241,7 @@ class AdsServicer:
                     continue  # a burst (acknowledgements): answer once it is all read
                 snapshot = self._publisher.current
                 for response in session.due(snapshot.versions(view)):
-                    yield self._encode(snapshot, response)
+                    yield self._encode(snapshot, response, view)
                 session.report()
         finally:
             newer.remove_done_callback(published)
@@ -259,8 +259,10 @@ class AdsServicer:
         rejected = await self._executors.connected(request.node_id, request.cluster)
         session.open(request, rejected)
 
-    def _encode(self, snapshot: Snapshot, response: Response) -> bytes:
+    def _encode(self, snapshot: Snapshot, response: Response, view: str | None) -> bytes:
         out = [self._header]
+        if response.initial_state_sent:
+            out.append(_field(1, snapshot.version_for(view).encode()))  # system_version_info
         if response.tenant is not None:
             out.append(_field(1, response.version.encode()))  # system_version_info
             out.append(

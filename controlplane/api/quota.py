@@ -21,14 +21,22 @@ from pilothouse.v1 import quota_pb2_grpc
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
+MAX_USD = Decimal(1_000_000_000)
+"""More than any real spending or budget: what an executor reports or asks for is refused
+past it (a figure such as 1E+999999999 would otherwise become an integer of a billion
+digits)."""
+
+
 def usd_to_nano(text: str, field: str) -> int:
     """A non-negative USD decimal string in nano-USD, rounded up (what is spent is never
     under-counted); empty is zero."""
     if not text:
         return 0
-    value = _convert._decimal(text, field)
-    if value < 0:
-        raise InvalidArgument.of(field, f"{text!r} is not a non-negative decimal number")
+    value = _convert._decimal(text[:100], field)
+    if len(text) > 100 or not 0 <= value <= MAX_USD:
+        raise InvalidArgument.of(
+            field, f"{text[:40]!r} is not a decimal number from 0 to {MAX_USD} (USD)"
+        )
     return math.ceil(value * NANO_PER_USD)
 
 

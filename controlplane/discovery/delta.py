@@ -18,6 +18,10 @@ the stream's key may see, named ``tenants/{tenant}``, versioned by its content.
 * A request whose nonce is not that of an outstanding response is stale and ignored.
 * A tenant the stream may no longer see (deleted, or no longer visible) is removed with a
   response naming it in ``removed_resources``.
+* After the first responses of a stream comes one with no resources and no removals:
+  the end of the initial state. Its ``system_version_info`` is the version of everything
+  the stream may see, and an executor that has it holds its whole configuration (so it
+  may report itself ready to serve).
 * Nothing is sent when nothing changed.
 """
 
@@ -60,6 +64,8 @@ class Response:
     tenant: str | None = None
     version: str = ""
     removed: tuple[str, ...] = ()
+    initial_state_sent: bool = False
+    """The marker that ends the stream's initial state (no resources, no removals)."""
 
 
 class Callbacks(Protocol):
@@ -89,6 +95,7 @@ class DeltaSession:
     """Nonce → (resource, version sent; None for a removal), awaiting an answer."""
     _reported: str | None = None
     _answered: bool = False
+    _initial_sent: bool = False
 
     def open(self, request: Request, rejected: set[str]) -> None:
         """The stream's first request; ``rejected``: what the node rejected before."""
@@ -112,6 +119,8 @@ class DeltaSession:
                 self.callbacks.nacked(self.node, resource, version, request.error)
             return
         self._answered = True
+        if not resource:
+            return  # the end of the initial state, acknowledged
         if version is None:
             self.held.pop(resource, None)
         else:
@@ -138,6 +147,11 @@ class DeltaSession:
             response = Response(self.nonce(), removed=(name,))
             self.outstanding[response.nonce] = (name, None)
             responses.append(response)
+        if not self._initial_sent:
+            self._initial_sent = True
+            marker = Response(self.nonce(), initial_state_sent=True)
+            self.outstanding[marker.nonce] = ("", None)
+            responses.append(marker)
         return responses
 
     def report(self) -> None:

@@ -67,6 +67,7 @@ class ConfigWatcher:
         self._check = check
         self._current: ExecutorConfig | None = None
         self._version_seen = asyncio.Event()
+        self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.connected = False
 
@@ -84,8 +85,17 @@ class ConfigWatcher:
             saved = None
         if saved is not None:
             self._set(saved)
+            self._ready.set()
             log.info("serving the last-known-good snapshot", extra={"version": saved.version})
         self._task = asyncio.create_task(self._run(), name="config-watcher")
+
+    async def wait_until_ready(self) -> ExecutorConfig:
+        """The configuration in force once it is whole: the control plane's initial state
+        received (every tenant this executor may serve), or a last-known-good file loaded
+        at start (served while the control plane is away)."""
+        await self._ready.wait()
+        assert self._current is not None
+        return self._current
 
     async def wait_for(
         self, predicate: Callable[[ExecutorConfig], bool], timeout: float | None
@@ -170,9 +180,14 @@ class ConfigWatcher:
                     burst.append(item)
                 config = self._current or ExecutorConfig()
                 answers = []
+                whole = False
                 for response in burst:
                     config, answer = self._apply(config, response)
                     answers.append(answer)
+                    # No resources and no removals: the end of the initial state.
+                    whole = whole or not (response.resources or response.removed_resources)
+                if whole and self._current is None:
+                    self._set(config)  # an executor with no tenants yet is configured too
                 if config is not self._current:
                     # On disk before it is acknowledged: an acknowledged configuration
                     # survives a restart.
@@ -180,6 +195,8 @@ class ConfigWatcher:
                     self._set(config)
                 for answer in answers:
                     await call.write(answer)
+                if whole:
+                    self._ready.set()
                 yield config.version
         finally:
             call.cancel()
@@ -199,6 +216,8 @@ class ConfigWatcher:
         try:
             if response.type_url != TENANT_CONFIGURATION_URL:
                 raise ConfigError(f"unexpected resource type {response.type_url[:200]}")
+            if not response.resources and not response.removed_resources:
+                return config, answer  # the end of the initial state: nothing to apply
             updated = {}
             for resource in response.resources:
                 bundle = discovery_pb2_ph.TenantConfiguration()

@@ -66,6 +66,21 @@ class RawAds:
             raise item
         return item
 
+    async def initial(self, *, answer: bool = True) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+        """The stream's initial state: the responses up to the one that ends it (which
+        carries the version of everything the stream may see), each answered unless not
+        ``answer``; the marker is always acknowledged."""
+        got = []
+        while True:
+            response = await self.recv()
+            if not response.resources and not response.removed_resources:
+                assert response.system_version_info
+                await self.answer(response)
+                return got
+            got.append(response)
+            if answer:
+                await self.answer(response)
+
     async def nothing_for(self, seconds: float) -> None:
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(self.inbox.get(), seconds)
@@ -123,12 +138,11 @@ async def test_a_tenants_configuration_is_pushed_acknowledged_and_changed(live: 
     key = await _executor_key(live, tenant)
     async with ads(live, f"node-{tenant}", key) as stream:
         await stream.subscribe()
-        first = await stream.recv()
+        (first,) = await stream.initial()
         config = bundle(first)
         assert first.type_url == URL and first.nonce and first.system_version_info
         assert config.name == f"tenants/{tenant}"
         assert tools(config) == [f"tenants/{tenant}/tools/echo"]
-        await stream.answer(first)
         await stream.nothing_for(0.5)  # nothing changed: nothing pushed
 
         await live.tools.CreateTool(
@@ -144,7 +158,7 @@ async def test_a_tenant_key_sees_only_its_tenant(live: Live) -> None:
     theirs = await _registry_with_agent(live)
     async with ads(live, f"node-{mine}", await _executor_key(live, mine)) as stream:
         await stream.subscribe(held={f"tenants/{theirs}": "anything"})
-        got = [await stream.recv(), await stream.recv()]
+        got = await stream.initial()
         pushed = [bundle(r).name for r in got if r.resources]
         removed = [name for r in got for name in r.removed_resources]
         assert pushed == [f"tenants/{mine}"]
@@ -156,18 +170,16 @@ async def test_every_tenant_comes_in_a_response_of_its_own(live: Live) -> None:
     a, b = await _registry_with_agent(live), await _registry_with_agent(live)
     async with ads(live, "all-tenants", await _executor_key(live)) as stream:
         await stream.subscribe()
-        names: set[str] = set()
-        while not {f"tenants/{a}", f"tenants/{b}"} <= names:
-            response = await stream.recv()
-            assert len(response.resources) == 1
-            names.add(bundle(response).name)
+        got = await stream.initial(answer=False)
+        assert all(len(response.resources) == 1 for response in got)
+        assert {f"tenants/{a}", f"tenants/{b}"} <= {bundle(r).name for r in got}
 
 
 async def test_stale_nonce_is_ignored(live: Live) -> None:
     tenant = await _registry_with_agent(live)
     async with ads(live, f"stale-{tenant}", await _executor_key(live, tenant)) as stream:
         await stream.subscribe()
-        first = await stream.recv()
+        (first,) = await stream.initial(answer=False)
         await stream.call.write(
             discovery_pb2.DeltaDiscoveryRequest(
                 node=stream.node, type_url=URL, response_nonce="not-the-nonce"
@@ -184,13 +196,14 @@ async def test_nack_is_recorded_and_the_version_never_resent(live: Live) -> None
     key = await _executor_key(live, tenant)
     async with ads(live, node, key) as stream:
         await stream.subscribe()
-        first = await stream.recv()
+        (first,) = await stream.initial(answer=False)
         await stream.answer(first, error="tool schema refused by test")
         await stream.nothing_for(0.5)
 
     # Reconnecting does not bring the rejected version back.
     async with ads(live, node, key) as again:
         await again.subscribe()
+        assert await again.initial() == []
         await again.nothing_for(0.5)
         status = await executor_status(live, node)
         assert status.last_nack_version == f"tenants/{tenant}@{first.system_version_info}"
@@ -214,12 +227,12 @@ async def test_ack_is_recorded_and_reconnect_with_current_version_gets_nothing(
     key = await _executor_key(live, tenant)
     async with ads(live, node, key) as stream:
         await stream.subscribe()
-        first = await stream.recv()
-        await stream.answer(first)
+        (first,) = await stream.initial()
         await asyncio.sleep(0.2)
     held = {f"tenants/{tenant}": first.system_version_info}
     async with ads(live, node, key) as again:
         await again.subscribe(held=held)
+        assert await again.initial() == []
         await again.nothing_for(0.4)
     status = await executor_status(live, node)
     assert status.acked_version == combined_version({tenant: first.system_version_info})
@@ -230,11 +243,8 @@ async def test_a_deleted_tenant_is_removed(live: Live) -> None:
     tenant = await live.new_tenant("gone")
     async with ads(live, f"removal-{tenant}", await _executor_key(live)) as stream:
         await stream.subscribe()
-        while True:
-            response = await stream.recv()
-            await stream.answer(response)
-            if response.resources and bundle(response).name == f"tenants/{tenant}":
-                break
+        got = await stream.initial()
+        assert f"tenants/{tenant}" in {bundle(r).name for r in got}
         await live.tenants.DeleteTenant(
             tenant_pb2.DeleteTenantRequest(name=f"tenants/{tenant}"), metadata=live.md()
         )
@@ -250,7 +260,7 @@ async def test_label_move_reaches_a_watching_executor_quickly(live: Live) -> Non
     parent = f"tenants/{tenant}/prompts/support"
     async with ads(live, f"fast-{tenant}", await _executor_key(live, tenant)) as stream:
         await stream.subscribe()
-        await stream.answer(await stream.recv())
+        await stream.initial()
         created = await live.prompts.CreatePromptVersion(
             prompt_pb2.CreatePromptVersionRequest(
                 parent=parent, prompt_version=h.version(tenant, "default", "v2 {{customer}}")
