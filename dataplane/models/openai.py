@@ -172,6 +172,8 @@ def _parse_body(raw: bytes) -> ChatResult:
         raise ProviderError(f"malformed response: {e!r}"[:300], status=200) from e
     if not isinstance(data, dict):
         raise ProviderError("malformed response: not a JSON object", status=200)
+    if data.get("error"):
+        raise _stream_error(data["error"])
     return _parse(data)
 
 
@@ -207,16 +209,41 @@ def _parse(data: dict[str, Any]) -> ChatResult:
     )
 
 
+def _stream_error(error: Any) -> ProviderError:
+    """A provider's error reported inside a stream (``{"error": …}`` or an ``event:
+    error``): a failed call, never an answer. Worth retrying unless the provider says the
+    request itself is at fault."""
+    details = error if isinstance(error, dict) else {"message": str(error)}
+    message = str(details.get("message") or details)[:500]
+    kind = str(details.get("type") or details.get("code") or "")
+    return ProviderError(
+        f"the provider reported an error: {message}",
+        status=200,
+        retryable=kind
+        not in ("invalid_request_error", "invalid_api_key", "context_length_exceeded"),
+    )
+
+
 async def _read_stream(chunks: AsyncIterator[bytes]) -> ChatResult:
+    """The reply a stream carried. It must end as a stream does (a ``finish_reason`` or
+    ``[DONE]``): one cut short, or carrying an error, is a ``ProviderError``, never an
+    answer made of what arrived."""
     content: list[str] = []
     calls: dict[int, dict[str, Any]] = {}
     usage = Usage()
     finish_reason = ""
     response_id = model = ""
-    async for line in _sse_data(chunks):
+    done = False
+    async for event, line in _sse_data(chunks):
+        if event == b"error":
+            try:
+                raise _stream_error(fastjson.loads(line))
+            except ValueError:
+                raise _stream_error(line.decode(errors="replace")) from None
         if line == b"[DONE]":
             # Read on to the body's end: a response left unread closes its connection,
             # and the next call would pay for a new one.
+            done = True
             continue
         try:
             chunk = fastjson.loads(line)
@@ -224,6 +251,8 @@ async def _read_stream(chunks: AsyncIterator[bytes]) -> ChatResult:
             raise ProviderError(f"malformed stream chunk: {line[:200]!r}", status=200) from e
         if not isinstance(chunk, dict):
             raise ProviderError(f"malformed stream chunk: {line[:200]!r}", status=200)
+        if chunk.get("error"):
+            raise _stream_error(chunk["error"])
         response_id = chunk.get("id", response_id)
         model = chunk.get("model", model)
         if chunk.get("usage"):
@@ -241,6 +270,12 @@ async def _read_stream(chunks: AsyncIterator[bytes]) -> ChatResult:
                 slot["name"] += function.get("name") or ""
                 slot["arguments"] += function.get("arguments") or ""
             finish_reason = choice.get("finish_reason") or finish_reason
+    if not done and not finish_reason:
+        raise ProviderError(
+            "the stream ended before the reply was complete (no finish_reason, no [DONE])",
+            status=200,
+            retryable=True,
+        )
     tool_calls = tuple(
         ToolCall(c["id"], c["name"], c["arguments"] or "{}") for _, c in sorted(calls.items())
     )
@@ -253,15 +288,21 @@ async def _read_stream(chunks: AsyncIterator[bytes]) -> ChatResult:
     )
 
 
-async def _sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The payloads of the stream's ``data:`` lines, split from the raw bytes (cheaper
-    than decoding the body to text and then to lines)."""
+async def _sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[bytes, bytes]]:
+    """(event name, payload) of the stream's ``data:`` lines, the name from the ``event:``
+    line before them ("" when none), split from the raw bytes (cheaper than decoding the
+    body to text and then to lines)."""
     pending = b""
+    event = b""
     async for chunk in chunks:
         pending += chunk
         *lines, pending = pending.split(b"\n")
         for line in lines:
             if line.startswith(b"data:"):
-                yield line[5:].strip()
+                yield event, line[5:].strip()
+            elif line.startswith(b"event:"):
+                event = line[6:].strip()
+            elif not line.strip():
+                event = b""  # a blank line ends the event
     if pending.startswith(b"data:"):
-        yield pending[5:].strip()
+        yield event, pending[5:].strip()

@@ -32,6 +32,8 @@ class Behaviour:
     """Compress a whole (not streamed) reply, whatever the client accepts."""
     stream_data: list[str] | None = None
     """A streamed reply of these ``data:`` payloads, as they are."""
+    stream_raw: str | None = None
+    """A streamed reply of this server-sent-event text, as it is (``event:`` lines…)."""
     quote_key: bool = False
     """With an error status: quote the bearer token received, as OpenAI's 401 does."""
 
@@ -80,12 +82,16 @@ class FakeOpenAI(LoopbackHttpServer):
                 key = headers.get("authorization", "").removeprefix("Bearer ")
                 message = f"Incorrect API key provided: {key}. You can find your API key at …"
             return self._send(writer, behaviour.status, {"error": {"message": message}}, extra)
-        if behaviour.stream_data is not None:
+        if behaviour.stream_data is not None or behaviour.stream_raw is not None:
+            text = behaviour.stream_raw or "".join(
+                f"data: {d}\n\n" for d in behaviour.stream_data or ()
+            )
+            payload = text.encode()
             writer.write(
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: "
-                + str(sum(len(f"data: {d}\n\n") for d in behaviour.stream_data)).encode()
+                + str(len(payload)).encode()
                 + b"\r\n\r\n"
-                + "".join(f"data: {d}\n\n" for d in behaviour.stream_data).encode()
+                + payload
             )
             return True
         message = self._message(body, behaviour)

@@ -366,3 +366,36 @@ async def test_egress_policy_keeps_model_calls_off_loopback(fake: FakeOpenAI) ->
         assert fake.requests == []
     finally:
         await guarded.aclose()
+
+
+DELTA = '{"id":"c1","choices":[{"index":0,"delta":{"content":"Your refund is appro"}}]}'
+OVERLOADED = '{"error": {"message": "overloaded", "type": "server_error"}}'
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        f"data: {DELTA}\n\ndata: {OVERLOADED}\n\n",
+        f'data: {DELTA}\n\nevent: error\ndata: {{"message": "upstream reset"}}\n\n',
+        f"data: {DELTA}\n\n",  # cut: no finish_reason, no [DONE]
+    ],
+    ids=["error-chunk", "error-event", "cut-short"],
+)
+async def test_a_stream_that_fails_or_ends_early_is_an_error_not_an_answer(
+    fake: FakeOpenAI, http: Http1Transport, raw: str
+) -> None:
+    fake.then(Behaviour(stream_raw=raw), Behaviour(content="Your refund is approved."))
+    result = await ask(gateway(http), fake, "k")
+    assert result.result.message.content == "Your refund is approved."
+    assert result.attempts == 2, "the failed stream was retried, not taken as the answer"
+
+
+async def test_a_stream_error_about_the_request_is_final(
+    fake: FakeOpenAI, http: Http1Transport
+) -> None:
+    error = '{"error": {"message": "bad tool schema", "type": "invalid_request_error"}}'
+    fake.then(Behaviour(stream_raw=f"data: {error}\n\n"), Behaviour(content="never asked"))
+    with pytest.raises(ProviderError) as info:
+        await ask(gateway(http), fake, "k")
+    assert "bad tool schema" in str(info.value) and not info.value.retryable
+    assert len(fake.requests) == 1
