@@ -8,6 +8,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from controlplane import errors
+from pilothouse.clipping import clip
 
 _CODES: list[tuple[type[errors.PilothouseError], grpc.StatusCode]] = [
     (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -28,13 +29,6 @@ MAX_MESSAGE = 1000
 MAX_VIOLATIONS = 10
 MAX_FIELD = 200
 MAX_DESCRIPTION = 300
-
-
-def clip(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, saying how much was cut."""
-    if len(text) <= limit:
-        return text
-    return f"{text[: max(0, limit - 40)]}… ({len(text) - limit + 40} more characters)"
 
 
 def status_code(error: errors.PilothouseError) -> grpc.StatusCode:

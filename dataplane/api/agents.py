@@ -28,6 +28,7 @@ from dataplane.runstore.model import Run
 from dataplane.runstore.store import RunStore
 from dataplane.telemetry.otel import trace_headers
 from pilothouse import jsonschemas, patterns
+from pilothouse.clipping import clip
 from pilothouse.v1 import eval_pb2, run_pb2_grpc
 from pilothouse.v1 import run_pb2 as pb
 from storekit.coalesce import Coalescer
@@ -44,10 +45,6 @@ USE_WINDOW = 3600.0
 """Of one key's calls, by method, one audit record this often."""
 
 
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else f"{text[: limit - 40]}… ({len(text) - limit + 40} more)"
-
-
 async def _abort(
     ctx: Ctx,
     code: grpc.StatusCode,
@@ -59,7 +56,7 @@ async def _abort(
 ) -> NoReturn:
     # The status travels in trailing metadata (16 KiB with every header): a message that
     # quotes a caller's multi-KB value would turn the refusal into RESOURCE_EXHAUSTED.
-    message, field = _clip(message, 1000), _clip(field, 200)
+    message, field = clip(message, 1000), clip(field, 200)
     status = status_pb2.Status(code=code.value[0], message=message)
     if quota is not None:
         detail = any_pb2.Any()

@@ -27,13 +27,13 @@ from dataplane.guardrails import classifier, output, pii
 from dataplane.guardrails.injection import screen
 from dataplane.guardrails.taint import open_world, screen_arguments, trusted_output
 from dataplane.guardrails.untrusted import NOTICE, is_marked, mark, unmark
-from dataplane.models.gateway import ModelGateway, NoModelAvailable
+from dataplane.models.gateway import GatewayResult, ModelGateway, NoModelAvailable
 from dataplane.models.pricing import cost as price
 from dataplane.models.scripted import estimate_tokens
 from dataplane.models.types import ChatMessage, ChatRequest, ProviderError, ToolCall
 from dataplane.models.types import Usage as CallUsage
 from dataplane.orchestrator.context import Limits, RunContext, prompt_bound, resolve
-from dataplane.quota.leases import NO_RESERVATION, QuotaExceeded, Quotas
+from dataplane.quota.leases import NO_RESERVATION, QuotaExceeded, Quotas, Reservation
 from dataplane.runstore.errors import LeaseLost
 from dataplane.runstore.model import (
     CallEntry,
@@ -404,7 +404,7 @@ class RunLoop:
         deadline_wall: float | None,
     ) -> ChatMessage:
         params = ctx.version.parameters
-        models = self._route_models(ctx)
+        models = self._route_models(ctx.route)
         max_out = (
             params.max_output_tokens
             if params.HasField("max_output_tokens")
@@ -477,44 +477,10 @@ class RunLoop:
             traced.answered(result)
             if self._capture:
                 traced.capture(request.messages, result.result.message)
-        usage = result.result.usage
-        reservation.settle(result.cost, usage.input_tokens + usage.output_tokens)
-        self._usage.input_tokens += usage.input_tokens
-        self._usage.output_tokens += usage.output_tokens
-        self._usage.cached_input_tokens += usage.cached_input_tokens
-        self._usage.cost_usd += result.cost
-        self._usage.model_calls += 1
         reply = result.result.message
-        seconds = time.perf_counter() - started
-        assert self._labels is not None
         events = [
             NewEvent("step_started", {"step": step}),
-            NewEvent(
-                "model_call_finished",
-                {
-                    "step": step,
-                    "model": result.model.name,
-                    "input_tokens": usage.input_tokens,
-                    "output_tokens": usage.output_tokens,
-                    "cost_usd": plain(result.cost),
-                    "finish_reason": result.result.finish_reason,
-                    "latency_seconds": round(seconds, 6),
-                    "attempts": result.attempts,
-                },
-                records.model_usage(
-                    self._labels,
-                    step=step,
-                    model=result.model,
-                    input_tokens=usage.input_tokens,
-                    output_tokens=usage.output_tokens,
-                    cached_input_tokens=usage.cached_input_tokens,
-                    cost_usd=result.cost,
-                    queue_seconds=self._waited(),
-                    model_seconds=seconds,
-                    attempts=result.attempts,
-                    finish_reason=result.result.finish_reason,
-                ),
-            ),
+            self._settled(result, reservation, step, time.perf_counter() - started, self._waited()),
         ]
         events += [
             NewEvent(
@@ -592,9 +558,9 @@ class RunLoop:
         while self._writing is not None:
             await asyncio.shield(self._writing)
 
-    def _route_models(self, ctx: RunContext) -> list[model_pb2.Model]:
-        """The models a call of the run's route may go to, its first target first."""
-        route = self.config.get(model_pb2.ModelRoute, ctx.route)
+    def _route_models(self, route_name: str) -> list[model_pb2.Model]:
+        """The models a call over ``route_name`` may go to, its first target first."""
+        route = self.config.get(model_pb2.ModelRoute, route_name)
         if route is None:
             return []
         names = [t.model for t in route.targets] + list(route.fallbacks)
@@ -605,6 +571,51 @@ class RunLoop:
         renewal, so checking it costs no read."""
         if self.lease.cancel_requested:
             raise _Stop(StopReason.CANCELLED, "cancelled")
+
+    def _settled(
+        self,
+        result: GatewayResult,
+        reservation: Reservation,
+        step: int,
+        seconds: float,
+        queue_seconds: float,
+    ) -> NewEvent:
+        """Settle a model call: its reservation, the run's usage, and its
+        ``model_call_finished`` event (with the usage record it carries)."""
+        usage = result.result.usage
+        reservation.settle(result.cost, usage.input_tokens + usage.output_tokens)
+        self._usage.input_tokens += usage.input_tokens
+        self._usage.output_tokens += usage.output_tokens
+        self._usage.cached_input_tokens += usage.cached_input_tokens
+        self._usage.cost_usd += result.cost
+        self._usage.model_calls += 1
+        assert self._labels is not None
+        return NewEvent(
+            "model_call_finished",
+            {
+                "step": step,
+                "model": result.model.name,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "cost_usd": plain(result.cost),
+                "finish_reason": result.result.finish_reason,
+                "latency_seconds": round(seconds, 6),
+                "attempts": result.attempts,
+            },
+            records.model_usage(
+                self._labels,
+                step=step,
+                model=result.model,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cached_input_tokens=usage.cached_input_tokens,
+                cost_usd=result.cost,
+                queue_seconds=queue_seconds,
+                model_seconds=seconds,
+                attempts=result.attempts,
+                finish_reason=result.result.finish_reason,
+            ),
+        )
 
     async def _classify(
         self,
@@ -622,9 +633,7 @@ class RunLoop:
         route = ctx.agent.guardrail_policy.injection_classifier
         judged = content[: classifier.MAX_JUDGED_CHARS]
         messages = (ChatMessage("system", classifier.INSTRUCTIONS), ChatMessage("user", judged))
-        route_pb = self.config.get(model_pb2.ModelRoute, route)
-        names = ([t.model for t in route_pb.targets] + list(route_pb.fallbacks)) if route_pb else []
-        models = [m for n in names if (m := self.config.get(model_pb2.Model, n)) is not None]
+        models = self._route_models(route)
         bound = sum(len(m.content.encode()) + 16 for m in messages)
         worst = max(
             (price(m, CallUsage(bound, classifier.MAX_VERDICT_TOKENS)) for m in models),
@@ -662,42 +671,9 @@ class RunLoop:
                 False, f"the classifier could not answer: {e}"[:300], False
             )
         else:
-            usage = result.result.usage
-            reservation.settle(result.cost, usage.input_tokens + usage.output_tokens)
-            self._usage.input_tokens += usage.input_tokens
-            self._usage.output_tokens += usage.output_tokens
-            self._usage.cost_usd += result.cost
-            self._usage.model_calls += 1
             verdict = classifier.read(result.result.message.content)
-            assert self._labels is not None
-            seconds = time.perf_counter() - started
             events.append(
-                NewEvent(
-                    "model_call_finished",
-                    {
-                        "step": step,
-                        "model": result.model.name,
-                        "input_tokens": usage.input_tokens,
-                        "output_tokens": usage.output_tokens,
-                        "cost_usd": plain(result.cost),
-                        "finish_reason": result.result.finish_reason,
-                        "latency_seconds": round(seconds, 6),
-                        "attempts": result.attempts,
-                    },
-                    records.model_usage(
-                        self._labels,
-                        step=step,
-                        model=result.model,
-                        input_tokens=usage.input_tokens,
-                        output_tokens=usage.output_tokens,
-                        cached_input_tokens=usage.cached_input_tokens,
-                        cost_usd=result.cost,
-                        queue_seconds=0.0,
-                        model_seconds=seconds,
-                        attempts=result.attempts,
-                        finish_reason=result.result.finish_reason,
-                    ),
-                )
+                self._settled(result, reservation, step, time.perf_counter() - started, 0.0)
             )
         assert self._labels is not None
         await self.store.audit(
