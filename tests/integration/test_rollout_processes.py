@@ -128,17 +128,18 @@ async def ready(pool: Pool, tenant: str, role: int = api_key_pb2.ROLE_CLIENT) ->
 
 @contextlib.asynccontextmanager
 async def traffic(
-    pool: Pool, key: str, tenant: str, sessions: int
+    pool: Pool, key: str, tenant: str, sessions: int | list[str]
 ) -> AsyncIterator[dict[str, tuple[str, int]]]:
-    """Runs flowing until the block ends, two at a time, round the sessions and the
-    executors (a session's runs land on both); yields each finished run's session and
-    executor by the run's name."""
+    """Runs flowing until the block ends, two at a time, round the sessions (``s-0``…
+    when given a count) and the executors (a session's runs land on both); yields each
+    finished run's session and executor by the run's name."""
     finished: dict[str, tuple[str, int]] = {}
+    names = [f"s-{n}" for n in range(sessions)] if isinstance(sessions, int) else sessions
 
     async def flow(offset: int) -> None:
         n = offset
         while True:
-            session, on = f"s-{n % sessions}", n // sessions
+            session, on = names[n % len(names)], n // len(names)
             events = await pool.run(key, tenant, session, on)
             finished[events[0].run] = (session, on % len(pool.executors))
             n += 2
@@ -215,7 +216,8 @@ async def test_a_good_candidate_is_promoted_and_sessions_keep_their_variant_acro
             spec(tenant, candidate, *weights, min_sample_size=3, checks=[ERROR_RATE]),
         )
         name = created.rollout.name
-        async with traffic(pool, key, tenant, sessions=12) as finished:
+        sessions = some_in_candidate(name, tenant, 12, weights[0])
+        async with traffic(pool, key, tenant, sessions) as finished:
 
             async def promoted() -> rollout_pb2.Rollout | None:
                 ro = await state_of(live, name)
@@ -249,6 +251,21 @@ async def test_a_good_candidate_is_promoted_and_sessions_keep_their_variant_acro
         }
         on_both += len({on for _, on in journey}) == 2
     assert on_both >= 6  # most sessions ran on both executors
+
+
+def some_in_candidate(rollout: str, tenant: str, count: int, weight: int) -> list[str]:
+    """``count`` session ids of which at least two, and not all, run the candidate at
+    ``weight``: with random tenants, twelve sessions at 20 % would otherwise all miss
+    the candidate in one test of fourteen, and its analysis would wait for ever."""
+    for first in range(0, 100 * count, count):
+        names = [f"s-{n}" for n in range(first, first + count)]
+        hits = sum(
+            in_candidate(rollout, unit_key(Stickiness.SESSION, tenant=tenant, session=s), weight)
+            for s in names
+        )
+        if 2 <= hits < count:
+            return names
+    raise AssertionError("no set of sessions splits at this weight")
 
 
 async def test_a_rollout_whose_candidate_fails_its_eval_gets_no_traffic(
