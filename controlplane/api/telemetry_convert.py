@@ -129,6 +129,7 @@ def _sort(event: pb.TelemetryEvent, batch: Batch) -> str:
                 cost_usd=_cost(m.cost_usd),
                 queue_seconds=m.queue_seconds,
                 model_seconds=m.model_seconds,
+                estimated=m.usage_estimated,
             ),
             _under_way(event, tenant, run_id, time, m.agent, m.prompt_version, m.step),
         )
@@ -249,6 +250,8 @@ def usage_row_to_proto(row: UsageSum) -> pb.UsageRow:
         model_seconds=row.model_seconds,
         tool_seconds=row.tool_seconds,
         approval_wait_seconds=row.approval_wait_seconds,
+        estimated_model_calls=row.estimated_model_calls,
+        estimated_cost_usd=_decimal_text(row.estimated_cost_usd),
         **group,
     )
     if run:

@@ -213,6 +213,8 @@ usage_events = sa.Table(
     sa.Column("model_seconds", sa.Float, nullable=False),
     sa.Column("tool_seconds", sa.Float, nullable=False),
     sa.Column("approval_wait_seconds", sa.Float, nullable=False),
+    # The usage is the executor's estimate, not the provider's report.
+    sa.Column("estimated", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_usage_events_tenant_time_us", "tenant", "time_us"),
     sa.Index("ix_usage_events_run_id", "run_id"),
     sa.Index("ix_usage_events_time_us", "time_us"),

@@ -73,6 +73,7 @@ _PG_ARRAY_TYPES = {
     sa.BigInteger: "bigint",
     sa.Integer: "integer",
     sa.Float: "float8",
+    sa.Boolean: "boolean",
 }
 
 
@@ -149,6 +150,7 @@ def ingest(conn: Connection, batch: Batch, now: datetime) -> Ingested:
                 "model_seconds": u.model_seconds,
                 "tool_seconds": u.tool_seconds,
                 "approval_wait_seconds": u.approval_wait_seconds,
+                "estimated": u.estimated,
             }
             for u in {u.id: u for u in batch.usage}.values()
         ]
@@ -294,6 +296,8 @@ class UsageSum:
     model_seconds: float
     tool_seconds: float
     approval_wait_seconds: float
+    estimated_model_calls: int = 0
+    estimated_cost_usd: Decimal = Decimal(0)
 
 
 async def sum_usage(conn: AsyncConnection, query: UsageQuery) -> list[UsageSum]:
@@ -319,6 +323,8 @@ async def sum_usage(conn: AsyncConnection, query: UsageQuery) -> list[UsageSum]:
             sa.func.sum(u.model_seconds),
             sa.func.sum(u.tool_seconds),
             sa.func.sum(u.approval_wait_seconds),
+            sa.func.sum(sa.case((u.estimated, 1), else_=0)),
+            sa.func.sum(sa.case((u.estimated, u.cost_pico), else_=0)),
         )
         .where(u.time_us >= micros(query.start), u.time_us < micros(query.end))
         .group_by(bucket, *dims)
@@ -349,6 +355,8 @@ async def sum_usage(conn: AsyncConnection, query: UsageQuery) -> list[UsageSum]:
                 float(sums[7]),
                 float(sums[8]),
                 float(sums[9]),
+                int(sums[10]),
+                Decimal(int(sums[11])) / PICO,
             )
         )
     return out

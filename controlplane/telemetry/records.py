@@ -41,6 +41,8 @@ class UsageRecord:
     model_seconds: float = 0.0
     tool_seconds: float = 0.0
     approval_wait_seconds: float = 0.0
+    estimated: bool = False
+    """The usage is the executor's estimate (``ModelUsage.usage_estimated``)."""
 
     def problem(self) -> str:
         """Why the ledger cannot take this record; "" when it can."""

@@ -16,13 +16,14 @@ import hashlib
 import os
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 
 from dataplane.config.snapshot import ExecutorConfig
 from dataplane.http1 import Http1Transport
 from dataplane.models.breaker import Breakers
 from dataplane.models.credentials import CredentialRefused, Credentials, scrub
+from dataplane.models.estimate import estimated_usage
 from dataplane.models.openai import OpenAIProvider
 from dataplane.models.pricing import cost
 from dataplane.models.retry_budget import RetryBudget
@@ -147,6 +148,9 @@ class ModelGateway:
                     await asyncio.sleep(wait)
                     continue
                 self._breakers.success(endpoint)
+                if result.usage.estimated:
+                    # The provider did not say: bill the executor's own count, marked so.
+                    result = replace(result, usage=estimated_usage(request, result.message))
                 return GatewayResult(result, model, cost(model, result.usage), attempts, index)
         raise NoModelAvailable(route_name, last)
 

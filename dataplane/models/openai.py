@@ -75,7 +75,7 @@ def _body(model: str, request: ChatRequest, stream: bool) -> dict[str, Any]:
 
 def _usage(data: dict[str, Any] | None) -> Usage:
     if not data:
-        return Usage()
+        return Usage(estimated=True)  # the gateway estimates it
     cached = (data.get("prompt_tokens_details") or {}).get("cached_tokens", 0) or 0
     return Usage(
         int(data.get("prompt_tokens", 0)), int(data.get("completion_tokens", 0)), int(cached)
@@ -230,7 +230,7 @@ async def _read_stream(chunks: AsyncIterator[bytes]) -> ChatResult:
     answer made of what arrived."""
     content: list[str] = []
     calls: dict[int, dict[str, Any]] = {}
-    usage = Usage()
+    usage = Usage(estimated=True)  # until a chunk carries it
     finish_reason = ""
     response_id = model = ""
     done = False

@@ -11,6 +11,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from dataplane.guardrails.untrusted import unmark
+from dataplane.models.estimate import estimate_tokens
 from dataplane.models.types import (
     ChatMessage,
     ChatRequest,
@@ -21,12 +22,6 @@ from dataplane.models.types import (
     is_retryable,
 )
 from pilothouse.v1 import model_pb2
-
-
-def estimate_tokens(text: str) -> int:
-    """About four characters a token: the scripted model's usage, and the gateway's
-    estimate of a prompt before a call."""
-    return max(1, (len(text) + 3) // 4)
 
 
 @dataclass(frozen=True)

@@ -76,12 +76,16 @@ class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
     cached_input_tokens: int = 0
+    estimated: bool = False
+    """The provider's reply said nothing of usage: the counts are the executor's own
+    estimate (or, before the gateway makes one, zero)."""
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             self.input_tokens + other.input_tokens,
             self.output_tokens + other.output_tokens,
             self.cached_input_tokens + other.cached_input_tokens,
+            self.estimated or other.estimated,
         )
 
 

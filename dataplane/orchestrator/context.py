@@ -14,7 +14,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from dataplane.config.snapshot import ExecutorConfig, RunUnit
-from dataplane.models.scripted import estimate_tokens
+from dataplane.models.estimate import estimate_tokens
 from dataplane.models.types import ChatMessage, ToolSpec
 from pilothouse import wellknown
 from pilothouse.v1 import agent_pb2, prompt_pb2, tool_pb2

@@ -29,10 +29,10 @@ from dataplane.guardrails.taint import open_world, screen_arguments, trusted_out
 from dataplane.guardrails.untrusted import NOTICE, is_marked, mark, unmark
 from dataplane.models.gateway import GatewayResult, ModelGateway, NoModelAvailable
 from dataplane.models.pricing import cost as price
-from dataplane.models.scripted import estimate_tokens
 from dataplane.models.types import ChatMessage, ChatRequest, ProviderError, ToolCall
 from dataplane.models.types import Usage as CallUsage
-from dataplane.orchestrator.context import Limits, RunContext, prompt_bound, resolve
+from dataplane.orchestrator.calls import Usage, call_bounds, route_models, unsettled
+from dataplane.orchestrator.context import Limits, RunContext, resolve
 from dataplane.quota.leases import NO_RESERVATION, QuotaExceeded, Quotas, Reservation
 from dataplane.runstore.errors import LeaseLost
 from dataplane.runstore.model import (
@@ -45,6 +45,7 @@ from dataplane.runstore.model import (
     StepCheckpoint,
     StopReason,
     ToolCallRecord,
+    UnsettledModelCall,
     stopped,
 )
 from dataplane.runstore.store import RunStore
@@ -53,48 +54,10 @@ from dataplane.telemetry.otel import Tracing, captured, trace_id_of
 from dataplane.telemetry.records import RunLabels
 from dataplane.tools.router import ToolOutcome, ToolRouter
 from pilothouse.decimals import plain
-from pilothouse.v1 import model_pb2, tenant_pb2, tool_pb2
+from pilothouse.v1 import tenant_pb2, tool_pb2
 
 MAX_DETAIL = 500
 """Characters of a stop's detail kept."""
-BUDGETED_MAX_OUTPUT = 4096
-"""Output tokens a call is held to when a USD limit applies and neither its prompt
-version nor its model bounds them."""
-
-
-@dataclass
-class Usage:
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_input_tokens: int = 0
-    cost_usd: Decimal = Decimal(0)
-    model_calls: int = 0
-    tool_calls: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "cached_input_tokens": self.cached_input_tokens,
-            "cost_usd": plain(self.cost_usd),
-            "model_calls": self.model_calls,
-            "tool_calls": self.tool_calls,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Usage:
-        return cls(
-            int(data.get("input_tokens", 0)),
-            int(data.get("output_tokens", 0)),
-            int(data.get("cached_input_tokens", 0)),
-            Decimal(data.get("cost_usd", "0")),
-            int(data.get("model_calls", 0)),
-            int(data.get("tool_calls", 0)),
-        )
-
-    @property
-    def tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
 
 
 @dataclass
@@ -150,6 +113,13 @@ class RunLoop:
     _queued_for: float = 0.0
     """Time the run waited for an executor before this one took it, told with the first
     usage record this executor writes for it."""
+    _intent: UnsettledModelCall | None = None
+    """The model call about to be made, for the next background write."""
+    _in_flight: UnsettledModelCall | None = None
+    """The model call being made (written before it): settled at its worst case if the
+    run is cancelled before it returns."""
+    _announced: int = 0
+    """The step whose model call was written with the run's creation (``opening``)."""
 
     async def execute(self) -> None:
         """Drive the run until it stops or waits; LeaseLost ends it silently (another
@@ -170,13 +140,20 @@ class RunLoop:
         except asyncio.CancelledError:
             if self.cancel_reason:
                 ending, self._ending = self._ending, None
+                # A model call cut off mid-way may still be billed: its worst case.
+                lost, self._in_flight = self._in_flight, None
+                events = []
+                if lost is not None:
+                    self._usage = Usage.from_dict(lost.usage)
+                    events.append(lost.event())
+                events.append(self._stopped(StopReason.CANCELLED, self.cancel_reason))
                 with contextlib.suppress(LeaseLost):
                     await self._written()
                     await self.store.finish(
                         self.lease,
                         StopReason.CANCELLED,
                         detail=self.cancel_reason,
-                        events=[self._stopped(StopReason.CANCELLED, self.cancel_reason)],
+                        events=events,
                         checkpoint=ending,
                     )
                 self._notify()
@@ -258,6 +235,9 @@ class RunLoop:
             ChatMessage.from_dict(m) for cp in checkpoints for m in cp.delta.get("messages", [])
         ]
         self._usage = Usage.from_dict(self.run.usage)
+        # Created with its first model call written (a claimed run has none: its claim
+        # settled any its last holder left).
+        self._announced = self.run.step + 1 if self.run.model_call else 0
         labels = self._labels = RunLabels(
             self.run.agent, ctx.version.name, self.executor, ctx.variant
         )
@@ -404,21 +384,14 @@ class RunLoop:
         deadline_wall: float | None,
     ) -> ChatMessage:
         params = ctx.version.parameters
-        models = self._route_models(ctx.route)
-        max_out = (
-            params.max_output_tokens
-            if params.HasField("max_output_tokens")
-            else (models[0].max_output_tokens if models else 0)
-        )
         # The tenant's lease; None when its policy limits nothing (nothing to reserve).
         lease = self.quotas.lease(self.run.tenant) if self.quotas is not None else None
         tenant_usd = lease is not None and lease.usd_held is not None
-        if not max_out and (limits.max_usd is not None or tenant_usd):
-            # A call that may write without end has no worst case to budget for.
-            max_out = BUDGETED_MAX_OUTPUT
-        prompt_estimate = (
-            sum(estimate_tokens(m.content) + 4 for m in messages) + ctx.tool_spec_tokens
+        # A call that may write without end has no worst case to budget for.
+        bounds = call_bounds(
+            self.config, ctx, messages, usd_limited=limits.max_usd is not None or tenant_usd
         )
+        models, max_out, prompt_estimate = bounds.models, bounds.max_output, bounds.prompt_estimate
         if limits.max_tokens and self._usage.tokens + prompt_estimate + max_out > limits.max_tokens:
             raise _Stop(StopReason.BUDGET_EXCEEDED, "tokens")
         if limits.max_usd is not None and models:
@@ -427,15 +400,20 @@ class RunLoop:
                 raise _Stop(StopReason.BUDGET_EXCEEDED, "usd")
         await self._check_cancel()
         self._raise_write_failure()
+        assert self._labels is not None
+        pending = unsettled(bounds, self._usage, self._labels, step)
+        if pending is not None and self._announced != step:
+            # Durable before the call (with the step's queued checkpoints, where there are
+            # any): a call lost with this executor is still billed.
+            self._announce(pending)
         reservation = NO_RESERVATION
         if lease is not None:
             # The tenant's quota is held to a bound, not an estimate: a prompt has at most
             # as many tokens as bytes.
-            bound = prompt_bound(messages, ctx)
             try:
                 reservation = await lease.reserve(
-                    max((price(m, CallUsage(bound, max_out)) for m in models), default=Decimal(0)),
-                    bound + max_out,
+                    bounds.worst()[0],
+                    bounds.prompt_bound + max_out,
                     deadline=self._deadline(deadline_wall),
                 )
             except QuotaExceeded as e:
@@ -453,6 +431,8 @@ class RunLoop:
             step=step,
             run_input=self.run.request.get("input", ""),
         )
+        await self._written()
+        self._in_flight = pending
         started = time.perf_counter()
         with self.tracing.model_call(models[0] if models else None, request) as traced:
             if limits.max_usd is not None:
@@ -467,6 +447,7 @@ class RunLoop:
                     pick_key=f"{self.run.id}:{step}",
                 )
             except (ProviderError, NoModelAvailable) as e:
+                self._in_flight = None  # it failed: nothing to bill
                 traced.failed(e)
                 reservation.settle(Decimal(0), 0)
                 self._check_limits(limits, deadline_wall, step)  # a deadline says it better
@@ -474,6 +455,7 @@ class RunLoop:
             except BaseException:
                 reservation.settle(Decimal(0), 0)
                 raise
+            self._in_flight = None
             traced.answered(result)
             if self._capture:
                 traced.capture(request.messages, result.result.message)
@@ -523,10 +505,19 @@ class RunLoop:
         if self._writing is None:
             self._writing = asyncio.create_task(self._write_queued())
 
+    def _announce(self, call: UnsettledModelCall) -> None:
+        """Write ``call`` before it is made, with the last of the queued checkpoints (or
+        alone when none are queued); the caller waits with ``_written``."""
+        self._raise_write_failure()
+        self._intent = call
+        if self._writing is None:
+            self._writing = asyncio.create_task(self._write_queued())
+
     async def _write_queued(self) -> None:
-        while self._queued:
+        while self._queued or self._intent is not None:
             batch, self._queued = self._queued, []
-            await self._write_checkpoints(batch)
+            intent, self._intent = self._intent, None
+            await self._write_checkpoints(batch, intent)
         self._writing = None  # a failed write task stays, for the run to hear of it
 
     def _raise_write_failure(self) -> None:
@@ -536,9 +527,16 @@ class RunLoop:
             self._writing.result()
 
     async def _write_checkpoints(
-        self, batch: list[tuple[StepCheckpoint, CallEntry | None]]
+        self,
+        batch: list[tuple[StepCheckpoint, CallEntry | None]],
+        model_call: UnsettledModelCall | None = None,
     ) -> None:
-        """One write for each journal entry in ``batch`` and its checkpoints before it."""
+        """One write for each journal entry in ``batch`` and its checkpoints before it;
+        ``model_call``, the call about to be made, goes with the last."""
+        if not batch:
+            if model_call is not None:
+                self.lease = await self.store.announce_model_call(self.lease, model_call)
+            return
         while batch:
             cut = next((i for i, (_, call) in enumerate(batch) if call is not None), len(batch) - 1)
             (*earlier, (last, call)), batch = batch[: cut + 1], batch[cut + 1 :]
@@ -550,6 +548,7 @@ class RunLoop:
                 events=last.events,
                 call=call,
                 preceding=[cp for cp, _ in earlier],
+                model_call=None if batch else model_call,
             )
             self._notify()
 
@@ -557,14 +556,6 @@ class RunLoop:
         """Wait until the run's queued checkpoints are durable (or raise why not)."""
         while self._writing is not None:
             await asyncio.shield(self._writing)
-
-    def _route_models(self, route_name: str) -> list[model_pb2.Model]:
-        """The models a call over ``route_name`` may go to, its first target first."""
-        route = self.config.get(model_pb2.ModelRoute, route_name)
-        if route is None:
-            return []
-        names = [t.model for t in route.targets] + list(route.fallbacks)
-        return [m for n in names if (m := self.config.get(model_pb2.Model, n)) is not None]
 
     async def _check_cancel(self) -> None:
         """Stop if someone asked: the flag comes back with every fenced write and lease
@@ -601,6 +592,7 @@ class RunLoop:
                 "finish_reason": result.result.finish_reason,
                 "latency_seconds": round(seconds, 6),
                 "attempts": result.attempts,
+                "usage_estimated": usage.estimated,
             },
             records.model_usage(
                 self._labels,
@@ -614,6 +606,7 @@ class RunLoop:
                 model_seconds=seconds,
                 attempts=result.attempts,
                 finish_reason=result.result.finish_reason,
+                usage_estimated=usage.estimated,
             ),
         )
 
@@ -633,7 +626,7 @@ class RunLoop:
         route = ctx.agent.guardrail_policy.injection_classifier
         judged = content[: classifier.MAX_JUDGED_CHARS]
         messages = (ChatMessage("system", classifier.INSTRUCTIONS), ChatMessage("user", judged))
-        models = self._route_models(route)
+        models = route_models(self.config, route)
         bound = sum(len(m.content.encode()) + 16 for m in messages)
         worst = max(
             (price(m, CallUsage(bound, classifier.MAX_VERDICT_TOKENS)) for m in models),

@@ -15,6 +15,7 @@ from dataplane.config.snapshot import ExecutorConfig, RunUnit
 from dataplane.config.watcher import ConfigWatcher
 from dataplane.guardrails import pii
 from dataplane.models.gateway import ModelGateway
+from dataplane.orchestrator.calls import Usage, call_bounds, unsettled
 from dataplane.orchestrator.context import (
     AdmissionError,
     Exhausted,
@@ -181,13 +182,14 @@ class Runs:
         for gate in self._gates:
             gate(admission)
         trace = run_trace_context(admission.trace)
+        run_limits = limits(ctx.agent, admission.budget)
         request = {
             "trace": trace,
             "input": run_input,
             "variables": variables,
             "key": admission.key,
             "scopes": list(admission.scopes),
-            "limits": limits(ctx.agent, admission.budget).to_dict(),
+            "limits": run_limits.to_dict(),
             "prompt_version": ctx.version.name,
             "variant": ctx.variant,
             "config_version": config.version,
@@ -209,11 +211,18 @@ class Runs:
             )
             raise
         labels = RunLabels(admission.agent, ctx.version.name, self.executor, ctx.variant)
-        first = (
-            None
-            if queued
-            else opening(ctx, config.version, run_input, labels, trace_id=trace_id_of(trace))[1]
-        )
+        first = first_call = None
+        if not queued:
+            messages, first = opening(
+                ctx, config.version, run_input, labels, trace_id=trace_id_of(trace)
+            )
+            # The first model call is written with the run: no write of its own.
+            quota = self._quotas.lease(admission.tenant) if self._quotas is not None else None
+            usd_limited = run_limits.max_usd is not None or (
+                quota is not None and quota.usd_held is not None
+            )
+            bounds = call_bounds(config, ctx, messages, usd_limited=usd_limited)
+            first_call = unsettled(bounds, Usage(), labels, 1)
         try:
             run, lease, created = await self._store.create(
                 NewRun(
@@ -226,6 +235,7 @@ class Runs:
                     admission.deadline_at,
                     queued=queued,
                     opening=first,
+                    model_call=first_call,
                 ),
                 owner=self.owner,
             )

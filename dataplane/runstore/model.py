@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -74,6 +75,9 @@ class Run:
     created_at: datetime
     updated_at: datetime
     ended_at: datetime | None
+    model_call: str = ""
+    """An ``UnsettledModelCall`` as text: a model call its holder announced and has not
+    recorded the result of; "" when none is in flight."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,47 @@ def stopped(
         payload["usage"] = usage
     ended: dict[str, Any] = {**payload, "steps": steps}
     return NewEvent("run_stopped", payload, Telemetry("run_ended", ended, executor))
+
+
+@dataclass(frozen=True)
+class UnsettledModelCall:
+    """A model call, written before it is made: what the run records for it if its
+    executor dies before the result is written. Whoever next takes the run (another
+    executor resuming it, the claim that dead-letters it) or the holder that cancels it
+    mid-call settles it as this ``model_call_finished`` event and ``model_usage`` record,
+    at the call's worst case and marked ``usage_estimated``: a provider may have served
+    and billed it, and the ledger must not miss it."""
+
+    payload: dict[str, Any]
+    """The ``model_call_finished`` event's payload."""
+    telemetry: dict[str, Any]
+    """Its ``model_usage`` record."""
+    executor: str
+    usage: dict[str, Any]
+    """The run's usage with the call counted at its worst case."""
+
+    def text(self) -> str:
+        return json.dumps(
+            {
+                "payload": self.payload,
+                "telemetry": self.telemetry,
+                "executor": self.executor,
+                "usage": self.usage,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def parse(cls, text: str) -> UnsettledModelCall:
+        data = json.loads(text)
+        return cls(data["payload"], data["telemetry"], data["executor"], data["usage"])
+
+    def event(self, executor: str | None = None) -> NewEvent:
+        """The event that settles it; ``executor``: who settles it, if not its holder."""
+        by = self.executor if executor is None else executor
+        return NewEvent(
+            "model_call_finished", self.payload, Telemetry("model_usage", self.telemetry, by)
+        )
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ runs = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("ended_at", UTCDateTime, nullable=True),
+    # The model call in flight, written before it is made (``UnsettledModelCall``).
+    sa.Column("model_call", sa.Text, nullable=False, server_default=""),
     sa.UniqueConstraint("tenant", "idempotency_key"),
     sa.Index("ix_runs_claim_queued", "state", "available_at"),
     sa.Index("ix_runs_claim_orphaned", "state", "lease_expires_at"),

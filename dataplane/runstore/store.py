@@ -31,6 +31,7 @@ from dataplane.runstore.model import (
     StepCheckpoint,
     StopReason,
     ToolCallRecord,
+    UnsettledModelCall,
     stopped,
 )
 from dataplane.runstore.schema import checkpoints, outbox, run_events, runs, tool_calls
@@ -100,6 +101,7 @@ _PG_CHECKPOINT = sa.text(
     WITH fenced AS (
         UPDATE runs SET
             step = :step, usage = :usage, lease_expires_at = :expires, updated_at = :now,
+            model_call = :model_call,
             next_event_seq = next_event_seq + :n_events,
             next_checkpoint_seq = next_checkpoint_seq + :n_checkpoints
         WHERE id = :run AND fencing_token = :token AND lease_owner = :owner
@@ -130,7 +132,7 @@ _PG_FINISH = sa.text(
             usage = CASE WHEN :n_checkpoints > 0 THEN :usage ELSE usage END,
             state = :finished, stop_reason = :reason, stop_detail = :detail,
             final_answer = :answer, lease_owner = '', lease_expires_at = NULL,
-            ended_at = :now, updated_at = :now,
+            ended_at = :now, updated_at = :now, model_call = '',
             next_event_seq = next_event_seq + :n_events,
             next_checkpoint_seq = next_checkpoint_seq + :n_checkpoints
         WHERE id = :run AND fencing_token = :token AND lease_owner = :owner
@@ -242,6 +244,7 @@ def _finish_statement(fenced: bool) -> sa.Update:
             lease_expires_at=None,
             ended_at=now,
             updated_at=now,
+            model_call="",
             next_event_seq=sa.bindparam("v_next_event_seq"),
         )
         .returning(
@@ -364,6 +367,8 @@ class _EncodedCheckpoint:
     call: CallEntry | None
     now: datetime
     expires: datetime
+    model_call: str = ""
+    """The run's model call in flight once this is written (``Run.model_call``)."""
 
     def params(self) -> dict[str, Any]:
         """The parameters ``_PG_CHECKPOINT`` and ``_PG_FINISH`` share."""
@@ -373,6 +378,7 @@ class _EncodedCheckpoint:
             "cp_deltas": list(self.delta_texts),
             "step": self.steps[-1],
             "usage": self.usage_text,
+            "model_call": self.model_call,
         }
 
 
@@ -446,6 +452,8 @@ class NewRun:
     """For a run created leased: its first checkpoint (step 0: the opening messages and
     the ``run_started`` event), written with it. Its events are numbered from 1 and
     stamped with the run's ``created_at``."""
+    model_call: UnsettledModelCall | None = None
+    """For a run created leased: the first model call, announced with the run."""
 
 
 class RunStore:
@@ -583,6 +591,7 @@ class RunStore:
             "created_at": now,
             "updated_at": now,
             "ended_at": None,
+            "model_call": new.model_call.text() if leased and new.model_call else "",
         }
         opening = new.opening if leased else None
         if opening is not None:
@@ -782,6 +791,7 @@ class RunStore:
             # An orphaned run became claimable when its holder's lease expired.
             available = run.lease_expires_at if orphaned else run.available_at
             assert available is not None
+            settled, usage = self._settle_lost_call(conn, run)
             if attempts >= self.max_attempts:
                 why = f"lost or failed {attempts} times"
                 self._finish(
@@ -792,10 +802,11 @@ class RunStore:
                     why,
                     "",
                     now,
-                    [stopped(StopReason.DEAD_LETTERED, why, run.usage, steps=run.step)],
+                    [*settled, stopped(StopReason.DEAD_LETTERED, why, usage, steps=run.step)],
                     fenced=False,
                 )
                 return None
+            next_event_seq = self._append_events(conn, run.id, settled, now) if settled else None
             claimed = replace(
                 run,
                 state=RunState.RUNNING,
@@ -805,6 +816,8 @@ class RunStore:
                 attempts=attempts,
                 available_at=available,
                 updated_at=now,
+                usage=usage,
+                model_call="",
             )
             conn.execute(
                 runs.update()
@@ -817,11 +830,28 @@ class RunStore:
                     attempts=attempts,
                     available_at=available,
                     updated_at=now,
+                    **({"next_event_seq": next_event_seq} if next_event_seq else {}),
                 )
             )
             return Lease(run.id, owner, claimed.fencing_token, expires), claimed
 
         return await self._write(claim)
+
+    @staticmethod
+    def _settle_lost_call(conn: Connection, run: Run) -> tuple[list[NewEvent], dict[str, Any]]:
+        """Settle the model call ``run``'s last holder announced and never recorded (it
+        died, or gave the run back mid-call): its event and usage record at the call's
+        worst case, marked estimated, and the run's usage with it (written here). No
+        events and the usage unchanged when no call was in flight."""
+        if not run.model_call:
+            return [], run.usage
+        lost = UnsettledModelCall.parse(run.model_call)
+        conn.execute(
+            runs.update()
+            .where(runs.c.id == run.id)
+            .values(usage=fastjson.dumps_text(lost.usage, sort_keys=True), model_call="")
+        )
+        return [lost.event()], lost.usage
 
     @staticmethod
     def _claimable(conn: Connection, now: datetime, run_id: str | None) -> Sequence[Any] | None:
@@ -886,14 +916,29 @@ class RunStore:
         events: Sequence[NewEvent] = (),
         call: CallEntry | None = None,
         preceding: Sequence[StepCheckpoint] = (),
+        model_call: UnsettledModelCall | None = None,
     ) -> Lease:
         """Record what a step (or a phase of one) added, with the run's usage so far and
         its events, in one fenced transaction that also renews the lease. ``call``: the
         journal entry of the step's last tool call, written in the same transaction.
         ``preceding``: checkpoints not written yet that come before this one (those
-        queued behind the run, such as the step's model reply), written with it."""
+        queued behind the run, such as the step's model reply), written with it.
+        ``model_call``: the model call about to be made (none is in flight otherwise)."""
         parts = [*preceding, StepCheckpoint(step, delta, usage, events)]
-        return await self._checkpoint(self._encoded(lease, parts, call))
+        return await self._checkpoint(self._encoded(lease, parts, call, model_call))
+
+    async def announce_model_call(self, lease: Lease, model_call: UnsettledModelCall) -> Lease:
+        """Record, fenced, the model call about to be made, where no checkpoint goes with
+        it (``checkpoint``'s ``model_call`` otherwise); renews the lease."""
+        now = _now()
+        expires = now + self.lease_ttl
+        text = model_call.text()
+        fenced = await self._write(
+            lambda conn: self._fence(
+                conn, lease, model_call=text, lease_expires_at=expires, updated_at=now
+            )
+        )
+        return Lease(lease.run_id, lease.owner, lease.token, expires, fenced.cancel_requested)
 
     async def _checkpoint(self, cp: _EncodedCheckpoint) -> Lease:
         if self._db.dialect == "postgresql":
@@ -909,6 +954,7 @@ class RunStore:
         lease: Lease,
         checkpoints: Sequence[StepCheckpoint],
         call: CallEntry | None = None,
+        model_call: UnsettledModelCall | None = None,
     ) -> _EncodedCheckpoint:
         now = _now()
         return _EncodedCheckpoint(
@@ -920,6 +966,7 @@ class RunStore:
             call,
             now,
             now + self.lease_ttl,
+            model_call.text() if model_call is not None else "",
         )
 
     def _write_checkpoint(self, conn: Connection, cp: _EncodedCheckpoint) -> _Fenced:
@@ -931,6 +978,7 @@ class RunStore:
             now=cp.now,
             step=cp.steps[-1],
             usage=cp.usage_text,
+            model_call=cp.model_call,
             lease_expires_at=cp.expires,
             updated_at=cp.now,
         )
@@ -1231,14 +1279,13 @@ class RunStore:
         now = _now()
 
         def tx(conn: Connection) -> None:
-            lost = conn.execute(
-                sa.select(runs.c.attempts, runs.c.step, runs.c.usage).where(
-                    runs.c.id == lease.run_id
-                )
-            ).one()
-            attempts = int(lost.attempts) + 1
+            lost = _run(
+                conn.execute(sa.select(*_RUN_COLUMNS).where(runs.c.id == lease.run_id)).one()
+            )
+            attempts = lost.attempts + 1
             if attempts >= self.max_attempts:
                 why = f"failed {attempts} times; last: {error}"
+                settled, usage = self._settle_lost_call(conn, lost)
                 self._finish(
                     conn,
                     lease.run_id,
@@ -1248,13 +1295,14 @@ class RunStore:
                     "",
                     now,
                     [
+                        *settled,
                         stopped(
                             StopReason.DEAD_LETTERED,
                             why,
-                            json.loads(lost.usage),
+                            usage,
                             steps=lost.step,
                             executor=executor,
-                        )
+                        ),
                     ],
                     fenced=True,
                     owner=lease.owner,
@@ -1396,6 +1444,7 @@ class RunStore:
                 raise RunNotFound(run_id)
             run = _run(row)
             if run.state in (RunState.QUEUED, RunState.WAITING_APPROVAL):
+                settled, usage = self._settle_lost_call(conn, run)
                 self._finish(
                     conn,
                     run_id,
@@ -1404,7 +1453,7 @@ class RunStore:
                     "cancelled",
                     "",
                     now,
-                    [stopped(StopReason.CANCELLED, "cancelled", run.usage, steps=run.step)],
+                    [*settled, stopped(StopReason.CANCELLED, "cancelled", usage, steps=run.step)],
                     fenced=False,
                 )
             elif run.state is RunState.RUNNING:

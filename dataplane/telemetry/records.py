@@ -58,6 +58,7 @@ def model_usage(
     model_seconds: float,
     attempts: int,
     finish_reason: str,
+    usage_estimated: bool = False,
 ) -> Telemetry:
     return Telemetry(
         "model_usage",
@@ -76,6 +77,7 @@ def model_usage(
             "model_seconds": round(model_seconds, 6),
             "attempts": attempts,
             "finish_reason": finish_reason,
+            "usage_estimated": usage_estimated,
         },
         labels.executor,
     )

@@ -36,6 +36,9 @@ class Behaviour:
     """A streamed reply of this server-sent-event text, as it is (``event:`` lines…)."""
     quote_key: bool = False
     """With an error status: quote the bearer token received, as OpenAI's 401 does."""
+    usage: bool = True
+    """False: the reply says nothing of usage, as some compatible servers do (and a
+    stream whose client did not ask for it)."""
 
 
 @dataclass
@@ -107,7 +110,14 @@ class FakeOpenAI(LoopbackHttpServer):
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         response_id = f"chatcmpl-{len(self.requests)}"
         if body.get("stream"):
-            await self._stream(writer, body["model"], response_id, message, reason, usage)
+            await self._stream(
+                writer,
+                body["model"],
+                response_id,
+                message,
+                reason,
+                usage if behaviour.usage else None,
+            )
             return True
         return self._send(
             writer,
@@ -118,7 +128,7 @@ class FakeOpenAI(LoopbackHttpServer):
                 "created": int(time.time()),
                 "model": body["model"],
                 "choices": [{"index": 0, "message": message, "finish_reason": reason}],
-                "usage": usage,
+                **({"usage": usage} if behaviour.usage else {}),
             },
             gzip=behaviour.gzip,
         )
@@ -174,7 +184,7 @@ class FakeOpenAI(LoopbackHttpServer):
         response_id: str,
         message: dict[str, Any],
         reason: str,
-        usage: dict[str, int],
+        usage: dict[str, int] | None,
     ) -> None:
         # As the real API does: chunked transfer encoding on a kept-alive connection.
         writer.write(
@@ -223,7 +233,9 @@ class FakeOpenAI(LoopbackHttpServer):
                     }
                 )
         event({}, reason)
-        send(f"data: {json.dumps({'id': response_id, 'choices': [], 'usage': usage})}\n\n".encode())
+        if usage is not None:
+            chunk = {"id": response_id, "choices": [], "usage": usage}
+            send(f"data: {json.dumps(chunk)}\n\n".encode())
         send(b"data: [DONE]\n\n")
         writer.write(b"0\r\n\r\n")
         await writer.drain()

@@ -331,8 +331,8 @@ async def test_a_model_reply_is_written_while_its_safe_calls_run(
 async def test_a_run_whose_lease_was_taken_stops_calling_the_model(
     live: Live, run_database_url: str, tmp_path: Path
 ) -> None:
-    """Checkpoints are written in the background; one refused because another executor
-    took the run over stops the run before its next model call but one."""
+    """Every model call is written before it is made, fenced: an executor whose run was
+    taken over makes no call after the one in flight."""
     fake = await FakeOpenAI(default_delay=0.5).start()
     fake.policy = lambda body: Behaviour(
         tool_calls=[{"name": "calc", "arguments": {"expression": "1 + 1"}}]
@@ -360,7 +360,7 @@ async def test_a_run_whose_lease_was_taken_stops_calling_the_model(
                 )
             )
             await asyncio.sleep(2.5)  # five more model calls' time
-            assert len(fake.requests) == 2, "the call in flight, and at most one more"
+            assert len(fake.requests) == 1, "the call in flight, and no more"
             checkpoints, _ = await RunStore(database).history(run_id)
             assert [cp.step for cp in checkpoints] == [0], "the old holder wrote nothing"
             call.cancel()

@@ -165,13 +165,16 @@ async def test_killing_a_replica_and_an_executor_under_load_loses_nothing(
         for run in runs:
             summary = await eventually(lambda n=run.name: indexed(n), timeout=90)
             assert summary.usage.cost_usd == run.usage.cost_usd, run.name
-            assert summary.usage.model_calls == run.usage.model_calls == 2
+            # Two calls; and one more, billed at its worst case, for each call that was in
+            # flight on the killed executor (written before it was made).
+            assert summary.usage.model_calls == run.usage.model_calls >= 2
         usage = await telemetry(live_b).QueryUsage(
             telemetry_pb2.QueryUsageRequest(parent=f"tenants/{tenant}"), metadata=live_b.md()
         )
         [row] = usage.rows
         assert Decimal(row.cost_usd) == sum(Decimal(run.usage.cost_usd) for run in runs)
-        assert row.model_calls == 2 * len(runs)
+        assert row.model_calls == sum(run.usage.model_calls for run in runs)
+        assert row.estimated_model_calls == row.model_calls - 2 * len(runs)
     finally:
         for proc in children:
             if proc.poll() is None:

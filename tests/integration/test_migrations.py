@@ -25,7 +25,7 @@ async def test_migrations_match_the_schema(database_url: str) -> None:
     try:
         await asyncio.gather(db.migrate(), db.migrate())
         await db.migrate()
-        assert await db.current_revision() == "0012"
+        assert await db.current_revision() == "0013"
         async with db.snapshot() as conn:
             assert await conn.run_sync(_diff) == []
     finally:
@@ -45,7 +45,7 @@ async def test_run_store_migrations_match_its_schema(run_database_url: str) -> N
     db = open_run_database(run_database_url)
     try:
         await asyncio.gather(db.migrate(), db.migrate())
-        assert await db.current_revision() == "0004"
+        assert await db.current_revision() == "0005"
         async with db.snapshot() as conn:
             assert await conn.run_sync(_run_store_diff) == []
     finally:

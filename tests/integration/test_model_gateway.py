@@ -399,3 +399,29 @@ async def test_a_stream_error_about_the_request_is_final(
         await ask(gateway(http), fake, "k")
     assert "bad tool schema" in str(info.value) and not info.value.retryable
     assert len(fake.requests) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+async def test_a_reply_without_usage_is_charged_by_the_executors_estimate(
+    fake: FakeOpenAI, http: Http1Transport, stream: bool
+) -> None:
+    """Not 0 tokens and $0: the executor counts the prompt and the reply itself, and
+    says the count is its own."""
+    fake.then(Behaviour(content="Your order ships on Monday.", usage=False))
+    model = openai_model(fake)
+    model.input_price_per_million = "1"
+    model.output_price_per_million = "2"
+    result = await gateway(http, stream=stream).complete(
+        config(model), "tenants/t/modelRoutes/r", REQUEST, deadline=await deadline(), pick_key="k"
+    )
+    usage = result.result.usage
+    assert usage.estimated and fake.requests[-1].get("stream", False) is stream
+    # "be brief", "where is my order?" (each framed), the tool's schema; the reply's
+    # 27 characters: about four characters a token.
+    assert usage.input_tokens == (2 + 4) + (5 + 4) + 5 and usage.output_tokens == 7 + 4
+    assert result.cost == (Decimal(20) * 1 + Decimal(11) * 2) / 1_000_000
+    fake.then(Behaviour(content="ok"))
+    reported = await gateway(http, stream=stream).complete(
+        config(model), "tenants/t/modelRoutes/r", REQUEST, deadline=await deadline(), pick_key="k"
+    )
+    assert not reported.result.usage.estimated

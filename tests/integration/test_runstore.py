@@ -22,6 +22,7 @@ from dataplane.runstore.model import (
     StepCheckpoint,
     StopReason,
     Telemetry,
+    UnsettledModelCall,
     stopped,
 )
 from dataplane.runstore.outbox import Outbox
@@ -481,3 +482,73 @@ async def test_a_queued_run_says_so_in_the_outbox_before_any_event(run_db: Datab
         (r.id, "run_queued", 0, f"tenants/{t}/agents/a") for r in (queued, again)
     ), "one record per queued run, none for a run created leased or found by its key"
     assert leased.id not in {e.run_id for e in rows}
+
+
+def lost_call(step: int, cost: str) -> UnsettledModelCall:
+    return UnsettledModelCall(
+        {"step": step, "model": "m", "cost_usd": cost, "usage_estimated": True},
+        {"step": step, "cost_usd": cost, "usage_estimated": True},
+        "a",
+        {"cost_usd": cost, "model_calls": step},
+    )
+
+
+async def test_a_model_call_lost_with_its_holder_is_settled_by_whoever_takes_the_run(
+    run_db: Database,
+) -> None:
+    """Written before it is made, a model call whose result never came is billed at its
+    worst case, marked estimated: by the next claim, by a dead letter, by a cancel of the
+    run given back; a call whose result was written is not."""
+    store = RunStore(run_db, lease_ttl=timedelta(milliseconds=150), max_attempts=3)
+    t = tenant()
+    run, lease, _ = await store.create(
+        new_run(t, queued=False, model_call=lost_call(1, "0.5")), owner="a"
+    )
+    assert lease is not None and (await store.get(run.id)).model_call
+    await asyncio.sleep(0.2)  # "a" dies mid-call
+    got = await store.claim("b", run_id=run.id)
+    assert got is not None
+    lease_b, claimed = got
+    assert claimed.usage == {"cost_usd": "0.5", "model_calls": 1} and not claimed.model_call
+    settled = [e for e in await store.events(run.id) if e.type == "model_call_finished"]
+    assert [e.payload["usage_estimated"] for e in settled] == [True]
+    usage = [o for o in await outbox_of(run_db, t) if o.kind == "model_usage"]
+    assert [(o.payload["cost_usd"], o.executor) for o in usage] == [("0.5", "a")]
+    # "b" announces step 2's call with its checkpoint, gets the answer, records it.
+    lease_b = await store.checkpoint(
+        lease_b, step=1, delta={}, usage=claimed.usage, model_call=lost_call(2, "0.7")
+    )
+    assert (await store.get(run.id)).model_call
+    lease_b = await store.checkpoint(lease_b, step=2, delta={}, usage={"cost_usd": "0.6"})
+    assert not (await store.get(run.id)).model_call, "the result settles it"
+    # Announced alone, then lost twice: the dead letter bills it.
+    lease_b = await store.announce_model_call(lease_b, lost_call(3, "0.9"))
+    await asyncio.sleep(0.2)
+    lease_c = await store.claim("c", run_id=run.id)
+    assert lease_c is not None
+    await store.announce_model_call(lease_c[0], lost_call(4, "1.1"))
+    await asyncio.sleep(0.2)
+    assert await store.claim("d", run_id=run.id) is None
+    final = await store.get(run.id)
+    assert final.stop_reason is StopReason.DEAD_LETTERED and not final.model_call
+    events = await store.events(run.id)
+    estimated = [e.payload["step"] for e in events if e.payload.get("usage_estimated")]
+    assert estimated == [1, 3, 4]
+    assert events[-1].payload["usage"] == {"cost_usd": "1.1", "model_calls": 4}
+    # A run given back mid-call and then cancelled in the queue: settled too.
+    other, lease, _ = await store.create(
+        new_run(t, queued=False, model_call=lost_call(1, "0.2")), owner="a"
+    )
+    assert lease is not None
+    await store.hand_back(lease)
+    await store.request_cancel(other.id)
+    ended = await store.events(other.id)
+    assert [e.type for e in ended][-2:] == ["model_call_finished", "run_stopped"]
+    assert ended[-1].payload["usage"] == {"cost_usd": "0.2", "model_calls": 1}
+    # A holder that finishes clears it (the loop settles what it cut off itself).
+    third, lease, _ = await store.create(
+        new_run(t, queued=False, model_call=lost_call(1, "0.2")), owner="a"
+    )
+    assert lease is not None
+    await store.finish(lease, StopReason.FAILED, detail="model_error")
+    assert not (await store.get(third.id)).model_call

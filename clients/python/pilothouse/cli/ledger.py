@@ -101,6 +101,7 @@ async def usage_command(client: Client, ns: argparse.Namespace, tenant: str | No
         ("TOKENS IN", lambda r: str(r.input_tokens)),
         ("TOKENS OUT", lambda r: str(r.output_tokens)),
         ("COST $", lambda r: r.cost_usd),
+        ("ESTIMATED", _estimated),
         ("MODEL s", lambda r: f"{r.model_seconds:.2f}"),
         ("TOOL s", lambda r: f"{r.tool_seconds:.2f}"),
         ("QUEUE s", lambda r: f"{r.queue_seconds:.2f}"),
@@ -112,6 +113,14 @@ async def usage_command(client: Client, ns: argparse.Namespace, tenant: str | No
         print(f"No usage since {ns.since} ago.")
     print(_freshness(response.freshness))
     return 0
+
+
+def _estimated(row: telemetry_pb2.UsageRow) -> str:
+    """The model calls billed by the executor's estimate (no usage reported, or lost with
+    their executor) and their cost; "-" when none."""
+    if not row.estimated_model_calls:
+        return "-"
+    return f"{row.estimated_model_calls} (${row.estimated_cost_usd})"
 
 
 def _dimension(field: str) -> Callable[[telemetry_pb2.UsageRow], str]:

@@ -270,6 +270,7 @@ class ModelCallFinished(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     LATENCY_SECONDS_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    USAGE_ESTIMATED_FIELD_NUMBER: _builtins.int
     step: _builtins.int
     model: _builtins.str
     """Format: tenants/{tenant}/models/{model}"""
@@ -280,6 +281,11 @@ class ModelCallFinished(_message.Message):
     latency_seconds: _builtins.float
     attempts: _builtins.int
     """Calls made, failed ones and fallbacks included."""
+    usage_estimated: _builtins.bool
+    """The usage is the executor's estimate: the provider reported none, or the executor
+    that made the call died before recording its result (then it is the call's worst
+    case, and finish_reason is "unknown").
+    """
     def __init__(
         self,
         *,
@@ -291,10 +297,11 @@ class ModelCallFinished(_message.Message):
         finish_reason: _builtins.str = ...,
         latency_seconds: _builtins.float = ...,
         attempts: _builtins.int = ...,
+        usage_estimated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cost_usd", b"cost_usd", "finish_reason", b"finish_reason", "input_tokens", b"input_tokens", "latency_seconds", b"latency_seconds", "model", b"model", "output_tokens", b"output_tokens", "step", b"step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cost_usd", b"cost_usd", "finish_reason", b"finish_reason", "input_tokens", b"input_tokens", "latency_seconds", b"latency_seconds", "model", b"model", "output_tokens", b"output_tokens", "step", b"step", "usage_estimated", b"usage_estimated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -136,6 +136,7 @@ class ModelUsage(_message.Message):
     MODEL_SECONDS_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
+    USAGE_ESTIMATED_FIELD_NUMBER: _builtins.int
     agent: _builtins.str
     """Format: tenants/{tenant}/agents/{agent}"""
     step: _builtins.int
@@ -156,6 +157,11 @@ class ModelUsage(_message.Message):
     """Time the call took, retries and fallbacks included."""
     attempts: _builtins.int
     finish_reason: _builtins.str
+    usage_estimated: _builtins.bool
+    """The counts and cost are the executor's estimate, not the provider's: the reply
+    said nothing of usage, or the call's executor died before its result was recorded
+    (then they are the call's worst case, as reserved before it was made).
+    """
     def __init__(
         self,
         *,
@@ -173,10 +179,11 @@ class ModelUsage(_message.Message):
         model_seconds: _builtins.float = ...,
         attempts: _builtins.int = ...,
         finish_reason: _builtins.str = ...,
+        usage_estimated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempts", b"attempts", "cached_input_tokens", b"cached_input_tokens", "cost_usd", b"cost_usd", "finish_reason", b"finish_reason", "input_tokens", b"input_tokens", "model", b"model", "model_seconds", b"model_seconds", "output_tokens", b"output_tokens", "prompt_version", b"prompt_version", "provider", b"provider", "queue_seconds", b"queue_seconds", "step", b"step", "variant", b"variant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempts", b"attempts", "cached_input_tokens", b"cached_input_tokens", "cost_usd", b"cost_usd", "finish_reason", b"finish_reason", "input_tokens", b"input_tokens", "model", b"model", "model_seconds", b"model_seconds", "output_tokens", b"output_tokens", "prompt_version", b"prompt_version", "provider", b"provider", "queue_seconds", b"queue_seconds", "step", b"step", "usage_estimated", b"usage_estimated", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -560,6 +567,8 @@ class UsageRow(_message.Message):
     MODEL_SECONDS_FIELD_NUMBER: _builtins.int
     TOOL_SECONDS_FIELD_NUMBER: _builtins.int
     APPROVAL_WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    ESTIMATED_MODEL_CALLS_FIELD_NUMBER: _builtins.int
+    ESTIMATED_COST_USD_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     """The values of the grouped dimensions; the others are empty. Grouping by run fills
     tenant as well.
@@ -582,6 +591,11 @@ class UsageRow(_message.Message):
     model_seconds: _builtins.float
     tool_seconds: _builtins.float
     approval_wait_seconds: _builtins.float
+    estimated_model_calls: _builtins.int
+    """Of model_calls, those whose usage is the executor's estimate (ModelUsage's
+    usage_estimated), and their part of cost_usd.
+    """
+    estimated_cost_usd: _builtins.str
     @_builtins.property
     def bucket_start(self) -> _timestamp_pb2.Timestamp:
         """Start of the row's time bucket; the range's start when there are no buckets."""
@@ -608,10 +622,12 @@ class UsageRow(_message.Message):
         model_seconds: _builtins.float = ...,
         tool_seconds: _builtins.float = ...,
         approval_wait_seconds: _builtins.float = ...,
+        estimated_model_calls: _builtins.int = ...,
+        estimated_cost_usd: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bucket_start", b"bucket_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "approval_wait_seconds", b"approval_wait_seconds", "bucket_start", b"bucket_start", "cached_input_tokens", b"cached_input_tokens", "cost_usd", b"cost_usd", "input_tokens", b"input_tokens", "model", b"model", "model_calls", b"model_calls", "model_seconds", b"model_seconds", "output_tokens", b"output_tokens", "prompt_version", b"prompt_version", "provider", b"provider", "queue_seconds", b"queue_seconds", "run", b"run", "tenant", b"tenant", "tool", b"tool", "tool_calls", b"tool_calls", "tool_seconds", b"tool_seconds", "variant", b"variant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "approval_wait_seconds", b"approval_wait_seconds", "bucket_start", b"bucket_start", "cached_input_tokens", b"cached_input_tokens", "cost_usd", b"cost_usd", "estimated_cost_usd", b"estimated_cost_usd", "estimated_model_calls", b"estimated_model_calls", "input_tokens", b"input_tokens", "model", b"model", "model_calls", b"model_calls", "model_seconds", b"model_seconds", "output_tokens", b"output_tokens", "prompt_version", b"prompt_version", "provider", b"provider", "queue_seconds", b"queue_seconds", "run", b"run", "tenant", b"tenant", "tool", b"tool", "tool_calls", b"tool_calls", "tool_seconds", b"tool_seconds", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
