@@ -9,13 +9,15 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 
 from dataplane.config.watcher import Backoff, ConfigWatcher
 from dataplane.guardrails import pii
-from dataplane.runstore.model import Run
+from dataplane.runstore.model import CallState, Run
 from dataplane.runstore.store import RunStore
 from pilothouse.v1 import agent_pb2, approval_pb2, approval_pb2_grpc
 from storekit.loop import wait_event
@@ -79,7 +81,10 @@ class ApprovalBridge:
         while True:
             try:
                 for run, call in await self._store.waiting_calls():
+                    unknown = call.state is CallState.OUTCOME_UNKNOWN
                     key = f"{run.id}.{call.step}.{call.call_index}"
+                    if unknown:
+                        key += f".{call.attempts}"
                     if key in self._filed:
                         continue
                     filed = approval_pb2.Approval(
@@ -90,7 +95,16 @@ class ApprovalBridge:
                         tool=call.tool,
                         # A person decides on them; personal data in them stays here.
                         arguments=pii.redact(json.dumps(call.arguments)),
-                        reason="the call needs a person's approval",
+                        reason=(
+                            f"the outcome of this call is unknown ({call.error}): it may "
+                            "have taken effect; retry it, or mark it failed or done"
+                            if unknown
+                            else "the call needs a person's approval"
+                        ),
+                        kind=approval_pb2.APPROVAL_KIND_UNKNOWN_OUTCOME
+                        if unknown
+                        else approval_pb2.APPROVAL_KIND_TOOL_CALL,
+                        attempt=call.attempts if unknown else 0,
                     )
                     filed.expire_time.FromDatetime(self._expiry(run))
                     await self._stub.CreateApproval(
@@ -123,20 +137,22 @@ class ApprovalBridge:
                     approval = response.approval
                     after = approval.decision_sequence
                     run_id = approval.run.rsplit("/", 1)[-1]
-                    approved = approval.state == approval_pb2.APPROVAL_STATE_APPROVED
-                    note = (
-                        "nobody approved this call in time"
-                        if approval.state == approval_pb2.APPROVAL_STATE_EXPIRED
-                        else "a person denied this call"
-                    )
+                    decided = decision(approval)
                     if await self._store.decide_call(
                         run_id,
                         approval.step,
                         approval.call_index,
-                        approved=approved,
-                        note="" if approved else note,
+                        state=decided.state,
+                        note=decided.note,
+                        result=decided.result,
+                        attempt=approval.attempt
+                        if approval.kind == approval_pb2.APPROVAL_KIND_UNKNOWN_OUTCOME
+                        else 0,
                     ):
-                        log.info("approval decided", extra={"run": run_id, "approved": approved})
+                        log.info(
+                            "approval decided",
+                            extra={"run": run_id, "decision": decided.state.value},
+                        )
                         self._on_claimable()
             except grpc.aio.AioRpcError as e:
                 log.warning("decision stream ended: %s", e.code().name)
@@ -144,3 +160,33 @@ class ApprovalBridge:
                 log.exception("applying decisions failed")
             await asyncio.sleep(self._backoff.delay(attempt))
             attempt += 1
+
+
+@dataclass(frozen=True)
+class Decided:
+    """A decision as the run's journal records it (``RunStore.decide_call``)."""
+
+    state: CallState
+    note: str = ""
+    result: Any = None
+
+
+def decision(approval: approval_pb2.Approval) -> Decided:
+    """What a decided (or expired) request means for its call."""
+    expired = approval.state == approval_pb2.APPROVAL_STATE_EXPIRED
+    why = f": {approval.comment}" if approval.comment else ""
+    if approval.kind != approval_pb2.APPROVAL_KIND_UNKNOWN_OUTCOME:
+        if approval.state == approval_pb2.APPROVAL_STATE_APPROVED:
+            return Decided(CallState.APPROVED)
+        note = "nobody approved this call in time" if expired else "a person denied this call"
+        return Decided(CallState.DENIED, note)
+    if approval.decision == approval_pb2.DECISION_RETRY:
+        return Decided(CallState.APPROVED)
+    if approval.decision == approval_pb2.DECISION_MARK_DONE:
+        return Decided(CallState.RESOLVED, "", json.loads(approval.result))
+    note = (
+        "the outcome of this call is unknown and nobody said what it was in time"
+        if expired
+        else f"a person marked this call failed{why}"
+    )
+    return Decided(CallState.RESOLVED, note, {"error": note})

@@ -50,6 +50,13 @@ TOOL_KINDS = _enum_map(
         tool_pb2.TOOL_KIND_MCP: r.ToolKind.MCP,
     }
 )
+UNKNOWN_OUTCOME_POLICIES = _enum_map(
+    {
+        tool_pb2.UNKNOWN_OUTCOME_POLICY_UNSPECIFIED: r.UnknownOutcomePolicy.UNSPECIFIED,
+        tool_pb2.UNKNOWN_OUTCOME_POLICY_ASK: r.UnknownOutcomePolicy.ASK,
+        tool_pb2.UNKNOWN_OUTCOME_POLICY_FAIL: r.UnknownOutcomePolicy.FAIL,
+    }
+)
 APPROVAL_MODES = _enum_map(
     {
         tool_pb2.APPROVAL_MODE_UNSPECIFIED: r.ApprovalMode.UNSPECIFIED,
@@ -189,6 +196,7 @@ def tool_from_proto(m: tool_pb2.Tool) -> r.Tool:
         required_scope=m.required_scope,
         approval=_enum(APPROVAL_MODES, m.approval, "tool.approval"),
         trusted_output=m.trusted_output,
+        unknown_outcome=_enum(UNKNOWN_OUTCOME_POLICIES, m.unknown_outcome, "tool.unknown_outcome"),
     )
 
 
@@ -202,6 +210,7 @@ def tool_to_proto(record: Record[r.Tool]) -> tool_pb2.Tool:
         required_scope=t.required_scope,
         approval=APPROVAL_MODES[1][t.approval],
         trusted_output=t.trusted_output,
+        unknown_outcome=UNKNOWN_OUTCOME_POLICIES[1][t.unknown_outcome],
     )
     dict_to_struct(t.input_schema, m.input_schema)
     if t.output_schema is not None:

@@ -9,10 +9,18 @@ import grpc
 
 from controlplane.api.context import principal
 from controlplane.approvals.service import (
+    APPROVE,
     APPROVED,
     DENIED,
+    DENY,
     EXPIRED,
+    MARK_DONE,
+    MARK_FAILED,
     PENDING,
+    RESOLVED,
+    RETRY,
+    TOOL_CALL,
+    UNKNOWN_OUTCOME,
     Approvals,
     Filing,
     approval_name,
@@ -29,6 +37,16 @@ STATES = {
     APPROVED: pb.APPROVAL_STATE_APPROVED,
     DENIED: pb.APPROVAL_STATE_DENIED,
     EXPIRED: pb.APPROVAL_STATE_EXPIRED,
+    RESOLVED: pb.APPROVAL_STATE_RESOLVED,
+}
+KINDS = {TOOL_CALL: pb.APPROVAL_KIND_TOOL_CALL, UNKNOWN_OUTCOME: pb.APPROVAL_KIND_UNKNOWN_OUTCOME}
+DECISIONS = {
+    "": pb.DECISION_UNSPECIFIED,
+    APPROVE: pb.DECISION_APPROVE,
+    DENY: pb.DECISION_DENY,
+    RETRY: pb.DECISION_RETRY,
+    MARK_FAILED: pb.DECISION_MARK_FAILED,
+    MARK_DONE: pb.DECISION_MARK_DONE,
 }
 
 
@@ -46,6 +64,10 @@ def _to_proto(row: ApprovalRow) -> pb.Approval:
         decided_by=row.decided_by,
         comment=row.comment,
         decision_sequence=row.decision_seq or 0,
+        kind=KINDS[row.kind],
+        decision=DECISIONS[row.decision],
+        result=row.result,
+        attempt=row.attempt,
     )
     m.create_time.FromDatetime(row.create_time)
     if row.decide_time is not None:
@@ -67,8 +89,20 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
             if a.HasField("expire_time")
             else None
         )
+        kind = {v: k for k, v in KINDS.items()}.get(a.kind or pb.APPROVAL_KIND_TOOL_CALL)
+        if kind is None:
+            raise InvalidArgument.of("approval.kind", f"unknown kind {a.kind}")
         filing = Filing(
-            a.run, a.agent, a.step, a.call_index, a.tool, a.arguments, a.reason, expires
+            a.run,
+            a.agent,
+            a.step,
+            a.call_index,
+            a.tool,
+            a.arguments,
+            a.reason,
+            expires,
+            kind,
+            a.attempt,
         )
         created, new = await self._approvals.create(principal(), request.parent, filing)
         return pb.CreateApprovalResponse(approval=_to_proto(created), created=new)
@@ -96,10 +130,16 @@ class ApprovalServicer(approval_pb2_grpc.ApprovalServiceServicer):
     async def DecideApproval(
         self, request: pb.DecideApprovalRequest, context: Ctx
     ) -> pb.DecideApprovalResponse:
-        if request.decision not in (pb.DECISION_APPROVE, pb.DECISION_DENY):
-            raise InvalidArgument.of("decision", "is required: DECISION_APPROVE or DECISION_DENY")
+        decision = {v: k for k, v in DECISIONS.items()}.get(request.decision, "")
+        if not decision:
+            raise InvalidArgument.of(
+                "decision",
+                "is required: DECISION_APPROVE or DECISION_DENY for a call waiting to run; "
+                "DECISION_RETRY, DECISION_MARK_FAILED or DECISION_MARK_DONE for a call "
+                "whose outcome is unknown",
+            )
         row = await self._approvals.decide(
-            principal(), request.name, request.decision == pb.DECISION_APPROVE, request.comment
+            principal(), request.name, decision, request.comment, request.result
         )
         return pb.DecideApprovalResponse(approval=_to_proto(row))
 

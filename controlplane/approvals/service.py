@@ -21,12 +21,30 @@ from controlplane.store import approvals as approval_store
 from controlplane.store.approvals import ApprovalRow
 from controlplane.store.database import Database
 from controlplane.store.errors import DuplicateKey
+from pilothouse import jsonschemas
 from storekit.loop import every, wait_event
 
 log = logging.getLogger("pilothouse.approvals")
 
 PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"
+RESOLVED = "resolved"
+"""A person said what became of a call whose outcome was unknown (marked failed or done)."""
 DEFAULT_EXPIRY = timedelta(hours=24)
+MAX_RESULT_BYTES = 64 * 1024
+
+TOOL_CALL, UNKNOWN_OUTCOME = "tool_call", "unknown_outcome"
+APPROVE, DENY, RETRY, MARK_FAILED, MARK_DONE = (
+    "approve",
+    "deny",
+    "retry",
+    "mark_failed",
+    "mark_done",
+)
+DECISIONS = {
+    TOOL_CALL: {APPROVE: APPROVED, DENY: DENIED},
+    UNKNOWN_OUTCOME: {RETRY: APPROVED, MARK_FAILED: RESOLVED, MARK_DONE: RESOLVED},
+}
+"""For each kind of request, its decisions and the state each leaves it in."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +59,9 @@ class Filing:
     arguments: str
     reason: str
     expire_time: datetime | None = None
+    kind: str = TOOL_CALL
+    attempt: int = 0
+    """With ``UNKNOWN_OUTCOME``: the attempt of the call (from 1) in question."""
 
 
 _RUN_ID = re.compile(r"^[0-9a-f-]{36}$")
@@ -64,7 +85,16 @@ class Approvals:
             raise InvalidArgument.of(
                 "approval.step", "step must be at least 1, call_index at least 0"
             )
+        if row.kind not in DECISIONS:
+            raise InvalidArgument.of("approval.kind", f"unknown kind {row.kind!r}")
         id_ = f"{run[3]}.{row.step}.{row.call_index}"
+        if row.kind == UNKNOWN_OUTCOME:
+            # A call may be retried and its outcome be unknown again: one request each.
+            if row.attempt < 1:
+                raise InvalidArgument.of(
+                    "approval.attempt", "a call whose outcome is unknown names its attempt (>= 1)"
+                )
+            id_ += f".{row.attempt}"
         now = datetime.now(UTC)
         record = ApprovalRow(
             tenant,
@@ -83,6 +113,10 @@ class Approvals:
             None,
             None,
             row.expire_time or now + DEFAULT_EXPIRY,
+            row.kind,
+            "",
+            "",
+            row.attempt if row.kind == UNKNOWN_OUTCOME else 0,
         )
         try:
             async with self._db.transaction() as conn:
@@ -130,24 +164,33 @@ class Approvals:
         return paginate(rows, limit, collection, lambda r: r.id)
 
     async def decide(
-        self, caller: Principal, name: str, approve: bool, comment: str
+        self, caller: Principal, name: str, decision: str, comment: str, result: str = ""
     ) -> ApprovalRow:
+        """Record ``decision`` (one of its kind's ``DECISIONS``); ``result``: with
+        ``MARK_DONE``, and only then, the call's result as JSON text."""
         tenant, id_ = _parse(name)
         caller.require_tenant(tenant)
-        state = APPROVED if approve else DENIED
         if await self._expire_if_due(tenant, id_):
             self._wake_watchers()
         async with self._db.transaction() as conn:
             row = await approval_store.get(conn, tenant, id_, for_update=True)
             if row is None:
                 raise NotFound("Approval", name)
-            if row.state == state:
+            allowed = DECISIONS[row.kind]
+            if decision not in allowed:
+                raise InvalidArgument.of(
+                    "decision",
+                    f"a request of kind {row.kind} is decided by one of: {', '.join(allowed)}",
+                )
+            _check_result(decision, result)
+            if row.decision == decision and row.result == result:
                 return row  # the same decision again: nothing changes
             if row.state != PENDING:
                 raise FailedPrecondition(
                     f"{name} was already {row.state}; a decision cannot change",
                     [PreconditionViolation("ALREADY_DECIDED", name, row.state)],
                 )
+            state = allowed[decision]
             await approval_store.decide(
                 conn,
                 tenant,
@@ -156,14 +199,19 @@ class Approvals:
                 decided_by=caller.actor,
                 comment=comment[:2000],
                 now=datetime.now(UTC),
+                decision=decision,
+                result=result,
             )
+            details: dict[str, str] = {"comment": comment[:2000]}
+            if row.kind != TOOL_CALL:
+                details["decision"] = decision
             await audit.record(
                 conn,
                 caller,
                 f"Approval.{state}",
                 name,
                 tenant=tenant,
-                details={"comment": comment[:2000]},
+                details=details,
             )
             decided = await approval_store.get(conn, tenant, id_)
         assert decided is not None
@@ -226,6 +274,22 @@ class Approvals:
                 yield row
             if not rows:
                 await wait_event(waiter, self._poll)
+
+
+def _check_result(decision: str, result: str) -> None:
+    if decision != MARK_DONE:
+        if result:
+            raise InvalidArgument.of("result", "only DECISION_MARK_DONE carries a result")
+        return
+    if not result:
+        raise InvalidArgument.of("result", "DECISION_MARK_DONE needs the call's result (JSON)")
+    size = len(result.encode())
+    if size > MAX_RESULT_BYTES:
+        raise InvalidArgument.of("result", f"is {size} bytes; at most {MAX_RESULT_BYTES}")
+    try:
+        jsonschemas.parse_document(result)
+    except ValueError as e:
+        raise InvalidArgument.of("result", f"is not JSON: {e}") from None
 
 
 def _name(row: ApprovalRow) -> str:

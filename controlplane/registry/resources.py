@@ -23,6 +23,12 @@ class ToolKind(StrEnum):
     MCP = "mcp"
 
 
+class UnknownOutcomePolicy(StrEnum):
+    UNSPECIFIED = ""
+    ASK = "ask"
+    FAIL = "fail"
+
+
 class ApprovalMode(StrEnum):
     UNSPECIFIED = ""
     NEVER = "never"
@@ -82,6 +88,7 @@ class Tool:
     required_scope: str = ""
     approval: ApprovalMode = ApprovalMode.UNSPECIFIED
     trusted_output: bool = False
+    unknown_outcome: UnknownOutcomePolicy = UnknownOutcomePolicy.UNSPECIFIED
 
 
 class ModelProvider(StrEnum):

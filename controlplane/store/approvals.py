@@ -34,6 +34,10 @@ class ApprovalRow:
     decide_time: datetime | None
     decision_seq: int | None
     expire_time: datetime
+    kind: str = "tool_call"
+    decision: str = ""
+    result: str = ""
+    attempt: int = 0
 
 
 _COLUMNS = tuple(approvals.c[name] for name in ApprovalRow.__dataclass_fields__)
@@ -81,6 +85,8 @@ async def decide(
     decided_by: str,
     comment: str,
     now: datetime,
+    decision: str = "",
+    result: str = "",
 ) -> None:
     seq = (
         await conn.execute(
@@ -94,7 +100,13 @@ async def decide(
         approvals.update()
         .where(approvals.c.tenant == tenant, approvals.c.id == id_)
         .values(
-            state=state, decided_by=decided_by, comment=comment, decide_time=now, decision_seq=seq
+            state=state,
+            decided_by=decided_by,
+            comment=comment,
+            decide_time=now,
+            decision_seq=seq,
+            decision=decision,
+            result=result,
         )
     )
 

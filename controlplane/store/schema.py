@@ -172,6 +172,13 @@ approvals = sa.Table(
     sa.Column("decide_time", UTCDateTime, nullable=True),
     sa.Column("decision_seq", sa.BigInteger, nullable=True, unique=True),
     sa.Column("expire_time", UTCDateTime, nullable=False),
+    # What the person is asked ("tool_call", "unknown_outcome"), what they decided
+    # ("approve", "deny", "retry", "mark_failed", "mark_done"; "" until then), and with
+    # "mark_done" the call's result (JSON text).
+    sa.Column("kind", sa.String(20), nullable=False, server_default="tool_call"),
+    sa.Column("decision", sa.String(20), nullable=False, server_default=""),
+    sa.Column("result", sa.Text, nullable=False, server_default=""),
+    sa.Column("attempt", sa.Integer, nullable=False, server_default="0"),
     sa.Index("ix_approvals_pending_expiry", "state", "expire_time"),
 )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -52,7 +53,7 @@ from dataplane.runstore.store import RunStore
 from dataplane.telemetry import records
 from dataplane.telemetry.otel import Tracing, captured, trace_id_of
 from dataplane.telemetry.records import RunLabels
-from dataplane.tools.router import ToolOutcome, ToolRouter
+from dataplane.tools.router import ToolOutcome, ToolRouter, safe_to_repeat
 from pilothouse.decimals import plain
 from pilothouse.v1 import tenant_pb2, tool_pb2
 
@@ -707,12 +708,13 @@ class RunLoop:
         result: Any = None,
         events: Sequence[NewEvent] = (),
         last: bool = False,
+        error: str = "",
     ) -> None:
         """The journal entry of the ``index``-th call of ``step``, fenced by our lease.
         With ``last`` (the step's last call has ended), it waits for the step's
         checkpoint, which writes it."""
         if last:
-            entry = CallEntry(step, index, call.id, call.name, arguments, state, result)
+            entry = CallEntry(step, index, call.id, call.name, arguments, state, result, error)
             self._last_call = (entry, list(events))
             return
         await self._written()
@@ -725,6 +727,7 @@ class RunLoop:
             arguments=arguments,
             state=state,
             result=result,
+            error=error,
             events=events,
         )
 
@@ -741,7 +744,11 @@ class RunLoop:
         the run claimable again (``available_at``)."""
         assert self._labels is not None
         waited = 0.0
-        decided = record.state in (CallState.APPROVED, CallState.DENIED) if record else False
+        decided = (
+            record.state in (CallState.APPROVED, CallState.DENIED, CallState.RESOLVED)
+            if record
+            else False
+        )
         if decided and record is not None and record.started_at is not None:
             waited = max((self.run.available_at - record.started_at).total_seconds(), 0.0)
         return NewEvent(
@@ -767,6 +774,54 @@ class RunLoop:
                 queue_seconds=self._waited(),
             ),
         )
+
+    async def _unknown_outcome(
+        self,
+        step: int,
+        index: int,
+        call: ToolCall,
+        tool: tool_pb2.Tool,
+        arguments: dict[str, Any],
+        record: ToolCallRecord,
+    ) -> ToolOutcome | None:
+        """A call whose outcome is unknown (``record``), by its tool's policy: what the
+        model is told, or None when the run now waits for a person to say what became of
+        it (``ask``, the default). ``record`` RESOLVED: what the person said."""
+        if record.state is CallState.RESOLVED:
+            return ToolOutcome(record.result, not record.error, True)
+        why = record.error or "its executor stopped while it was in flight"
+        if tool.unknown_outcome == tool_pb2.UNKNOWN_OUTCOME_POLICY_FAIL:
+            return ToolOutcome(
+                {
+                    "error": f"the outcome of this call is unknown ({why}): it may or may "
+                    "not have taken effect, and it was not made again"
+                },
+                False,
+                True,
+            )
+        assert self._labels is not None
+        await self._journal(
+            step, index, call, arguments=arguments, state=CallState.OUTCOME_UNKNOWN, error=why
+        )
+        await self.store.wait_for_approval(
+            self.lease,
+            [
+                NewEvent(
+                    "approval_required",
+                    {
+                        "step": step,
+                        "call_id": call.id,
+                        "tool": call.name,
+                        "arguments": call.arguments,
+                        "reason": f"the outcome of this call is unknown ({why})",
+                    },
+                    records.run_waiting(self._labels, step=step, tool=call.name),
+                )
+            ],
+        )
+        self.paused = True
+        self._notify()
+        return None
 
     async def _act(
         self,
@@ -821,6 +876,30 @@ class RunLoop:
                     )
             else:
                 tool, arguments = checked
+                if record is not None and _unsettled_effect(record, tool):
+                    # It may have had its effect: never sent again on the run's own say.
+                    settled = await self._unknown_outcome(
+                        step, index, call, tool, arguments, record
+                    )
+                    if settled is None:
+                        return None  # waiting for a person to say what became of it
+                    last = index == len(reply.tool_calls) - 1
+                    self._usage.tool_calls += 1
+                    await self._journal(
+                        step,
+                        index,
+                        call,
+                        arguments=arguments,
+                        state=CallState.COMPLETED if settled.ok else CallState.FAILED,
+                        result=settled.result,
+                        events=[self._finished(step, call, settled, 0.0, record)],
+                        last=last,
+                    )
+                    if not last:
+                        self._notify()
+                    content = json.dumps(settled.result)
+                    results.append(ChatMessage("tool", content, tool_call_id=call.id))
+                    continue
                 if limits.max_tool_calls and self._usage.tool_calls + 1 > limits.max_tool_calls:
                     raise _Stop(StopReason.BUDGET_EXCEEDED, "tool_calls")
                 reason = needs_approval(ctx, tool, untrusted, arguments)
@@ -857,7 +936,7 @@ class RunLoop:
                     )
                 else:
                     await self._check_cancel()
-                    if not _safe_to_repeat(tool):
+                    if not safe_to_repeat(tool):
                         # Journaled before it runs: a resumed run knows it may have acted.
                         await self._journal(
                             step,
@@ -878,6 +957,19 @@ class RunLoop:
                         )
                         if not outcome.ok:
                             self.tracing.failed(span, "tool_error")
+                    if outcome.unknown:
+                        # Sent, and no answer: as after a crash, by the tool's policy.
+                        unknown = dataclasses.replace(
+                            record or _started(step, index, call, arguments),
+                            state=CallState.STARTED,
+                            error=outcome.unknown,
+                        )
+                        settled = await self._unknown_outcome(
+                            step, index, call, tool, arguments, unknown
+                        )
+                        if settled is None:
+                            return None
+                        outcome = settled
                         if self._capture:
                             span.set_attribute(
                                 "gen_ai.tool.call.arguments", captured(json.dumps(arguments))
@@ -979,12 +1071,16 @@ class _NoClassifier(Exception):
     """The injection classifier cannot be asked."""
 
 
-def _safe_to_repeat(tool: tool_pb2.Tool) -> bool:
-    """Read-only and idempotent tools may simply run again after a crash."""
-    hints = tool.annotations
-    return (hints.HasField("read_only_hint") and hints.read_only_hint) or (
-        hints.HasField("idempotent_hint") and hints.idempotent_hint
-    )
+def _unsettled_effect(record: ToolCallRecord, tool: tool_pb2.Tool) -> bool:
+    """The call may have had its effect and nobody knows what became of it yet (or a
+    person just said): started and never finished, for a tool not safe to repeat."""
+    if record.state is CallState.STARTED:
+        return not safe_to_repeat(tool)
+    return record.state in (CallState.OUTCOME_UNKNOWN, CallState.RESOLVED)
+
+
+def _started(step: int, index: int, call: ToolCall, arguments: dict[str, Any]) -> ToolCallRecord:
+    return ToolCallRecord(step, index, call.id, call.name, arguments, CallState.STARTED)
 
 
 def needs_approval(

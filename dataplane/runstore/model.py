@@ -43,7 +43,15 @@ class CallState(StrEnum):
     """Nothing ran: not the agent's tool, invalid arguments, denied, over a budget."""
     AWAITING_APPROVAL = "awaiting_approval"
     APPROVED = "approved"
+    """A person let it run (or, for a call whose outcome was unknown, run again)."""
     DENIED = "denied"
+    OUTCOME_UNKNOWN = "outcome_unknown"
+    """It may have had its effect and no answer came (its executor died, or it timed out
+    in flight); a person is asked what became of it. ``error`` says why it is unknown."""
+    RESOLVED = "resolved"
+    """A person said what became of a call whose outcome was unknown: ``result`` is what
+    the model is told; ``error`` is empty when it was marked done, the reason when it was
+    marked failed."""
 
 
 @dataclass(frozen=True)

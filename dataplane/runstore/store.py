@@ -59,6 +59,7 @@ _NEXT_EVENT_SEQ = sa.select(runs.c.next_event_seq, runs.c.tenant).where(
 _INSERT_CHECKPOINT = checkpoints.insert()
 _INSERT_CALL = tool_calls.insert()
 _INSERT_OUTBOX = outbox.insert()
+_WAITING_FOR_A_PERSON = [CallState.AWAITING_APPROVAL.value, CallState.OUTCOME_UNKNOWN.value]
 
 
 def _pg_inserts(source: str) -> str:
@@ -1068,8 +1069,8 @@ class RunStore:
             "error": entry.error,
         }
         started = entry.state is CallState.STARTED
-        if started or entry.state is CallState.AWAITING_APPROVAL:
-            values["started_at"] = now  # for a call filed for approval: since when it waits
+        if started or entry.state in (CallState.AWAITING_APPROVAL, CallState.OUTCOME_UNKNOWN):
+            values["started_at"] = now  # for a call filed for a person: since when it waits
         elif entry.state in (
             CallState.COMPLETED,
             CallState.FAILED,
@@ -1350,11 +1351,14 @@ class RunStore:
                 tool_calls.c.call_id,
                 tool_calls.c.tool,
                 tool_calls.c.arguments,
+                tool_calls.c.state,
+                tool_calls.c.error,
+                tool_calls.c.attempts,
             )
             .join(tool_calls, tool_calls.c.run_id == runs.c.id)
             .where(
                 runs.c.state == RunState.WAITING_APPROVAL.value,
-                tool_calls.c.state == CallState.AWAITING_APPROVAL.value,
+                tool_calls.c.state.in_(_WAITING_FOR_A_PERSON),
             )
             .order_by(runs.c.updated_at)
             .limit(limit)
@@ -1371,10 +1375,10 @@ class RunStore:
                     r[n + 2],
                     r[n + 3],
                     json.loads(r[n + 4]),
-                    CallState.AWAITING_APPROVAL,
+                    CallState(r[n + 5]),
                     None,
-                    "",
-                    0,
+                    r[n + 6],
+                    r[n + 7],
                     None,
                     None,
                 ),
@@ -1383,12 +1387,33 @@ class RunStore:
         ]
 
     async def decide_call(
-        self, run_id: str, step: int, call_index: int, *, approved: bool, note: str = ""
+        self,
+        run_id: str,
+        step: int,
+        call_index: int,
+        *,
+        state: CallState,
+        note: str = "",
+        result: Any = None,
+        attempt: int = 0,
     ) -> bool:
         """Record a person's decision on a waiting call and queue its run for any executor.
-        False when there was nothing waiting (decided already, or no such call)."""
+        ``state``: APPROVED or DENIED for a call waiting to run; with ``attempt`` (the
+        attempt whose outcome is unknown), APPROVED (run it again) or RESOLVED (``result``
+        and ``note``, as ``CallState.RESOLVED`` says) for a call whose outcome is unknown.
+        False when there was nothing waiting (decided already, another attempt, no such
+        call)."""
         now = _now()
-        state = CallState.APPROVED if approved else CallState.DENIED
+        waiting = tool_calls.c.state == (
+            CallState.OUTCOME_UNKNOWN.value if attempt else CallState.AWAITING_APPROVAL.value
+        )
+        if attempt:
+            waiting = waiting & (tool_calls.c.attempts == attempt)
+        values: dict[str, Any] = {"state": state.value, "error": note}
+        if state is not CallState.APPROVED:
+            values["finished_at"] = now
+        if state is CallState.RESOLVED:
+            values["result"] = _result_text(result)
 
         def tx(conn: Connection) -> bool:
             updated = conn.execute(
@@ -1397,9 +1422,9 @@ class RunStore:
                     tool_calls.c.run_id == run_id,
                     tool_calls.c.step == step,
                     tool_calls.c.call_index == call_index,
-                    tool_calls.c.state == CallState.AWAITING_APPROVAL.value,
+                    waiting,
                 )
-                .values(state=state.value, error=note, finished_at=None if approved else now)
+                .values(**values)
             )
             if updated.rowcount != 1:
                 return False

@@ -33,7 +33,11 @@ IDEMPOTENCY_META_KEY = "pilothouse/idempotency-key"
 
 class McpUnavailable(Exception):
     """The server could not be reached or the session broke: worth retrying when the tool
-    is idempotent."""
+    is idempotent. ``sent``: it broke with the call sent, whose outcome is unknown."""
+
+    def __init__(self, message: str, *, sent: bool = False) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class McpSessions:
@@ -82,7 +86,7 @@ class McpSessions:
             raise ToolFailure(f"MCP error {e.code}: {e.error.message}") from e
         except Exception as e:  # transport and stream errors of several libraries
             await self._drop(url, session)
-            raise McpUnavailable(f"MCP server {url} failed: {e!r}") from e
+            raise McpUnavailable(f"MCP server {url} failed: {e!r}", sent=True) from e
         return tool_result(result)
 
     async def _session(self, url: str) -> _Session:

@@ -43,6 +43,18 @@ class ToolOutcome:
     attempts: int = 0
     missing_scope: str = ""
     """Set when the call was refused for the scope its tool requires."""
+    unknown: str = ""
+    """Why the call's outcome is unknown (it was sent and no answer came: it timed out,
+    or its connection broke), for a tool that is not safe to repeat; "" otherwise."""
+
+
+def safe_to_repeat(tool: tool_pb2.Tool) -> bool:
+    """Read-only and idempotent tools may simply be called again when a call's outcome
+    is unknown (after a crash, after a timeout), under the same idempotency key."""
+    hints = tool.annotations
+    return (hints.HasField("read_only_hint") and hints.read_only_hint) or (
+        hints.HasField("idempotent_hint") and hints.idempotent_hint
+    )
 
 
 class ToolRouter:
@@ -153,7 +165,16 @@ class ToolRouter:
             except (TimeoutError, _Transient, McpUnavailable) as e:
                 if attempt >= attempts_allowed:
                     reason = "timed out" if isinstance(e, TimeoutError) else str(e)
-                    return ToolOutcome({"error": f"tool failed: {reason}"}, False, True, attempt)
+                    in_flight = isinstance(e, TimeoutError) or (
+                        isinstance(e, _Transient | McpUnavailable) and e.sent
+                    )
+                    return ToolOutcome(
+                        {"error": f"tool failed: {reason}"},
+                        False,
+                        True,
+                        attempt,
+                        unknown=reason if in_flight and not safe_to_repeat(tool) else "",
+                    )
                 await asyncio.sleep(
                     random.uniform(0, min(cap, backoff * multiplier ** (attempt - 1)))
                 )
@@ -188,7 +209,10 @@ class ToolRouter:
         except EgressDenied as e:
             raise ToolFailure(str(e)) from e
         except httpx.TransportError as e:
-            raise _Transient(f"unreachable: {e!r}") from e
+            # Refused or timed out connecting: the request never left. Anything later
+            # (a write, a read, a protocol error) may have reached the tool.
+            sent = not isinstance(e, httpx.ConnectError | httpx.ConnectTimeout)
+            raise _Transient(f"unreachable: {e!r}", sent=sent) from e
         text = body.decode(response.encoding or "utf-8", errors="replace")
         if response.status_code >= 500 or response.status_code in (408, 429):
             raise _Transient(f"HTTP {response.status_code}")
@@ -214,4 +238,9 @@ async def _read_at_most(response: httpx.Response, limit: int) -> bytes:
 
 
 class _Transient(Exception):
-    """A failure worth retrying for an idempotent tool."""
+    """A failure worth retrying for an idempotent tool. ``sent``: the request may have
+    reached the tool (its outcome is unknown)."""
+
+    def __init__(self, message: str, *, sent: bool = False) -> None:
+        super().__init__(message)
+        self.sent = sent

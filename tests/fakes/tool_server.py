@@ -53,6 +53,42 @@ class RefundTool(LoopbackHttpServer):
 
 
 @dataclass
+class CountingTool(LoopbackHttpServer):
+    """A fake HTTP tool with a side effect and no idempotency: every request it receives
+    acts, whatever its Idempotency-Key, as a careless real one does. It counts the
+    effects per key, so a call made twice shows. ``hold``: seconds each reply waits after
+    its effect (a reply that may never reach its caller)."""
+
+    hold: float = 0.0
+    effects: dict[str, int] = field(default_factory=dict)
+    """Effects per Idempotency-Key."""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/refunds"
+
+    @property
+    def duplicated(self) -> dict[str, int]:
+        return {key: n for key, n in self.effects.items() if n > 1}
+
+    async def respond(
+        self,
+        writer: asyncio.StreamWriter,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        raw: bytes,
+    ) -> bool:
+        body = json.loads(raw)
+        key = headers.get("idempotency-key", "")
+        self.effects[key] = self.effects.get(key, 0) + 1
+        if self.hold:
+            await asyncio.sleep(self.hold)
+        await _send_json(writer, {"refunded": body.get("amount_usd"), "key": key})
+        return True
+
+
+@dataclass
 class DocumentTool(LoopbackHttpServer):
     """A fake read-only HTTP tool that answers every call with ``document``: text from
     outside, such as a web page or a customer's ticket, which may carry instructions."""

@@ -25,39 +25,41 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpilothouse/v1/approval.proto\x12\rpilothouse.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x87\x03\n\x08\x41pproval\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03run\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\x05\x12\x12\n\ncall_index\x18\x05 \x01(\x05\x12\x0c\n\x04tool\x18\x06 \x01(\t\x12\x11\n\targuments\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12+\n\x05state\x18\t \x01(\x0e\x32\x1c.pilothouse.v1.ApprovalState\x12\x12\n\ndecided_by\x18\n \x01(\t\x12\x0f\n\x07\x63omment\x18\x0b \x01(\t\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65\x63ide_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x64\x65\x63ision_sequence\x18\x0e \x01(\x03\x12/\n\x0b\x65xpire_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"R\n\x15\x43reateApprovalRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12)\n\x08\x61pproval\x18\x02 \x01(\x0b\x32\x17.pilothouse.v1.Approval\"T\n\x16\x43reateApprovalResponse\x12)\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x17.pilothouse.v1.Approval\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\"\n\x12GetApprovalRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"@\n\x13GetApprovalResponse\x12)\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x17.pilothouse.v1.Approval\"z\n\x14ListApprovalsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12+\n\x05state\x18\x04 \x01(\x0e\x32\x1c.pilothouse.v1.ApprovalState\"\\\n\x15ListApprovalsResponse\x12*\n\tapprovals\x18\x01 \x03(\x0b\x32\x17.pilothouse.v1.Approval\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"a\n\x15\x44\x65\x63ideApprovalRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x17.pilothouse.v1.Decision\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"C\n\x16\x44\x65\x63ideApprovalResponse\x12)\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x17.pilothouse.v1.Approval\"/\n\x15WatchDecisionsRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\"C\n\x16WatchDecisionsResponse\x12)\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x17.pilothouse.v1.Approval*\x9f\x01\n\rApprovalState\x12\x1e\n\x1a\x41PPROVAL_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41PPROVAL_STATE_PENDING\x10\x01\x12\x1b\n\x17\x41PPROVAL_STATE_APPROVED\x10\x02\x12\x19\n\x15\x41PPROVAL_STATE_DENIED\x10\x03\x12\x1a\n\x16\x41PPROVAL_STATE_EXPIRED\x10\x04*M\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44\x45\x43ISION_APPROVE\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02\x32\xe2\x03\n\x0f\x41pprovalService\x12]\n\x0e\x43reateApproval\x12$.pilothouse.v1.CreateApprovalRequest\x1a%.pilothouse.v1.CreateApprovalResponse\x12T\n\x0bGetApproval\x12!.pilothouse.v1.GetApprovalRequest\x1a\".pilothouse.v1.GetApprovalResponse\x12Z\n\rListApprovals\x12#.pilothouse.v1.ListApprovalsRequest\x1a$.pilothouse.v1.ListApprovalsResponse\x12]\n\x0e\x44\x65\x63ideApproval\x12$.pilothouse.v1.DecideApprovalRequest\x1a%.pilothouse.v1.DecideApprovalResponse\x12_\n\x0eWatchDecisions\x12$.pilothouse.v1.WatchDecisionsRequest\x1a%.pilothouse.v1.WatchDecisionsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cpilothouse/v1/approval.proto\x12\rpilothouse.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfe\x03\n\x08\x41pproval\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03run\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\x05\x12\x12\n\ncall_index\x18\x05 \x01(\x05\x12\x0c\n\x04tool\x18\x06 \x01(\t\x12\x11\n\targuments\x18\x07 \x01(\t\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12+\n\x05state\x18\t \x01(\x0e\x32\x1c.pilothouse.v1.ApprovalState\x12\x12\n\ndecided_by\x18\n \x01(\t\x12\x0f\n\x07\x63omment\x18\x0b \x01(\t\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65\x63ide_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x64\x65\x63ision_sequence\x18\x0e \x01(\x03\x12/\n\x0b\x65xpire_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x04kind\x18\x10 \x01(\x0e\x32\x1b.pilothouse.v1.ApprovalKind\x12)\n\x08\x64\x65\x63ision\x18\x11 \x01(\x0e\x32\x17.pilothouse.v1.Decision\x12\x0e\n\x06result\x18\x12 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x13 \x01(\x05\"R\n\x15\x43reateApprovalRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12)\n\x08\x61pproval\x18\x02 \x01(\x0b\x32\x17.pilothouse.v1.Approval\"T\n\x16\x43reateApprovalResponse\x12)\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x17.pilothouse.v1.Approval\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\"\n\x12GetApprovalRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"@\n\x13GetApprovalResponse\x12)\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x17.pilothouse.v1.Approval\"z\n\x14ListApprovalsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12+\n\x05state\x18\x04 \x01(\x0e\x32\x1c.pilothouse.v1.ApprovalState\"\\\n\x15ListApprovalsResponse\x12*\n\tapprovals\x18\x01 \x03(\x0b\x32\x17.pilothouse.v1.Approval\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"q\n\x15\x44\x65\x63ideApprovalRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0e\x32\x17.pilothouse.v1.Decision\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\x12\x0e\n\x06result\x18\x04 \x01(\t\"C\n\x16\x44\x65\x63ideApprovalResponse\x12)\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x17.pilothouse.v1.Approval\"/\n\x15WatchDecisionsRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\"C\n\x16WatchDecisionsResponse\x12)\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x17.pilothouse.v1.Approval*\xbc\x01\n\rApprovalState\x12\x1e\n\x1a\x41PPROVAL_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41PPROVAL_STATE_PENDING\x10\x01\x12\x1b\n\x17\x41PPROVAL_STATE_APPROVED\x10\x02\x12\x19\n\x15\x41PPROVAL_STATE_DENIED\x10\x03\x12\x1a\n\x16\x41PPROVAL_STATE_EXPIRED\x10\x04\x12\x1b\n\x17\x41PPROVAL_STATE_RESOLVED\x10\x05*\x93\x01\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44\x45\x43ISION_APPROVE\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02\x12\x12\n\x0e\x44\x45\x43ISION_RETRY\x10\x03\x12\x18\n\x14\x44\x45\x43ISION_MARK_FAILED\x10\x04\x12\x16\n\x12\x44\x45\x43ISION_MARK_DONE\x10\x05*m\n\x0c\x41pprovalKind\x12\x1d\n\x19\x41PPROVAL_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41PPROVAL_KIND_TOOL_CALL\x10\x01\x12!\n\x1d\x41PPROVAL_KIND_UNKNOWN_OUTCOME\x10\x02\x32\xe2\x03\n\x0f\x41pprovalService\x12]\n\x0e\x43reateApproval\x12$.pilothouse.v1.CreateApprovalRequest\x1a%.pilothouse.v1.CreateApprovalResponse\x12T\n\x0bGetApproval\x12!.pilothouse.v1.GetApprovalRequest\x1a\".pilothouse.v1.GetApprovalResponse\x12Z\n\rListApprovals\x12#.pilothouse.v1.ListApprovalsRequest\x1a$.pilothouse.v1.ListApprovalsResponse\x12]\n\x0e\x44\x65\x63ideApproval\x12$.pilothouse.v1.DecideApprovalRequest\x1a%.pilothouse.v1.DecideApprovalResponse\x12_\n\x0eWatchDecisions\x12$.pilothouse.v1.WatchDecisionsRequest\x1a%.pilothouse.v1.WatchDecisionsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pilothouse.v1.approval_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APPROVALSTATE']._serialized_start=1251
-  _globals['_APPROVALSTATE']._serialized_end=1410
-  _globals['_DECISION']._serialized_start=1412
-  _globals['_DECISION']._serialized_end=1489
+  _globals['_APPROVALSTATE']._serialized_start=1386
+  _globals['_APPROVALSTATE']._serialized_end=1574
+  _globals['_DECISION']._serialized_start=1577
+  _globals['_DECISION']._serialized_end=1724
+  _globals['_APPROVALKIND']._serialized_start=1726
+  _globals['_APPROVALKIND']._serialized_end=1835
   _globals['_APPROVAL']._serialized_start=81
-  _globals['_APPROVAL']._serialized_end=472
-  _globals['_CREATEAPPROVALREQUEST']._serialized_start=474
-  _globals['_CREATEAPPROVALREQUEST']._serialized_end=556
-  _globals['_CREATEAPPROVALRESPONSE']._serialized_start=558
-  _globals['_CREATEAPPROVALRESPONSE']._serialized_end=642
-  _globals['_GETAPPROVALREQUEST']._serialized_start=644
-  _globals['_GETAPPROVALREQUEST']._serialized_end=678
-  _globals['_GETAPPROVALRESPONSE']._serialized_start=680
-  _globals['_GETAPPROVALRESPONSE']._serialized_end=744
-  _globals['_LISTAPPROVALSREQUEST']._serialized_start=746
-  _globals['_LISTAPPROVALSREQUEST']._serialized_end=868
-  _globals['_LISTAPPROVALSRESPONSE']._serialized_start=870
-  _globals['_LISTAPPROVALSRESPONSE']._serialized_end=962
-  _globals['_DECIDEAPPROVALREQUEST']._serialized_start=964
-  _globals['_DECIDEAPPROVALREQUEST']._serialized_end=1061
-  _globals['_DECIDEAPPROVALRESPONSE']._serialized_start=1063
-  _globals['_DECIDEAPPROVALRESPONSE']._serialized_end=1130
-  _globals['_WATCHDECISIONSREQUEST']._serialized_start=1132
-  _globals['_WATCHDECISIONSREQUEST']._serialized_end=1179
-  _globals['_WATCHDECISIONSRESPONSE']._serialized_start=1181
-  _globals['_WATCHDECISIONSRESPONSE']._serialized_end=1248
-  _globals['_APPROVALSERVICE']._serialized_start=1492
-  _globals['_APPROVALSERVICE']._serialized_end=1974
+  _globals['_APPROVAL']._serialized_end=591
+  _globals['_CREATEAPPROVALREQUEST']._serialized_start=593
+  _globals['_CREATEAPPROVALREQUEST']._serialized_end=675
+  _globals['_CREATEAPPROVALRESPONSE']._serialized_start=677
+  _globals['_CREATEAPPROVALRESPONSE']._serialized_end=761
+  _globals['_GETAPPROVALREQUEST']._serialized_start=763
+  _globals['_GETAPPROVALREQUEST']._serialized_end=797
+  _globals['_GETAPPROVALRESPONSE']._serialized_start=799
+  _globals['_GETAPPROVALRESPONSE']._serialized_end=863
+  _globals['_LISTAPPROVALSREQUEST']._serialized_start=865
+  _globals['_LISTAPPROVALSREQUEST']._serialized_end=987
+  _globals['_LISTAPPROVALSRESPONSE']._serialized_start=989
+  _globals['_LISTAPPROVALSRESPONSE']._serialized_end=1081
+  _globals['_DECIDEAPPROVALREQUEST']._serialized_start=1083
+  _globals['_DECIDEAPPROVALREQUEST']._serialized_end=1196
+  _globals['_DECIDEAPPROVALRESPONSE']._serialized_start=1198
+  _globals['_DECIDEAPPROVALRESPONSE']._serialized_end=1265
+  _globals['_WATCHDECISIONSREQUEST']._serialized_start=1267
+  _globals['_WATCHDECISIONSREQUEST']._serialized_end=1314
+  _globals['_WATCHDECISIONSRESPONSE']._serialized_start=1316
+  _globals['_WATCHDECISIONSRESPONSE']._serialized_end=1383
+  _globals['_APPROVALSERVICE']._serialized_start=1838
+  _globals['_APPROVALSERVICE']._serialized_end=2320
 # @@protoc_insertion_point(module_scope)

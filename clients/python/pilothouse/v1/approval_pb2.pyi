@@ -32,6 +32,10 @@ class _ApprovalStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Approva
     APPROVAL_STATE_DENIED: _ApprovalState.ValueType  # 3
     APPROVAL_STATE_EXPIRED: _ApprovalState.ValueType  # 4
     """Nobody decided before expire_time: the call is treated as denied."""
+    APPROVAL_STATE_RESOLVED: _ApprovalState.ValueType  # 5
+    """A person said what became of a call whose outcome was unknown: marked failed or
+    done (Approval.decision says which). A retry is APPROVED: the call runs again.
+    """
 
 class ApprovalState(_ApprovalState, metaclass=_ApprovalStateEnumTypeWrapper): ...
 
@@ -41,6 +45,10 @@ APPROVAL_STATE_APPROVED: ApprovalState.ValueType  # 2
 APPROVAL_STATE_DENIED: ApprovalState.ValueType  # 3
 APPROVAL_STATE_EXPIRED: ApprovalState.ValueType  # 4
 """Nobody decided before expire_time: the call is treated as denied."""
+APPROVAL_STATE_RESOLVED: ApprovalState.ValueType  # 5
+"""A person said what became of a call whose outcome was unknown: marked failed or
+done (Approval.decision says which). A retry is APPROVED: the call runs again.
+"""
 Global___ApprovalState: _TypeAlias = ApprovalState  # noqa: Y015
 
 class _Decision:
@@ -51,14 +59,60 @@ class _DecisionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Decision.Val
     DESCRIPTOR: _descriptor.EnumDescriptor
     DECISION_UNSPECIFIED: _Decision.ValueType  # 0
     DECISION_APPROVE: _Decision.ValueType  # 1
+    """For a call waiting to run (APPROVAL_KIND_TOOL_CALL)."""
     DECISION_DENY: _Decision.ValueType  # 2
+    DECISION_RETRY: _Decision.ValueType  # 3
+    """For a call whose outcome is unknown (APPROVAL_KIND_UNKNOWN_OUTCOME): send it again,
+    with the same idempotency key;
+    """
+    DECISION_MARK_FAILED: _Decision.ValueType  # 4
+    """or tell the model it failed (the comment says why);"""
+    DECISION_MARK_DONE: _Decision.ValueType  # 5
+    """or tell the model it succeeded, with the result it had (DecideApprovalRequest.result)."""
 
 class Decision(_Decision, metaclass=_DecisionEnumTypeWrapper): ...
 
 DECISION_UNSPECIFIED: Decision.ValueType  # 0
 DECISION_APPROVE: Decision.ValueType  # 1
+"""For a call waiting to run (APPROVAL_KIND_TOOL_CALL)."""
 DECISION_DENY: Decision.ValueType  # 2
+DECISION_RETRY: Decision.ValueType  # 3
+"""For a call whose outcome is unknown (APPROVAL_KIND_UNKNOWN_OUTCOME): send it again,
+with the same idempotency key;
+"""
+DECISION_MARK_FAILED: Decision.ValueType  # 4
+"""or tell the model it failed (the comment says why);"""
+DECISION_MARK_DONE: Decision.ValueType  # 5
+"""or tell the model it succeeded, with the result it had (DecideApprovalRequest.result)."""
 Global___Decision: _TypeAlias = Decision  # noqa: Y015
+
+class _ApprovalKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ApprovalKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ApprovalKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    APPROVAL_KIND_UNSPECIFIED: _ApprovalKind.ValueType  # 0
+    """Unset: as TOOL_CALL (requests filed before kinds existed)."""
+    APPROVAL_KIND_TOOL_CALL: _ApprovalKind.ValueType  # 1
+    """May this call run? Decided by DECISION_APPROVE or DECISION_DENY."""
+    APPROVAL_KIND_UNKNOWN_OUTCOME: _ApprovalKind.ValueType  # 2
+    """This call may have taken effect and no answer came: what became of it? Decided by
+    DECISION_RETRY, DECISION_MARK_FAILED or DECISION_MARK_DONE.
+    """
+
+class ApprovalKind(_ApprovalKind, metaclass=_ApprovalKindEnumTypeWrapper):
+    """What a person is asked."""
+
+APPROVAL_KIND_UNSPECIFIED: ApprovalKind.ValueType  # 0
+"""Unset: as TOOL_CALL (requests filed before kinds existed)."""
+APPROVAL_KIND_TOOL_CALL: ApprovalKind.ValueType  # 1
+"""May this call run? Decided by DECISION_APPROVE or DECISION_DENY."""
+APPROVAL_KIND_UNKNOWN_OUTCOME: ApprovalKind.ValueType  # 2
+"""This call may have taken effect and no answer came: what became of it? Decided by
+DECISION_RETRY, DECISION_MARK_FAILED or DECISION_MARK_DONE.
+"""
+Global___ApprovalKind: _TypeAlias = ApprovalKind  # noqa: Y015
 
 @_typing.final
 class Approval(_message.Message):
@@ -81,8 +135,14 @@ class Approval(_message.Message):
     DECIDE_TIME_FIELD_NUMBER: _builtins.int
     DECISION_SEQUENCE_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Format: tenants/{tenant}/approvals/{approval}, where approval is {run}.{step}.{call}"""
+    """Format: tenants/{tenant}/approvals/{approval}, where approval is {run}.{step}.{call}
+    (for APPROVAL_KIND_UNKNOWN_OUTCOME, {run}.{step}.{call}.{attempt})
+    """
     run: _builtins.str
     """Format: tenants/{tenant}/runs/{run}"""
     agent: _builtins.str
@@ -100,6 +160,17 @@ class Approval(_message.Message):
     comment: _builtins.str
     decision_sequence: _builtins.int
     """Output only. The order of decisions, for WatchDecisions; 0 while pending."""
+    kind: Global___ApprovalKind.ValueType
+    decision: Global___Decision.ValueType
+    """Output only. The decision made; unset while pending and when it expired."""
+    result: _builtins.str
+    """Output only. With DECISION_MARK_DONE: the call's result as the person gave it (JSON
+    text), which the model is told.
+    """
+    attempt: _builtins.int
+    """With APPROVAL_KIND_UNKNOWN_OUTCOME: the attempt of the call (from 1) whose outcome
+    is unknown.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -107,7 +178,8 @@ class Approval(_message.Message):
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """After this the request expires (set by the filer from the agent's approval timeout;
-        unset: 24 hours after it was filed).
+        unset: 24 hours after it was filed). An expired request of a call whose outcome is
+        unknown marks it failed.
         """
 
     def __init__(
@@ -128,10 +200,14 @@ class Approval(_message.Message):
         decide_time: _timestamp_pb2.Timestamp | None = ...,
         decision_sequence: _builtins.int = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        kind: Global___ApprovalKind.ValueType = ...,
+        decision: Global___Decision.ValueType = ...,
+        result: _builtins.str = ...,
+        attempt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "decide_time", b"decide_time", "expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "arguments", b"arguments", "call_index", b"call_index", "comment", b"comment", "create_time", b"create_time", "decide_time", b"decide_time", "decided_by", b"decided_by", "decision_sequence", b"decision_sequence", "expire_time", b"expire_time", "name", b"name", "reason", b"reason", "run", b"run", "state", b"state", "step", b"step", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "arguments", b"arguments", "attempt", b"attempt", "call_index", b"call_index", "comment", b"comment", "create_time", b"create_time", "decide_time", b"decide_time", "decided_by", b"decided_by", "decision", b"decision", "decision_sequence", b"decision_sequence", "expire_time", b"expire_time", "kind", b"kind", "name", b"name", "reason", b"reason", "result", b"result", "run", b"run", "state", b"state", "step", b"step", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -284,20 +360,28 @@ class DecideApprovalRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     DECISION_FIELD_NUMBER: _builtins.int
     COMMENT_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Format: tenants/{tenant}/approvals/{approval}"""
     decision: Global___Decision.ValueType
+    """One of the decisions of the request's kind."""
     comment: _builtins.str
+    """At most 2,000 characters are kept."""
+    result: _builtins.str
+    """With DECISION_MARK_DONE, and only then: the call's result, JSON text of at most
+    64 KiB and 64 levels deep.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         decision: Global___Decision.ValueType = ...,
         comment: _builtins.str = ...,
+        result: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "decision", b"decision", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "decision", b"decision", "name", b"name", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

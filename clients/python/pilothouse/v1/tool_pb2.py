@@ -28,43 +28,45 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pilothouse/v1/tool.proto\x12\rpilothouse.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12\x62\x61\x63koff_multiplier\x18\x04 \x01(\x01\"\xd9\x01\n\x0fToolAnnotations\x12\x1b\n\x0eread_only_hint\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x1d\n\x10\x64\x65structive_hint\x18\x02 \x01(\x08H\x01\x88\x01\x01\x12\x1c\n\x0fidempotent_hint\x18\x03 \x01(\x08H\x02\x88\x01\x01\x12\x1c\n\x0fopen_world_hint\x18\x04 \x01(\x08H\x03\x88\x01\x01\x42\x11\n\x0f_read_only_hintB\x13\n\x11_destructive_hintB\x12\n\x10_idempotent_hintB\x12\n\x10_open_world_hint\"\xb8\x04\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12-\n\x0cinput_schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\routput_schema\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12%\n\x04kind\x18\x05 \x01(\x0e\x32\x17.pilothouse.v1.ToolKind\x12\x10\n\x08\x65ndpoint\x18\x06 \x01(\t\x12\x13\n\x0bremote_name\x18\x07 \x01(\t\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\x0cretry_policy\x18\t \x01(\x0b\x32\x1a.pilothouse.v1.RetryPolicy\x12\x33\n\x0b\x61nnotations\x18\n \x01(\x0b\x32\x1e.pilothouse.v1.ToolAnnotations\x12\x16\n\x0erequired_scope\x18\x0b \x01(\t\x12-\n\x08\x61pproval\x18\x0c \x01(\x0e\x32\x1b.pilothouse.v1.ApprovalMode\x12\x0c\n\x04\x65tag\x18\r \x01(\t\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0etrusted_output\x18\x10 \x01(\x08\"\x1e\n\x0eGetToolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"4\n\x0fGetToolResponse\x12!\n\x04tool\x18\x01 \x01(\x0b\x32\x13.pilothouse.v1.Tool\"I\n\x10ListToolsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"P\n\x11ListToolsResponse\x12\"\n\x05tools\x18\x01 \x03(\x0b\x32\x13.pilothouse.v1.Tool\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"W\n\x11\x43reateToolRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x0f\n\x07tool_id\x18\x02 \x01(\t\x12!\n\x04tool\x18\x03 \x01(\x0b\x32\x13.pilothouse.v1.Tool\"7\n\x12\x43reateToolResponse\x12!\n\x04tool\x18\x01 \x01(\x0b\x32\x13.pilothouse.v1.Tool\"g\n\x11UpdateToolRequest\x12!\n\x04tool\x18\x01 \x01(\x0b\x32\x13.pilothouse.v1.Tool\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"7\n\x12UpdateToolResponse\x12!\n\x04tool\x18\x01 \x01(\x0b\x32\x13.pilothouse.v1.Tool\"/\n\x11\x44\x65leteToolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x14\n\x12\x44\x65leteToolResponse*c\n\x08ToolKind\x12\x19\n\x15TOOL_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11TOOL_KIND_BUILTIN\x10\x01\x12\x12\n\x0eTOOL_KIND_HTTP\x10\x02\x12\x11\n\rTOOL_KIND_MCP\x10\x03*\x82\x01\n\x0c\x41pprovalMode\x12\x1d\n\x19\x41PPROVAL_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41PPROVAL_MODE_NEVER\x10\x01\x12\x18\n\x14\x41PPROVAL_MODE_ALWAYS\x10\x02\x12 \n\x1c\x41PPROVAL_MODE_WHEN_UNTRUSTED\x10\x03\x32\xa0\x03\n\x0bToolService\x12H\n\x07GetTool\x12\x1d.pilothouse.v1.GetToolRequest\x1a\x1e.pilothouse.v1.GetToolResponse\x12N\n\tListTools\x12\x1f.pilothouse.v1.ListToolsRequest\x1a .pilothouse.v1.ListToolsResponse\x12Q\n\nCreateTool\x12 .pilothouse.v1.CreateToolRequest\x1a!.pilothouse.v1.CreateToolResponse\x12Q\n\nUpdateTool\x12 .pilothouse.v1.UpdateToolRequest\x1a!.pilothouse.v1.UpdateToolResponse\x12Q\n\nDeleteTool\x12 .pilothouse.v1.DeleteToolRequest\x1a!.pilothouse.v1.DeleteToolResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pilothouse/v1/tool.proto\x12\rpilothouse.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x01\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\x05\x12\x32\n\x0finitial_backoff\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0bmax_backoff\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12\x62\x61\x63koff_multiplier\x18\x04 \x01(\x01\"\xd9\x01\n\x0fToolAnnotations\x12\x1b\n\x0eread_only_hint\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x1d\n\x10\x64\x65structive_hint\x18\x02 \x01(\x08H\x01\x88\x01\x01\x12\x1c\n\x0fidempotent_hint\x18\x03 \x01(\x08H\x02\x88\x01\x01\x12\x1c\n\x0fopen_world_hint\x18\x04 \x01(\x08H\x03\x88\x01\x01\x42\x11\n\x0f_read_only_hintB\x13\n\x11_destructive_hintB\x12\n\x10_idempotent_hintB\x12\n\x10_open_world_hint\"\xf6\x04\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12-\n\x0cinput_schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\routput_schema\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12%\n\x04kind\x18\x05 \x01(\x0e\x32\x17.pilothouse.v1.ToolKind\x12\x10\n\x08\x65ndpoint\x18\x06 \x01(\t\x12\x13\n\x0bremote_name\x18\x07 \x01(\t\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\x0cretry_policy\x18\t \x01(\x0b\x32\x1a.pilothouse.v1.RetryPolicy\x12\x33\n\x0b\x61nnotations\x18\n \x01(\x0b\x32\x1e.pilothouse.v1.ToolAnnotations\x12\x16\n\x0erequired_scope\x18\x0b \x01(\t\x12-\n\x08\x61pproval\x18\x0c \x01(\x0e\x32\x1b.pilothouse.v1.ApprovalMode\x12\x0c\n\x04\x65tag\x18\r \x01(\t\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0etrusted_output\x18\x10 \x01(\x08\x12<\n\x0funknown_outcome\x18\x11 \x01(\x0e\x32#.pilothouse.v1.UnknownOutcomePolicy\"\x1e\n\x0eGetToolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"4\n\x0fGetToolResponse\x12!\n\x04tool\x18\x01 \x01(\x0b\x32\x13.pilothouse.v1.Tool\"I\n\x10ListToolsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"P\n\x11ListToolsResponse\x12\"\n\x05tools\x18\x01 \x03(\x0b\x32\x13.pilothouse.v1.Tool\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"W\n\x11\x43reateToolRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x0f\n\x07tool_id\x18\x02 \x01(\t\x12!\n\x04tool\x18\x03 \x01(\x0b\x32\x13.pilothouse.v1.Tool\"7\n\x12\x43reateToolResponse\x12!\n\x04tool\x18\x01 \x01(\x0b\x32\x13.pilothouse.v1.Tool\"g\n\x11UpdateToolRequest\x12!\n\x04tool\x18\x01 \x01(\x0b\x32\x13.pilothouse.v1.Tool\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"7\n\x12UpdateToolResponse\x12!\n\x04tool\x18\x01 \x01(\x0b\x32\x13.pilothouse.v1.Tool\"/\n\x11\x44\x65leteToolRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\x14\n\x12\x44\x65leteToolResponse*c\n\x08ToolKind\x12\x19\n\x15TOOL_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11TOOL_KIND_BUILTIN\x10\x01\x12\x12\n\x0eTOOL_KIND_HTTP\x10\x02\x12\x11\n\rTOOL_KIND_MCP\x10\x03*\x82\x01\n\x0c\x41pprovalMode\x12\x1d\n\x19\x41PPROVAL_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41PPROVAL_MODE_NEVER\x10\x01\x12\x18\n\x14\x41PPROVAL_MODE_ALWAYS\x10\x02\x12 \n\x1c\x41PPROVAL_MODE_WHEN_UNTRUSTED\x10\x03*\x7f\n\x14UnknownOutcomePolicy\x12&\n\"UNKNOWN_OUTCOME_POLICY_UNSPECIFIED\x10\x00\x12\x1e\n\x1aUNKNOWN_OUTCOME_POLICY_ASK\x10\x01\x12\x1f\n\x1bUNKNOWN_OUTCOME_POLICY_FAIL\x10\x02\x32\xa0\x03\n\x0bToolService\x12H\n\x07GetTool\x12\x1d.pilothouse.v1.GetToolRequest\x1a\x1e.pilothouse.v1.GetToolResponse\x12N\n\tListTools\x12\x1f.pilothouse.v1.ListToolsRequest\x1a .pilothouse.v1.ListToolsResponse\x12Q\n\nCreateTool\x12 .pilothouse.v1.CreateToolRequest\x1a!.pilothouse.v1.CreateToolResponse\x12Q\n\nUpdateTool\x12 .pilothouse.v1.UpdateToolRequest\x1a!.pilothouse.v1.UpdateToolResponse\x12Q\n\nDeleteTool\x12 .pilothouse.v1.DeleteToolRequest\x1a!.pilothouse.v1.DeleteToolResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pilothouse.v1.tool_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TOOLKIND']._serialized_start=1751
-  _globals['_TOOLKIND']._serialized_end=1850
-  _globals['_APPROVALMODE']._serialized_start=1853
-  _globals['_APPROVALMODE']._serialized_end=1983
+  _globals['_TOOLKIND']._serialized_start=1813
+  _globals['_TOOLKIND']._serialized_end=1912
+  _globals['_APPROVALMODE']._serialized_start=1915
+  _globals['_APPROVALMODE']._serialized_end=2045
+  _globals['_UNKNOWNOUTCOMEPOLICY']._serialized_start=2047
+  _globals['_UNKNOWNOUTCOMEPOLICY']._serialized_end=2174
   _globals['_RETRYPOLICY']._serialized_start=173
   _globals['_RETRYPOLICY']._serialized_end=336
   _globals['_TOOLANNOTATIONS']._serialized_start=339
   _globals['_TOOLANNOTATIONS']._serialized_end=556
   _globals['_TOOL']._serialized_start=559
-  _globals['_TOOL']._serialized_end=1127
-  _globals['_GETTOOLREQUEST']._serialized_start=1129
-  _globals['_GETTOOLREQUEST']._serialized_end=1159
-  _globals['_GETTOOLRESPONSE']._serialized_start=1161
-  _globals['_GETTOOLRESPONSE']._serialized_end=1213
-  _globals['_LISTTOOLSREQUEST']._serialized_start=1215
-  _globals['_LISTTOOLSREQUEST']._serialized_end=1288
-  _globals['_LISTTOOLSRESPONSE']._serialized_start=1290
-  _globals['_LISTTOOLSRESPONSE']._serialized_end=1370
-  _globals['_CREATETOOLREQUEST']._serialized_start=1372
-  _globals['_CREATETOOLREQUEST']._serialized_end=1459
-  _globals['_CREATETOOLRESPONSE']._serialized_start=1461
-  _globals['_CREATETOOLRESPONSE']._serialized_end=1516
-  _globals['_UPDATETOOLREQUEST']._serialized_start=1518
-  _globals['_UPDATETOOLREQUEST']._serialized_end=1621
-  _globals['_UPDATETOOLRESPONSE']._serialized_start=1623
-  _globals['_UPDATETOOLRESPONSE']._serialized_end=1678
-  _globals['_DELETETOOLREQUEST']._serialized_start=1680
-  _globals['_DELETETOOLREQUEST']._serialized_end=1727
-  _globals['_DELETETOOLRESPONSE']._serialized_start=1729
-  _globals['_DELETETOOLRESPONSE']._serialized_end=1749
-  _globals['_TOOLSERVICE']._serialized_start=1986
-  _globals['_TOOLSERVICE']._serialized_end=2402
+  _globals['_TOOL']._serialized_end=1189
+  _globals['_GETTOOLREQUEST']._serialized_start=1191
+  _globals['_GETTOOLREQUEST']._serialized_end=1221
+  _globals['_GETTOOLRESPONSE']._serialized_start=1223
+  _globals['_GETTOOLRESPONSE']._serialized_end=1275
+  _globals['_LISTTOOLSREQUEST']._serialized_start=1277
+  _globals['_LISTTOOLSREQUEST']._serialized_end=1350
+  _globals['_LISTTOOLSRESPONSE']._serialized_start=1352
+  _globals['_LISTTOOLSRESPONSE']._serialized_end=1432
+  _globals['_CREATETOOLREQUEST']._serialized_start=1434
+  _globals['_CREATETOOLREQUEST']._serialized_end=1521
+  _globals['_CREATETOOLRESPONSE']._serialized_start=1523
+  _globals['_CREATETOOLRESPONSE']._serialized_end=1578
+  _globals['_UPDATETOOLREQUEST']._serialized_start=1580
+  _globals['_UPDATETOOLREQUEST']._serialized_end=1683
+  _globals['_UPDATETOOLRESPONSE']._serialized_start=1685
+  _globals['_UPDATETOOLRESPONSE']._serialized_end=1740
+  _globals['_DELETETOOLREQUEST']._serialized_start=1742
+  _globals['_DELETETOOLREQUEST']._serialized_end=1789
+  _globals['_DELETETOOLRESPONSE']._serialized_start=1791
+  _globals['_DELETETOOLRESPONSE']._serialized_end=1811
+  _globals['_TOOLSERVICE']._serialized_start=2177
+  _globals['_TOOLSERVICE']._serialized_end=2593
 # @@protoc_insertion_point(module_scope)

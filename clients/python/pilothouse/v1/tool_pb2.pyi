@@ -73,6 +73,39 @@ APPROVAL_MODE_WHEN_UNTRUSTED: ApprovalMode.ValueType  # 3
 """Only once untrusted content (tool output, retrieved text) has entered the run."""
 Global___ApprovalMode: _TypeAlias = ApprovalMode  # noqa: Y015
 
+class _UnknownOutcomePolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UnknownOutcomePolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UnknownOutcomePolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    UNKNOWN_OUTCOME_POLICY_UNSPECIFIED: _UnknownOutcomePolicy.ValueType  # 0
+    """Unset: as ASK."""
+    UNKNOWN_OUTCOME_POLICY_ASK: _UnknownOutcomePolicy.ValueType  # 1
+    """The run waits for a person, who decides (DecideApproval) to retry the call, to mark
+    it failed, or to mark it done with the result it had.
+    """
+    UNKNOWN_OUTCOME_POLICY_FAIL: _UnknownOutcomePolicy.ValueType  # 2
+    """The model is told the call failed with an unknown outcome, and the run goes on."""
+
+class UnknownOutcomePolicy(_UnknownOutcomePolicy, metaclass=_UnknownOutcomePolicyEnumTypeWrapper):
+    """What a run does with a call whose outcome is unknown: the call may have taken effect
+    and no answer came (its executor died while it was in flight, or it timed out after it
+    was sent). Such a call of a tool that is neither read-only nor idempotent (by its
+    annotations) is never sent again on its own. Read-only and idempotent tools are simply
+    called again, with the same idempotency key.
+    """
+
+UNKNOWN_OUTCOME_POLICY_UNSPECIFIED: UnknownOutcomePolicy.ValueType  # 0
+"""Unset: as ASK."""
+UNKNOWN_OUTCOME_POLICY_ASK: UnknownOutcomePolicy.ValueType  # 1
+"""The run waits for a person, who decides (DecideApproval) to retry the call, to mark
+it failed, or to mark it done with the result it had.
+"""
+UNKNOWN_OUTCOME_POLICY_FAIL: UnknownOutcomePolicy.ValueType  # 2
+"""The model is told the call failed with an unknown outcome, and the run goes on."""
+Global___UnknownOutcomePolicy: _TypeAlias = UnknownOutcomePolicy  # noqa: Y015
+
 @_typing.final
 class RetryPolicy(_message.Message):
     """Retries of a failed call: exponential backoff with full jitter."""
@@ -186,6 +219,7 @@ class Tool(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     TRUSTED_OUTPUT_FIELD_NUMBER: _builtins.int
+    UNKNOWN_OUTCOME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Format: tenants/{tenant}/tools/{tool}"""
     description: _builtins.str
@@ -213,6 +247,11 @@ class Tool(_message.Message):
     taint the run. Leave unset for anything that can carry someone else's text (a
     ticket, an e-mail, a web page), even from an internal system. The calculator and
     clock builtins are trusted without it.
+    """
+    unknown_outcome: Global___UnknownOutcomePolicy.ValueType
+    """What a run does with a call of this tool whose outcome is unknown. Applies only to a
+    tool that is neither read-only nor idempotent: declare a tool whose server
+    deduplicates by Idempotency-Key idempotent, and such a call is sent again.
     """
     @_builtins.property
     def input_schema(self) -> _struct_pb2.Struct:
@@ -256,10 +295,11 @@ class Tool(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         trusted_output: _builtins.bool = ...,
+        unknown_outcome: Global___UnknownOutcomePolicy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "create_time", b"create_time", "input_schema", b"input_schema", "output_schema", b"output_schema", "retry_policy", b"retry_policy", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "approval", b"approval", "create_time", b"create_time", "description", b"description", "endpoint", b"endpoint", "etag", b"etag", "input_schema", b"input_schema", "kind", b"kind", "name", b"name", "output_schema", b"output_schema", "remote_name", b"remote_name", "required_scope", b"required_scope", "retry_policy", b"retry_policy", "timeout", b"timeout", "trusted_output", b"trusted_output", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "approval", b"approval", "create_time", b"create_time", "description", b"description", "endpoint", b"endpoint", "etag", b"etag", "input_schema", b"input_schema", "kind", b"kind", "name", b"name", "output_schema", b"output_schema", "remote_name", b"remote_name", "required_scope", b"required_scope", "retry_policy", b"retry_policy", "timeout", b"timeout", "trusted_output", b"trusted_output", "unknown_outcome", b"unknown_outcome", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
