@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+
+from dataplane import fastjson
 
 
 class RunState(StrEnum):
@@ -208,19 +209,18 @@ class UnsettledModelCall:
     """The run's usage with the call counted at its worst case."""
 
     def text(self) -> str:
-        return json.dumps(
+        return fastjson.dumps_text(
             {
                 "payload": self.payload,
                 "telemetry": self.telemetry,
                 "executor": self.executor,
                 "usage": self.usage,
-            },
-            sort_keys=True,
+            }
         )
 
     @classmethod
     def parse(cls, text: str) -> UnsettledModelCall:
-        data = json.loads(text)
+        data = fastjson.loads(text)
         return cls(data["payload"], data["telemetry"], data["executor"], data["usage"])
 
     def event(self, executor: str | None = None) -> NewEvent:
