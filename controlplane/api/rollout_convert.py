@@ -67,6 +67,7 @@ def rollout_from_proto(m: pb.Rollout) -> r.Rollout:
             interval=_duration(a, "interval"),
             min_sample_size=a.min_sample_size,
             failure_limit=a.failure_limit,
+            consecutive_failure_limit=a.consecutive_failure_limit,
             checks=tuple(
                 r.RolloutCheck(
                     metric=_enum(METRICS, c.metric, f"rollout.analysis.checks[{i}].metric"),
@@ -108,6 +109,7 @@ def rollout_to_proto(record: r.Record[r.Rollout]) -> pb.Rollout:
     _set_duration(m.analysis.interval, s.analysis.interval)
     m.analysis.min_sample_size = s.analysis.min_sample_size
     m.analysis.failure_limit = s.analysis.failure_limit
+    m.analysis.consecutive_failure_limit = s.analysis.consecutive_failure_limit
     for check in s.analysis.checks:
         c = m.analysis.checks.add(metric=METRICS[1][check.metric])
         if check.threshold is not None:

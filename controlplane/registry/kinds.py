@@ -349,6 +349,8 @@ def _check_rollout(ro: r.Rollout, v: Violations) -> None:
         v.add("analysis.interval", "must be from 1 s to 1 h")
     v.non_negative("analysis.min_sample_size", a.min_sample_size)
     v.non_negative("analysis.failure_limit", a.failure_limit)
+    v.non_negative("analysis.consecutive_failure_limit", a.consecutive_failure_limit)
+    only_full = bool(ro.steps) and ro.steps[0].weight_bps >= FULL_WEIGHT
     seen: set[r.RolloutMetric] = set()
     for i, check in enumerate(a.checks):
         field = f"analysis.checks[{i}]"
@@ -370,6 +372,12 @@ def _check_rollout(ro: r.Rollout, v: Violations) -> None:
             not math.isfinite(check.baseline_ratio) or check.baseline_ratio <= 0
         ):
             v.add(f"{field}.baseline_ratio", "must be a finite number greater than 0")
+        elif check.baseline_ratio is not None and only_full:
+            v.add(
+                f"{field}.baseline_ratio",
+                "can never pass: the only step is 100 %, so the baseline gets no runs to "
+                "compare with; add a step below 100 % first",
+            )
     _check_eval_gate(ro.eval_gate, v)
 
 

@@ -295,6 +295,7 @@ class RolloutAnalysis:
     min_sample_size: int = 0
     failure_limit: int = 0
     checks: tuple[RolloutCheck, ...] = ()
+    consecutive_failure_limit: int = 0
 
 
 @dataclass(frozen=True)

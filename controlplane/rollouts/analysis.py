@@ -114,8 +114,16 @@ def metrics(variant: str, runs: Sequence[EndedRun]) -> VariantMetrics:
 
 
 def analyse(
-    ro: r.Rollout, runs: Sequence[EndedRun], now: datetime, *, min_samples: int
+    ro: r.Rollout,
+    runs: Sequence[EndedRun],
+    now: datetime,
+    *,
+    min_samples: int,
+    consecutive_failures: int = 0,
 ) -> AnalysisResult:
+    """The verdict on ``runs`` (in the order they ended). ``consecutive_failures``: that
+    many candidate runs failing in a row fail the analysis whatever the sample size (0:
+    no such limit)."""
     by_variant = {
         name: metrics(name, [run for run in runs if run.variant == name]) for name in VARIANTS
     }
@@ -123,6 +131,18 @@ def analyse(
         _check(check, by_variant[CANDIDATE], by_variant[BASELINE], min_samples)
         for check in ro.analysis.checks
     )
+    streak = longest_failure_streak([run for run in runs if run.variant == CANDIDATE])
+    if consecutive_failures and streak >= consecutive_failures:
+        checks += (
+            CheckResult(
+                Metric.ERROR_RATE,
+                Verdict.FAILED,
+                by_variant[CANDIDATE].error_rate,
+                by_variant[BASELINE].error_rate,
+                f"{streak} candidate runs in a row failed "
+                f"(consecutive_failure_limit {consecutive_failures})",
+            ),
+        )
     verdicts = {c.verdict for c in checks}
     verdict = (
         Verdict.FAILED
@@ -134,6 +154,15 @@ def analyse(
     return AnalysisResult(
         now, ro.step_index, verdict, (by_variant[BASELINE], by_variant[CANDIDATE]), checks
     )
+
+
+def longest_failure_streak(runs: Sequence[EndedRun]) -> int:
+    """The most runs in a row (in the order given) that stopped with an error."""
+    longest = current = 0
+    for run in runs:
+        current = current + 1 if run.stop_reason in ERROR_REASONS else 0
+        longest = max(longest, current)
+    return longest
 
 
 def _check(

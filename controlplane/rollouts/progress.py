@@ -29,6 +29,7 @@ Change = Callable[[r.Rollout], "Modification[r.Rollout] | None"]
 DEFAULT_INTERVAL = timedelta(seconds=60)
 DEFAULT_MIN_SAMPLE_SIZE = 20
 DEFAULT_FAILURE_LIMIT = 1
+DEFAULT_CONSECUTIVE_FAILURE_LIMIT = 3
 MAX_REASON = 500
 
 
@@ -42,6 +43,10 @@ def min_sample_size(ro: r.Rollout) -> int:
 
 def failure_limit(ro: r.Rollout) -> int:
     return ro.analysis.failure_limit or DEFAULT_FAILURE_LIMIT
+
+
+def consecutive_failure_limit(ro: r.Rollout) -> int:
+    return ro.analysis.consecutive_failure_limit or DEFAULT_CONSECUTIVE_FAILURE_LIMIT
 
 
 def start(

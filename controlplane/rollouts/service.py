@@ -31,6 +31,7 @@ from controlplane.rollouts.analysis import AnalysisResult, EndedRun
 from controlplane.store import rollouts as rollout_store
 from controlplane.store.database import Database
 from controlplane.store.rollouts import AnalysisRow
+from pilothouse.assignment import BUCKETS
 
 log = logging.getLogger("pilothouse.rollouts")
 
@@ -216,14 +217,24 @@ class Rollouts:
             analysis.BASELINE: ro.baseline_version,
             analysis.CANDIDATE: ro.candidate_version,
         }
+        # At 100 % the baseline gets no runs: its checks compare with the baseline's runs
+        # of the whole rollout (the earlier steps).
+        full = ro.weight_bps >= BUCKETS
+        since = {
+            analysis.CANDIDATE: ro.step_start_time,
+            analysis.BASELINE: rec.create_time if full else ro.step_start_time,
+        }
         async with self._db.snapshot() as conn:
             rows = await rollout_store.ended_runs(
                 conn,
                 rec.tenant,
                 versions=list(version_of.values()),
                 variants=list(version_of),
-                since=ro.step_start_time,
+                since=min(since.values()),
             )
+        rows = sorted(
+            (row for row in rows if row.end_time >= since[row.variant]), key=lambda r: r.end_time
+        )
         runs = [
             EndedRun(
                 row.variant,
@@ -236,7 +247,13 @@ class Rollouts:
             for row in rows
             if version_of[row.variant] == row.prompt_version
         ]
-        result = analysis.analyse(ro, runs, now, min_samples=progress.min_sample_size(ro))
+        result = analysis.analyse(
+            ro,
+            runs,
+            now,
+            min_samples=progress.min_sample_size(ro),
+            consecutive_failures=progress.consecutive_failure_limit(ro),
+        )
         row = AnalysisRow(
             rec.tenant,
             rec.id,

@@ -60,6 +60,8 @@ class RunUnit:
     tenant: str
     user: str = ""
     session: str = ""
+    run: str = ""
+    """The run's id: its own unit when it has no session or user id."""
 
 
 M = TypeVar("M", bound=Message)
@@ -134,7 +136,11 @@ class TenantConfig:
         if rollout is None or rollout.baseline_version != version.name:
             return version, ""
         key = unit_key(
-            STICKINESS[rollout.stickiness], tenant=unit.tenant, user=unit.user, session=unit.session
+            STICKINESS[rollout.stickiness],
+            tenant=unit.tenant,
+            user=unit.user,
+            session=unit.session,
+            run=unit.run,
         )
         if in_candidate(rollout.name, key, rollout.weight_bps):
             candidate = self.get(prompt_pb2.PromptVersion, rollout.candidate_version)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -149,7 +150,10 @@ class Runs:
         config = self._watcher.current
         if config is None:
             raise AdmissionError("", "this executor has no configuration yet")
-        unit = RunUnit(admission.tenant, admission.user_id, admission.session_id)
+        # The run's id is chosen here: a run with no session or user id is a rollout's
+        # unit of its own.
+        run_id = str(uuid.uuid4())
+        unit = RunUnit(admission.tenant, admission.user_id, admission.session_id, run_id)
         if admission.prompt_version:
             require_version(config, admission.agent, admission.prompt_version)
         ctx = resolve(
@@ -236,6 +240,7 @@ class Runs:
                     queued=queued,
                     opening=first,
                     model_call=first_call,
+                    id=run_id,
                 ),
                 owner=self.owner,
             )

@@ -455,6 +455,8 @@ class NewRun:
     stamped with the run's ``created_at``."""
     model_call: UnsettledModelCall | None = None
     """For a run created leased: the first model call, announced with the run."""
+    id: str = ""
+    """The run's id, when its creator chose it (a UUID); "" for a new one."""
 
 
 class RunStore:
@@ -563,7 +565,7 @@ class RunStore:
         (and no lease) instead: the third value says whether this call created it.
         """
         now = _now()
-        run_id = str(uuid.uuid4())
+        run_id = new.id or str(uuid.uuid4())
         leased = not new.queued
         expires = now + self.lease_ttl
         values: dict[str, Any] = {

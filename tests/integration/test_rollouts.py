@@ -536,3 +536,97 @@ async def test_with_two_replicas_one_analyses_and_the_other_takes_over(
                 await plane.channel.close()
                 await plane.plane.aclose()
         await db.aclose()
+
+
+async def test_sessionless_runs_split_by_the_weight(
+    live: Live, own_run_database_url: str, tmp_path: Path, fake: FakeOpenAI
+) -> None:
+    """Runs with neither a session nor a user id are each a unit of their own: at 50 %
+    about half of them run the candidate (within binomial bounds), not all the baseline
+    as one tenant-wide unit would."""
+    tenant, baseline, candidate = await prompt_with_candidate(live, fake)
+    serve_variants(fake)
+    runs = 300
+    async with stage(live, own_run_database_url, tmp_path) as s:
+        key = await s.client_key(tenant)
+        # Held at 50 %: its analysis never has the samples to move on.
+        error_rate = rollout_pb2.RolloutCheck(
+            metric=rollout_pb2.ROLLOUT_METRIC_ERROR_RATE, threshold=0.05
+        )
+        created = await create(
+            live,
+            tenant,
+            "split",
+            spec(tenant, candidate, 5000, 10_000, min_sample_size=10_000, checks=[error_rate]),
+        )
+        await reaches(live, created.rollout.name, rollout_pb2.ROLLOUT_STATE_PROGRESSING)
+        await s.settled()
+        versions: list[str] = []
+
+        async def flow(n: int) -> None:
+            for _ in range(n):
+                events = await run_once(s, key, tenant, session="")
+                versions.append(events[0].run_started.prompt_version)
+
+        await asyncio.gather(*(flow(runs // 4) for _ in range(4)))
+    assert set(versions) == {baseline, candidate}
+    # Binomial(300, 0.5): mean 150, standard deviation 8.7; four of them either way.
+    on_candidate = versions.count(candidate)
+    assert 115 <= on_candidate <= 185, on_candidate
+
+
+async def test_a_ratio_check_at_the_full_step_compares_with_the_earlier_baseline(
+    live: Live, own_run_database_url: str, tmp_path: Path, fake: FakeOpenAI
+) -> None:
+    """At 100 % the baseline gets no runs: a cost ratio check there compares with the
+    baseline's runs of the earlier steps and the rollout is promoted, where it used to
+    hold for ever. A rollout whose only step is 100 % cannot have such a check."""
+    tenant, _, candidate = await prompt_with_candidate(live, fake)
+    serve_variants(fake)
+    cost_ratio = rollout_pb2.RolloutCheck(
+        metric=rollout_pb2.ROLLOUT_METRIC_COST_PER_RUN, baseline_ratio=3.0
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await create(live, tenant, "never", spec(tenant, candidate, 10_000, checks=[cost_ratio]))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "analysis.checks[0].baseline_ratio" in str(refused.value.details())
+    async with stage(live, own_run_database_url, tmp_path) as s:
+        key = await s.client_key(tenant)
+        created = await create(
+            live,
+            tenant,
+            "canary",
+            spec(tenant, candidate, 5000, 10_000, min_sample_size=3, checks=[cost_ratio]),
+        )
+        await reaches(live, created.rollout.name, rollout_pb2.ROLLOUT_STATE_PROGRESSING)
+        await s.settled()
+        async with traffic(s, key, tenant, sessions=20):
+            done = await reaches(live, created.rollout.name, rollout_pb2.ROLLOUT_STATE_PROMOTED, 60)
+    numbers = {v.variant: v for v in done.last_analysis.variants}
+    assert done.step_index == 1 and numbers["baseline"].runs >= 3, "the earlier steps' runs"
+
+
+async def test_a_candidate_failing_every_run_is_stopped_after_a_few(
+    live: Live, own_run_database_url: str, tmp_path: Path, fake: FakeOpenAI
+) -> None:
+    tenant, _, candidate = await prompt_with_candidate(live, fake)
+    serve_variants(fake, fail_every=1)
+    error_rate = rollout_pb2.RolloutCheck(
+        metric=rollout_pb2.ROLLOUT_METRIC_ERROR_RATE, threshold=0.05
+    )
+    async with stage(live, own_run_database_url, tmp_path) as s:
+        key = await s.client_key(tenant)
+        created = await create(
+            live,
+            tenant,
+            "canary",
+            # The error rate alone would wait for a thousand runs of each variant.
+            spec(tenant, candidate, 5000, 10_000, min_sample_size=1000, checks=[error_rate]),
+        )
+        await reaches(live, created.rollout.name, rollout_pb2.ROLLOUT_STATE_PROGRESSING)
+        await s.settled()
+        async with traffic(s, key, tenant, sessions=40):
+            aborted = await reaches(live, created.rollout.name, rollout_pb2.ROLLOUT_STATE_ABORTED)
+    assert "in a row failed" in aborted.state_reason, aborted.state_reason
+    numbers = {v.variant: v for v in aborted.last_analysis.variants}
+    assert 3 <= numbers["candidate"].runs < 1000, "stopped before the sample was full"

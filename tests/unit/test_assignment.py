@@ -23,7 +23,11 @@ def test_buckets_match_the_documented_vectors(v: dict[str, object]) -> None:
 @pytest.mark.parametrize("v", VECTORS["keys"], ids=lambda v: str(v["key"]))
 def test_unit_keys_match_the_documented_vectors(v: dict[str, str]) -> None:
     key = unit_key(
-        Stickiness(v["stickiness"]), tenant=v["tenant"], user=v["user"], session=v["session"]
+        Stickiness(v["stickiness"]),
+        tenant=v["tenant"],
+        user=v["user"],
+        session=v["session"],
+        run=v["run"],
     )
     assert key == v["key"]
 

@@ -174,3 +174,18 @@ def test_an_eval_gate_holds_the_start_and_the_promotion() -> None:
     with pytest.raises(FailedPrecondition) as refused:
         progress.promote(last, NAME, "by hand", "eval gate: scored 0.5, below 0.8")
     assert refused.value.violations[0].type == "EVAL_GATE"
+
+
+def test_failures_in_a_row_fail_an_analysis_before_the_sample_is_full() -> None:
+    """A candidate whose runs all fail is stopped after a few of them, not after
+    min_sample_size; failures spread out are left to the checks."""
+    ro = rollout(r.RolloutCheck(M.ERROR_RATE, threshold=0.5))
+    ok, bad = EndedRun("candidate", "completed", 1, 0), EndedRun("candidate", "failed", 1, 0)
+    stopped = analyse(ro, [ok, bad, bad, bad], NOW, min_samples=20, consecutive_failures=3)
+    assert stopped.verdict is Verdict.FAILED
+    assert stopped.checks[-1].detail.startswith("3 candidate runs in a row failed")
+    spread = [bad, bad, ok, bad, bad, ok, EndedRun("baseline", "failed", 1, 0)]
+    held = analyse(ro, spread, NOW, min_samples=20, consecutive_failures=3)
+    assert held.verdict is Verdict.INCONCLUSIVE
+    assert analyse(ro, [bad] * 5, NOW, min_samples=20).verdict is Verdict.INCONCLUSIVE
+    assert progress.consecutive_failure_limit(ro) == 3

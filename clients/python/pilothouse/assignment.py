@@ -20,21 +20,29 @@ BUCKETS = 10_000
 
 
 class Stickiness(StrEnum):
-    """What a run's unit is: its session (else its user, else its tenant), its user
-    (else its tenant), or its tenant."""
+    """What a run's unit is: its session (else its user, else the run itself), its user
+    (else the run itself), or its tenant."""
 
     SESSION = "session"
     USER = "user"
     TENANT = "tenant"
 
 
-def unit_key(stickiness: Stickiness, *, tenant: str, user: str = "", session: str = "") -> str:
-    """The stickiness key of a run: the first of session, user and tenant that the rollout's
-    stickiness allows and the run has, each prefixed with what it is."""
+def unit_key(
+    stickiness: Stickiness, *, tenant: str, user: str = "", session: str = "", run: str = ""
+) -> str:
+    """The stickiness key of a run: the first of session, user and the run's own id that
+    the rollout's stickiness allows and the run has (a run with neither id is a unit of
+    its own, so sessionless traffic splits by the weight), or its tenant under tenant
+    stickiness; each prefixed with what it is."""
+    if stickiness is Stickiness.TENANT:
+        return f"tenant:{tenant}"
     if stickiness is Stickiness.SESSION and session:
         return f"session:{session}"
-    if stickiness in (Stickiness.SESSION, Stickiness.USER) and user:
+    if user:
         return f"user:{user}"
+    if run:
+        return f"run:{run}"
     return f"tenant:{tenant}"
 
 

@@ -9,13 +9,19 @@ export const BUCKETS = 10_000;
 
 export type Stickiness = "session" | "user" | "tenant";
 
-/** A run's unit key: the first of session, user and tenant its stickiness allows. */
+/**
+ * A run's unit key: the first of session, user and the run's own id that its stickiness
+ * allows and the run has (a run with neither id is a unit of its own), or its tenant
+ * under tenant stickiness.
+ */
 export function unitKey(
   stickiness: Stickiness,
-  run: { tenant: string; user?: string; session?: string },
+  run: { tenant: string; user?: string; session?: string; run?: string },
 ): string {
+  if (stickiness === "tenant") return `tenant:${run.tenant}`;
   if (stickiness === "session" && run.session) return `session:${run.session}`;
-  if ((stickiness === "session" || stickiness === "user") && run.user) return `user:${run.user}`;
+  if (run.user) return `user:${run.user}`;
+  if (run.run) return `run:${run.run}`;
   return `tenant:${run.tenant}`;
 }
 

@@ -97,6 +97,7 @@ def build(ns: argparse.Namespace, tenant: str | None) -> pb.Rollout:
     ro.analysis.interval.FromTimedelta(duration(ns.interval, "--interval"))
     ro.analysis.min_sample_size = ns.min_samples
     ro.analysis.failure_limit = ns.failure_limit
+    ro.analysis.consecutive_failure_limit = ns.failures_in_a_row
     checks: dict[int, pb.RolloutCheck] = {}
     for option, (metric, ratio) in CHECK_OPTIONS.items():
         value = getattr(ns, option)
@@ -276,6 +277,12 @@ def add_commands(sub: Any, common: argparse.ArgumentParser, fmt: dict[str, Any])
     start.add_argument("--interval", default="60s", help="analysis interval (default 60s)")
     start.add_argument("--min-samples", type=int, default=0, help="runs a check needs (20)")
     start.add_argument("--failure-limit", type=int, default=0, help="failed analyses (1)")
+    start.add_argument(
+        "--failures-in-a-row",
+        type=int,
+        default=0,
+        help="failed candidate runs in a row that fail an analysis at any sample size (3)",
+    )
     start.add_argument("--stickiness", choices=sorted(STICKINESS), default="session")
     for option in CHECK_OPTIONS:
         start.add_argument("--" + option.replace("_", "-"), type=float)

@@ -30,9 +30,11 @@ class _StickinessEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Stickiness
     STICKINESS_UNSPECIFIED: _Stickiness.ValueType  # 0
     """Session."""
     STICKINESS_SESSION: _Stickiness.ValueType  # 1
-    """A run's session, else its user, else its tenant."""
+    """A run's session, else its user, else the run alone (each run without either id is
+    assigned on its own).
+    """
     STICKINESS_USER: _Stickiness.ValueType  # 2
-    """A run's user, else its tenant."""
+    """A run's user, else the run alone."""
     STICKINESS_TENANT: _Stickiness.ValueType  # 3
     """The whole tenant."""
 
@@ -42,9 +44,11 @@ class Stickiness(_Stickiness, metaclass=_StickinessEnumTypeWrapper):
 STICKINESS_UNSPECIFIED: Stickiness.ValueType  # 0
 """Session."""
 STICKINESS_SESSION: Stickiness.ValueType  # 1
-"""A run's session, else its user, else its tenant."""
+"""A run's session, else its user, else the run alone (each run without either id is
+assigned on its own).
+"""
 STICKINESS_USER: Stickiness.ValueType  # 2
-"""A run's user, else its tenant."""
+"""A run's user, else the run alone."""
 STICKINESS_TENANT: Stickiness.ValueType  # 3
 """The whole tenant."""
 Global___Stickiness: _TypeAlias = Stickiness  # noqa: Y015
@@ -222,18 +226,29 @@ class RolloutAnalysis(_message.Message):
     MIN_SAMPLE_SIZE_FIELD_NUMBER: _builtins.int
     FAILURE_LIMIT_FIELD_NUMBER: _builtins.int
     CHECKS_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_FAILURE_LIMIT_FIELD_NUMBER: _builtins.int
     min_sample_size: _builtins.int
     """Runs each variant must have ended during the step before a check counts; with
     fewer, the check is inconclusive and the rollout holds. 0 means 20.
     """
     failure_limit: _builtins.int
     """Failed analyses, in all, at which the rollout aborts; 0 means 1."""
+    consecutive_failure_limit: _builtins.int
+    """Candidate runs in a row that failed (stopped failed or dead_lettered) at which an
+    analysis fails, whatever the sample size: a candidate whose every run fails is
+    stopped after a few customers, not after min_sample_size. 0 means 3.
+    """
     @_builtins.property
     def interval(self) -> _duration_pb2.Duration:
         """How often the numbers are checked: 1 s to 1 h; 0 or unset means 60 s."""
 
     @_builtins.property
-    def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutCheck]: ...
+    def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutCheck]:
+        """A check's baseline_ratio compares with the baseline's runs of the current step; at
+        a step of 100 % (where the baseline gets none) with those of the whole rollout. A
+        rollout whose only step is 100 % cannot have such a check (INVALID_ARGUMENT).
+        """
+
     def __init__(
         self,
         *,
@@ -241,10 +256,11 @@ class RolloutAnalysis(_message.Message):
         min_sample_size: _builtins.int = ...,
         failure_limit: _builtins.int = ...,
         checks: _abc.Iterable[Global___RolloutCheck] | None = ...,
+        consecutive_failure_limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks", "failure_limit", b"failure_limit", "interval", b"interval", "min_sample_size", b"min_sample_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks", "consecutive_failure_limit", b"consecutive_failure_limit", "failure_limit", b"failure_limit", "interval", b"interval", "min_sample_size", b"min_sample_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,7 +7,14 @@ import { PROTO_ROOT } from "../index.js";
 
 interface Vectors {
   buckets: { rollout: string; key: string; bucket: number }[];
-  keys: { stickiness: Stickiness; tenant: string; user: string; session: string; key: string }[];
+  keys: {
+    stickiness: Stickiness;
+    tenant: string;
+    user: string;
+    session: string;
+    run: string;
+    key: string;
+  }[];
 }
 
 const vectors: Vectors = JSON.parse(
@@ -22,7 +29,8 @@ test("buckets match the documented vectors", () => {
 
 test("unit keys match the documented vectors", () => {
   for (const v of vectors.keys) {
-    assert.equal(unitKey(v.stickiness, { tenant: v.tenant, user: v.user, session: v.session }), v.key);
+    const run = { tenant: v.tenant, user: v.user, session: v.session, run: v.run };
+    assert.equal(unitKey(v.stickiness, run), v.key);
   }
 });
 
