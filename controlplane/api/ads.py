@@ -234,7 +234,7 @@ class AdsServicer:
                     newer.add_done_callback(published)
                 else:
                     try:
-                        await self._receive(session, _request(item))
+                        await self._receive(session, _request(item), view)
                     except ProtocolError as e:
                         raise InvalidArgument.of(e.field, str(e)) from None
                 if not inbox.empty() or not session.node:
@@ -250,13 +250,13 @@ class AdsServicer:
             if session.node:
                 self._executors.record_closed(session.node)
 
-    async def _receive(self, session: DeltaSession, request: Request) -> None:
+    async def _receive(self, session: DeltaSession, request: Request, view: str | None) -> None:
         if session.node:
             session.receive(request)
             return
         if not request.node_id:
             raise ProtocolError("node.id", "the first request must name its node")
-        rejected = await self._executors.connected(request.node_id, request.cluster)
+        rejected = await self._executors.connected(request.node_id, request.cluster, view)
         session.open(request, rejected)
 
     def _encode(self, snapshot: Snapshot, response: Response, view: str | None) -> bytes:

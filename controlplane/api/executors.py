@@ -8,13 +8,15 @@ import grpc
 
 from controlplane.discovery.executors import ExecutorRegistry, ExecutorStatus
 from controlplane.discovery.publisher import SnapshotPublisher
+from controlplane.discovery.snapshot import Snapshot
 from pilothouse.v1 import discovery_pb2 as pb
 from pilothouse.v1 import discovery_pb2_grpc
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
-def _executor(status: ExecutorStatus) -> pb.Executor:
+def _executor(status: ExecutorStatus, snapshot: Snapshot) -> pb.Executor:
+    expected = snapshot.version_for(status.view or None)
     message = pb.Executor(
         name=f"executors/{status.node_id}",
         node_id=status.node_id,
@@ -23,6 +25,9 @@ def _executor(status: ExecutorStatus) -> pb.Executor:
         acked_version=status.acked_version,
         last_nack_version=status.last_nack_version,
         last_nack_error=status.last_nack_error,
+        view=f"tenants/{status.view}" if status.view else "",
+        expected_version=expected,
+        in_sync=status.acked_version == expected,
     )
     message.connected_since.FromDatetime(status.connected_since)
     message.last_seen_time.FromDatetime(status.last_seen_time)
@@ -40,8 +45,9 @@ class ExecutorServicer(discovery_pb2_grpc.ExecutorServiceServicer):
         self, request: pb.ListExecutorsRequest, context: Ctx
     ) -> pb.ListExecutorsResponse:
         statuses, token = await self._executors.list_page(request.page_size, request.page_token)
+        snapshot = self._publisher.current
         return pb.ListExecutorsResponse(
-            executors=[_executor(s) for s in statuses],
+            executors=[_executor(s, snapshot) for s in statuses],
             next_page_token=token,
-            current_version=self._publisher.current.version,
+            current_version=snapshot.version,
         )

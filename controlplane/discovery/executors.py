@@ -41,6 +41,8 @@ class ExecutorStatus:
     last_nack_version: str
     last_nack_error: str
     last_nack_time: datetime | None
+    view: str = ""
+    """The tenant whose configuration it sees; "" for every tenant's."""
 
 
 def _status(row: ExecutorRow) -> ExecutorStatus:
@@ -54,6 +56,7 @@ def _status(row: ExecutorRow) -> ExecutorStatus:
         row.last_nack_version,
         row.last_nack_error,
         row.last_nack_time,
+        row.view,
     )
 
 
@@ -67,13 +70,14 @@ class ExecutorRegistry:
         self._queue: asyncio.Queue[_Write | None] = asyncio.Queue()
         self._writer = asyncio.create_task(self._write_in_order(), name="executor-status")
 
-    async def connected(self, node_id: str, cluster: str) -> set[str]:
-        """A stream from ``node_id`` opened; the versions it rejected before."""
+    async def connected(self, node_id: str, cluster: str, view: str | None = None) -> set[str]:
+        """A stream from ``node_id`` opened, seeing ``view``'s configuration (None: every
+        tenant's); the versions it rejected before."""
         self._streams[node_id] += 1
         done: asyncio.Future[set[str]] = asyncio.get_running_loop().create_future()
 
         async def write(conn: AsyncConnection) -> None:
-            await executor_store.connect(conn, node_id, cluster, datetime.now(UTC))
+            await executor_store.connect(conn, node_id, cluster, datetime.now(UTC), view or "")
             row = await executor_store.get(conn, node_id)
             assert row is not None
             if not done.done():

@@ -26,6 +26,7 @@ class ExecutorRow:
     last_nack_version: str
     last_nack_error: str
     last_nack_time: datetime | None
+    view: str = ""
 
 
 _COLUMNS = tuple(executors.c[name] for name in ExecutorRow.__dataclass_fields__)
@@ -48,12 +49,15 @@ async def list_page(conn: AsyncConnection, *, after: str, limit: int) -> list[Ex
     return [_row(r) for r in await conn.execute(query)]
 
 
-async def connect(conn: AsyncConnection, node_id: str, cluster: str, now: datetime) -> None:
-    """Mark a node connected, creating its row on first sight."""
+async def connect(
+    conn: AsyncConnection, node_id: str, cluster: str, now: datetime, view: str = ""
+) -> None:
+    """Mark a node connected (seeing ``view``'s configuration, "" for every tenant's),
+    creating its row on first sight."""
     updated = await conn.execute(
         executors.update()
         .where(executors.c.node_id == node_id)
-        .values(cluster=cluster, connected=True, connected_since=now, last_seen_time=now)
+        .values(cluster=cluster, connected=True, connected_since=now, last_seen_time=now, view=view)
     )
     if updated.rowcount == 0:
         await conn.execute(
@@ -68,6 +72,7 @@ async def connect(conn: AsyncConnection, node_id: str, cluster: str, now: dateti
                 last_nack_version="",
                 last_nack_error="",
                 last_nack_time=None,
+                view=view,
             )
         )
 

@@ -150,6 +150,9 @@ executors = sa.Table(
     sa.Column("last_nack_version", sa.String(64), nullable=False),
     sa.Column("last_nack_error", sa.Text, nullable=False),
     sa.Column("last_nack_time", UTCDateTime, nullable=True),
+    # The tenant its key is confined to (it sees only that tenant's configuration); ""
+    # for a key of every tenant.
+    sa.Column("view", sa.String(63), nullable=False, server_default=""),
 )
 
 # Tool calls waiting for (or given) a person's decision.

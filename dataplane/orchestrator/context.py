@@ -17,6 +17,7 @@ from dataplane.config.snapshot import ExecutorConfig, RunUnit
 from dataplane.models.estimate import estimate_tokens
 from dataplane.models.types import ChatMessage, ToolSpec
 from pilothouse import wellknown
+from pilothouse.decimals import plain
 from pilothouse.v1 import agent_pb2, prompt_pb2, tool_pb2
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z][A-Za-z0-9_]*)\s*\}\}")
@@ -62,6 +63,24 @@ class Limits:
             "max_usd": None if self.max_usd is None else str(self.max_usd),
             "max_wall_seconds": self.max_wall_seconds,
         }
+
+    def budget(self) -> dict[str, Any]:
+        """The limits in force as the contract's ``Budget``, by field name (a message's
+        constructor takes it as it is): those set."""
+        out: dict[str, Any] = {}
+        if self.max_steps:
+            out["max_steps"] = self.max_steps
+        if self.max_tool_calls:
+            out["max_tool_calls"] = self.max_tool_calls
+        if self.max_tokens:
+            out["max_tokens"] = self.max_tokens
+        if self.max_usd is not None:
+            out["max_usd"] = plain(self.max_usd)
+        if self.max_wall_seconds:
+            seconds = int(self.max_wall_seconds)
+            nanos = round((self.max_wall_seconds - seconds) * 1e9)
+            out["max_wall_time"] = {"seconds": seconds, "nanos": nanos}
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Limits:

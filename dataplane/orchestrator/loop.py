@@ -268,6 +268,7 @@ class RunLoop:
                     self.config.version,
                     request.get("input", ""),
                     labels,
+                    limits,
                     created_at=self.run.created_at,
                     trace_id=trace_id_of(request.get("trace", {})),
                 )
@@ -1044,13 +1045,14 @@ def opening(
     config_version: str,
     run_input: str,
     labels: RunLabels,
+    limits: Limits,
     *,
     created_at: datetime | None = None,
     trace_id: str = "",
 ) -> tuple[list[ChatMessage], StepCheckpoint]:
     """A run's first messages, and its first checkpoint: step 0, those messages, no usage
-    yet, and the ``run_started`` event (``created_at``: when the run was created, if that
-    was before now)."""
+    yet, and the ``run_started`` event with the limits in force (``created_at``: when the
+    run was created, if that was before now)."""
     system = f"{ctx.system_prompt}\n\n{NOTICE}" if ctx.tools else ctx.system_prompt
     messages = [ChatMessage("system", system), ChatMessage("user", run_input)]
     return messages, StepCheckpoint(
@@ -1060,7 +1062,11 @@ def opening(
         [
             NewEvent(
                 "run_started",
-                {"prompt_version": ctx.version.name, "config_version": config_version},
+                {
+                    "prompt_version": ctx.version.name,
+                    "config_version": config_version,
+                    "budget": limits.budget(),
+                },
                 records.run_opened(labels, config_version, created_at, trace_id),
             )
         ],

@@ -8,9 +8,10 @@ import contextlib
 import itertools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from dataplane.config.snapshot import ExecutorConfig, RunUnit
 from dataplane.config.watcher import ConfigWatcher
@@ -36,6 +37,7 @@ from pilothouse.v1 import agent_pb2
 from storekit.loop import wait_event
 
 log = logging.getLogger("pilothouse.executor.runs")
+T = TypeVar("T")
 
 # A run that failed on an executor error waits this long before another try.
 RETRY_AFTER_ERROR = timedelta(seconds=1)
@@ -204,7 +206,14 @@ class Runs:
         # A run that starts here holds one of its tenant's slots while it runs; a queued
         # one takes a slot when an executor picks it up.
         try:
-            slot = UNLIMITED_SLOT if queued else await self._slot(admission.tenant)
+            if queued:
+                # It takes its slot when an executor picks it up; a spent budget refuses it
+                # now, as it refuses a run starting here.
+                if self._quotas is not None:
+                    await self._quota_checked(self._quotas.check_budget(admission.tenant))
+                slot = UNLIMITED_SLOT
+            else:
+                slot = await self._slot(admission.tenant)
         except Exhausted as e:
             await self._store.audit(
                 admission.tenant,
@@ -218,7 +227,7 @@ class Runs:
         first = first_call = None
         if not queued:
             messages, first = opening(
-                ctx, config.version, run_input, labels, trace_id=trace_id_of(trace)
+                ctx, config.version, run_input, labels, run_limits, trace_id=trace_id_of(trace)
             )
             # The first model call is written with the run: no write of its own.
             quota = self._quotas.lease(admission.tenant) if self._quotas is not None else None
@@ -262,11 +271,15 @@ class Runs:
         """A slot of the tenant's quota for a run starting here, or ``Exhausted``."""
         if self._quotas is None:
             return UNLIMITED_SLOT
+        return await self._quota_checked(self._quotas.take_slot(tenant, budget=budget))
+
+    async def _quota_checked(self, check: Awaitable[T]) -> T:
+        """``check``'s answer; its ``QuotaExceeded`` as ``Exhausted``, counted."""
         try:
-            return await self._quotas.take_slot(tenant, budget=budget)
+            return await check
         except QuotaExceeded as e:
             self._tracing.quota_refusals.add(
-                1, {"pilothouse.quota.limit": e.limit, "pilothouse.tenant": tenant}
+                1, {"pilothouse.quota.limit": e.limit, "pilothouse.tenant": e.tenant}
             )
             raise Exhausted(
                 str(e), retry_after=e.retry_after, quota=(f"tenants/{e.tenant}", e.limit)

@@ -250,6 +250,26 @@ class TenantLease:
             retry_after=_until_window_end(self.policy),
         )
 
+    async def check_budget(self) -> None:
+        """Refuse (``QuotaExceeded``) a run queued for the pool when the tenant's USD
+        budget is spent, as ``take_slot`` refuses one starting here: it could not pay for
+        its first call, and would only fail once an executor took it."""
+        self.touch()
+        asked = False
+        while True:
+            await self._settled()
+            available = self.usd_available
+            least = self.smallest_call or Decimal(0)
+            if not self.in_force() or available is None or (available > 0 and available >= least):
+                return
+            if not asked and self.reachable:
+                asked = True
+                await self._more(usd=max(least - available, Decimal(0)))
+                continue
+            if self.reachable and self.free_usd + self.elsewhere_usd < max(least, NANO):
+                raise self._budget_spent()
+            return
+
     async def take_slot(self, *, budget: bool = True) -> RunSlot:
         """A slot for a run starting here; refuses (``QuotaExceeded``) when the tenant
         has no slot free, its USD budget is spent (``budget``: look), or its request
@@ -528,6 +548,11 @@ class Quotas:
     async def take_slot(self, tenant: str, *, budget: bool = True) -> RunSlot:
         lease = self.lease(tenant)
         return UNLIMITED_SLOT if lease is None else await lease.take_slot(budget=budget)
+
+    async def check_budget(self, tenant: str) -> None:
+        lease = self.lease(tenant)
+        if lease is not None:
+            await lease.check_budget()
 
     def _renew(self, lease: TenantLease) -> asyncio.Future[None]:
         """Renew ``lease`` now; it must have no renewal in flight."""

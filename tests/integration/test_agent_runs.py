@@ -244,7 +244,9 @@ async def test_run_agent_streams_a_whole_run(
             input="what is six times seven?",
             variables={"customer": "Ada"},
             idempotency_key="q-1",
+            budget=agent_pb2.Budget(max_usd="0.50", max_steps=8),
         )
+        request.budget.max_wall_time.FromMilliseconds(90_500)
         events = await run_to_end(s, key, request)
         assert kinds(events) == [
             "run_started",
@@ -258,6 +260,10 @@ async def test_run_agent_streams_a_whole_run(
             "run_stopped",
         ]
         assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+        # The limits in force: the caller's, never looser than the agent's.
+        budget = events[0].run_started.budget
+        assert (budget.max_usd, budget.max_steps, budget.max_tokens) == ("0.5", 8, 0)
+        assert budget.max_wall_time.ToMilliseconds() == 90_500
         finished = events[4].tool_call_finished
         assert finished.ok and finished.executed and '"result": 42' in finished.result
         assert events[7].final_answer.text == 'The answer is {"result": 42}'

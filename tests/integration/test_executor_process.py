@@ -52,7 +52,9 @@ async def test_executor_serves_once_configured_and_shows_in_the_cli(
             while True:
                 shown = await cli(live, "executors")
                 row = next((r for r in shown.out.splitlines() if r.startswith(node)), "")
-                if row.split()[2:5:2] == ["yes", "yes"]:
+                # NODE CLUSTER SEES CONNECTED ACKED IN-SYNC …: all, connected, in sync.
+                cells = row.split()
+                if len(cells) > 5 and cells[2:4] == ["all", "yes"] and cells[5] == "yes":
                     break
                 await asyncio.sleep(0.1)
         assert "pool-test" in row

@@ -25,7 +25,7 @@ async def test_migrations_match_the_schema(database_url: str) -> None:
     try:
         await asyncio.gather(db.migrate(), db.migrate())
         await db.migrate()
-        assert await db.current_revision() == "0014"
+        assert await db.current_revision() == "0015"
         async with db.snapshot() as conn:
             assert await conn.run_sync(_diff) == []
     finally:

@@ -107,6 +107,19 @@ async def test_a_spent_budget_refuses_runs_until_its_window_ends(
         failure, retry = quota_failure(refused.value)
         assert failure.violations[0].description.startswith("usd_per_day")
         assert 0 < retry <= 24 * 3600
+        # A run queued for the pool is refused the same way, not failed later.
+        with pytest.raises(grpc.aio.AioRpcError) as queued:
+            await s.agents.StartRun(
+                run_pb2.StartRunRequest(
+                    agent=f"tenants/{tenant}/agents/helper",
+                    input="six times seven?",
+                    variables={"customer": "A"},
+                ),
+                metadata=(("authorization", f"Bearer {key}"),),
+            )
+        assert queued.value.code() == Code.RESOURCE_EXHAUSTED
+        failure, retry = quota_failure(queued.value)
+        assert failure.violations[0].description.startswith("usd_per_day")
 
 
 async def test_racing_runs_on_two_executors_never_overspend_the_budget(

@@ -118,6 +118,43 @@ async def test_a_rejected_tenant_is_rejected_alone(live: Live, tmp_path: Path) -
         else:
             raise AssertionError("the rejection was not recorded")
         assert f"tenant {a} refused" in status.last_nack_error
+        assert not status.in_sync, "it holds no configuration of a"
+        assert status.view == "" and status.expected_version == listed.current_version
+    finally:
+        await watcher.aclose()
+        await channel.close()
+
+
+async def test_an_executor_confined_to_a_tenant_shows_in_sync_with_its_own_view(
+    live: Live, tmp_path: Path
+) -> None:
+    """Its acknowledged version covers its tenant alone, which the control plane's
+    current version (of every tenant) never equals: it is compared with its own."""
+    tenant = await support_agent(live)
+    key = await live.new_key(api_key_pb2.ROLE_EXECUTOR, tenant)
+    await live.plane.publisher.refresh()
+    node = f"confined-{os.urandom(3).hex()}"
+    channel = grpc.aio.insecure_channel(live.address)
+    watcher = ConfigWatcher(
+        channel, api_key=key, node_id=node, cluster="pool", lkg_path=tmp_path / "lkg"
+    )
+    await watcher.start()
+    try:
+        await watcher.wait_for(lambda c: tenant in c.tenants, 10)
+        stub = discovery_pb2_grpc.ExecutorServiceStub(live.channel)
+        for _ in range(50):
+            listed = await stub.ListExecutors(
+                discovery_pb2.ListExecutorsRequest(page_size=1000), metadata=live.md()
+            )
+            status = next((e for e in listed.executors if e.node_id == node), None)
+            if status is not None and status.in_sync:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"never in sync: {status}")
+        assert status.view == f"tenants/{tenant}"
+        assert status.acked_version == status.expected_version != listed.current_version
+        assert status.expected_version == live.plane.publisher.current.version_for(tenant)
     finally:
         await watcher.aclose()
         await channel.close()

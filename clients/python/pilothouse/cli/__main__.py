@@ -351,14 +351,19 @@ async def _executors(client: Client, ns: argparse.Namespace) -> int:
         [
             e.node_id,
             e.cluster,
+            e.view.removeprefix("tenants/") or "all",
             "yes" if e.connected else "no",
             e.acked_version or "-",
-            "yes" if e.acked_version == response.current_version else "no",
+            "yes" if e.in_sync else f"no (should hold {e.expected_version})",
             f"{e.last_nack_version}: {e.last_nack_error}" if e.last_nack_version else "-",
         ]
         for e in executors
     ]
-    print(output.table(["NODE", "CLUSTER", "CONNECTED", "ACKED", "CURRENT", "LAST NACK"], rows))
+    print(
+        output.table(
+            ["NODE", "CLUSTER", "SEES", "CONNECTED", "ACKED", "IN SYNC", "LAST NACK"], rows
+        )
+    )
     return 0
 
 

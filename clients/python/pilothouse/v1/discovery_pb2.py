@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from pilothouse.v1 import api_key_pb2 as pilothouse_dot_v1_dot_api__key__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dpilothouse/v1/discovery.proto\x12\rpilothouse.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bpilothouse/v1/api_key.proto\"\xb5\x02\n\x08\x45xecutor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63luster\x18\x03 \x01(\t\x12\x11\n\tconnected\x18\x04 \x01(\x08\x12\x33\n\x0f\x63onnected_since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_seen_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\racked_version\x18\x07 \x01(\t\x12\x19\n\x11last_nack_version\x18\x08 \x01(\t\x12\x17\n\x0flast_nack_error\x18\t \x01(\t\x12\x32\n\x0elast_nack_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"=\n\x14ListExecutorsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"u\n\x15ListExecutorsResponse\x12*\n\texecutors\x18\x01 \x03(\x0b\x32\x17.pilothouse.v1.Executor\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x17\n\x0f\x63urrent_version\x18\x03 \x01(\t\"\xa7\x01\n\x0c\x41piKeyDigest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x04role\x18\x02 \x01(\x0e\x32\x13.pilothouse.v1.Role\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x15\n\rsecret_sha256\x18\x04 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06scopes\x18\x06 \x03(\t\"\x7f\n\x0e\x43onfigSnapshot\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\'\n\tresources\x18\x02 \x03(\x0b\x32\x14.google.protobuf.Any\x12\x33\n\x07tenants\x18\x03 \x03(\x0b\x32\".pilothouse.v1.TenantConfiguration\"]\n\x13TenantConfiguration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\'\n\tresources\x18\x03 \x03(\x0b\x32\x14.google.protobuf.Any2m\n\x0f\x45xecutorService\x12Z\n\rListExecutors\x12#.pilothouse.v1.ListExecutorsRequest\x1a$.pilothouse.v1.ListExecutorsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dpilothouse/v1/discovery.proto\x12\rpilothouse.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bpilothouse/v1/api_key.proto\"\xee\x02\n\x08\x45xecutor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63luster\x18\x03 \x01(\t\x12\x11\n\tconnected\x18\x04 \x01(\x08\x12\x33\n\x0f\x63onnected_since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_seen_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\racked_version\x18\x07 \x01(\t\x12\x19\n\x11last_nack_version\x18\x08 \x01(\t\x12\x17\n\x0flast_nack_error\x18\t \x01(\t\x12\x32\n\x0elast_nack_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04view\x18\x0b \x01(\t\x12\x18\n\x10\x65xpected_version\x18\x0c \x01(\t\x12\x0f\n\x07in_sync\x18\r \x01(\x08\"=\n\x14ListExecutorsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"u\n\x15ListExecutorsResponse\x12*\n\texecutors\x18\x01 \x03(\x0b\x32\x17.pilothouse.v1.Executor\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x17\n\x0f\x63urrent_version\x18\x03 \x01(\t\"\xa7\x01\n\x0c\x41piKeyDigest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12!\n\x04role\x18\x02 \x01(\x0e\x32\x13.pilothouse.v1.Role\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x15\n\rsecret_sha256\x18\x04 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06scopes\x18\x06 \x03(\t\"\x7f\n\x0e\x43onfigSnapshot\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\'\n\tresources\x18\x02 \x03(\x0b\x32\x14.google.protobuf.Any\x12\x33\n\x07tenants\x18\x03 \x03(\x0b\x32\".pilothouse.v1.TenantConfiguration\"]\n\x13TenantConfiguration\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\'\n\tresources\x18\x03 \x03(\x0b\x32\x14.google.protobuf.Any2m\n\x0f\x45xecutorService\x12Z\n\rListExecutors\x12#.pilothouse.v1.ListExecutorsRequest\x1a$.pilothouse.v1.ListExecutorsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,17 +35,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pilothouse.v1.discovery_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EXECUTOR']._serialized_start=138
-  _globals['_EXECUTOR']._serialized_end=447
-  _globals['_LISTEXECUTORSREQUEST']._serialized_start=449
-  _globals['_LISTEXECUTORSREQUEST']._serialized_end=510
-  _globals['_LISTEXECUTORSRESPONSE']._serialized_start=512
-  _globals['_LISTEXECUTORSRESPONSE']._serialized_end=629
-  _globals['_APIKEYDIGEST']._serialized_start=632
-  _globals['_APIKEYDIGEST']._serialized_end=799
-  _globals['_CONFIGSNAPSHOT']._serialized_start=801
-  _globals['_CONFIGSNAPSHOT']._serialized_end=928
-  _globals['_TENANTCONFIGURATION']._serialized_start=930
-  _globals['_TENANTCONFIGURATION']._serialized_end=1023
-  _globals['_EXECUTORSERVICE']._serialized_start=1025
-  _globals['_EXECUTORSERVICE']._serialized_end=1134
+  _globals['_EXECUTOR']._serialized_end=504
+  _globals['_LISTEXECUTORSREQUEST']._serialized_start=506
+  _globals['_LISTEXECUTORSREQUEST']._serialized_end=567
+  _globals['_LISTEXECUTORSRESPONSE']._serialized_start=569
+  _globals['_LISTEXECUTORSRESPONSE']._serialized_end=686
+  _globals['_APIKEYDIGEST']._serialized_start=689
+  _globals['_APIKEYDIGEST']._serialized_end=856
+  _globals['_CONFIGSNAPSHOT']._serialized_start=858
+  _globals['_CONFIGSNAPSHOT']._serialized_end=985
+  _globals['_TENANTCONFIGURATION']._serialized_start=987
+  _globals['_TENANTCONFIGURATION']._serialized_end=1080
+  _globals['_EXECUTORSERVICE']._serialized_start=1082
+  _globals['_EXECUTORSERVICE']._serialized_end=1191
 # @@protoc_insertion_point(module_scope)

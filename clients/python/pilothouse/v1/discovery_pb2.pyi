@@ -37,6 +37,9 @@ class Executor(_message.Message):
     LAST_NACK_VERSION_FIELD_NUMBER: _builtins.int
     LAST_NACK_ERROR_FIELD_NUMBER: _builtins.int
     LAST_NACK_TIME_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    IN_SYNC_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Format: executors/{node_id}"""
     node_id: _builtins.str
@@ -50,6 +53,16 @@ class Executor(_message.Message):
     last_nack_version: _builtins.str
     """The last version it rejected, why, and when. Empty when it never rejected one."""
     last_nack_error: _builtins.str
+    view: _builtins.str
+    """Format: tenants/{tenant}: the tenant its key is confined to, whose configuration is
+    all it sees; empty for an executor of every tenant.
+    """
+    expected_version: _builtins.str
+    """The version of what it should hold now: the configuration of the tenants it sees,
+    as the control plane serves it (current_version, for an executor of every tenant).
+    """
+    in_sync: _builtins.bool
+    """It holds what it should: acked_version is expected_version."""
     @_builtins.property
     def connected_since(self) -> _timestamp_pb2.Timestamp:
         """When its current (or last) stream opened."""
@@ -71,10 +84,13 @@ class Executor(_message.Message):
         last_nack_version: _builtins.str = ...,
         last_nack_error: _builtins.str = ...,
         last_nack_time: _timestamp_pb2.Timestamp | None = ...,
+        view: _builtins.str = ...,
+        expected_version: _builtins.str = ...,
+        in_sync: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["connected_since", b"connected_since", "last_nack_time", b"last_nack_time", "last_seen_time", b"last_seen_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_version", b"acked_version", "cluster", b"cluster", "connected", b"connected", "connected_since", b"connected_since", "last_nack_error", b"last_nack_error", "last_nack_time", b"last_nack_time", "last_nack_version", b"last_nack_version", "last_seen_time", b"last_seen_time", "name", b"name", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_version", b"acked_version", "cluster", b"cluster", "connected", b"connected", "connected_since", b"connected_since", "expected_version", b"expected_version", "in_sync", b"in_sync", "last_nack_error", b"last_nack_error", "last_nack_time", b"last_nack_time", "last_nack_version", b"last_nack_version", "last_seen_time", b"last_seen_time", "name", b"name", "node_id", b"node_id", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -111,7 +127,10 @@ class ListExecutorsResponse(_message.Message):
     CURRENT_VERSION_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     current_version: _builtins.str
-    """The version the control plane serves now, to compare with each executor's."""
+    """The version the control plane serves now, of every tenant's configuration. An
+    executor confined to a tenant holds less: compare its acked_version with its own
+    expected_version (in_sync says).
+    """
     @_builtins.property
     def executors(self) -> _containers.RepeatedCompositeFieldContainer[Global___Executor]: ...
     def __init__(

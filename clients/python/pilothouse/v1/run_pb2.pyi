@@ -223,7 +223,11 @@ class RunStarted(_message.Message):
     config_version: _builtins.str
     """The configuration snapshot the run was admitted under."""
     @_builtins.property
-    def budget(self) -> _agent_pb2.Budget: ...
+    def budget(self) -> _agent_pb2.Budget:
+        """The limits in force: the agent's default budget, tightened by the caller's. Unset
+        fields limit nothing.
+        """
+
     def __init__(
         self,
         *,
