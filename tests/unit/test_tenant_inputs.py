@@ -149,3 +149,37 @@ def test_the_calculator_refuses_what_it_cannot_do_quickly(expression: str) -> No
 def test_the_calculator_still_calculates() -> None:
     result = asyncio.run(calculator({"expression": "2**100 + 7 // 2"}, CallContext("t", "a")))
     assert result == {"result": 2**100 + 3}
+
+
+@pytest.mark.parametrize(
+    ("schema", "says"),
+    [
+        (
+            {"fields": {"type": {"stringValue": "object"}}},
+            "protobuf Struct's own encoding at /fields",
+        ),
+        (
+            {"type": "object", "properties": {"a": {"type": {"string_value": "string"}}}},
+            "protobuf Struct's own encoding at /properties/a/type",
+        ),
+        (
+            {"type": "object", "properties": {"a": {"type": None}}},
+            "at /properties/a/type: null is not valid",
+        ),
+        ({"type": "object", "properties": {"a": None}}, "at /properties/a: null is not of type"),
+    ],
+)
+def test_a_schema_a_client_built_wrong_is_refused_in_words_a_user_reads(
+    schema: dict[str, object], says: str
+) -> None:
+    why = jsonschemas.problem(schema)
+    assert why is not None and says in why, why
+    assert "None" not in why, "JSON, not Python"
+
+
+def test_properties_that_share_a_struct_field_name_are_a_schema_still() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"fields": {"type": "object"}, "stringValue": {"type": "string"}},
+    }
+    assert jsonschemas.problem(schema) is None

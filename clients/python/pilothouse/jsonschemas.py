@@ -116,12 +116,22 @@ def problem(schema: dict[str, Any]) -> str | None:
     size = len(json.dumps(schema, separators=(",", ":")))
     if size > MAX_SCHEMA_BYTES:
         return f"is {size} bytes as JSON; at most {MAX_SCHEMA_BYTES}"
+    struct = _struct_form(schema)
+    if struct is not None:
+        return (
+            f"is written in protobuf Struct's own encoding at /{'/'.join(struct)} "
+            '("fields", "stringValue", …): give the JSON Schema itself, such as '
+            '{"type": "object", "properties": {"order_id": {"type": "string"}}}'
+        )
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as e:
         where = "/".join(str(p) for p in e.path)
         at = f" at /{where}" if where else ""
-        return f"is not a valid JSON Schema (draft 2020-12){at}: {e.message}"
+        # The validator speaks Python (None, {'a': 1}); a user wrote JSON.
+        shown = json.dumps(e.instance, default=str)
+        message = e.message.replace(repr(e.instance), shown, 1)
+        return f"is not a valid JSON Schema (draft 2020-12){at}: {message}"
     found = list(patterns.schema_patterns(schema))
     for where, pattern in found:
         why = patterns.problem(pattern)
@@ -143,3 +153,54 @@ def parse_document(text: str | bytes) -> Any:
     if depth(value, MAX_DOCUMENT_DEPTH) > MAX_DOCUMENT_DEPTH:
         raise ValueError(f"it nests deeper than {MAX_DOCUMENT_DEPTH} levels")
     return value
+
+
+_STRUCT_VALUES: dict[str, tuple[type, ...]] = {
+    "stringValue": (str,),
+    "numberValue": (int, float),
+    "boolValue": (bool,),
+    "nullValue": (str, int, type(None)),
+    "structValue": (dict,),
+    "listValue": (dict,),
+}
+"""protobuf Struct's ``Value`` fields, by their JSON names, and what each holds."""
+
+
+def _is_struct_value(value: Any) -> bool:
+    if not isinstance(value, dict) or len(value) != 1:
+        return False
+    ((key, inner),) = value.items()
+    name = key if key in _STRUCT_VALUES else _camel(key)
+    return name in _STRUCT_VALUES and isinstance(inner, _STRUCT_VALUES[name])
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _struct_form(value: Any, path: tuple[str, ...] = ()) -> tuple[str, ...] | None:
+    """Where protobuf's Struct encoding (``{"fields": {"type": {"stringValue": …}}}``)
+    stands for a JSON Schema's own JSON, or None: a client that built the Struct by
+    hand."""
+    if isinstance(value, dict):
+        fields = value.get("fields")
+        if (
+            set(value) == {"fields"}
+            and isinstance(fields, dict)
+            and fields
+            and all(_is_struct_value(v) for v in fields.values())
+        ):
+            return (*path, "fields")
+        if _is_struct_value(value):
+            return path
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for name, item in items:
+        found = _struct_form(item, (*path, str(name)))
+        if found is not None:
+            return found
+    return None
