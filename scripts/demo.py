@@ -4,7 +4,10 @@ stays on 127.0.0.1 and runs offline (the example route's first model is scripted
 OPENAI_BASE_URL and OPENAI_API_KEY set, point the route at gpt-4o-mini to use a real one.
 
 The databases, the executor's snapshot file and the demo's admin key live under
-./.pilothouse/, so the demo can be run again.
+./.pilothouse/, so the demo can be run again. The control plane and the executor take
+free ports; the refund desk (the example's issue-refund tool) listens on 127.0.0.1:8089,
+or DEMO_REFUND_PORT, or a free port when that one is taken (the tool's endpoint follows).
+Whatever fails, everything the demo started is stopped.
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ spec:
 """
 
 
+EXAMPLE_REFUND_PORT = 8089
+"""Where the example manifests (deploy/examples/20-tools.yaml) expect the refund desk."""
+
+
 def cli(*args: str, env: dict[str, str], show: str = "", stdin: str | None = None) -> str:
     if show:
         print(f"\n$ pilothouse {' '.join(args)}    # {show}", flush=True)
@@ -81,7 +88,7 @@ def openai_credential() -> list[str]:
     return ["--provider-credential", f"openai=OPENAI_API_KEY:acme:{endpoint}"]
 
 
-def start_executor(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+def start_executor(env: dict[str, str], refund_port: int) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
         [
             PY,
@@ -103,7 +110,7 @@ def start_executor(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
             # The example's refund desk (the issue-refund tool) listens here; tenants'
             # endpoints may reach nothing else that is not public.
             "--allow-egress",
-            "127.0.0.1:8089",
+            f"127.0.0.1:{refund_port}",
             *openai_credential(),
         ],
         cwd=ROOT,
@@ -113,26 +120,30 @@ def start_executor(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
         text=True,
     )
     assert process.stderr is not None
+    seen = []
     for line in process.stderr:
+        seen.append(line)
         match = re.search(r"executor listening on (\S+)", line)
         if match:
             return process, match[1]
-    raise SystemExit("the executor did not start")
+    process.wait(timeout=30)
+    raise SystemExit("the executor did not start:\n" + "".join(seen[-20:]))
 
 
 def wait_until_current(env: dict[str, str]) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        rows = cli("executors", env=env).splitlines()
-        if any(r.startswith("demo-executor") and r.split()[2:5:2] == ["yes", "yes"] for r in rows):
+        rows = [r.split() for r in cli("executors", env=env).splitlines()]
+        # NODE CLUSTER SEES CONNECTED ACKED IN-SYNC …
+        if any(r[:1] == ["demo-executor"] and r[3:4] == r[5:6] == ["yes"] for r in rows):
             return
         time.sleep(0.2)
     raise SystemExit("the executor did not take the configuration")
 
 
 class RefundDesk(BaseHTTPRequestHandler):
-    """The example's refund endpoint (the issue-refund tool), on 127.0.0.1:8089. It keeps
-    idempotency keys, as a real payments API does: a retried refund is not paid twice."""
+    """The example's refund endpoint (the issue-refund tool). It keeps idempotency keys,
+    as a real payments API does: a retried refund is not paid twice."""
 
     seen: ClassVar[dict[str, bytes]] = {}
 
@@ -153,24 +164,49 @@ class RefundDesk(BaseHTTPRequestHandler):
         pass
 
 
+def refund_desk() -> ThreadingHTTPServer:
+    """The refund desk on DEMO_REFUND_PORT (8089 unless set), or on a free port when that
+    one is taken."""
+    wanted = int(os.environ.get("DEMO_REFUND_PORT") or EXAMPLE_REFUND_PORT)
+    try:
+        desk = ThreadingHTTPServer(("127.0.0.1", wanted), RefundDesk)
+    except OSError as e:
+        desk = ThreadingHTTPServer(("127.0.0.1", 0), RefundDesk)
+        print(f"Port {wanted} is taken ({e.strerror}): the refund desk takes {port(desk)}.")
+    threading.Thread(target=desk.serve_forever, daemon=True).start()
+    return desk
+
+
+def port(server: ThreadingHTTPServer) -> int:
+    return int(server.server_address[1])
+
+
+def apply_examples(env: dict[str, str], refund_port: int, show: str) -> None:
+    """Apply deploy/examples, the refund tool's endpoint on ``refund_port``."""
+    if refund_port == EXAMPLE_REFUND_PORT:
+        cli("apply", "-f", "deploy/examples", env=env, show=show)
+        return
+    text = "\n---\n".join(p.read_text() for p in sorted((ROOT / "deploy/examples").glob("*.yaml")))
+    moved = text.replace(f"127.0.0.1:{EXAMPLE_REFUND_PORT}", f"127.0.0.1:{refund_port}")
+    cli("apply", "-f", "-", env=env, show=f"{show} (refund desk on {refund_port})", stdin=moved)
+
+
 def main() -> None:
     STATE.mkdir(exist_ok=True)
     key = admin_key()
-    plane = launch.start(f"sqlite:///{STATE / 'controlplane.db'}", bootstrap_key=key, cwd=ROOT)
-    print(f"Control plane on {plane.address} (SQLite at {STATE / 'controlplane.db'}).")
-    env = {**os.environ, "PILOTHOUSE_ADDR": plane.address, "PILOTHOUSE_API_KEY": key}
+    plane: launch.ChildControlPlane | None = None
     executor: subprocess.Popen[str] | None = None
-    refunds = ThreadingHTTPServer(("127.0.0.1", 8089), RefundDesk)
-    threading.Thread(target=refunds.serve_forever, daemon=True).start()
+    refunds: ThreadingHTTPServer | None = None
     try:
-        cli(
-            "apply",
-            "-f",
-            "deploy/examples",
-            env=env,
-            show="declare the example tenant, models, tools, prompt and agent",
+        refunds = refund_desk()
+        refund_port = port(refunds)
+        plane = launch.start(f"sqlite:///{STATE / 'controlplane.db'}", bootstrap_key=key, cwd=ROOT)
+        print(f"Control plane on {plane.address} (SQLite at {STATE / 'controlplane.db'}).")
+        env = {**os.environ, "PILOTHOUSE_ADDR": plane.address, "PILOTHOUSE_API_KEY": key}
+        apply_examples(
+            env, refund_port, "declare the example tenant, models, tools, prompt and agent"
         )
-        cli("apply", "-f", "deploy/examples", env=env, show="applying again changes nothing")
+        apply_examples(env, refund_port, "applying again changes nothing")
         if os.environ.get("OPENAI_BASE_URL"):
             cli(
                 "apply",
@@ -197,7 +233,7 @@ def main() -> None:
             "PILOTHOUSE_EXECUTOR_KEY": new_key("executor", env),
             "PILOTHOUSE_CONTROL_PLANE": plane.address,
         }
-        executor, executor_address = start_executor(executor_env)
+        executor, executor_address = start_executor(executor_env, refund_port)
         print(f"\nExecutor on {executor_address}, configured over xDS from the control plane.")
         wait_until_current(env)
         cli("executors", env=env, show="what each executor has acknowledged")
@@ -282,8 +318,11 @@ def main() -> None:
         if executor is not None:
             executor.terminate()
             executor.wait(timeout=30)
-        plane.stop()
-        refunds.shutdown()
+        if plane is not None:
+            plane.stop()
+        if refunds is not None:
+            refunds.shutdown()
+            refunds.server_close()
     print(
         "\nDone. The admin key is in .pilothouse/admin.key. To keep a control plane running:\n"
         "  PILOTHOUSE_BOOTSTRAP_KEY=$(cat .pilothouse/admin.key) .venv/bin/controlplane serve\n"
