@@ -38,6 +38,7 @@ check-generated: $(BIN)/.installed
 	  && diff -r -x __pycache__ $$tmp/pilothouse/v1 clients/python/pilothouse/v1 \
 	  && rm -rf $$tmp && echo "generated code is fresh" \
 	  || { echo "clients/python/pilothouse/v1 is stale: run 'make generate' and commit"; exit 1; }
+	$(PY) scripts/field_reference.py --check
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

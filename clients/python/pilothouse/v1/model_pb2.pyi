@@ -74,9 +74,12 @@ class Model(_message.Message):
     """Format: tenants/{tenant}/models/{model}"""
     provider: Global___ModelProvider.ValueType
     endpoint: _builtins.str
-    """Base URL of the provider's API; empty means the executor's default
-    (OPENAI_BASE_URL for openai). At most 2,048 characters; executors reach only public
-    addresses unless their operator allows more (dataplane serve --allow-egress).
+    """Base URL of the provider's API, up to and including its version: for an
+    OpenAI-compatible server the URL that /chat/completions follows, such as
+    https://api.openai.com/v1 or http://10.0.0.5:8000/v1 (vLLM), with the /v1. Empty
+    means the executor's default (OPENAI_BASE_URL for openai). At most 2,048 characters;
+    executors reach only public addresses unless their operator allows more (dataplane
+    serve --allow-egress).
     """
     provider_model: _builtins.str
     """The model's id at the provider, e.g. "gpt-4o-mini". Empty means the resource id."""
