@@ -958,6 +958,13 @@ class RunLoop:
                         )
                         if not outcome.ok:
                             self.tracing.failed(span, "tool_error")
+                        if self._capture:
+                            span.set_attribute(
+                                "gen_ai.tool.call.arguments", captured(json.dumps(arguments))
+                            )
+                            span.set_attribute(
+                                "gen_ai.tool.call.result", captured(json.dumps(outcome.result))
+                            )
                     if outcome.unknown:
                         # Sent, and no answer: as after a crash, by the tool's policy.
                         unknown = dataclasses.replace(
@@ -971,13 +978,6 @@ class RunLoop:
                         if settled is None:
                             return None
                         outcome = settled
-                        if self._capture:
-                            span.set_attribute(
-                                "gen_ai.tool.call.arguments", captured(json.dumps(arguments))
-                            )
-                            span.set_attribute(
-                                "gen_ai.tool.call.result", captured(json.dumps(outcome.result))
-                            )
                     self._usage.tool_calls += 1
                     content = json.dumps(outcome.result)
                     tripped = (
