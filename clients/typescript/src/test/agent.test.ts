@@ -128,12 +128,23 @@ test("runs an agent through an approval and reads its usage", async () => {
       });
       return page.approvals.find((a) => a.run === run);
     });
+    assert.equal(pending.kind, "APPROVAL_KIND_TOOL_CALL");
+    // The decisions of a call whose outcome is unknown do not apply to a call waiting to run.
+    await assert.rejects(
+      client.call("ApprovalService", "DecideApproval", {
+        name: pending.name,
+        decision: "DECISION_MARK_DONE",
+        result: '{"result": 42}',
+      }),
+      (error: unknown) => error instanceof ApiError && error.code === "INVALID_ARGUMENT" && /decision/.test(error.message),
+    );
     const decided = await client.call<{ approval: Message }>("ApprovalService", "DecideApproval", {
       name: pending.name,
       decision: "DECISION_APPROVE",
       comment: "fine",
     });
     assert.equal(decided.approval.state, "APPROVAL_STATE_APPROVED");
+    assert.equal(decided.approval.decision, "DECISION_APPROVE");
 
     const rest: Message[] = [];
     const after = String(first.at(-1)?.sequence);
