@@ -32,6 +32,7 @@ from tests.integration.test_rollouts import (
     eventually,
     prompt_with_candidate,
     serve_variants,
+    some_in_candidate,
     spec,
     state_of,
     summaries,
@@ -251,21 +252,6 @@ async def test_a_good_candidate_is_promoted_and_sessions_keep_their_variant_acro
         }
         on_both += len({on for _, on in journey}) == 2
     assert on_both >= 6  # most sessions ran on both executors
-
-
-def some_in_candidate(rollout: str, tenant: str, count: int, weight: int) -> list[str]:
-    """``count`` session ids of which at least two, and not all, run the candidate at
-    ``weight``: with random tenants, twelve sessions at 20 % would otherwise all miss
-    the candidate in one test of fourteen, and its analysis would wait for ever."""
-    for first in range(0, 100 * count, count):
-        names = [f"s-{n}" for n in range(first, first + count)]
-        hits = sum(
-            in_candidate(rollout, unit_key(Stickiness.SESSION, tenant=tenant, session=s), weight)
-            for s in names
-        )
-        if 2 <= hits < count:
-            return names
-    raise AssertionError("no set of sessions splits at this weight")
 
 
 async def test_a_rollout_whose_candidate_fails_its_eval_gets_no_traffic(
