@@ -15,7 +15,8 @@ from typing import Any
 
 import grpc
 
-from dataplane.config.watcher import Backoff, ConfigWatcher
+from dataplane.backoff import Backoff
+from dataplane.config.watcher import ConfigWatcher
 from dataplane.guardrails import pii
 from dataplane.runstore.model import CallState, Run
 from dataplane.runstore.store import RunStore

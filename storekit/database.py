@@ -1,6 +1,9 @@
-"""A database behind one SQLAlchemy async engine: SQLite (aiosqlite) or PostgreSQL
-(asyncpg), one code path. Transactions, one-statement reads, consistent snapshots, and
-Alembic migrations that several processes may start at once."""
+"""A database for both servers: SQLite or PostgreSQL behind one interface. Reads go
+through a SQLAlchemy async engine (aiosqlite, asyncpg); on SQLite, writes run on one
+writer thread of the database's own with group commit (``Database.write``), and on
+PostgreSQL one-statement writes may run on asyncpg itself (``storekit.prepared``).
+Transactions, one-statement reads, consistent snapshots, and Alembic migrations that
+several processes may start at once."""
 
 from __future__ import annotations
 

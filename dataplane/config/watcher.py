@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -24,25 +22,13 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import code_pb2, status_pb2
 
+from dataplane.backoff import Backoff
 from dataplane.config import lkg
 from dataplane.config.snapshot import ConfigError, ExecutorConfig, parse_tenant
 from pilothouse.configuration import TENANT_CONFIGURATION_URL, tenant_of
 from pilothouse.v1 import discovery_pb2 as discovery_pb2_ph
 
 log = logging.getLogger("pilothouse.executor.config")
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Reconnection delays: exponential, capped, with full jitter."""
-
-    initial: float = 0.2
-    """Upper bound of the first wait, in seconds."""
-    maximum: float = 30.0
-    """Upper bound of any wait."""
-
-    def delay(self, attempt: int) -> float:
-        return random.uniform(0, min(self.maximum, self.initial * 2**attempt))
 
 
 class ConfigWatcher:
@@ -54,7 +40,7 @@ class ConfigWatcher:
         node_id: str,
         cluster: str,
         lkg_path: Path,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff | None = None,
         check: Callable[[ExecutorConfig], None] | None = None,
     ) -> None:
         """``check`` runs after the built-in checks on every snapshot; raising ConfigError
@@ -63,7 +49,7 @@ class ConfigWatcher:
         self._metadata = (("authorization", f"Bearer {api_key}"),)
         self._node = base_pb2.Node(id=node_id, cluster=cluster)
         self._lkg_path = lkg_path
-        self._backoff = backoff
+        self._backoff = backoff or Backoff()
         self._check = check
         self._current: ExecutorConfig | None = None
         self._version_seen = asyncio.Event()

@@ -21,11 +21,11 @@ import grpc
 from google.protobuf import json_format
 
 from dataplane import fastjson
-from dataplane.api._convert import timestamp
-from dataplane.config.watcher import Backoff
+from dataplane.backoff import Backoff
 from dataplane.runstore.model import OutboxEvent
 from dataplane.runstore.outbox import Backlog, Outbox
 from pilothouse.v1 import telemetry_pb2, telemetry_pb2_grpc
+from pilothouse.wellknown import timestamp_of
 from storekit.loop import wait_event
 
 log = logging.getLogger("pilothouse.executor.relay")
@@ -58,7 +58,7 @@ def to_proto(event: OutboxEvent) -> telemetry_pb2.TelemetryEvent:
         run=f"tenants/{event.tenant}/runs/{event.run_id}"
         if event.run_id
         else f"tenants/{event.tenant}",
-        time=timestamp(event.created_at),
+        time=timestamp_of(event.created_at),
         executor=event.executor,
         sequence=event.sequence,
     )

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import grpc
 
+from dataplane.backoff import Backoff
 from dataplane.config import lkg
 from dataplane.config.snapshot import ConfigError, ExecutorConfig
-from dataplane.config.watcher import Backoff, ConfigWatcher
+from dataplane.config.watcher import ConfigWatcher
 from dataplane.server import CHANNEL_OPTIONS
 from pilothouse.v1 import (
     agent_pb2,

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from google.protobuf import json_format, timestamp_pb2
 
-from dataplane.api._convert import event_to_proto, timestamp
+from dataplane.api._convert import event_to_proto
 from dataplane.runstore.model import RunEvent, StopReason, stopped
 from pilothouse.v1 import run_pb2
+from pilothouse.wellknown import timestamp_of
 
 WHEN = datetime(2026, 12, 1, 12, 0, 0, 123456, tzinfo=UTC)
 USAGE = {
@@ -104,4 +105,4 @@ def test_payloads_with_unknown_fields_or_json_values_still_convert() -> None:
 def test_timestamps_are_exactly_what_from_datetime_gives(when: datetime) -> None:
     expected = timestamp_pb2.Timestamp()
     expected.FromDatetime(when)
-    assert timestamp(when) == expected
+    assert timestamp_of(when) == expected

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from google.protobuf import any_pb2
 
+from dataplane.backoff import Backoff
 from dataplane.config.snapshot import ConfigError, ExecutorConfig, parse, parse_tenant
-from dataplane.config.watcher import Backoff
 from pilothouse.configuration import TYPE_PREFIX
 from pilothouse.v1 import agent_pb2, discovery_pb2, model_pb2, prompt_pb2, tool_pb2
 

@@ -47,3 +47,16 @@ def timestamp(value: timestamp_pb2.Timestamp, field: str) -> datetime:
             field, "is not a valid timestamp (years 0001 to 9999, nanos 0 to 999,999,999)"
         )
     return value.ToDatetime(tzinfo=UTC)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def timestamp_of(when: datetime) -> timestamp_pb2.Timestamp:
+    """``when`` as a Timestamp, exactly (a naive time is taken as UTC, as
+    ``Timestamp.FromDatetime`` takes it), without ``FromDatetime``'s cost: about half of
+    converting a run's event, and every event sent is converted."""
+    since = (when if when.tzinfo is not None else when.replace(tzinfo=UTC)) - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=since.days * 86400 + since.seconds, nanos=since.microseconds * 1000
+    )
