@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from controlplane.retention import RetentionPolicy
-from storekit.flags import retention_days
+from storekit.flags import Flags, add_common_arguments
 
 DEFAULT_DATABASE = "sqlite:///.pilothouse/controlplane.db"
 
@@ -110,23 +110,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help=f"keep {what} this many days (PILOTHOUSE_RETAIN_{kind.upper()}_DAYS; "
             "default: for ever)",
         )
-    parser.add_argument(
-        "--retention-interval",
-        type=float,
-        help="seconds between pruning passes (PILOTHOUSE_RETENTION_INTERVAL; default 3600)",
-    )
-    parser.add_argument("--log-level", help="DEBUG, INFO, … (PILOTHOUSE_LOG_LEVEL)")
-    parser.add_argument("--log-format", choices=["json", "text"], help="(PILOTHOUSE_LOG_FORMAT)")
+    add_common_arguments(parser)
 
 
 def from_arguments(ns: argparse.Namespace, env: Mapping[str, str] = os.environ) -> Settings:
-    def pick(flag: str, var: str) -> str | None:
-        value = getattr(ns, flag, None)
-        return value if value is not None else env.get(var) or None
-
+    flags = Flags(ns, env)
     defaults = Settings()
-    cert, key = pick("tls_cert", "PILOTHOUSE_TLS_CERT"), pick("tls_key", "PILOTHOUSE_TLS_KEY")
-    client_ca = pick("tls_client_ca", "PILOTHOUSE_TLS_CLIENT_CA")
+    cert, key = (
+        flags.text("tls_cert", "PILOTHOUSE_TLS_CERT"),
+        flags.text("tls_key", "PILOTHOUSE_TLS_KEY"),
+    )
+    client_ca = flags.text("tls_client_ca", "PILOTHOUSE_TLS_CLIENT_CA")
     if bool(cert) != bool(key):
         raise SystemExit("--tls-cert and --tls-key go together")
     if client_ca and not cert:
@@ -136,39 +130,32 @@ def from_arguments(ns: argparse.Namespace, env: Mapping[str, str] = os.environ) 
         if cert and key
         else None
     )
-    grace = pick("shutdown_grace", "PILOTHOUSE_SHUTDOWN_GRACE")
-    cache_ttl = pick("auth_cache_ttl", "PILOTHOUSE_AUTH_CACHE_TTL")
     settings = Settings(
-        listen=pick("listen", "PILOTHOUSE_LISTEN") or defaults.listen,
-        database_url=pick("database_url", "PILOTHOUSE_DATABASE_URL") or defaults.database_url,
+        listen=flags.text("listen", "PILOTHOUSE_LISTEN") or defaults.listen,
+        database_url=flags.text("database_url", "PILOTHOUSE_DATABASE_URL") or defaults.database_url,
         tls=tls,
         bootstrap_key=env.get("PILOTHOUSE_BOOTSTRAP_KEY") or None,
-        shutdown_grace=float(grace) if grace is not None else defaults.shutdown_grace,
-        auth_cache_ttl=float(cache_ttl) if cache_ttl is not None else defaults.auth_cache_ttl,
-        quota_lease_ttl=float(
-            pick("quota_lease_ttl", "PILOTHOUSE_QUOTA_LEASE_TTL") or defaults.quota_lease_ttl
+        shutdown_grace=flags.number(
+            "shutdown_grace", "PILOTHOUSE_SHUTDOWN_GRACE", defaults.shutdown_grace
         ),
-        quota_refresh=float(
-            pick("quota_refresh", "PILOTHOUSE_QUOTA_REFRESH") or defaults.quota_refresh
+        auth_cache_ttl=flags.number(
+            "auth_cache_ttl", "PILOTHOUSE_AUTH_CACHE_TTL", defaults.auth_cache_ttl
         ),
-        retain_usage_days=retention_days(
-            pick("retain_usage_days", "PILOTHOUSE_RETAIN_USAGE_DAYS"), "--retain-usage-days"
+        quota_lease_ttl=flags.number(
+            "quota_lease_ttl", "PILOTHOUSE_QUOTA_LEASE_TTL", defaults.quota_lease_ttl, positive=True
         ),
-        retain_runs_days=retention_days(
-            pick("retain_runs_days", "PILOTHOUSE_RETAIN_RUNS_DAYS"), "--retain-runs-days"
+        quota_refresh=flags.number(
+            "quota_refresh", "PILOTHOUSE_QUOTA_REFRESH", defaults.quota_refresh, positive=True
         ),
-        retain_audit_days=retention_days(
-            pick("retain_audit_days", "PILOTHOUSE_RETAIN_AUDIT_DAYS"), "--retain-audit-days"
-        ),
-        retention_interval=float(
-            pick("retention_interval", "PILOTHOUSE_RETENTION_INTERVAL")
-            or defaults.retention_interval
-        ),
-        log_level=(pick("log_level", "PILOTHOUSE_LOG_LEVEL") or defaults.log_level).upper(),
-        log_format=pick("log_format", "PILOTHOUSE_LOG_FORMAT") or defaults.log_format,
+        retain_usage_days=flags.days("retain_usage_days", "PILOTHOUSE_RETAIN_USAGE_DAYS"),
+        retain_runs_days=flags.days("retain_runs_days", "PILOTHOUSE_RETAIN_RUNS_DAYS"),
+        retain_audit_days=flags.days("retain_audit_days", "PILOTHOUSE_RETAIN_AUDIT_DAYS"),
+        retention_interval=flags.retention_interval(defaults.retention_interval),
+        log_level=flags.log_level(defaults.log_level),
+        log_format=flags.log_format(defaults.log_format),
     )
-    if settings.retention_interval <= 0:
-        raise SystemExit("--retention-interval must be positive")
-    if not 0 < settings.quota_refresh < settings.quota_lease_ttl:
+    if settings.shutdown_grace < 0 or settings.auth_cache_ttl < 0:
+        raise SystemExit("--shutdown-grace and --auth-cache-ttl cannot be negative")
+    if not settings.quota_refresh < settings.quota_lease_ttl:
         raise SystemExit("--quota-refresh must be positive and shorter than --quota-lease-ttl")
     return settings

@@ -13,7 +13,7 @@ from pathlib import Path
 from dataplane.egress import EgressPolicy
 from dataplane.models import credentials
 from dataplane.models.credentials import Credentials
-from storekit.flags import retention_days
+from storekit.flags import Flags, add_common_arguments
 
 
 @dataclass(frozen=True)
@@ -102,11 +102,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(PILOTHOUSE_RETAIN_RUNS_DAYS; default: for ever)",
     )
     parser.add_argument(
-        "--retention-interval",
-        type=float,
-        help="seconds between pruning passes (PILOTHOUSE_RETENTION_INTERVAL; default 3600)",
-    )
-    parser.add_argument(
         "--allow-egress",
         action="append",
         metavar="CIDR|HOST[:PORT]",
@@ -126,62 +121,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--credentials-file",
         help="YAML file declaring provider credentials (PILOTHOUSE_CREDENTIALS_FILE)",
     )
-    parser.add_argument("--log-level", help="(PILOTHOUSE_LOG_LEVEL)")
-    parser.add_argument("--log-format", choices=["json", "text"], help="(PILOTHOUSE_LOG_FORMAT)")
+    add_common_arguments(parser)
 
 
 def from_arguments(ns: argparse.Namespace, env: Mapping[str, str] = os.environ) -> Settings:
-    def pick(flag: str, var: str) -> str | None:
-        value = getattr(ns, flag, None)
-        return value if value is not None else env.get(var) or None
-
-    api_key = pick("api_key", "PILOTHOUSE_EXECUTOR_KEY")
+    flags = Flags(ns, env)
+    api_key = flags.text("api_key", "PILOTHOUSE_EXECUTOR_KEY")
     if not api_key:
         raise SystemExit("an executor key is required: --api-key or PILOTHOUSE_EXECUTOR_KEY")
     defaults = Settings(api_key=api_key)
-    ca, cert, key = (
-        pick("control_plane_ca", "PILOTHOUSE_TLS_CA"),
-        pick("client_cert", "PILOTHOUSE_TLS_CERT"),
-        pick("client_key", "PILOTHOUSE_TLS_KEY"),
-    )
     settings = Settings(
         api_key=api_key,
-        listen=pick("listen", "PILOTHOUSE_EXECUTOR_LISTEN") or defaults.listen,
-        control_plane=pick("control_plane", "PILOTHOUSE_CONTROL_PLANE") or defaults.control_plane,
-        node_id=pick("node_id", "PILOTHOUSE_NODE_ID") or defaults.node_id,
-        cluster=pick("cluster", "PILOTHOUSE_CLUSTER") or defaults.cluster,
-        state_dir=Path(pick("state_dir", "PILOTHOUSE_STATE_DIR") or defaults.state_dir),
-        run_store_url=pick("run_store_url", "PILOTHOUSE_RUN_STORE_URL") or defaults.run_store_url,
-        control_plane_ca=Path(ca) if ca else None,
-        client_cert=Path(cert) if cert else None,
-        client_key=Path(key) if key else None,
-        lease_ttl=float(pick("lease_ttl", "PILOTHOUSE_LEASE_TTL") or defaults.lease_ttl),
-        max_concurrent_runs=int(
-            pick("max_concurrent_runs", "PILOTHOUSE_MAX_CONCURRENT_RUNS")
-            or defaults.max_concurrent_runs
+        listen=flags.text("listen", "PILOTHOUSE_EXECUTOR_LISTEN") or defaults.listen,
+        control_plane=flags.text("control_plane", "PILOTHOUSE_CONTROL_PLANE")
+        or defaults.control_plane,
+        node_id=flags.text("node_id", "PILOTHOUSE_NODE_ID") or defaults.node_id,
+        cluster=flags.text("cluster", "PILOTHOUSE_CLUSTER") or defaults.cluster,
+        state_dir=flags.path("state_dir", "PILOTHOUSE_STATE_DIR") or defaults.state_dir,
+        run_store_url=flags.text("run_store_url", "PILOTHOUSE_RUN_STORE_URL")
+        or defaults.run_store_url,
+        control_plane_ca=flags.path("control_plane_ca", "PILOTHOUSE_TLS_CA"),
+        client_cert=flags.path("client_cert", "PILOTHOUSE_TLS_CERT"),
+        client_key=flags.path("client_key", "PILOTHOUSE_TLS_KEY"),
+        lease_ttl=flags.number(
+            "lease_ttl", "PILOTHOUSE_LEASE_TTL", defaults.lease_ttl, positive=True
         ),
-        outbox_limit=int(pick("outbox_limit", "PILOTHOUSE_OUTBOX_LIMIT") or defaults.outbox_limit),
-        retain_runs_days=retention_days(
-            pick("retain_runs_days", "PILOTHOUSE_RETAIN_RUNS_DAYS"), "--retain-runs-days"
+        max_concurrent_runs=flags.integer(
+            "max_concurrent_runs", "PILOTHOUSE_MAX_CONCURRENT_RUNS", defaults.max_concurrent_runs
         ),
-        retention_interval=float(
-            pick("retention_interval", "PILOTHOUSE_RETENTION_INTERVAL")
-            or defaults.retention_interval
+        outbox_limit=flags.integer(
+            "outbox_limit", "PILOTHOUSE_OUTBOX_LIMIT", defaults.outbox_limit
         ),
+        retain_runs_days=flags.days("retain_runs_days", "PILOTHOUSE_RETAIN_RUNS_DAYS"),
+        retention_interval=flags.retention_interval(defaults.retention_interval),
         allow_egress=tuple(
             ns.allow_egress
             if getattr(ns, "allow_egress", None)
             else [e for e in env.get("PILOTHOUSE_ALLOW_EGRESS", "").split(",") if e.strip()]
         ),
         provider_credentials=tuple(getattr(ns, "provider_credential", None) or ()),
-        credentials_file=Path(file)
-        if (file := pick("credentials_file", "PILOTHOUSE_CREDENTIALS_FILE"))
-        else None,
-        log_level=(pick("log_level", "PILOTHOUSE_LOG_LEVEL") or defaults.log_level).upper(),
-        log_format=pick("log_format", "PILOTHOUSE_LOG_FORMAT") or defaults.log_format,
+        credentials_file=flags.path("credentials_file", "PILOTHOUSE_CREDENTIALS_FILE"),
+        log_level=flags.log_level(defaults.log_level),
+        log_format=flags.log_format(defaults.log_format),
     )
-    if settings.retention_interval <= 0:
-        raise SystemExit("--retention-interval must be positive")
     try:
         settings.egress_policy()
         settings.credentials(env)

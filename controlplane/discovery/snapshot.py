@@ -11,7 +11,7 @@ rollouts only while their candidate has a share of the runs.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -195,6 +195,25 @@ def _problems(tenant: str, records: Mapping[str, list[Record[Any]]]) -> Iterable
     def missing(kind: str, name: str, stored_id: str | None = None) -> bool:
         return (stored_id or _short(name)) not in ids[kind]
 
+    yield from _route_problems(records, missing)
+    prompts = {p.id: p for p in records["Prompt"]}
+    for p in records["Prompt"]:
+        for label, version in p.spec.labels.items():
+            if missing("PromptVersion", version, _version_id(version)):
+                yield f"label {label} of prompt {p.id} points at missing {version}"
+    for agent in records["Agent"]:
+        yield from _agent_problems(agent, prompts, missing)
+    for rollout in records["Rollout"]:
+        for version in (rollout.spec.baseline_version, rollout.spec.candidate_version):
+            if missing("PromptVersion", version, _version_id(version)):
+                yield f"rollout {rollout.id} names missing {version}"
+    if not records["Tenant"]:
+        yield f"{tenant_name(tenant)} is missing"
+
+
+def _route_problems(
+    records: Mapping[str, list[Record[Any]]], missing: Callable[..., bool]
+) -> Iterable[str]:
     for route in records["ModelRoute"]:
         for name in [t.model for t in route.spec.targets] + list(route.spec.fallbacks):
             if missing("Model", name):
@@ -202,33 +221,28 @@ def _problems(tenant: str, records: Mapping[str, list[Record[Any]]]) -> Iterable
     for version in records["PromptVersion"]:
         if version.spec.model_route and missing("ModelRoute", version.spec.model_route):
             yield f"prompt version {version.id} names missing route {version.spec.model_route}"
-    prompts = {p.id: p for p in records["Prompt"]}
-    for p in records["Prompt"]:
-        for label, version in p.spec.labels.items():
-            if missing("PromptVersion", version, _version_id(version)):
-                yield f"label {label} of prompt {p.id} points at missing {version}"
-    for agent in records["Agent"]:
-        spec = agent.spec
-        prompt = prompts.get(_short(spec.prompt))
-        if prompt is None:
-            yield f"agent {agent.id} names missing prompt {spec.prompt}"
-        elif spec.prompt_version:
-            if missing("PromptVersion", spec.prompt_version, _version_id(spec.prompt_version)):
-                yield f"agent {agent.id} pins missing version {spec.prompt_version}"
-        elif (spec.prompt_label or kinds.DEFAULT_PROMPT_LABEL) not in prompt.spec.labels:
-            label = spec.prompt_label or kinds.DEFAULT_PROMPT_LABEL
-            yield f"agent {agent.id} runs label {label} that prompt {prompt.id} lacks"
-        if spec.model_route and missing("ModelRoute", spec.model_route):
-            yield f"agent {agent.id} names missing route {spec.model_route}"
-        classifier = spec.guardrail_policy.injection_classifier
-        if classifier and missing("ModelRoute", classifier):
-            yield f"agent {agent.id} names missing classifier route {classifier}"
-        for tool in spec.tools:
-            if missing("Tool", tool):
-                yield f"agent {agent.id} names missing tool {tool}"
-    for rollout in records["Rollout"]:
-        for version in (rollout.spec.baseline_version, rollout.spec.candidate_version):
-            if missing("PromptVersion", version, _version_id(version)):
-                yield f"rollout {rollout.id} names missing {version}"
-    if not records["Tenant"]:
-        yield f"{tenant_name(tenant)} is missing"
+
+
+def _agent_problems(
+    agent: Record[Any],
+    prompts: Mapping[str, Record[Any]],
+    missing: Callable[..., bool],
+) -> Iterable[str]:
+    spec = agent.spec
+    prompt = prompts.get(_short(spec.prompt))
+    if prompt is None:
+        yield f"agent {agent.id} names missing prompt {spec.prompt}"
+    elif spec.prompt_version:
+        if missing("PromptVersion", spec.prompt_version, _version_id(spec.prompt_version)):
+            yield f"agent {agent.id} pins missing version {spec.prompt_version}"
+    elif (spec.prompt_label or kinds.DEFAULT_PROMPT_LABEL) not in prompt.spec.labels:
+        label = spec.prompt_label or kinds.DEFAULT_PROMPT_LABEL
+        yield f"agent {agent.id} runs label {label} that prompt {prompt.id} lacks"
+    if spec.model_route and missing("ModelRoute", spec.model_route):
+        yield f"agent {agent.id} names missing route {spec.model_route}"
+    classifier = spec.guardrail_policy.injection_classifier
+    if classifier and missing("ModelRoute", classifier):
+        yield f"agent {agent.id} names missing classifier route {classifier}"
+    for tool in spec.tools:
+        if missing("Tool", tool):
+            yield f"agent {agent.id} names missing tool {tool}"

@@ -21,8 +21,9 @@ from dataplane.api import auth
 from dataplane.api._convert import event_to_proto, run_to_proto
 from dataplane.config.watcher import ConfigWatcher
 from dataplane.evals.cases import CaseRunner
+from dataplane.orchestrator.admission import Admission
 from dataplane.orchestrator.context import AdmissionError, Exhausted
-from dataplane.orchestrator.runs import Admission, Runs
+from dataplane.orchestrator.runs import Runs
 from dataplane.runstore.errors import IdempotencyConflict, RunNotFound
 from dataplane.runstore.model import Run
 from dataplane.runstore.store import RunStore

@@ -16,7 +16,8 @@ from decimal import Decimal, InvalidOperation
 
 from dataplane.evals import graders
 from dataplane.guardrails import pii
-from dataplane.orchestrator.runs import Admission, Runs
+from dataplane.orchestrator.admission import Admission
+from dataplane.orchestrator.runs import Runs
 from pilothouse.v1 import eval_pb2
 
 VARIANT = "eval"

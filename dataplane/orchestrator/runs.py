@@ -10,30 +10,29 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TypeVar
 
-from dataplane.config.snapshot import ExecutorConfig, RunUnit
+from dataplane.config.snapshot import ExecutorConfig
 from dataplane.config.watcher import ConfigWatcher
-from dataplane.guardrails import pii
 from dataplane.models.gateway import ModelGateway
-from dataplane.orchestrator.calls import Usage, call_bounds, unsettled
+from dataplane.orchestrator.admission import (
+    Admission,
+    Admitted,
+    new_run,
+    prepare,
+)
 from dataplane.orchestrator.context import (
     AdmissionError,
     Exhausted,
     RunContext,
-    limits,
-    require_version,
-    resolve,
 )
-from dataplane.orchestrator.loop import RunLoop, opening
+from dataplane.orchestrator.loop import RunLoop
 from dataplane.quota.leases import UNLIMITED_SLOT, QuotaExceeded, Quotas, RunSlot
 from dataplane.runstore.model import Lease, Run, RunEvent, RunState
-from dataplane.runstore.store import NewRun, RunStore, opened_events
-from dataplane.telemetry.otel import Tracing, run_trace_context, trace_id_of
-from dataplane.telemetry.records import RunLabels
+from dataplane.runstore.store import RunStore, opened_events
+from dataplane.telemetry.otel import Tracing
 from dataplane.tools.router import ToolRouter
-from pilothouse.v1 import agent_pb2
 from storekit.loop import wait_event
 
 log = logging.getLogger("pilothouse.executor.runs")
@@ -41,44 +40,8 @@ T = TypeVar("T")
 
 # A run that failed on an executor error waits this long before another try.
 RETRY_AFTER_ERROR = timedelta(seconds=1)
-MAX_INPUT_BYTES = 256 * 1024
-"""The largest run input accepted (UTF-8)."""
 # A run claimed from the queue whose tenant has no slot free goes back for at most this.
 QUOTA_REQUEUE = timedelta(seconds=5)
-
-
-@dataclass(frozen=True)
-class Admitted:
-    run: Run
-    created: bool
-    """False: the idempotency key named a run that already existed."""
-    events: list[RunEvent] | None
-    """A run created just now: the events it was created with (none when queued).
-    None for one that already existed."""
-
-
-@dataclass(frozen=True)
-class Admission:
-    tenant: str
-    agent: str
-    input: str
-    variables: dict[str, str]
-    budget: agent_pb2.Budget
-    idempotency_key: str | None = None
-    session_id: str = ""
-    user_id: str = ""
-    deadline_at: datetime | None = None
-    trace: dict[str, str] = field(default_factory=dict)
-    """The caller's W3C trace context (``traceparent``, ``tracestate``), if it sent one."""
-    prompt_version: str = ""
-    """Pins the run to this version of the agent's prompt instead of assigning one (an
-    eval case's run); it must be in the configuration."""
-    variant: str = ""
-    """With ``prompt_version``: the variant the run is recorded on."""
-    key: str = ""
-    """The key that started the run (apiKeys/{id})."""
-    scopes: tuple[str, ...] = ()
-    """The scopes that key holds: the run may call tools that require one of them."""
 
 
 class Runs:
@@ -155,104 +118,19 @@ class Runs:
         # The run's id is chosen here: a run with no session or user id is a rollout's
         # unit of its own.
         run_id = str(uuid.uuid4())
-        unit = RunUnit(admission.tenant, admission.user_id, admission.session_id, run_id)
-        if admission.prompt_version:
-            require_version(config, admission.agent, admission.prompt_version)
-        ctx = resolve(
-            config,
-            admission.agent,
-            admission.variables,
-            unit=unit,
-            pinned_version=admission.prompt_version,
-            pinned_variant=admission.variant,
-        )
-        size = len(admission.input.encode())
-        if size > MAX_INPUT_BYTES:
-            raise AdmissionError("input", f"is {size} bytes; at most {MAX_INPUT_BYTES}")
-        run_input, variables = admission.input, admission.variables
-        if ctx.agent.guardrail_policy.redact_pii:
-            # The variables are the caller's text as much as the input is: neither reaches
-            # the model or the run store unredacted.
-            run_input = pii.redact(run_input)
-            redacted = {name: pii.redact(value) for name, value in variables.items()}
-            if redacted != variables:
-                variables = redacted
-                ctx = resolve(
-                    config,
-                    admission.agent,
-                    variables,
-                    unit=unit,
-                    pinned_version=admission.prompt_version,
-                    pinned_variant=admission.variant,
-                )
+        prepared = prepare(config, admission, run_id, self.executor)
         for gate in self._gates:
             gate(admission)
-        trace = run_trace_context(admission.trace)
-        run_limits = limits(ctx.agent, admission.budget)
-        request = {
-            "trace": trace,
-            "input": run_input,
-            "variables": variables,
-            "key": admission.key,
-            "scopes": list(admission.scopes),
-            "limits": run_limits.to_dict(),
-            "prompt_version": ctx.version.name,
-            "variant": ctx.variant,
-            "config_version": config.version,
-        }
         # Without a free slot here, the run waits in the queue for any executor rather
         # than hold a lease nobody renews.
         queued = not run_now or len(self._loops) >= self._max_concurrent
-        # A run that starts here holds one of its tenant's slots while it runs; a queued
-        # one takes a slot when an executor picks it up.
+        slot = await self._admission_slot(admission, queued=queued)
+        usd_limited = self._quotas is not None and self._quotas.usd_limited(admission.tenant)
+        new, first = new_run(
+            config, admission, prepared, run_id, queued=queued, usd_limited=usd_limited
+        )
         try:
-            if queued:
-                # It takes its slot when an executor picks it up; a spent budget refuses it
-                # now, as it refuses a run starting here.
-                if self._quotas is not None:
-                    await self._quota_checked(self._quotas.check_budget(admission.tenant))
-                slot = UNLIMITED_SLOT
-            else:
-                slot = await self._slot(admission.tenant)
-        except Exhausted as e:
-            await self._store.audit(
-                admission.tenant,
-                "quota.refused",
-                admission.agent,
-                {"limit": e.quota[1] if e.quota else "", "reason": str(e)},
-                executor=self.executor,
-            )
-            raise
-        labels = RunLabels(admission.agent, ctx.version.name, self.executor, ctx.variant)
-        first = first_call = None
-        if not queued:
-            messages, first = opening(
-                ctx, config.version, run_input, labels, run_limits, trace_id=trace_id_of(trace)
-            )
-            # The first model call is written with the run: no write of its own.
-            quota = self._quotas.lease(admission.tenant) if self._quotas is not None else None
-            usd_limited = run_limits.max_usd is not None or (
-                quota is not None and quota.usd_held is not None
-            )
-            bounds = call_bounds(config, ctx, messages, usd_limited=usd_limited)
-            first_call = unsettled(bounds, Usage(), labels, 1)
-        try:
-            run, lease, created = await self._store.create(
-                NewRun(
-                    admission.tenant,
-                    admission.agent,
-                    request,
-                    admission.idempotency_key,
-                    admission.session_id,
-                    admission.user_id,
-                    admission.deadline_at,
-                    queued=queued,
-                    opening=first,
-                    model_call=first_call,
-                    id=run_id,
-                ),
-                owner=self.owner,
-            )
+            run, lease, created = await self._store.create(new, owner=self.owner)
         except BaseException:
             slot.release()
             raise
@@ -263,9 +141,29 @@ class Runs:
         if lease is None:
             self._wake.set()
             return Admitted(run, True, [])
-        self._launch(run, lease, admitted=(config, ctx), slot=slot)
+        self._launch(run, lease, admitted=(config, prepared.ctx), slot=slot)
         assert first is not None
         return Admitted(run, True, opened_events(run, first))
+
+    async def _admission_slot(self, admission: Admission, *, queued: bool) -> RunSlot:
+        """A run that starts here holds one of its tenant's slots while it runs; a queued
+        one takes its slot when an executor picks it up, but a spent budget refuses it now,
+        as it refuses a run starting here. A refusal is an audit record."""
+        try:
+            if not queued:
+                return await self._slot(admission.tenant)
+            if self._quotas is not None:
+                await self._quota_checked(self._quotas.check_budget(admission.tenant))
+            return UNLIMITED_SLOT
+        except Exhausted as e:
+            await self._store.audit(
+                admission.tenant,
+                "quota.refused",
+                admission.agent,
+                {"limit": e.quota[1] if e.quota else "", "reason": str(e)},
+                executor=self.executor,
+            )
+            raise
 
     async def _slot(self, tenant: str, *, budget: bool = True) -> RunSlot:
         """A slot of the tenant's quota for a run starting here, or ``Exhausted``."""
@@ -425,26 +323,38 @@ class Runs:
                     )
                     events = heard if contiguous else await self._store.events(run_id, after=after)
                     continue
-                local = run_id in self._loops
-                if await wait_event(sub.changed, None if local else self._poll):
-                    events = []
-                    if not sub.pending:
-                        # Woken without events: the local loop ended or handed the run on.
-                        events = await self._store.events(run_id, after=after)
-                else:
-                    # Nothing heard: the run may be on another executor, or already over.
-                    events = await self._store.events(run_id, after=after)
-                    if not events:
-                        run = await self._store.get(run_id)
-                        over = run.state is RunState.FINISHED or (
-                            until_pause and run.state is RunState.WAITING_APPROVAL
-                        )
-                        if over and not await self._store.events(run_id, after=after):
-                            return
+                more = await self._wait_for_more(run_id, sub, after, until_pause=until_pause)
+                if more is None:
+                    return
+                events = more
         finally:
             subscribers.discard(sub)
             if not subscribers:
                 self._subscribers.pop(run_id, None)
+
+    async def _wait_for_more(
+        self, run_id: str, sub: _Subscriber, after: int, *, until_pause: bool
+    ) -> Sequence[RunEvent] | None:
+        """Wait for the run's next events (heard of, or read every poll interval when the
+        run is not here): those read back, if any; None when the run is over and nothing
+        more is to come."""
+        local = run_id in self._loops
+        if await wait_event(sub.changed, None if local else self._poll):
+            if sub.pending:
+                return []
+            # Woken without events: the local loop ended or handed the run on.
+            return await self._store.events(run_id, after=after)
+        # Nothing heard: the run may be on another executor, or already over.
+        events = await self._store.events(run_id, after=after)
+        if events:
+            return events
+        run = await self._store.get(run_id)
+        over = run.state is RunState.FINISHED or (
+            until_pause and run.state is RunState.WAITING_APPROVAL
+        )
+        if over and not await self._store.events(run_id, after=after):
+            return None
+        return []
 
     async def cancel(self, run_id: str) -> Run:
         run = await self._store.request_cancel(run_id)

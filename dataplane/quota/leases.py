@@ -511,6 +511,12 @@ class Quotas:
         self._task: asyncio.Task[None] | None = None
         self._releasing: set[asyncio.Task[None]] = set()
 
+    def usd_limited(self, tenant: str) -> bool:
+        """The tenant's lease limits its spend in USD (so a model call needs a worst
+        case)."""
+        lease = self.lease(tenant)
+        return lease is not None and lease.usd_held is not None
+
     async def start(self) -> None:
         self._task = asyncio.create_task(self._renew_forever(), name="quota-renewal")
 

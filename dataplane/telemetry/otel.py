@@ -265,14 +265,6 @@ class ModelCallTrace:
         tokens.record(answer.usage.output_tokens, {**labels, "gen_ai.token.type": "output"})
         self._tracing.operation_duration.record(time.perf_counter() - self._started, labels)
 
-    def capture(self, messages: Iterable[ChatMessage], answer: ChatMessage) -> None:
-        """Put the call's messages and answer on its span (for a tenant that captures
-        content), redacted."""
-        self.span.set_attribute(
-            "gen_ai.input.messages", captured(json.dumps([_message(m) for m in messages]))
-        )
-        self.span.set_attribute("gen_ai.output.messages", captured(json.dumps([_message(answer)])))
-
     def failed(self, error: Exception) -> None:
         status = getattr(error, "status", None)
         kind = str(status) if status else type(error).__name__
@@ -307,6 +299,15 @@ def captured(text: str) -> str:
     the scan too (with room for a secret that straddles the cut), so that the work is
     bounded whatever the content's size."""
     return pii.redact(text[: MAX_CAPTURED + 1024])[:MAX_CAPTURED]
+
+
+def capture_messages(span: Span, messages: Iterable[ChatMessage], answer: ChatMessage) -> None:
+    """Put a model call's messages and answer on its span (for a tenant that captures
+    content), redacted."""
+    span.set_attribute(
+        "gen_ai.input.messages", captured(json.dumps([_message(m) for m in messages]))
+    )
+    span.set_attribute("gen_ai.output.messages", captured(json.dumps([_message(answer)])))
 
 
 def _message(m: ChatMessage) -> dict[str, Any]:

@@ -57,6 +57,46 @@ def safe_to_repeat(tool: tool_pb2.Tool) -> bool:
     )
 
 
+def check_call(
+    config: ExecutorConfig,
+    allowed: dict[str, tool_pb2.Tool],
+    name: str,
+    arguments: str,
+    scopes: frozenset[str] = frozenset(),
+) -> tuple[tool_pb2.Tool, dict[str, Any]] | ToolOutcome:
+    """The tool (one of ``allowed``, from ``config``) and parsed arguments, or the
+    refusal to hand back to the model. ``scopes``: those of the key that started the
+    run; a tool that requires another is refused."""
+    tool = allowed.get(name)
+    if tool is None:
+        return ToolOutcome({"error": f"tool {name!r} is not available to this agent"}, False, False)
+    if tool.required_scope and tool.required_scope not in scopes:
+        return ToolOutcome(
+            {
+                "error": f"tool {name!r} requires the scope {tool.required_scope!r}, which "
+                "the key that started this run does not hold"
+            },
+            False,
+            False,
+            missing_scope=tool.required_scope,
+        )
+    try:
+        parsed = jsonschemas.parse_document(arguments or "{}")
+    except ValueError as e:
+        return ToolOutcome({"error": f"arguments are not valid JSON: {e}"}, False, False)
+    if not isinstance(parsed, dict):
+        return ToolOutcome({"error": "arguments must be a JSON object"}, False, False)
+    problem = best_match(config.input_validator(tool).iter_errors(parsed))
+    if problem is not None:
+        where = "/".join(str(p) for p in problem.absolute_path)
+        return ToolOutcome(
+            {"error": f"invalid arguments{' at ' + where if where else ''}: {problem.message}"},
+            False,
+            False,
+        )
+    return tool, parsed
+
+
 class ToolRouter:
     def __init__(
         self,
@@ -67,48 +107,6 @@ class ToolRouter:
         self._http = http
         self._memory = memory
         self._mcp = mcp
-
-    def check(
-        self,
-        config: ExecutorConfig,
-        allowed: dict[str, tool_pb2.Tool],
-        name: str,
-        arguments: str,
-        scopes: frozenset[str] = frozenset(),
-    ) -> tuple[tool_pb2.Tool, dict[str, Any]] | ToolOutcome:
-        """The tool (one of ``allowed``, from ``config``) and parsed arguments, or the
-        refusal to hand back to the model. ``scopes``: those of the key that started the
-        run; a tool that requires another is refused."""
-        tool = allowed.get(name)
-        if tool is None:
-            return ToolOutcome(
-                {"error": f"tool {name!r} is not available to this agent"}, False, False
-            )
-        if tool.required_scope and tool.required_scope not in scopes:
-            return ToolOutcome(
-                {
-                    "error": f"tool {name!r} requires the scope {tool.required_scope!r}, which "
-                    "the key that started this run does not hold"
-                },
-                False,
-                False,
-                missing_scope=tool.required_scope,
-            )
-        try:
-            parsed = jsonschemas.parse_document(arguments or "{}")
-        except ValueError as e:
-            return ToolOutcome({"error": f"arguments are not valid JSON: {e}"}, False, False)
-        if not isinstance(parsed, dict):
-            return ToolOutcome({"error": "arguments must be a JSON object"}, False, False)
-        problem = best_match(config.input_validator(tool).iter_errors(parsed))
-        if problem is not None:
-            where = "/".join(str(p) for p in problem.absolute_path)
-            return ToolOutcome(
-                {"error": f"invalid arguments{' at ' + where if where else ''}: {problem.message}"},
-                False,
-                False,
-            )
-        return tool, parsed
 
     async def execute(
         self,

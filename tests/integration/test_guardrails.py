@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from dataplane.guardrails.injection import screen
-from dataplane.orchestrator.runs import MAX_INPUT_BYTES
+from dataplane.orchestrator.admission import MAX_INPUT_BYTES
 from pilothouse.v1 import (
     agent_pb2,
     run_pb2,
