@@ -65,6 +65,7 @@ demo: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python -m tests.bench.registry_bench
 	$(BIN)/python -m tests.bench.run_bench
+	$(BIN)/python -m tests.bench.short_run_bench
 	$(BIN)/python -m tests.bench.checkpoint_bench
 	$(BIN)/python -m tests.bench.propagation_bench
 	$(BIN)/python -m tests.bench.throughput_bench

@@ -22,9 +22,8 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2, discovery_pb2
 from google.protobuf.message import Message
 
-from controlplane.api import _convert
+from controlplane.api import _convert, rollout_convert
 from controlplane.api.context import principal
-from controlplane.api.rollout_convert import rollout_to_proto
 from controlplane.discovery.delta import (
     DeltaSession,
     ProtocolError,
@@ -39,24 +38,29 @@ from controlplane.errors import InvalidArgument
 from controlplane.lru import LruCache
 from controlplane.registry.resources import Record
 from pilothouse.configuration import TENANT_CONFIGURATION_URL, resource_name
+from pilothouse.kinds import DELIVERED, ResourceKind
 from pilothouse.v1 import discovery_pb2 as discovery_pb2_ph
 
 log = logging.getLogger("pilothouse.discovery")
 
 ADS_SERVICE = ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"].full_name
 
+
+def to_proto(kind: ResourceKind) -> Callable[[Record[Any]], Message]:
+    """A kind's converter to its message: ``{field}_to_proto`` of the API's converters
+    (a delivered kind without one fails here, at start-up)."""
+    name = f"{kind.field}_to_proto"
+    for module in (_convert, rollout_convert):
+        found = getattr(module, name, None)
+        if found is not None:
+            return found  # type: ignore[no-any-return]
+    raise LookupError(f"no converter {name} for {kind.name}")
+
+
 _TO_PROTO: dict[str, Callable[[Record[Any]], Message]] = {
-    "ApiKeyDigest": _convert.api_key_digest_to_proto,
-    "Tenant": _convert.tenant_to_proto,
-    "QuotaPolicy": _convert.quota_policy_to_proto,
-    "Tool": _convert.tool_to_proto,
-    "Model": _convert.model_to_proto,
-    "ModelRoute": _convert.model_route_to_proto,
-    "PromptVersion": _convert.prompt_version_to_proto,
-    "Prompt": _convert.prompt_to_proto,
-    "Agent": _convert.agent_to_proto,
-    "Rollout": rollout_to_proto,
+    kind.name: to_proto(kind) for kind in DELIVERED
 }
+"""Each delivered kind's converter to its message."""
 
 
 class TenantBundles:

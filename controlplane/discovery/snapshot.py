@@ -23,20 +23,10 @@ from controlplane.registry.names import tenant_name
 from controlplane.registry.resources import Record
 from controlplane.registry.service import QUOTA_POLICY_ID, RegistryContents, etag_of
 from pilothouse.configuration import MAX_TENANT_CONFIG_BYTES, combined_version
+from pilothouse.kinds import DELIVERED
 
-# The order executors should apply kinds in: what is referenced before what refers to it.
-KIND_ORDER = (
-    "ApiKeyDigest",
-    "Tenant",
-    "QuotaPolicy",
-    "Tool",
-    "Model",
-    "ModelRoute",
-    "PromptVersion",
-    "Prompt",
-    "Agent",
-    "Rollout",
-)
+KIND_ORDER = tuple(kind.name for kind in DELIVERED)
+"""The kinds executors get, in the order they apply them (``pilothouse.kinds``)."""
 
 
 @dataclass(frozen=True)

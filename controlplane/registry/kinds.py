@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 from controlplane.errors import PreconditionViolation
 from controlplane.registry import resources as r
 from controlplane.registry.checks import Violations
+from pilothouse import kinds as table
 
 S = TypeVar("S")
 
@@ -521,34 +522,30 @@ def _check_quota(q: r.QuotaPolicy, v: Violations) -> None:
         v.non_negative(name, getattr(q, name))
 
 
-TOOL = Kind("Tool", "tools", "tool", r.Tool, _check_tool)
-MODEL = Kind("Model", "models", "model", r.Model, _check_model)
-MODEL_ROUTE = Kind(
-    "ModelRoute", "modelRoutes", "model_route", r.ModelRoute, _check_route, _route_refs
-)
-PROMPT = Kind(
+def _kind(
+    name: str, spec_type: type[S], check: Callable[[S, Violations], None], *more: Any, **fields: Any
+) -> Kind[S]:
+    """The registry's kind ``name``, where the table of kinds (``pilothouse.kinds``) says
+    it lives."""
+    entry = table.kind(name)
+    return Kind(entry.name, entry.collection, entry.field, spec_type, check, *more, **fields)
+
+
+TOOL = _kind("Tool", r.Tool, _check_tool)
+MODEL = _kind("Model", r.Model, _check_model)
+MODEL_ROUTE = _kind("ModelRoute", r.ModelRoute, _check_route, _route_refs)
+PROMPT = _kind(
     "Prompt",
-    "prompts",
-    "prompt",
     r.Prompt,
     _check_prompt,
     output_only=frozenset({"labels"}),
     child_kind="PromptVersion",
 )
-PROMPT_VERSION = Kind(
-    "PromptVersion",
-    "versions",
-    "prompt_version",
-    r.PromptVersion,
-    check_prompt_version,
-    _version_refs,
-)
-AGENT = Kind("Agent", "agents", "agent", r.Agent, _check_agent, _agent_refs, _agent_state)
-TENANT = Kind("Tenant", "tenants", "tenant", r.Tenant, _check_tenant)
-ROLLOUT = Kind(
+PROMPT_VERSION = _kind("PromptVersion", r.PromptVersion, check_prompt_version, _version_refs)
+AGENT = _kind("Agent", r.Agent, _check_agent, _agent_refs, _agent_state)
+TENANT = _kind("Tenant", r.Tenant, _check_tenant)
+ROLLOUT = _kind(
     "Rollout",
-    "rollouts",
-    "rollout",
     r.Rollout,
     _check_rollout,
     _rollout_refs,
@@ -571,10 +568,8 @@ ROLLOUT = Kind(
     ),
     exclusive=_rollout_exclusive,
 )
-EVAL_SUITE = Kind(
-    "EvalSuite", "evalSuites", "eval_suite", r.EvalSuite, _check_eval_suite, _eval_suite_refs
-)
-QUOTA_POLICY = Kind("QuotaPolicy", "quotaPolicy", "quota_policy", r.QuotaPolicy, _check_quota)
+EVAL_SUITE = _kind("EvalSuite", r.EvalSuite, _check_eval_suite, _eval_suite_refs)
+QUOTA_POLICY = _kind("QuotaPolicy", r.QuotaPolicy, _check_quota)
 
 TENANT_SCOPED: dict[str, Kind[Any]] = {
     k.name: k

@@ -9,6 +9,7 @@ other tenants' are untouched. ``ExecutorConfig`` is what is in force: every tena
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -20,28 +21,25 @@ from google.protobuf.message import DecodeError, Message
 from pilothouse import jsonschemas, patterns
 from pilothouse.assignment import Stickiness, in_candidate, unit_key
 from pilothouse.configuration import TYPE_PREFIX, combined_version, resource_name, tenant_of
+from pilothouse.kinds import DELIVERED, ResourceKind
 from pilothouse.v1 import (
     agent_pb2,
     discovery_pb2,
     model_pb2,
     prompt_pb2,
     rollout_pb2,
-    tenant_pb2,
     tool_pb2,
 )
 
-MESSAGES: dict[str, type[Message]] = {
-    "ApiKeyDigest": discovery_pb2.ApiKeyDigest,
-    "Tenant": tenant_pb2.Tenant,
-    "QuotaPolicy": tenant_pb2.QuotaPolicy,
-    "Tool": tool_pb2.Tool,
-    "Model": model_pb2.Model,
-    "ModelRoute": model_pb2.ModelRoute,
-    "PromptVersion": prompt_pb2.PromptVersion,
-    "Prompt": prompt_pb2.Prompt,
-    "Agent": agent_pb2.Agent,
-    "Rollout": rollout_pb2.Rollout,
-}
+
+def _message(kind: ResourceKind) -> type[Message]:
+    module = importlib.import_module(f"pilothouse.v1.{kind.proto_module}_pb2")
+    message: type[Message] = getattr(module, kind.name)
+    return message
+
+
+MESSAGES: dict[str, type[Message]] = {kind.name: _message(kind) for kind in DELIVERED}
+"""The messages of the kinds executors get, in the order they apply them."""
 DEFAULT_PROMPT_LABEL = "production"
 STICKINESS = {
     rollout_pb2.STICKINESS_UNSPECIFIED: Stickiness.SESSION,

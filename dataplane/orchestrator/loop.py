@@ -7,8 +7,9 @@ it returns, and every tool call is journaled before it runs (unless it is safe t
 and when it ends, so a run resumed by another executor repeats neither a model call nor a
 completed tool call; and since a resumed run is decided from the same state by the same
 function, it does what the first execution would have done. Budgets are checked by
-``decide`` before the spending they would not allow; what wraps each call (spans, quota,
-capture, output guardrails) is in ``intercept/``.
+``decide`` before the spending they would not allow; each command's effect is in
+``effects.py``, and what wraps each call (spans, quota, capture, output guardrails) in
+``intercept/``. This module holds the run's lease, asks, and ends the run.
 """
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ from pilothouse.v1 import (
     tenant_pb2_grpc,
 )
 from tests.bench.registry_bench import database_urls, write_result
-from tests.bench.run_bench import setup, start_executor
+from tests.bench.run_bench import setup
+from tests.executors import Executor, start_executor
 from tests.fakes.openai_server import Behaviour, FakeOpenAI
 
 RUNS = 1000
@@ -72,18 +73,21 @@ async def measure(database_url: str, workdir: Path) -> dict[str, Any]:
     ).stdout.strip()
     plane = launch.start(database_url, bootstrap_key=admin)
     md = (("authorization", f"Bearer {admin}"),)
-    executors: list[subprocess.Popen[str]] = []
+    executors: list[Executor] = []
     try:
         client_key, executor_key = (await setup(plane.address, admin, fake)).split()
         # One executor without a quota prices a run.
-        first, address = await start_executor(
-            plane.address, executor_key, "price", workdir / "price", _store(workdir, "p"), "WARNING"
+        first = await start_executor(
+            plane.address,
+            executor_key,
+            node="price",
+            state_dir=workdir / "price",
+            run_store_url=_store(workdir, "p"),
         )
         executors.append(first)
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with grpc.aio.insecure_channel(first.address) as channel:
             cost = await _first_run_cost(run_pb2_grpc.AgentServiceStub(channel), client_key)
-        first.terminate()
-        first.wait(timeout=30)
+        first.stop_now(timeout=30)
         budget = cost * COVERED
         async with grpc.aio.insecure_channel(plane.address) as ch:
             await tenant_pb2_grpc.TenantServiceStub(ch).UpdateQuotaPolicy(
@@ -96,16 +100,15 @@ async def measure(database_url: str, workdir: Path) -> dict[str, Any]:
             )
         addresses = []
         for i in range(EXECUTORS):
-            process, address = await start_executor(
+            process = await start_executor(
                 plane.address,
                 executor_key,
-                f"quota-{i}",
-                workdir / f"e{i}",
-                _store(workdir, str(i)),
-                "WARNING",
+                node=f"quota-{i}",
+                state_dir=workdir / f"e{i}",
+                run_store_url=_store(workdir, str(i)),
             )
             executors.append(process)
-            addresses.append(address)
+            addresses.append(process.address)
         channels = [grpc.aio.insecure_channel(a) for a in addresses]
         try:
             stubs = [run_pb2_grpc.AgentServiceStub(c) for c in channels]
@@ -121,7 +124,7 @@ async def measure(database_url: str, workdir: Path) -> dict[str, Any]:
         for process in executors[1:]:
             process.terminate()
         for process in executors[1:]:
-            process.wait(timeout=60)
+            process.stop_now(timeout=60)
         async with grpc.aio.insecure_channel(plane.address) as ch:
             balance = await quota_pb2_grpc.QuotaServiceStub(ch).GetBalance(
                 quota_pb2.GetBalanceRequest(tenant="tenants/bench"), metadata=md

@@ -12,16 +12,17 @@ durable checkpoints included. Then 10 runs at a time for a while: steps per seco
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-import re
 import secrets
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from pilothouse.v1 import (
 )
 from tests import helpers as h
 from tests.bench.registry_bench import database_urls, write_result
+from tests.executors import Executor, start_executor
 from tests.fakes.openai_server import Behaviour, FakeOpenAI
 
 STEPS = 5
@@ -191,65 +193,28 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
-async def start_executor(
-    control_plane: str,
-    key: str,
-    node: str,
-    state_dir: Path,
+@dataclass
+class Stack:
+    """What a run benchmark runs against: the fake model, a control plane and an
+    executor, their own processes, and a client's key the executor holds."""
+
+    fake: FakeOpenAI
+    plane: launch.ChildControlPlane
+    executor: Executor
+    client_key: str
+
+
+@contextlib.asynccontextmanager
+async def stack(
     run_store_url: str,
-    log_level: str,
+    workdir: Path,
+    first_run: Callable[[FakeOpenAI, str, str], Awaitable[object]],
+    *,
+    node: str = "bench",
     env: dict[str, str] | None = None,
-) -> tuple[subprocess.Popen[str], str]:
-    """Start an executor process; return it and the address it listens on.
-
-    Its stderr is drained on a thread once the address is read, so that its logs
-    can never fill the pipe and stall the executor being measured.
-    """
-    executor = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dataplane",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--control-plane",
-            control_plane,
-            "--node-id",
-            node,
-            "--state-dir",
-            str(state_dir),
-            "--run-store-url",
-            run_store_url,
-            "--log-level",
-            log_level,
-            # The fake model server listens on loopback.
-            "--allow-egress",
-            "127.0.0.1",
-        ],
-        env={**os.environ, **(env or {}), "PILOTHOUSE_EXECUTOR_KEY": key},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    stderr = executor.stderr
-    assert stderr is not None
-
-    def listening_address() -> str:
-        for line in stderr:
-            if m := re.search(r"listening on (\S+)", line):
-                return m[1]
-        raise RuntimeError(f"the executor exited with {executor.wait()} before listening")
-
-    address = await asyncio.to_thread(listening_address)
-    threading.Thread(target=stderr.read, daemon=True).start()
-    return executor, address
-
-
-async def measure(
-    run_store_url: str, workdir: Path, env: dict[str, str] | None = None
-) -> dict[str, Any]:
-    """``env``: more environment for the executor process."""
+) -> AsyncIterator[Stack]:
+    """Start the stack; ``first_run(fake, executor address, client key)`` is tried until
+    it succeeds (the executor holds the client's key once its configuration is in)."""
     fake = await FakeOpenAI().start()
     admin = subprocess.run(
         [sys.executable, "-m", "controlplane", "keygen"], capture_output=True, text=True, check=True
@@ -260,22 +225,46 @@ async def measure(
     executor = None
     try:
         client_key, executor_key = (await setup(plane.address, admin, fake)).split()
-        executor, address = await start_executor(
-            plane.address, executor_key, "bench", workdir, run_store_url, "WARNING", env
+        executor = await start_executor(
+            plane.address,
+            executor_key,
+            node=node,
+            state_dir=workdir,
+            run_store_url=run_store_url,
+            env=env,
         )
-        async with grpc.aio.insecure_channel(address) as channel:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                await first_run(fake, executor.address, client_key)
+                break
+            except grpc.aio.AioRpcError:
+                fake.script.clear()
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+        yield Stack(fake, plane, executor, client_key)
+    finally:
+        if executor is not None:
+            await executor.stop()
+        plane.stop()
+        await fake.aclose()
+
+
+async def _first_five_step_run(fake: FakeOpenAI, address: str, key: str) -> None:
+    script(fake, 1)
+    async with grpc.aio.insecure_channel(address) as channel:
+        await one_run(run_pb2_grpc.AgentServiceStub(channel), key)
+
+
+async def measure(
+    run_store_url: str, workdir: Path, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """``env``: more environment for the executor process."""
+    async with stack(run_store_url, workdir, _first_five_step_run, env=env) as s:
+        fake, executor, client_key = s.fake, s.executor, s.client_key
+        async with grpc.aio.insecure_channel(executor.address) as channel:
             stub = run_pb2_grpc.AgentServiceStub(channel)
-            deadline = time.monotonic() + 20
-            while True:  # until the executor holds the client's key
-                try:
-                    script(fake, 1)
-                    await one_run(stub, client_key)
-                    break
-                except grpc.aio.AioRpcError:
-                    fake.script.clear()
-                    if time.monotonic() > deadline:
-                        raise
-                    await asyncio.sleep(0.1)
             script(fake, 10)
             for _ in range(10):  # warm up
                 await one_run(stub, client_key)
@@ -317,12 +306,6 @@ async def measure(
             "executor_cpu_ms_per_step_at_10_concurrent": round(cpu * 1000 / (done * STEPS), 3),
             "runs_completed_concurrently": done,
         }
-    finally:
-        if executor is not None:
-            executor.terminate()
-            executor.wait(timeout=30)
-        plane.stop()
-        await fake.aclose()
 
 
 async def main() -> None:

@@ -20,7 +20,8 @@ import grpc
 from controlplane import launch
 from pilothouse.v1 import run_pb2, run_pb2_grpc
 from tests.bench.registry_bench import write_result
-from tests.bench.run_bench import STEPS, cpu_seconds, setup, start_executor
+from tests.bench.run_bench import STEPS, cpu_seconds, setup
+from tests.executors import start_executor
 from tests.fakes.openai_server import Behaviour, FakeOpenAI
 
 CONCURRENT = 1000
@@ -57,14 +58,15 @@ async def main() -> None:
         executor = None
         try:
             client_key, executor_key = (await setup(plane.address, admin, fake)).split()
-            executor, address = await start_executor(
+            executor = await start_executor(
                 plane.address,
                 executor_key,
-                "throughput",
-                work,
-                f"sqlite:///{work / 'runs.db'}",
-                "ERROR",
+                node="throughput",
+                state_dir=work,
+                run_store_url=f"sqlite:///{work / 'runs.db'}",
+                log_level="ERROR",
             )
+            address = executor.address
             fake.policy = five_steps
             md = (("authorization", f"Bearer {client_key}"),)
             request = run_pb2.RunAgentRequest(agent="tenants/bench/agents/a", input="go")
@@ -113,8 +115,7 @@ async def main() -> None:
             }
         finally:
             if executor is not None:
-                executor.terminate()
-                executor.wait(timeout=60)
+                executor.stop_now(timeout=60)
             plane.stop()
             await fake.aclose()
     print(

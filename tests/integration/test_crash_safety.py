@@ -12,10 +12,7 @@ SIGKILL while their calls are in flight.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
-import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -37,9 +34,10 @@ from pilothouse.v1 import (
 from pilothouse.v1.telemetry_pb2_grpc import TelemetryServiceStub
 from tests import helpers as h
 from tests.conftest import Live
+from tests.executors import Executor
+from tests.executors import start_executor as launch
 from tests.fakes.openai_server import Behaviour, FakeOpenAI
 from tests.fakes.tool_server import CountingTool, RefundTool
-from tests.integration.test_server import _read_until
 from tests.integration.test_telemetry import eventually
 
 
@@ -106,35 +104,11 @@ async def refund_agent(
     return tenant
 
 
-async def start_executor(
-    live: Live, key: str, node: str, state: Path, run_store: str
-) -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "dataplane",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--control-plane",
-        live.address,
-        "--node-id",
-        node,
-        "--state-dir",
-        str(state),
-        "--run-store-url",
-        run_store,
-        "--lease-ttl",
-        "1",
-        "--allow-egress",
-        "127.0.0.1",
-        env={**os.environ, "PILOTHOUSE_EXECUTOR_KEY": key, "PILOTHOUSE_LOG_LEVEL": "WARNING"},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+async def start_executor(live: Live, key: str, node: str, state: Path, run_store: str) -> Executor:
+    """An executor whose lease on a run lasts a second: a killed one's runs move soon."""
+    return await launch(
+        live.address, key, node=node, state_dir=state, run_store_url=run_store, lease_ttl=1
     )
-    assert proc.stderr is not None
-    seen = await _read_until(proc.stderr, "listening on")
-    return proc, seen.split("listening on ")[1].split()[0]
 
 
 async def serving(address: str) -> None:
@@ -164,7 +138,8 @@ async def test_a_killed_executor_run_finishes_elsewhere_without_a_second_effect(
     ).secret
     executor_key = await live.new_key(api_key_pb2.ROLE_EXECUTOR, None)
     run_store = f"sqlite:///{tmp_path / 'runs.db'}"
-    a, address_a = await start_executor(live, executor_key, "exec-a", tmp_path / "a", run_store)
+    a = await start_executor(live, executor_key, "exec-a", tmp_path / "a", run_store)
+    address_a = a.address
     b = None
     md = (("authorization", f"Bearer {client}"),)
     try:
@@ -189,10 +164,11 @@ async def test_a_killed_executor_run_finishes_elsewhere_without_a_second_effect(
                             raise
                         await asyncio.sleep(0.1)
         await asyncio.wait_for(tool.first_effect_done.wait(), 20)
-        a.send_signal(signal.SIGKILL)  # the effect happened; its result was never recorded
-        await a.wait()
+        a.kill()  # the effect happened; its result was never recorded
+        await a.exited()
 
-        b, address_b = await start_executor(live, executor_key, "exec-b", tmp_path / "b", run_store)
+        b = await start_executor(live, executor_key, "exec-b", tmp_path / "b", run_store)
+        address_b = b.address
         await serving(address_b)
         tool.release.set()
         async with grpc.aio.insecure_channel(address_b) as channel:
@@ -219,9 +195,8 @@ async def test_a_killed_executor_run_finishes_elsewhere_without_a_second_effect(
         assert len(model_calls) - len(estimated) == 2 and len(estimated) <= 1, trace
     finally:
         for proc in (a, b):
-            if proc is not None and proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                await asyncio.wait_for(proc.wait(), 20)
+            if proc is not None:
+                await proc.stop(20)
         await tool.aclose()
 
 
@@ -270,13 +245,13 @@ async def test_repeated_kills_send_no_call_twice_and_bill_every_model_call(
     md = (("authorization", f"Bearer {client}"),)
     executor_key = await live.new_key(api_key_pb2.ROLE_EXECUTOR, None)
     store = own_run_database_url
-    procs: list[asyncio.subprocess.Process] = []
+    procs: list[Executor] = []
 
     async def executor(name: str) -> str:
-        proc, address = await start_executor(live, executor_key, name, tmp_path / name, store)
+        proc = await start_executor(live, executor_key, name, tmp_path / name, store)
         procs.append(proc)
-        await serving(address)
-        return address
+        await serving(proc.address)
+        return proc.address
 
     names: list[str] = []
     decided: list[int] = []
@@ -293,8 +268,8 @@ async def test_repeated_kills_send_no_call_twice_and_bill_every_model_call(
             # Calls are in flight on both executors (each starts the runs it is given):
             # kill one mid-way.
             await asyncio.sleep(random.uniform(0.05, 0.4))
-            procs[-1].send_signal(signal.SIGKILL)
-            await procs[-1].wait()
+            procs[-1].kill()
+            await procs[-1].exited()
             doomed = await executor(f"doomed-{trial + 1}")
 
         async def person() -> None:
@@ -360,8 +335,6 @@ async def test_repeated_kills_send_no_call_twice_and_bill_every_model_call(
         )
     finally:
         for proc in procs:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                await asyncio.wait_for(proc.wait(), 20)
+            await proc.stop(20)
         await tool.aclose()
         await fake.aclose()

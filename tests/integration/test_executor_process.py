@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import sys
 from pathlib import Path
 
 from pilothouse.v1 import api_key_pb2
 from tests.conftest import Live
+from tests.executors import start_executor
 from tests.integration.test_cli import cli
 from tests.integration.test_crash_safety import serving
 from tests.integration.test_registry_api import _registry_with_agent
-from tests.integration.test_server import _read_until
 
 
 async def test_executor_serves_once_configured_and_shows_in_the_cli(
@@ -22,29 +20,11 @@ async def test_executor_serves_once_configured_and_shows_in_the_cli(
     await _registry_with_agent(live)
     key = await live.new_key(api_key_pb2.ROLE_EXECUTOR, None)
     node = f"proc-{os.urandom(3).hex()}"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "dataplane",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--control-plane",
-        live.address,
-        "--node-id",
-        node,
-        "--cluster",
-        "pool-test",
-        "--state-dir",
-        str(tmp_path),
-        env={**os.environ, "PILOTHOUSE_EXECUTOR_KEY": key},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+    proc = await start_executor(
+        live.address, key, node=node, state_dir=tmp_path, cluster="pool-test", log_level="INFO"
     )
-    assert proc.stderr is not None
     try:
-        seen = await _read_until(proc.stderr, "listening on")
-        address = seen.split("listening on ")[1].split()[0]
+        address = proc.address
         await serving(address)
         assert (tmp_path / f"executor-{node}.snapshot").exists()
 
@@ -59,6 +39,5 @@ async def test_executor_serves_once_configured_and_shows_in_the_cli(
                 await asyncio.sleep(0.1)
         assert "pool-test" in row
     finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(proc.communicate(), 20)
-    assert proc.returncode == 0, err.decode()[-2000:]
+        code = await proc.stop(20)
+    assert code == 0, proc.log()[-2000:]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -31,8 +30,8 @@ from pilothouse.v1 import (
     telemetry_pb2,
 )
 from tests import helpers as h
-from tests.bench.run_bench import start_executor
 from tests.conftest import Live, fresh_pg_database
+from tests.executors import Executor, start_executor
 from tests.integration.test_agent_runs import start_request, support_agent
 from tests.integration.test_telemetry import eventually, telemetry
 
@@ -71,7 +70,7 @@ async def test_killing_a_replica_and_an_executor_under_load_loses_nothing(
     b = await asyncio.to_thread(launch.start, control_db, bootstrap_key=admin)
     live_a = Live(a, grpc.aio.insecure_channel(a.address), admin)  # type: ignore[arg-type]
     live_b = Live(b, grpc.aio.insecure_channel(b.address), admin)  # type: ignore[arg-type]
-    children: list[subprocess.Popen[str]] = []
+    children: list[Executor] = []
     channels: list[grpc.aio.Channel] = []
     try:
         tenant = await support_agent(live_a, model=slow_model())
@@ -83,17 +82,16 @@ async def test_killing_a_replica_and_an_executor_under_load_loses_nothing(
         stubs = []
         nodes = [f"pool-{n}-{os.urandom(2).hex()}" for n in range(len(targets))]
         for n, target in enumerate(targets):
-            proc, address = await start_executor(
+            proc = await start_executor(
                 target,
                 executor_key,
-                nodes[n],
-                tmp_path / f"executor-{n}",
-                run_store,
-                "WARNING",
-                env={"PILOTHOUSE_LEASE_TTL": "2"},
+                node=nodes[n],
+                state_dir=tmp_path / f"executor-{n}",
+                run_store_url=run_store,
+                lease_ttl=2,
             )
             children.append(proc)
-            channels.append(grpc.aio.insecure_channel(address))
+            channels.append(grpc.aio.insecure_channel(proc.address))
             stubs.append(run_pb2_grpc.AgentServiceStub(channels[-1]))
 
         async def admitted(stub: run_pb2_grpc.AgentServiceStub) -> str | None:
@@ -180,11 +178,11 @@ async def test_killing_a_replica_and_an_executor_under_load_loses_nothing(
             if proc.poll() is None:
                 proc.terminate()
         for proc in children:
-            await asyncio.to_thread(proc.wait, 30)
+            await proc.exited(30)
         for channel in (*channels, live_a.channel, live_b.channel):
             await channel.close()
         for plane in (a, b):
             await asyncio.to_thread(plane.stop)
-        for pipe in (a.process.stderr, b.process.stderr, *(p.stderr for p in children)):
+        for pipe in (a.process.stderr, b.process.stderr):
             if pipe is not None:
                 pipe.close()

@@ -17,12 +17,10 @@ import contextlib
 import os
 import secrets
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -40,6 +38,7 @@ from hypothesis import strategies as st
 from controlplane import launch
 from controlplane.auth import keys
 from pilothouse.v1 import api_key_pb2, api_key_pb2_grpc, tenant_pb2, tenant_pb2_grpc
+from tests.executors import Executor, launch_executor
 
 EXAMPLES_PER_METHOD = int(os.environ.get("PILOTHOUSE_FUZZ_EXAMPLES", "40"))
 SECONDS_PER_METHOD = 6.0
@@ -307,50 +306,12 @@ def _fuzz_method(target: Target, method: MethodDescriptor, failures: list[str]) 
         channel.close()
 
 
-def _start_executor(control_plane: str, key: str, state: Path) -> tuple[subprocess.Popen[str], str]:
-    log = state / "executor.log"
-    with log.open("w") as sink:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dataplane",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--control-plane",
-                control_plane,
-                "--node-id",
-                f"fuzz-{secrets.token_hex(3)}",
-                "--state-dir",
-                str(state),
-                "--run-store-url",
-                f"sqlite:///{state / 'runs.db'}",
-                "--log-level",
-                "ERROR",
-            ],
-            env={**os.environ, "PILOTHOUSE_EXECUTOR_KEY": key},
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-            text=True,
-        )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and process.poll() is None:
-        for line in log.read_text().splitlines():
-            if "listening on" in line:
-                return process, line.split("listening on ")[1].split()[0]
-        time.sleep(0.05)
-    process.kill()
-    process.wait()
-    raise RuntimeError("the executor did not start:\n" + log.read_text()[-2000:])
-
-
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Target]]:
     state = tmp_path_factory.mktemp("fuzz")
     admin = keys.generate().token
     plane = launch.start(f"sqlite:///{state / 'cp.db'}", bootstrap_key=admin)
-    executor: subprocess.Popen[str] | None = None
+    executor: Executor | None = None
     try:
         channel = grpc.insecure_channel(plane.address)
         md = (("authorization", f"Bearer {admin}"),)
@@ -372,8 +333,15 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Target]]:
         executor_key = new_key(api_key_pb2.ROLE_EXECUTOR)
         operator = new_key(api_key_pb2.ROLE_OPERATOR, f"tenants/{TENANT}")
         channel.close()
-        executor, executor_address = _start_executor(plane.address, executor_key, state)
-        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(executor_address))
+        executor = launch_executor(
+            plane.address,
+            executor_key,
+            node=f"fuzz-{secrets.token_hex(3)}",
+            state_dir=state,
+            run_store_url=f"sqlite:///{state / 'runs.db'}",
+            log_level="ERROR",
+        )
+        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(executor.address))
         deadline = time.monotonic() + 30
         while True:  # serving once its configuration (with the operator's key) is in
             status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
@@ -382,12 +350,11 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Target]]:
             time.sleep(0.1)
         yield [
             Target("control plane", plane.address, admin, plane.process),
-            Target("executor", executor_address, operator, executor),
+            Target("executor", executor.address, operator, executor.process),
         ]
     finally:
         if executor is not None:
-            executor.terminate()
-            executor.wait(timeout=30)
+            executor.stop_now(timeout=30)
         plane.stop()
 
 

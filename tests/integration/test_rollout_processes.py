@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,8 @@ from controlplane import launch
 from controlplane.auth import keys
 from pilothouse.assignment import Stickiness, in_candidate, unit_key
 from pilothouse.v1 import api_key_pb2, prompt_pb2, rollout_pb2, run_pb2, run_pb2_grpc
-from tests.bench.run_bench import start_executor
 from tests.conftest import Live
+from tests.executors import Executor, start_executor
 from tests.fakes.openai_server import FakeOpenAI
 from tests.integration.test_cli import cli
 from tests.integration.test_evals import answers, create_suite, judge_agent
@@ -75,37 +74,35 @@ async def processes(database_url: str, tmp_path: Path) -> AsyncIterator[Pool]:
     plane = await asyncio.to_thread(launch.start, database_url, bootstrap_key=admin)
     channel = grpc.aio.insecure_channel(plane.address)
     live = Live(plane, channel, admin)  # type: ignore[arg-type]  # a child, not in-process
-    children: list[subprocess.Popen[str]] = []
+    children: list[Executor] = []
     channels: list[grpc.aio.Channel] = [channel]
     try:
         key = await live.new_key(api_key_pb2.ROLE_EXECUTOR, None)
         stubs = []
         addresses = []
         for n in range(2):
-            proc, address = await start_executor(
+            proc = await start_executor(
                 plane.address,
                 key,
-                f"proc-{n}-{os.urandom(2).hex()}",
-                tmp_path / f"executor-{n}",
-                f"sqlite:///{tmp_path / f'runs-{n}.db'}",
-                "WARNING",
+                node=f"proc-{n}-{os.urandom(2).hex()}",
+                state_dir=tmp_path / f"executor-{n}",
+                run_store_url=f"sqlite:///{tmp_path / f'runs-{n}.db'}",
             )
             children.append(proc)
-            addresses.append(address)
-            channels.append(grpc.aio.insecure_channel(address))
+            addresses.append(proc.address)
+            channels.append(grpc.aio.insecure_channel(proc.address))
             stubs.append(run_pb2_grpc.AgentServiceStub(channels[-1]))
         yield Pool(live, stubs, addresses)
     finally:
         for proc in children:
             proc.terminate()
         for proc in children:
-            await asyncio.to_thread(proc.wait, 30)
+            await proc.exited(30)
         for open_channel in channels:
             await open_channel.close()
         await asyncio.to_thread(plane.stop)
-        for pipe in (plane.process.stderr, *(proc.stderr for proc in children)):
-            if pipe is not None:
-                pipe.close()
+        if plane.process.stderr is not None:
+            plane.process.stderr.close()
 
 
 async def ready(pool: Pool, tenant: str, role: int = api_key_pb2.ROLE_CLIENT) -> str:

@@ -8,6 +8,7 @@ Every registry kind follows the contract's standard shape (``Get{Kind}Request(na
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,17 +18,10 @@ from typing import Any
 from google.protobuf import field_mask_pb2
 from google.protobuf.message import Message
 
+from pilothouse import kinds as table
 from pilothouse.cli.usage import UsageError
 from pilothouse.client import Client
-from pilothouse.v1 import (
-    agent_pb2,
-    api_key_pb2,
-    eval_pb2,
-    model_pb2,
-    prompt_pb2,
-    tenant_pb2,
-    tool_pb2,
-)
+from pilothouse.kinds import ResourceKind
 
 Column = tuple[str, Callable[[Any], str]]
 
@@ -65,20 +59,38 @@ def _enum_prefix(enum_name: str) -> str:
 
 @dataclass(frozen=True)
 class Kind:
-    name: str
-    """As in manifests and the API: "Tool", "ModelRoute"."""
-    plural: str
-    """As in the API's method names: "Tools", "ModelRoutes"."""
-    module: ModuleType
+    """A kind of the table (``pilothouse.kinds``) as the CLI shows and calls it."""
+
+    entry: ResourceKind
     stub: str
     """The Client attribute holding the service's stub."""
-    request_field: str
-    """The request field holding the resource: "tool", "model_route"."""
-    collection: str
-    """The name segment under a tenant: "tools"; "" for top-level kinds."""
     columns: list[Column] = field(default_factory=list)
-    aliases: tuple[str, ...] = ()
     creatable: bool = True
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def plural(self) -> str:
+        return self.entry.plural
+
+    @property
+    def request_field(self) -> str:
+        return self.entry.field
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        return self.entry.cli_words
+
+    @property
+    def tenant_scoped(self) -> bool:
+        """Listed and created under a tenant (``--tenant``)."""
+        return self.entry.parent == "Tenant" and not self.entry.singleton
+
+    @property
+    def module(self) -> ModuleType:
+        return importlib.import_module(f"pilothouse.v1.{self.entry.proto_module}_pb2")
 
     @property
     def message(self) -> type[Message]:
@@ -96,17 +108,13 @@ class Kind:
     def name_of(self, tenant: str | None, id_: str) -> str:
         if "/" in id_:
             return id_
-        if self.name == "Tenant":
-            return f"tenants/{id_}"
-        if self.name == "QuotaPolicy":
-            return f"tenants/{id_}/quotaPolicy"
-        if self.name == "ApiKey":
-            return f"apiKeys/{id_}"
+        if not self.tenant_scoped:
+            return self.entry.name_of("", id_)
         if not tenant:
             raise UsageError(
                 f"{self.name} {id_!r}: say which tenant (--tenant or PILOTHOUSE_TENANT)"
             )
-        return f"tenants/{tenant}/{self.collection}/{id_}"
+        return self.entry.name_of(f"tenants/{tenant}", id_)
 
     async def get(self, client: Client, name: str) -> Any:
         response = await client.call(self._method(client, "Get"), self._request("Get", name=name))
@@ -114,7 +122,7 @@ class Kind:
 
     async def list_all(self, client: Client, tenant: str | None, page_size: int = 500) -> list[Any]:
         fields: dict[str, Any] = {"page_size": page_size}
-        if self.collection:
+        if self.tenant_scoped:
             if not tenant:
                 raise UsageError(f"listing {self.plural.lower()} needs a tenant (--tenant)")
             fields["parent"] = f"tenants/{tenant}"
@@ -130,7 +138,7 @@ class Kind:
 
     async def create(self, client: Client, tenant: str | None, id_: str, message: Message) -> Any:
         fields: dict[str, Any] = {f"{self.request_field}_id": id_, self.request_field: message}
-        if self.collection:
+        if self.tenant_scoped:
             fields["parent"] = f"tenants/{tenant}"
         response = await client.call(
             self._method(client, "Create"), self._request("Create", **fields)
@@ -161,22 +169,10 @@ NAME: Column = ("NAME", lambda m: _short(m.name))
 AGE: Column = ("AGE", _age)
 
 KINDS: list[Kind] = [
+    Kind(table.kind("Tenant"), "tenants", [NAME, ("DISPLAY NAME", lambda m: m.display_name), AGE]),
     Kind(
-        "Tenant",
-        "Tenants",
-        tenant_pb2,
+        table.kind("QuotaPolicy"),
         "tenants",
-        "tenant",
-        "",
-        [NAME, ("DISPLAY NAME", lambda m: m.display_name), AGE],
-    ),
-    Kind(
-        "QuotaPolicy",
-        "QuotaPolicies",
-        tenant_pb2,
-        "tenants",
-        "quota_policy",
-        "",
         [
             ("TENANT", lambda m: m.name.split("/")[1]),
             ("USD/DAY", lambda m: m.usd_per_day if m.HasField("usd_per_day") else "-"),
@@ -198,15 +194,10 @@ KINDS: list[Kind] = [
                 lambda m: _enum_short(m, "failure_mode") if m.failure_mode else "fail_closed",
             ),
         ],
-        aliases=("quota", "quotas", "quotapolicy", "quotapolicies"),
         creatable=False,
     ),
     Kind(
-        "Tool",
-        "Tools",
-        tool_pb2,
-        "tools",
-        "tool",
+        table.kind("Tool"),
         "tools",
         [
             NAME,
@@ -217,11 +208,7 @@ KINDS: list[Kind] = [
         ],
     ),
     Kind(
-        "Model",
-        "Models",
-        model_pb2,
-        "models",
-        "model",
+        table.kind("Model"),
         "models",
         [
             NAME,
@@ -233,26 +220,17 @@ KINDS: list[Kind] = [
         ],
     ),
     Kind(
-        "ModelRoute",
-        "ModelRoutes",
-        model_pb2,
+        table.kind("ModelRoute"),
         "models",
-        "model_route",
-        "modelRoutes",
         [
             NAME,
             ("TARGETS", lambda m: ", ".join(f"{_short(t.model)}:{t.weight}" for t in m.targets)),
             ("FALLBACKS", lambda m: ", ".join(_short(f) for f in m.fallbacks) or "-"),
             AGE,
         ],
-        aliases=("route", "routes", "modelroute", "modelroutes"),
     ),
     Kind(
-        "Prompt",
-        "Prompts",
-        prompt_pb2,
-        "prompts",
-        "prompt",
+        table.kind("Prompt"),
         "prompts",
         [
             NAME,
@@ -264,11 +242,7 @@ KINDS: list[Kind] = [
         ],
     ),
     Kind(
-        "Agent",
-        "Agents",
-        agent_pb2,
-        "agents",
-        "agent",
+        table.kind("Agent"),
         "agents",
         [
             NAME,
@@ -285,27 +259,18 @@ KINDS: list[Kind] = [
         ],
     ),
     Kind(
-        "EvalSuite",
-        "EvalSuites",
-        eval_pb2,
+        table.kind("EvalSuite"),
         "evals",
-        "eval_suite",
-        "evalSuites",
         [
             NAME,
             ("AGENT", lambda m: _short(m.agent)),
             ("CASES", lambda m: str(len(m.cases))),
             AGE,
         ],
-        aliases=("suite", "suites", "evalsuite", "evalsuites", "eval-suite", "eval-suites"),
     ),
     Kind(
-        "ApiKey",
-        "ApiKeys",
-        api_key_pb2,
+        table.kind("ApiKey"),
         "api_keys",
-        "api_key",
-        "",
         [
             NAME,
             ("ROLE", lambda m: _enum_short(m, "role")),
@@ -321,7 +286,6 @@ KINDS: list[Kind] = [
                 ),
             ),
         ],
-        aliases=("key", "keys", "apikey", "apikeys", "api-key", "api-keys"),
         creatable=False,
     ),
 ]
@@ -330,7 +294,7 @@ KINDS: list[Kind] = [
 def find(word: str) -> Kind:
     lowered = word.lower()
     for kind in KINDS:
-        if lowered in (kind.name.lower(), kind.plural.lower(), *kind.aliases):
+        if lowered in kind.aliases:
             return kind
     known = ", ".join(k.plural.lower() for k in KINDS)
     raise UsageError(f"unknown kind {word!r}; one of: {known}")

@@ -1,0 +1,206 @@
+"""Short-run benchmark: the fixed cost of a run as users meet it.
+
+    python -m tests.bench.short_run_bench   # make bench runs it too
+    # PILOTHOUSE_TEST_PG_DSN set: PostgreSQL as well as SQLite
+
+A control plane and an executor run as their own processes on 127.0.0.1; the model is
+the fake OpenAI-compatible server (zero latency) in this process. Two shapes: a one-step
+run (one model call, no tools) and a three-step run (two replies that call the builtin
+calculator, then an answer), each through ``RunAgent``:
+
+* at C=1, one run after another: latency p50/p90/p99, against the same model calls made
+  directly (over the executor's own HTTP transport, kept alive) in the same process;
+* at C=10, ten runs at a time for a while: runs per second, against the direct calls at
+  ten at a time, and CPU per run of the executor and (separately) of the control plane.
+
+The direct calls are the floor: what is above them is what a run costs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+
+from dataplane.http1 import Http1Transport
+from pilothouse.v1 import run_pb2, run_pb2_grpc
+from tests.bench.registry_bench import database_urls, write_result
+from tests.bench.run_bench import cpu_seconds, pct, stack
+from tests.fakes.openai_server import Behaviour, FakeOpenAI
+
+SHAPES = {"one_step": 1, "three_step": 3}
+"""Model calls a run of each shape makes."""
+SEQUENTIAL_RUNS = 300
+CONCURRENT = 10
+CONCURRENT_SECONDS = 8.0
+
+
+def policy(steps: int) -> Callable[[dict[str, Any]], Behaviour]:
+    """Tool calls until the run has had ``steps - 1`` tool results, then an answer."""
+
+    def reply(body: dict[str, Any]) -> Behaviour:
+        results = sum(1 for m in body["messages"] if m["role"] == "tool")
+        if results < steps - 1:
+            return Behaviour(tool_calls=[{"name": "calc", "arguments": {"expression": "1 + 1"}}])
+        return Behaviour(content="done")
+
+    return reply
+
+
+async def one_run(stub: run_pb2_grpc.AgentServiceStub, key: str) -> float:
+    started = time.perf_counter()
+    last = None
+    async for response in stub.RunAgent(
+        run_pb2.RunAgentRequest(agent="tenants/bench/agents/a", input="go"),
+        metadata=(("authorization", f"Bearer {key}"),),
+    ):
+        last = response.event
+    elapsed = time.perf_counter() - started
+    assert last is not None and last.run_stopped.reason == run_pb2.STOP_REASON_COMPLETED, last
+    return elapsed
+
+
+def direct(fake: FakeOpenAI, http: Http1Transport, steps: int) -> Callable[[], Awaitable[float]]:
+    """The shape's model calls, made directly: the floor a run cannot go below."""
+    url = httpx.URL(fake.base_url + "/chat/completions")
+    headers = [(b"content-type", b"application/json")]
+    tools = [{"type": "function", "function": {"name": "calc", "parameters": {"type": "object"}}}]
+
+    async def calls() -> float:
+        started = time.perf_counter()
+        messages: list[dict[str, Any]] = [{"role": "user", "content": "go"}]
+        for step in range(steps):
+            body = {"model": "fake", "messages": messages, "stream": True, "tools": tools}
+            reply = await http.exchange("POST", url, headers, json.dumps(body).encode(), 5.0)
+            async for _chunk in reply.body:
+                pass
+            messages = [*messages, {"role": "tool", "content": str(step), "tool_call_id": "c"}]
+        return time.perf_counter() - started
+
+    return calls
+
+
+def latency(seconds: list[float]) -> dict[str, float]:
+    ms = [s * 1000 for s in seconds]
+    return {
+        "p50": round(statistics.median(ms), 3),
+        "p90": round(pct(ms, 90), 3),
+        "p99": round(pct(ms, 99), 3),
+    }
+
+
+async def concurrently(work: Callable[[], Awaitable[float]]) -> tuple[int, float]:
+    """Runs of ``work`` done by CONCURRENT workers in CONCURRENT_SECONDS, and the time."""
+    done = 0
+    stop_at = time.perf_counter() + CONCURRENT_SECONDS
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < stop_at:
+            await work()
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENT)))
+    return done, time.perf_counter() - started
+
+
+async def measure_shape(
+    fake: FakeOpenAI,
+    stub: run_pb2_grpc.AgentServiceStub,
+    key: str,
+    steps: int,
+    pids: tuple[int, int],
+) -> dict[str, Any]:
+    fake.policy = policy(steps)
+    http = Http1Transport()
+    try:
+        calls = direct(fake, http, steps)
+        for _ in range(20):  # warm up both paths
+            await one_run(stub, key)
+            await calls()
+        runs, floor = [], []
+        for _ in range(SEQUENTIAL_RUNS):
+            floor.append(await calls())
+            runs.append(await one_run(stub, key))
+        direct_done, direct_elapsed = await concurrently(calls)
+        executor, plane = pids
+        cpu_before = cpu_seconds(executor), cpu_seconds(plane)
+        done, elapsed = await concurrently(lambda: one_run(stub, key))
+        executor_cpu = cpu_seconds(executor) - cpu_before[0]
+        plane_cpu = cpu_seconds(plane) - cpu_before[1]
+    finally:
+        await http.aclose()
+    run_latency, floor_latency = latency(runs), latency(floor)
+    return {
+        "c1_run_ms": run_latency,
+        "c1_direct_ms": floor_latency,
+        "c1_overhead_p50_ms": round(run_latency["p50"] - floor_latency["p50"], 3),
+        "c1_overhead_p99_ms": round(run_latency["p99"] - floor_latency["p99"], 3),
+        "c10_runs_per_second": round(done / elapsed, 1),
+        "c10_direct_per_second": round(direct_done / direct_elapsed, 1),
+        "c10_executor_cpu_ms_per_run": round(executor_cpu * 1000 / done, 3),
+        "c10_control_plane_cpu_ms_per_run": round(plane_cpu * 1000 / done, 3),
+        "c10_runs": done,
+    }
+
+
+async def _first_run(fake: FakeOpenAI, address: str, key: str) -> None:
+    fake.policy = policy(1)
+    async with grpc.aio.insecure_channel(address) as channel:
+        await one_run(run_pb2_grpc.AgentServiceStub(channel), key)
+
+
+async def measure(run_store_url: str, workdir: Path) -> dict[str, Any]:
+    node = f"short-{secrets.token_hex(2)}"
+    async with (
+        stack(run_store_url, workdir, _first_run, node=node) as s,
+        grpc.aio.insecure_channel(s.executor.address) as channel,
+    ):
+        stub = run_pb2_grpc.AgentServiceStub(channel)
+        pids = (s.executor.pid, s.plane.process.pid)
+        return {
+            shape: await measure_shape(s.fake, stub, s.client_key, steps, pids)
+            for shape, steps in SHAPES.items()
+        }
+
+
+async def main() -> None:
+    results: dict[str, Any] = {
+        "benchmark": "short_runs",
+        "sequential_runs": SEQUENTIAL_RUNS,
+        "concurrent": CONCURRENT,
+        "backends": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        async with database_urls(work, "runs.db") as backends:
+            for label, url in backends.items():
+                result = await measure(url, work)
+                results["backends"][label] = result
+                for shape, r in result.items():
+                    run, floor = r["c1_run_ms"], r["c1_direct_ms"]
+                    print(
+                        f"{label:<11} {shape:<10} C=1 run p50 {run['p50']:.2f} / p90 "
+                        f"{run['p90']:.2f} / p99 {run['p99']:.2f} ms (direct p50 "
+                        f"{floor['p50']:.2f}, p99 {floor['p99']:.2f}) | C=10 "
+                        f"{r['c10_runs_per_second']:.0f} runs/s (direct "
+                        f"{r['c10_direct_per_second']:.0f}/s), CPU a run: executor "
+                        f"{r['c10_executor_cpu_ms_per_run']:.2f} ms, control plane "
+                        f"{r['c10_control_plane_cpu_ms_per_run']:.2f} ms",
+                        flush=True,
+                    )
+    write_result("short_runs", results)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
