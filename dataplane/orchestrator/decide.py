@@ -39,9 +39,10 @@ COUNTED = frozenset({CallState.COMPLETED, CallState.FAILED})
 """Journal states of a call that counts against the run's tool-call budget."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Situation:
-    """What ``decide`` decides from."""
+    """What ``decide`` decides from (built for each decision, so a plain slotted class:
+    ``decide`` never changes it)."""
 
     config: ExecutorConfig
     ctx: RunContext

@@ -226,6 +226,8 @@ class RunLoop:
                 self._account.queued_for, {"pilothouse.tenant": run.tenant}
             )
         self._ctx, self._limits = ctx, limits
+        self._caller_deadline = run.deadline_at.timestamp() if run.deadline_at else None
+        self._scopes = frozenset(request.get("scopes") or ())
         self._effects = Effects(
             run,
             ctx,
@@ -268,7 +270,6 @@ class RunLoop:
                 await self._writes.now(first)
 
     def _state(self) -> Situation:
-        run = self.run
         return Situation(
             self.config,
             self._ctx,
@@ -278,11 +279,11 @@ class RunLoop:
             self._progress.calls,
             self._progress.completed,
             time.time(),
-            wall_deadline=self._effects.wall_deadline,
-            caller_deadline=run.deadline_at.timestamp() if run.deadline_at else None,
-            scopes=frozenset(run.request.get("scopes") or ()),
-            cancel_requested=self.lease.cancel_requested,
-            tenant_usd_limited=self.quotas is not None and self.quotas.usd_limited(run.tenant),
+            self._effects.wall_deadline,
+            self._caller_deadline,
+            self._scopes,
+            self.lease.cancel_requested,
+            self.quotas is not None and self.quotas.usd_limited(self.run.tenant),
         )
 
     # -- the end --------------------------------------------------------------------
