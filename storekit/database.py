@@ -92,6 +92,9 @@ class Database:
             )
             _configure_sqlite(self._sync_writer)
             self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+            self._writer_conn: Connection | None = None
+            """The writer thread's connection, kept for its life (a checkout per group
+            cost the pool's bookkeeping and events on every transaction)."""
             self._queue: collections.deque[_Queued] = collections.deque()
             self._queue_lock = threading.Lock()
             self._draining = False
@@ -203,8 +206,8 @@ class Database:
         assert self._sync_writer is not None
         outcomes: list[_Outcome] = []
         try:
-            with self._sync_writer.connect() as conn:
-                conn = conn.execution_options(pilothouse_write=True)
+            conn = self._writer_connection()
+            try:
                 with conn.begin():
                     if len(group) == 1:
                         body, future = group[0]
@@ -223,17 +226,39 @@ class Database:
                                 continue
                             driver.execute("RELEASE pilothouse_write")
                             outcomes.append((future, result, None))
+            finally:
+                if conn.invalidated:  # the connection broke: the next group opens another
+                    self._close_writer_connection()
         except BaseException as e:
             # Nothing of the group was committed: every write of it failed.
             return [(future, None, e) for _, future in group]
         return outcomes
+
+    def _writer_connection(self) -> Connection:
+        """On the writer thread: its connection, opened on first use."""
+        assert self._sync_writer is not None
+        if self._writer_conn is None or self._writer_conn.closed:
+            conn = self._sync_writer.connect()
+            self._writer_conn = conn.execution_options(pilothouse_write=True)
+        return self._writer_conn
+
+    def _dispose_writer(self) -> None:
+        self._close_writer_connection()
+        assert self._sync_writer is not None
+        self._sync_writer.dispose()
+
+    def _close_writer_connection(self) -> None:
+        conn, self._writer_conn = self._writer_conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     async def aclose(self) -> None:
         await self.engine.dispose()
         if self._sync_writer is not None:
             # Closed on the writer thread, after the writes queued before it.
             await asyncio.get_running_loop().run_in_executor(
-                self._write_thread, self._sync_writer.dispose
+                self._write_thread, self._dispose_writer
             )
             self._write_thread.shutdown(wait=False)
 

@@ -291,7 +291,7 @@ class RunLoop:
     async def _finish(self, finish: Finish) -> None:
         # The detail leaves the executor (run index, audit log): a provider's error
         # message may quote what it was sent.
-        detail = pii.redact(finish.detail[:MAX_DETAIL])
+        detail = pii.redact(finish.detail[:MAX_DETAIL]) if finish.detail else ""
         events = []
         if finish.reason is StopReason.COMPLETED:
             events.append(NewEvent("final_answer", {"text": finish.answer}))
