@@ -82,6 +82,22 @@ def run(
         cursor.close()
 
 
+_readers: dict[tuple[str, int], Callable[[Any], Any] | None] = {}
+
+
+def read(conn: Connection, column: sa.Column[Any], value: Any) -> Any:
+    """A value of ``column`` as ``run`` gives it back (on SQLite, as the driver returns
+    it: a timestamp is text), read as SQLAlchemy would read it."""
+    if value is None or conn.dialect.name != "sqlite":
+        return value
+    key = (conn.dialect.name, id(column))
+    if key not in _readers:
+        impl = column.type.dialect_impl(conn.dialect)
+        _readers[key] = impl.result_processor(conn.dialect, None)
+    process = _readers[key]
+    return process(value) if process is not None else value
+
+
 def _compile(conn: Connection, statement: sa.Executable) -> _Compiled:
     compiled: Any = statement.compile(dialect=conn.dialect)  # type: ignore[attr-defined]
     names = tuple(compiled.positiontup or ())

@@ -16,8 +16,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from dataplane import fastjson
+from dataplane.runstore.checkpoints import EncodedCheckpoint, insert_checkpoint
 from dataplane.runstore.errors import LeaseLost, RunNotFound
-from dataplane.runstore.fencing import append_events, fence, insert_outbox
+from dataplane.runstore.fencing import append_events, fence, insert_events, insert_outbox
+from dataplane.runstore.journal import write_call
 from dataplane.runstore.model import (
     Lease,
     NewEvent,
@@ -30,6 +32,7 @@ from dataplane.runstore.model import (
 )
 from dataplane.runstore.rows import RUN_COLUMNS, audit_row, executor_of, run_of, stopped_audit
 from dataplane.runstore.schema import runs
+from storekit import prepared
 
 
 @dataclass(frozen=True)
@@ -255,6 +258,99 @@ def end_run(
     )
     insert_outbox(
         conn, audit_row(tenant, run_id, "run.stopped", payload, at, executor_of(end.events))
+    )
+
+
+@functools.cache
+def _holder_end_statement(with_checkpoint: bool) -> sa.Update:
+    """The lease holder's end of its run (``f_run``, ``f_token``, ``f_owner``) in one
+    statement, with its last checkpoint's step and usage when ``with_checkpoint``:
+    reserves ``n_events`` event and ``n_checkpoints`` checkpoint numbers and returns what
+    the audit record needs."""
+    at = sa.bindparam("v_now", type_=runs.c.updated_at.type)
+    values: dict[str, Any] = {
+        "state": RunState.FINISHED.value,
+        "stop_reason": sa.bindparam("v_stop_reason"),
+        "stop_detail": sa.bindparam("v_stop_detail"),
+        "final_answer": sa.bindparam("v_final_answer"),
+        "lease_owner": "",
+        "lease_expires_at": None,
+        "ended_at": at,
+        "updated_at": at,
+        "model_call": "",
+        "next_event_seq": runs.c.next_event_seq + sa.bindparam("n_events", type_=sa.Integer),
+        "next_checkpoint_seq": runs.c.next_checkpoint_seq
+        + sa.bindparam("n_checkpoints", type_=sa.Integer),
+    }
+    if with_checkpoint:
+        values["step"] = sa.bindparam("v_step", type_=runs.c.step.type)
+        values["usage"] = sa.bindparam("v_usage", type_=runs.c.usage.type)
+    return (
+        runs.update()
+        .where(
+            runs.c.id == sa.bindparam("f_run"),
+            runs.c.fencing_token == sa.bindparam("f_token"),
+            runs.c.lease_owner == sa.bindparam("f_owner"),
+            runs.c.state == RunState.RUNNING.value,
+        )
+        .values(values)
+        .returning(
+            runs.c.tenant,
+            runs.c.agent,
+            runs.c.step,
+            runs.c.usage,
+            runs.c.attempts,
+            runs.c.created_at,
+            runs.c.next_event_seq,
+            runs.c.next_checkpoint_seq,
+        )
+    )
+
+
+def finish_held(
+    conn: Connection, lease: Lease, end: End, last: EncodedCheckpoint | None, at: datetime
+) -> None:
+    """The lease holder ends its run, with ``last`` (its last checkpoint) when given: one
+    fenced update that reserves the numbers of every event and checkpoint, then their
+    rows and the ``run.stopped`` audit record."""
+    events = [*(last.events if last is not None else ()), *end.events]
+    params: dict[str, Any] = {
+        "f_run": lease.run_id,
+        "f_token": lease.token,
+        "f_owner": lease.owner,
+        "v_stop_reason": end.reason.value,
+        "v_stop_detail": end.detail,
+        "v_final_answer": end.final_answer,
+        "v_now": at,
+        "n_events": len(events),
+        "n_checkpoints": len(last.steps) if last is not None else 0,
+    }
+    if last is not None:
+        params.update(v_step=last.steps[-1], v_usage=last.usage_text)
+    rows = prepared.run(conn, _holder_end_statement(last is not None), params).rows
+    if not rows:
+        raise LeaseLost(f"run {lease.run_id}: could not finish it with token {lease.token}")
+    tenant, agent, steps, usage, attempts, created, next_event, next_checkpoint = rows[0]
+    insert_events(conn, lease.run_id, tenant, int(next_event) - len(events), events, at)
+    if last is not None:
+        first = int(next_checkpoint) - len(last.steps)
+        for i, (step, delta) in enumerate(zip(last.steps, last.delta_texts, strict=True)):
+            insert_checkpoint(conn, lease.run_id, first + i, step, lease.token, delta, at)
+        if last.call is not None:
+            write_call(conn, lease.run_id, last.call, at)
+    payload = stopped_audit(
+        lease.run_id,
+        agent,
+        end.reason,
+        end.detail,
+        steps,
+        json.loads(usage),
+        attempts,
+        prepared.read(conn, runs.c.created_at, created),
+        at,
+    )
+    insert_outbox(
+        conn, audit_row(tenant, lease.run_id, "run.stopped", payload, at, executor_of(end.events))
     )
 
 

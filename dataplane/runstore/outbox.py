@@ -4,6 +4,7 @@ record (``RunStore``); any executor of the pool may relay any of them."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from sqlalchemy.engine import Connection
 
 from dataplane.runstore.model import OutboxEvent
 from dataplane.runstore.schema import outbox
+from storekit import prepared
 from storekit.database import Database
 from storekit.loop import Uninterrupted
 
@@ -32,9 +34,40 @@ _COLUMNS = (
 )
 
 
-def _event(row: Sequence[Any]) -> OutboxEvent:
-    id_, tenant, run_id, kind, type_, payload, created_at, executor = row
-    return OutboxEvent(id_, tenant, run_id, kind, type_, json.loads(payload), created_at, executor)
+def _event(row: Sequence[Any], created_at: datetime | None = None) -> OutboxEvent:
+    """An event from its row (``_COLUMNS``); ``created_at``: its time, read already."""
+    id_, tenant, run_id, kind, type_, payload, at, executor = row
+    at = created_at or at
+    return OutboxEvent(id_, tenant, run_id, kind, type_, json.loads(payload), at, executor)
+
+
+_DELETE = outbox.delete().where(outbox.c.id == sa.bindparam("id"))
+
+
+@functools.cache
+def _claim_statement(skip_locked: bool) -> sa.Update:
+    """Claim (``owner``, until ``until``) up to ``limit`` of the oldest events no relay
+    holds at ``now``; with ``skip_locked`` (PostgreSQL), skipping rows another relay is
+    claiming rather than waiting for them."""
+    at = sa.bindparam("now", type_=outbox.c.claim_expires_at.type)
+    free = sa.or_(outbox.c.claim_expires_at.is_(None), outbox.c.claim_expires_at < at)
+    chosen = (
+        sa.select(outbox.c.id)
+        .where(free)
+        .order_by(outbox.c.created_at, outbox.c.id)
+        .limit(sa.bindparam("limit", type_=sa.Integer))
+    )
+    if skip_locked:
+        chosen = chosen.with_for_update(skip_locked=True)
+    return (
+        outbox.update()
+        .where(outbox.c.id.in_(chosen.scalar_subquery()))
+        .values(
+            claimed_by=sa.bindparam("owner"),
+            claim_expires_at=sa.bindparam("until", type_=outbox.c.claim_expires_at.type),
+        )
+        .returning(*_COLUMNS)
+    )
 
 
 @dataclass(frozen=True)
@@ -65,31 +98,21 @@ class Outbox:
         now = datetime.now(UTC)
 
         def claim(conn: Connection) -> list[OutboxEvent]:
-            free = sa.or_(outbox.c.claim_expires_at.is_(None), outbox.c.claim_expires_at < now)
-            chosen = (
-                sa.select(outbox.c.id)
-                .where(free)
-                .order_by(outbox.c.created_at, outbox.c.id)
-                .limit(limit)
-            )
-            if conn.dialect.name == "postgresql":
-                chosen = chosen.with_for_update(skip_locked=True)
-            rows = conn.execute(
-                outbox.update()
-                .where(outbox.c.id.in_(chosen.scalar_subquery()))
-                .values(claimed_by=owner, claim_expires_at=now + ttl)
-                .returning(*_COLUMNS)
-            ).all()
-            return sorted((_event(r) for r in rows), key=lambda e: (e.created_at, e.id))
+            rows = prepared.run(
+                conn,
+                _claim_statement(conn.dialect.name == "postgresql"),
+                {"owner": owner, "now": now, "until": now + ttl, "limit": limit},
+            ).rows
+            events = [_event(r, prepared.read(conn, outbox.c.created_at, r[6])) for r in rows]
+            return sorted(events, key=lambda e: (e.created_at, e.id))
 
         return await self._write(claim)
 
     async def delete(self, ids: Sequence[str]) -> None:
         """The control plane has these: they leave the outbox."""
         if ids:
-            await self._write(
-                lambda conn: conn.execute(outbox.delete().where(outbox.c.id.in_(list(ids))))
-            )
+            rows = [{"id": id_} for id_ in ids]
+            await self._write(lambda conn: prepared.run(conn, _DELETE, rows))
 
     async def release(self, owner: str) -> None:
         """``owner``'s delivery failed: any relay may take what it holds again at once

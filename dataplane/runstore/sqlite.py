@@ -10,7 +10,7 @@ from sqlalchemy.engine import Connection
 from dataplane import fastjson
 from dataplane.runstore.checkpoints import EncodedCheckpoint, insert_checkpoint, write_checkpoint
 from dataplane.runstore.fencing import Fenced, insert_events, insert_outbox
-from dataplane.runstore.lifecycle import End, end_run
+from dataplane.runstore.lifecycle import End, finish_held
 from dataplane.runstore.model import Lease, RunState, StepCheckpoint
 from dataplane.runstore.rows import now, queued_record
 from dataplane.runstore.schema import runs
@@ -31,12 +31,8 @@ class SqliteWrites:
         return await self._writer.write(lambda conn: write_checkpoint(conn, cp))
 
     async def finish(self, lease: Lease, end: End, last: EncodedCheckpoint | None) -> None:
-        def tx(conn: Connection) -> None:
-            if last is not None:
-                write_checkpoint(conn, last)
-            end_run(conn, lease.run_id, lease.token, end, now(), owner=lease.owner)
-
-        await self._writer.write(tx)
+        at = last.at if last is not None else now()
+        await self._writer.write(lambda conn: finish_held(conn, lease, end, last, at))
 
 
 def _insert_run(conn: Connection, values: dict[str, Any], opening: StepCheckpoint | None) -> None:
