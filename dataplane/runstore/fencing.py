@@ -34,25 +34,36 @@ class Fenced:
     cancel_requested: bool
 
 
+def reserving() -> dict[str, Any]:
+    """Values that advance a run's counters past ``n_events`` events and ``n_checkpoints``
+    checkpoints (a statement returning the counters tells where they start)."""
+    return {
+        "next_event_seq": runs.c.next_event_seq + sa.bindparam("n_events", type_=sa.Integer),
+        "next_checkpoint_seq": runs.c.next_checkpoint_seq
+        + sa.bindparam("n_checkpoints", type_=sa.Integer),
+    }
+
+
+def held() -> sa.ColumnElement[bool]:
+    """The run (``f_run``) is running under the holder's lease (``f_token``, ``f_owner``)."""
+    return sa.and_(
+        runs.c.id == sa.bindparam("f_run"),
+        runs.c.fencing_token == sa.bindparam("f_token"),
+        runs.c.lease_owner == sa.bindparam("f_owner"),
+        runs.c.state == RunState.RUNNING.value,
+    )
+
+
 @functools.cache
 def _fence_statement(columns: tuple[str, ...]) -> sa.Update:
     """Set ``columns`` (parameters ``v_{column}``) on a run whose lease is still the
     holder's (``f_run``, ``f_token``, ``f_owner``), reserving ``n_events`` event numbers
     and ``n_checkpoints`` checkpoint numbers."""
     values: dict[str, Any] = {c: sa.bindparam(f"v_{c}", type_=runs.c[c].type) for c in columns}
-    values["next_event_seq"] = runs.c.next_event_seq + sa.bindparam("n_events", type_=sa.Integer)
-    values["next_checkpoint_seq"] = runs.c.next_checkpoint_seq + sa.bindparam(
-        "n_checkpoints", type_=sa.Integer
-    )
     return (
         runs.update()
-        .where(
-            runs.c.id == sa.bindparam("f_run"),
-            runs.c.fencing_token == sa.bindparam("f_token"),
-            runs.c.lease_owner == sa.bindparam("f_owner"),
-            runs.c.state == RunState.RUNNING.value,
-        )
-        .values(values)
+        .where(held())
+        .values({**values, **reserving()})
         .returning(
             runs.c.tenant,
             runs.c.next_event_seq,

@@ -18,7 +18,14 @@ from sqlalchemy.engine import Connection
 from dataplane import fastjson
 from dataplane.runstore.checkpoints import EncodedCheckpoint, insert_checkpoint
 from dataplane.runstore.errors import LeaseLost, RunNotFound
-from dataplane.runstore.fencing import append_events, fence, insert_events, insert_outbox
+from dataplane.runstore.fencing import (
+    append_events,
+    fence,
+    held,
+    insert_events,
+    insert_outbox,
+    reserving,
+)
 from dataplane.runstore.journal import write_call
 from dataplane.runstore.model import (
     Lease,
@@ -193,6 +200,34 @@ def settle_lost_call(conn: Connection, run: Run) -> tuple[list[NewEvent], dict[s
     return [lost.event()], lost.usage
 
 
+def _ended() -> dict[str, Any]:
+    """The values that end a run (``v_stop_reason``, ``v_stop_detail``,
+    ``v_final_answer``, at ``v_now``)."""
+    at = sa.bindparam("v_now", type_=runs.c.updated_at.type)
+    return {
+        "state": RunState.FINISHED.value,
+        "stop_reason": sa.bindparam("v_stop_reason"),
+        "stop_detail": sa.bindparam("v_stop_detail"),
+        "final_answer": sa.bindparam("v_final_answer"),
+        "lease_owner": "",
+        "lease_expires_at": None,
+        "ended_at": at,
+        "updated_at": at,
+        "model_call": "",
+    }
+
+
+_AUDITED = (
+    runs.c.tenant,
+    runs.c.agent,
+    runs.c.step,
+    runs.c.usage,
+    runs.c.attempts,
+    runs.c.created_at,
+)
+"""What the ``run.stopped`` audit record needs of the ended run."""
+
+
 @functools.cache
 def _end_statement(fenced: bool) -> sa.Update:
     """End a run that is not finished yet (``f_run``); ``fenced``: only if the lease is
@@ -204,30 +239,11 @@ def _end_statement(fenced: bool) -> sa.Update:
             & (runs.c.fencing_token == sa.bindparam("f_token"))
             & (runs.c.lease_owner == sa.bindparam("f_owner"))
         )
-    at = sa.bindparam("v_now", type_=runs.c.updated_at.type)
     return (
         runs.update()
         .where(condition, runs.c.state != RunState.FINISHED.value)
-        .values(
-            state=RunState.FINISHED.value,
-            stop_reason=sa.bindparam("v_stop_reason"),
-            stop_detail=sa.bindparam("v_stop_detail"),
-            final_answer=sa.bindparam("v_final_answer"),
-            lease_owner="",
-            lease_expires_at=None,
-            ended_at=at,
-            updated_at=at,
-            model_call="",
-            next_event_seq=sa.bindparam("v_next_event_seq"),
-        )
-        .returning(
-            runs.c.tenant,
-            runs.c.agent,
-            runs.c.step,
-            runs.c.usage,
-            runs.c.attempts,
-            runs.c.created_at,
-        )
+        .values({**_ended(), "next_event_seq": sa.bindparam("v_next_event_seq")})
+        .returning(*_AUDITED)
     )
 
 
@@ -267,43 +283,15 @@ def _holder_end_statement(with_checkpoint: bool) -> sa.Update:
     statement, with its last checkpoint's step and usage when ``with_checkpoint``:
     reserves ``n_events`` event and ``n_checkpoints`` checkpoint numbers and returns what
     the audit record needs."""
-    at = sa.bindparam("v_now", type_=runs.c.updated_at.type)
-    values: dict[str, Any] = {
-        "state": RunState.FINISHED.value,
-        "stop_reason": sa.bindparam("v_stop_reason"),
-        "stop_detail": sa.bindparam("v_stop_detail"),
-        "final_answer": sa.bindparam("v_final_answer"),
-        "lease_owner": "",
-        "lease_expires_at": None,
-        "ended_at": at,
-        "updated_at": at,
-        "model_call": "",
-        "next_event_seq": runs.c.next_event_seq + sa.bindparam("n_events", type_=sa.Integer),
-        "next_checkpoint_seq": runs.c.next_checkpoint_seq
-        + sa.bindparam("n_checkpoints", type_=sa.Integer),
-    }
+    values = {**_ended(), **reserving()}
     if with_checkpoint:
         values["step"] = sa.bindparam("v_step", type_=runs.c.step.type)
         values["usage"] = sa.bindparam("v_usage", type_=runs.c.usage.type)
     return (
         runs.update()
-        .where(
-            runs.c.id == sa.bindparam("f_run"),
-            runs.c.fencing_token == sa.bindparam("f_token"),
-            runs.c.lease_owner == sa.bindparam("f_owner"),
-            runs.c.state == RunState.RUNNING.value,
-        )
+        .where(held())
         .values(values)
-        .returning(
-            runs.c.tenant,
-            runs.c.agent,
-            runs.c.step,
-            runs.c.usage,
-            runs.c.attempts,
-            runs.c.created_at,
-            runs.c.next_event_seq,
-            runs.c.next_checkpoint_seq,
-        )
+        .returning(*_AUDITED, runs.c.next_event_seq, runs.c.next_checkpoint_seq)
     )
 
 

@@ -32,9 +32,9 @@ import grpc
 import httpx
 
 from dataplane.http1 import Http1Transport
-from pilothouse.v1 import run_pb2, run_pb2_grpc
+from pilothouse.v1 import run_pb2_grpc
 from tests.bench.registry_bench import database_urls, write_result
-from tests.bench.run_bench import cpu_seconds, pct, stack
+from tests.bench.run_bench import cpu_seconds, one_run, pct, stack
 from tests.fakes.openai_server import Behaviour, FakeOpenAI
 
 SHAPES = {"one_step": 1, "three_step": 3}
@@ -54,19 +54,6 @@ def policy(steps: int) -> Callable[[dict[str, Any]], Behaviour]:
         return Behaviour(content="done")
 
     return reply
-
-
-async def one_run(stub: run_pb2_grpc.AgentServiceStub, key: str) -> float:
-    started = time.perf_counter()
-    last = None
-    async for response in stub.RunAgent(
-        run_pb2.RunAgentRequest(agent="tenants/bench/agents/a", input="go"),
-        metadata=(("authorization", f"Bearer {key}"),),
-    ):
-        last = response.event
-    elapsed = time.perf_counter() - started
-    assert last is not None and last.run_stopped.reason == run_pb2.STOP_REASON_COMPLETED, last
-    return elapsed
 
 
 def direct(fake: FakeOpenAI, http: Http1Transport, steps: int) -> Callable[[], Awaitable[float]]:
