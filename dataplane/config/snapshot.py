@@ -33,7 +33,7 @@ from pilothouse.v1 import (
 
 
 def _message(kind: ResourceKind) -> type[Message]:
-    module = importlib.import_module(f"pilothouse.v1.{kind.proto_module}_pb2")
+    module = importlib.import_module(kind.module)
     message: type[Message] = getattr(module, kind.name)
     return message
 

@@ -313,7 +313,7 @@ class Effects:
             call,
             command.arguments,
             CallState.COMPLETED if outcome.ok else CallState.FAILED,
-            answer,
+            outcome.result,
             [*answer.events, finished],
             last=self._is_last(index) and not answer.tripped,
         )
@@ -352,7 +352,7 @@ class Effects:
             call,
             command.arguments,
             command.state,
-            ToolAnswer(outcome),
+            outcome.result,
             [finished],
             last=self._is_last(command.index),
         )
@@ -364,7 +364,7 @@ class Effects:
         call: ToolCall,
         arguments: dict[str, Any],
         state: CallState,
-        answer: ToolAnswer,
+        result: Any,
         events: Sequence[NewEvent],
         *,
         last: bool,
@@ -372,13 +372,10 @@ class Effects:
         """A call is over: its journal entry, which the step's last call defers to the
         step's checkpoint (nothing happens between the two, so one transaction serves
         both)."""
-        result = answer.outcome.result
-        self._progress.calls[index] = ToolCallRecord(
-            step, index, call.id, call.name, arguments, state, result
-        )
+        record = ToolCallRecord(step, index, call.id, call.name, arguments, state, result)
+        self._progress.calls[index] = record
         if last:
-            entry = CallEntry(step, index, call.id, call.name, arguments, state, result)
-            self._progress.last_call = (entry, list(events))
+            self._progress.last_call = (record, list(events))
             return
         await self._journal(step, index, call, arguments, state, result=result, events=events)
         self._notify()

@@ -14,7 +14,7 @@ from pilothouse.kinds import BY_NAME, DELIVERED, KINDS
 
 def test_every_kind_has_its_message_in_the_contract() -> None:
     for kind in KINDS:
-        module = importlib.import_module(f"pilothouse.v1.{kind.proto_module}_pb2")
+        module = importlib.import_module(kind.module)
         message = getattr(module, kind.name)
         assert message.DESCRIPTOR.full_name == f"pilothouse.v1.{kind.name}"
         assert kind.type_url == f"type.googleapis.com/pilothouse.v1.{kind.name}"

@@ -41,6 +41,11 @@ class ResourceKind:
     """More words the CLI takes for it, besides its name and plural in lower case."""
 
     @property
+    def module(self) -> str:
+        """The generated module of its message: "pilothouse.v1.model_pb2"."""
+        return f"pilothouse.v1.{self.proto_module}_pb2"
+
+    @property
     def type_url(self) -> str:
         return TYPE_PREFIX + self.name
 

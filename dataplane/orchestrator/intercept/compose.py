@@ -40,7 +40,8 @@ def tool_calls(
     execute: ToolNext, *, tracing: Tracing, capture: bool, guard: OutputGuard
 ) -> ToolNext:
     """``execute`` (the tool router) with a run's tool-call interceptors around it."""
-    interceptors: list[ToolInterceptor] = [guard, ToolTracing(tracing)]
+    interceptors: list[ToolInterceptor] = [guard] if guard.active else []
+    interceptors.append(ToolTracing(tracing))
     if capture:
         interceptors.append(ToolCapture())
     return tool_chain(interceptors, execute)

@@ -39,6 +39,11 @@ class OutputGuard:
         self._screen = policy.screen_tool_output
         self._classify = classify
 
+    @property
+    def active(self) -> bool:
+        """It has something to check (the screen, or a classifier to ask)."""
+        return self._screen or self._classify is not None
+
     async def call_tool(self, call: ToolInvocation, proceed: ToolNext) -> ToolAnswer:
         answer = await proceed(call)
         if answer.outcome.unknown:

@@ -90,7 +90,7 @@ class Kind:
 
     @property
     def module(self) -> ModuleType:
-        return importlib.import_module(f"pilothouse.v1.{self.entry.proto_module}_pb2")
+        return importlib.import_module(self.entry.module)
 
     @property
     def message(self) -> type[Message]:
