@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dataplane import settings
+from dataplane import settings, workers
 from dataplane.server import serve
 from storekit import logs, loop
 
@@ -17,6 +17,8 @@ def main(argv: list[str] | None = None) -> None:
     ns = parser.parse_args(argv)
     config = settings.from_arguments(ns)
     logs.configure(config.log_level, config.log_format)
+    if config.workers > 1:
+        raise SystemExit(workers.supervise(config))
     loop.run(serve(config))
 
 

@@ -9,6 +9,7 @@ import os
 import secrets
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -186,7 +187,12 @@ class Executor:
         await bridge.start()
         await relay.start()
         await quotas.start()
-        server = grpc.aio.server(interceptors=[DecodeGuard()])
+        server = grpc.aio.server(
+            interceptors=[DecodeGuard()],
+            # gRPC shares a port by default: two executors on one port would split its
+            # calls without a word. Only a supervisor's workers share one, on purpose.
+            options=[("grpc.so_reuseport", 1 if settings.reuse_port else 0)],
+        )
         run_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentServicer(runs, store, watcher, executor=settings.node_id), server
         )
@@ -196,7 +202,7 @@ class Executor:
         reflection.enable_server_reflection(
             (agent_service, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        port = server.add_insecure_port(settings.listen)
+        port = _bind(server, settings.listen)
         egress.protect(settings.listen.rsplit(":", 1)[0], port)
         await server.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -249,6 +255,17 @@ class Executor:
         log.info("executor stopped")
 
 
+def _bind(server: grpc.aio.Server, listen: str) -> int:
+    """The port bound; one that cannot be had stops the start with a message, not a
+    traceback (the process exits, taking what had started with it)."""
+    try:
+        return server.add_insecure_port(listen)
+    except RuntimeError:
+        raise SystemExit(
+            f"--listen {listen}: cannot listen there (in use, or not an address of this machine)"
+        ) from None
+
+
 def _backlog(relay: OutboxRelay) -> tuple[int, float]:
     """The outbox's events and the age in seconds of its oldest, as last counted."""
     backlog = relay.backlog
@@ -279,13 +296,18 @@ async def _serve_once_configured(
     log.info("configuration in force", extra={"version": config.version})
 
 
-async def serve(settings: Settings) -> None:
+def _announce(executor: Executor) -> None:
+    print(f"executor listening on {executor.address}", file=sys.stderr, flush=True)
+
+
+async def serve(settings: Settings, started: Callable[[Executor], None] = _announce) -> None:
+    """Run an executor until SIGTERM or SIGINT; ``started`` hears once it listens."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     executor = await Executor.start(settings)
-    print(f"executor listening on {executor.address}", file=sys.stderr, flush=True)
+    started(executor)
     try:
         await stop.wait()
     finally:

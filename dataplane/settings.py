@@ -15,6 +15,8 @@ from dataplane.models import credentials
 from dataplane.models.credentials import Credentials
 from storekit.flags import Flags, add_common_arguments
 
+MAX_WORKERS = 64
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -61,6 +63,12 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "json"
     shutdown_grace: float = 10.0
+    workers: int = 1
+    """Executor processes on this listener (``dataplane/workers.py``): each is an
+    executor of the pool with node id ``{node_id}-{i}``; one process uses one core."""
+    reuse_port: bool = False
+    """Share the listening port with other processes (SO_REUSEPORT): a worker's setting,
+    set by the supervisor. Otherwise a port already taken is an error at start."""
 
     def egress_policy(self) -> EgressPolicy:
         return EgressPolicy.from_entries(self.allow_egress)
@@ -118,6 +126,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "bound to (repeatable)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        help="executor processes sharing the listener, one per core to use "
+        f"(PILOTHOUSE_EXECUTOR_WORKERS; default 1, at most {MAX_WORKERS})",
+    )
+    parser.add_argument(
         "--credentials-file",
         help="YAML file declaring provider credentials (PILOTHOUSE_CREDENTIALS_FILE)",
     )
@@ -163,6 +177,9 @@ def from_arguments(ns: argparse.Namespace, env: Mapping[str, str] = os.environ) 
         credentials_file=flags.path("credentials_file", "PILOTHOUSE_CREDENTIALS_FILE"),
         log_level=flags.log_level(defaults.log_level),
         log_format=flags.log_format(defaults.log_format),
+        workers=flags.integer(
+            "workers", "PILOTHOUSE_EXECUTOR_WORKERS", defaults.workers, maximum=MAX_WORKERS
+        ),
     )
     try:
         settings.egress_policy()

@@ -36,7 +36,7 @@ class Flags:
             raise SystemExit(f"{_named(flag, var)} {value!r}: must be more than 0")
         return number
 
-    def integer(self, flag: str, var: str, default: int) -> int:
+    def integer(self, flag: str, var: str, default: int, *, maximum: int | None = None) -> int:
         value = self.text(flag, var)
         if value is None:
             return default
@@ -46,6 +46,8 @@ class Flags:
             raise SystemExit(f"{_named(flag, var)} {value!r}: give a whole number") from None
         if number < 1:
             raise SystemExit(f"{_named(flag, var)} {value!r}: must be at least 1")
+        if maximum is not None and number > maximum:
+            raise SystemExit(f"{_named(flag, var)} {value!r}: must be at most {maximum}")
         return number
 
     def days(self, flag: str, var: str) -> float | None:

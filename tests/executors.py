@@ -51,6 +51,15 @@ class Executor:
     def returncode(self) -> int | None:
         return self.process.poll()
 
+    def workers(self) -> list[int]:
+        """The pids of its worker processes (``--workers``): the children it spawned
+        (not multiprocessing's resource tracker)."""
+        return [
+            pid
+            for pid in children(self.process.pid)
+            if b"spawn_main" in _read(Path(f"/proc/{pid}/cmdline"))
+        ]
+
     def log(self) -> str:
         """The last lines it wrote to stderr."""
         return "\n".join(self._log)
@@ -84,6 +93,24 @@ class Executor:
         return await asyncio.to_thread(self.stop_now, timeout)
 
 
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # it exited meanwhile
+        return b""
+
+
+def children(pid: int) -> list[int]:
+    """The pids of a process's children, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _read(entry / "stat")
+            if stat and int(stat.rsplit(b")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return sorted(found)
+
+
 def launch_executor(
     control_plane: str,
     key: str,
@@ -95,6 +122,8 @@ def launch_executor(
     lease_ttl: float | None = None,
     cluster: str | None = None,
     env: dict[str, str] | None = None,
+    workers: int | None = None,
+    listen: str = "127.0.0.1:0",
     timeout: float = 30,
 ) -> Executor:
     """Start an executor against ``control_plane`` and wait until it listens (its address
@@ -106,7 +135,7 @@ def launch_executor(
         "dataplane",
         "serve",
         "--listen",
-        "127.0.0.1:0",
+        listen,
         "--control-plane",
         control_plane,
         "--node-id",
@@ -124,6 +153,8 @@ def launch_executor(
         args += ["--lease-ttl", str(lease_ttl)]
     if cluster is not None:
         args += ["--cluster", cluster]
+    if workers is not None:
+        args += ["--workers", str(workers)]
     process = subprocess.Popen(
         args,
         env={**os.environ, **(env or {}), "PILOTHOUSE_EXECUTOR_KEY": key},

@@ -212,6 +212,7 @@ async def stack(
     *,
     node: str = "bench",
     env: dict[str, str] | None = None,
+    workers: int | None = None,
 ) -> AsyncIterator[Stack]:
     """Start the stack; ``first_run(fake, executor address, client key)`` is tried until
     it succeeds (the executor holds the client's key once its configuration is in)."""
@@ -232,6 +233,7 @@ async def stack(
             state_dir=workdir,
             run_store_url=run_store_url,
             env=env,
+            workers=workers,
         )
         deadline = time.monotonic() + 20
         while True:

@@ -1,6 +1,7 @@
 """Short-run benchmark: the fixed cost of a run as users meet it.
 
-    python -m tests.bench.short_run_bench   # make bench runs it too
+    python -m tests.bench.short_run_bench           # make bench runs it too
+    python -m tests.bench.short_run_bench workers   # only --workers 1 against 2
     # PILOTHOUSE_TEST_PG_DSN set: PostgreSQL as well as SQLite
 
 A control plane and an executor run as their own processes on 127.0.0.1; the model is
@@ -22,6 +23,7 @@ import asyncio
 import json
 import secrets
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -161,17 +163,82 @@ async def measure(run_store_url: str, workdir: Path) -> dict[str, Any]:
         }
 
 
-async def main() -> None:
+async def measure_workers(run_store_url: str, workdir: Path, workers: int) -> dict[str, Any]:
+    """One-step runs at C=10 against ``dataplane serve --workers N``, each of the ten
+    clients on a connection of its own (the kernel gives each connection to a worker):
+    runs/s, and CPU a run of the executor's processes (each worker's share) and of the
+    control plane."""
+    node = f"workers-{secrets.token_hex(2)}"
+    async with stack(run_store_url, workdir, _first_run, node=node, workers=workers) as s:
+        # Channels to one address share one connection unless told not to.
+        own = [("grpc.use_local_subchannel_pool", 1)]
+        channels = [
+            grpc.aio.insecure_channel(s.executor.address, options=own) for _ in range(CONCURRENT)
+        ]
+        try:
+            stubs = [run_pb2_grpc.AgentServiceStub(c) for c in channels]
+            for stub in stubs:  # every worker configured, every connection warm
+                await _until_served(stub, s.client_key)
+                for _ in range(10):
+                    await one_run(stub, s.client_key)
+            tree = [s.executor.pid, *s.executor.workers()]
+            before = [cpu_seconds(p) for p in tree], cpu_seconds(s.plane.process.pid)
+            done = 0
+            stop_at = time.perf_counter() + CONCURRENT_SECONDS
+
+            async def client(stub: run_pb2_grpc.AgentServiceStub) -> None:
+                nonlocal done
+                while time.perf_counter() < stop_at:
+                    await one_run(stub, s.client_key)
+                    done += 1
+
+            started = time.perf_counter()
+            await asyncio.gather(*(client(stub) for stub in stubs))
+            elapsed = time.perf_counter() - started
+            spent = [cpu_seconds(p) - b for p, b in zip(tree, before[0], strict=True)]
+            plane = cpu_seconds(s.plane.process.pid) - before[1]
+        finally:
+            for c in channels:
+                await c.close()
+    by_worker = spent[1:] if len(tree) > 1 else spent
+    return {
+        "workers": workers,
+        "c10_runs_per_second": round(done / elapsed, 1),
+        "executor_cpu_ms_per_run": round(sum(spent) * 1000 / done, 3),
+        "worker_cpu_share": [round(w / sum(by_worker), 3) for w in by_worker],
+        "executor_cores_busy": round(sum(spent) / elapsed, 2),
+        "control_plane_cpu_ms_per_run": round(plane * 1000 / done, 3),
+        "runs": done,
+    }
+
+
+async def _until_served(stub: run_pb2_grpc.AgentServiceStub, key: str) -> None:
+    """A worker serves a client's runs once its configuration is in."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            await one_run(stub, key)
+            return
+        except grpc.aio.AioRpcError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
+async def main(parts: list[str]) -> None:
+    """``parts``: ``shapes``, ``workers`` or both (no arguments)."""
+    parts = parts or ["shapes", "workers"]
     results: dict[str, Any] = {
         "benchmark": "short_runs",
         "sequential_runs": SEQUENTIAL_RUNS,
         "concurrent": CONCURRENT,
         "backends": {},
+        "workers": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         async with database_urls(work, "runs.db") as backends:
-            for label, url in backends.items():
+            for label, url in backends.items() if "shapes" in parts else ():
                 result = await measure(url, work)
                 results["backends"][label] = result
                 for shape, r in result.items():
@@ -186,8 +253,21 @@ async def main() -> None:
                         f"{r['c10_control_plane_cpu_ms_per_run']:.2f} ms",
                         flush=True,
                     )
+            for label, url in backends.items() if "workers" in parts else ():
+                for workers in (1, 2):
+                    w = await measure_workers(url, work, workers)
+                    results["workers"].setdefault(label, []).append(w)
+                    print(
+                        f"{label:<11} one_step   --workers {workers}: C=10 "
+                        f"{w['c10_runs_per_second']:.0f} runs/s on {CONCURRENT} connections, "
+                        f"executor CPU a run {w['executor_cpu_ms_per_run']:.2f} ms "
+                        f"({w['executor_cores_busy']:.2f} cores busy; worker shares "
+                        f"{w['worker_cpu_share']}), control plane "
+                        f"{w['control_plane_cpu_ms_per_run']:.2f} ms",
+                        flush=True,
+                    )
     write_result("short_runs", results)
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(sys.argv[1:]))

@@ -32,6 +32,7 @@ def test_a_flag_wins_over_its_variable_which_wins_over_the_default() -> None:
     assert _executor({"PILOTHOUSE_LOG_LEVEL": "debug"}).log_level == "DEBUG"
     assert _control_plane({"PILOTHOUSE_QUOTA_REFRESH": "2"}).quota_refresh == 2.0
     assert _control_plane({}).retention_interval == 3600.0
+    assert _executor({"PILOTHOUSE_EXECUTOR_WORKERS": "2"}, "--workers", "4").workers == 4
 
 
 @pytest.mark.parametrize(
@@ -44,6 +45,8 @@ def test_a_flag_wins_over_its_variable_which_wins_over_the_default() -> None:
         ({"PILOTHOUSE_RETENTION_INTERVAL": "-3"}, "--retention-interval"),
         ({"PILOTHOUSE_RETAIN_RUNS_DAYS": "never"}, "give a number of days"),
         ({"PILOTHOUSE_LOG_FORMAT": "xml"}, "json or text"),
+        ({"PILOTHOUSE_EXECUTOR_WORKERS": "1000"}, "--workers (or PILOTHOUSE_EXECUTOR_WORKERS) "),
+        ({"PILOTHOUSE_EXECUTOR_WORKERS": "0"}, "must be at least 1"),
     ],
 )
 def test_an_executor_setting_that_does_not_parse_is_a_clear_exit(
