@@ -10,10 +10,10 @@ other tenants' are untouched. ``ExecutorConfig`` is what is in force: every tena
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from google.protobuf import any_pb2, json_format
 from google.protobuf.message import DecodeError, Message
@@ -63,6 +63,8 @@ class RunUnit:
 
 
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+_MISSING = object()
 
 
 class ConfigError(Exception):
@@ -76,27 +78,31 @@ class TenantConfig:
     tenant: str
     version: str
     resources: Mapping[str, Mapping[str, Message]]
-    _validators: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    _derived: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def memo(self, key: str, build: Callable[[], T]) -> T:
+        """A value derived from this snapshot's resources (``key`` names it), built on
+        first use and kept as long as the snapshot is: at most a few per resource."""
+        found = self._derived.get(key, _MISSING)
+        if found is _MISSING:
+            found = self._derived[key] = build()
+        return cast(T, found)
 
     def input_validator(self, tool: tool_pb2.Tool) -> Any:
-        """The validator of a tool's arguments, built on its first call and kept as long
-        as the snapshot is."""
-        validator = self._validators.get(tool.name)
-        if validator is None:
-            validator = jsonschemas.validator(json_format.MessageToDict(tool.input_schema))
-            self._validators[tool.name] = validator
-        return validator
+        """The validator of a tool's arguments."""
+        return self.memo(
+            f"input:{tool.name}",
+            lambda: jsonschemas.validator(json_format.MessageToDict(tool.input_schema)),
+        )
 
     def output_validator(self, agent: agent_pb2.Agent) -> Any:
         """The validator of an agent's final answers; None when it sets no schema."""
         if not agent.HasField("output_schema"):
             return None
-        key = f"output:{agent.name}"
-        validator = self._validators.get(key)
-        if validator is None:
-            validator = jsonschemas.validator(json_format.MessageToDict(agent.output_schema))
-            self._validators[key] = validator
-        return validator
+        return self.memo(
+            f"output:{agent.name}",
+            lambda: jsonschemas.validator(json_format.MessageToDict(agent.output_schema)),
+        )
 
     def get(self, kind: type[M], name: str) -> M | None:
         found = self.resources.get(kind.DESCRIPTOR.name, {}).get(name)
@@ -217,6 +223,12 @@ class ExecutorConfig:
 
     def all(self, kind: type[M]) -> list[M]:
         return [m for config in self.tenants.values() for m in config.all(kind)]
+
+    def memo(self, name: str, key: str, build: Callable[[], T]) -> T:
+        """``TenantConfig.memo`` of the tenant that owns ``name`` (built each time for a
+        name no tenant owns)."""
+        config = self._config_of(name)
+        return build() if config is None else config.memo(key, build)
 
     def input_validator(self, tool: tool_pb2.Tool) -> Any:
         config = self._config_of(tool.name)

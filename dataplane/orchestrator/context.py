@@ -3,6 +3,7 @@ snapshot (no control-plane call): the agent, its prompt version, route, tools, b
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Sequence
@@ -157,28 +158,45 @@ class RunContext:
     route: str
     tools: dict[str, tool_pb2.Tool]
     """By the name the model sees."""
+    shown: tuple[ShownTool, ...]
+    """The same tools as the model is shown them, by that name."""
     system_prompt: str
     variant: str = ""
     """The rollout variant the run is on ("" outside a rollout)."""
 
     @cached_property
     def tool_specs(self) -> tuple[ToolSpec, ...]:
-        """The tools as the model is shown them (built once per run, used every step)."""
-        return tuple(
-            ToolSpec(name, tool.description, json_format.MessageToDict(tool.input_schema))
-            for name, tool in sorted(self.tools.items())
-        )
+        return tuple(t.spec for t in self.shown)
 
     @cached_property
     def tool_spec_bytes(self) -> int:
-        return sum(
-            len(json.dumps([t.name, t.description, t.parameters]).encode()) for t in self.tool_specs
-        )
+        return sum(t.size for t in self.shown)
 
     @cached_property
     def tool_spec_tokens(self) -> int:
         """Estimated prompt tokens the tool schemas take, for the budget's worst case."""
-        return sum(estimate_tokens(json.dumps(t.parameters)) for t in self.tool_specs)
+        return sum(t.tokens for t in self.shown)
+
+
+@dataclass(frozen=True)
+class ShownTool:
+    """A tool as a model is shown it, with what it adds to a prompt: built once per
+    snapshot (``show_tool``), not once per run."""
+
+    spec: ToolSpec
+    size: int
+    """Bytes of its JSON (name, description, schema)."""
+    tokens: int
+    """Estimated tokens of its schema."""
+
+
+def show_tool(name: str, tool: tool_pb2.Tool) -> ShownTool:
+    spec = ToolSpec(name, tool.description, json_format.MessageToDict(tool.input_schema))
+    return ShownTool(
+        spec,
+        len(json.dumps([spec.name, spec.description, spec.parameters]).encode()),
+        estimate_tokens(json.dumps(spec.parameters)),
+    )
 
 
 MESSAGE_FRAMING = 16
@@ -263,6 +281,12 @@ def resolve(
         for name in agent.tools
         if (tool := config.get(tool_pb2.Tool, name)) is not None
     }
+    shown = tuple(
+        config.memo(
+            tool.name, f"shown:{seen}:{tool.name}", functools.partial(show_tool, seen, tool)
+        )
+        for seen, tool in sorted(tools.items())
+    )
     return RunContext(
-        agent, version, agent.model_route or version.model_route, tools, system, variant
+        agent, version, agent.model_route or version.model_route, tools, shown, system, variant
     )
