@@ -7,9 +7,11 @@ wait on each other in a circle.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -18,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from controlplane.store.schema import audit_events, audit_heads
 from pilothouse.auditchain import GENESIS, Record, link
+from storekit import prepared
 
 NO_TENANT = "-"
 
@@ -40,16 +43,63 @@ def chain_of(tenant: str | None) -> str:
     return tenant or NO_TENANT
 
 
+_COLUMNS = (
+    "time",
+    "tenant",
+    "actor",
+    "action",
+    "resource",
+    "details",
+    "event_id",
+    "chain",
+    "seq",
+    "prev_hash",
+    "hash",
+)
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """Appending's statements, built once per dialect: every record an executor reports
+    passes here, and on SQLite ``prepared.run`` runs a statement built once for a
+    fraction of SQLAlchemy's per-execution cost."""
+
+    seen: Any
+    head_insert: Any
+    head_select: Any
+    head_update: Any
+    insert: Any
+
+
+@functools.cache
+def _statements(dialect: str) -> _Statements:
+    insert = (postgresql if dialect == "postgresql" else sqlite).insert
+    chain = sa.bindparam("head", type_=audit_heads.c.chain.type)
+    head = sa.select(audit_heads.c.seq, audit_heads.c.hash).where(audit_heads.c.chain == chain)
+    return _Statements(
+        sa.select(audit_events.c.event_id).where(
+            audit_events.c.event_id.in_(sa.bindparam("ids", expanding=True))
+        ),
+        insert(audit_heads)
+        .values(chain=chain, seq=0, hash=GENESIS)
+        .on_conflict_do_nothing(index_elements=["chain"]),
+        head.with_for_update() if dialect == "postgresql" else head,
+        audit_heads.update()
+        .where(audit_heads.c.chain == chain)
+        .values(seq=sa.bindparam("head_seq"), hash=sa.bindparam("head_hash")),
+        audit_events.insert().values(
+            {c: sa.bindparam(c, type_=audit_events.c[c].type) for c in _COLUMNS}
+        ),
+    )
+
+
 def append(conn: Connection, records: Sequence[NewAudit]) -> int:
     """Append ``records`` in order, in the caller's transaction; the number appended."""
+    statements = _statements(conn.dialect.name)
     seen: set[str] = set()
     if any(r.event_id for r in records):
         ids = [r.event_id for r in records if r.event_id]
-        seen = set(
-            conn.execute(
-                sa.select(audit_events.c.event_id).where(audit_events.c.event_id.in_(ids))
-            ).scalars()
-        )
+        seen = {str(i) for i in conn.execute(statements.seen, {"ids": ids}).scalars()}
     by_chain: dict[str, list[NewAudit]] = {}
     for r in records:
         if r.event_id and r.event_id in seen:
@@ -59,7 +109,7 @@ def append(conn: Connection, records: Sequence[NewAudit]) -> int:
         by_chain.setdefault(chain_of(r.tenant), []).append(r)
     rows = []
     for chain in sorted(by_chain):
-        seq, prev = _lock_head(conn, chain)
+        seq, prev = _lock_head(conn, statements, chain)
         for r in by_chain[chain]:
             seq += 1
             digest = link(
@@ -89,25 +139,17 @@ def append(conn: Connection, records: Sequence[NewAudit]) -> int:
                 }
             )
             prev = digest
-        conn.execute(
-            audit_heads.update().where(audit_heads.c.chain == chain).values(seq=seq, hash=prev)
+        prepared.run(
+            conn, statements.head_update, {"head": chain, "head_seq": seq, "head_hash": prev}
         )
     if rows:
-        conn.execute(audit_events.insert(), rows)
+        prepared.run(conn, statements.insert, rows)
     return len(rows)
 
 
-def _lock_head(conn: Connection, chain: str) -> tuple[int, str]:
-    insert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert
-    conn.execute(
-        insert(audit_heads)
-        .values(chain=chain, seq=0, hash=GENESIS)
-        .on_conflict_do_nothing(index_elements=["chain"])
-    )
-    query = sa.select(audit_heads.c.seq, audit_heads.c.hash).where(audit_heads.c.chain == chain)
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    seq, digest = conn.execute(query).one()
+def _lock_head(conn: Connection, statements: _Statements, chain: str) -> tuple[int, str]:
+    prepared.run(conn, statements.head_insert, {"head": chain})
+    seq, digest = prepared.run(conn, statements.head_select, {"head": chain}).rows[0]
     return int(seq), str(digest)
 
 
@@ -201,7 +243,7 @@ def prune(conn: Connection, chain: str, before: datetime, limit: int) -> ChainPr
     the first of ``before`` or later, and remember the last one removed; None when none
     was. The head stays locked until the transaction ends, so nothing is appended
     meanwhile."""
-    _lock_head(conn, chain)
+    _lock_head(conn, _statements(conn.dialect.name), chain)
     oldest = conn.execute(
         sa.select(audit_events.c.seq, audit_events.c.time, audit_events.c.hash)
         .where(audit_events.c.chain == chain)
