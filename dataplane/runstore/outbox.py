@@ -44,6 +44,11 @@ def _event(row: Sequence[Any], created_at: datetime | None = None) -> OutboxEven
 _DELETE = outbox.delete().where(outbox.c.id == sa.bindparam("id"))
 
 
+def _delete(conn: Connection, ids: Sequence[str]) -> None:
+    if ids:
+        prepared.run(conn, _DELETE, [{"id": id_} for id_ in ids])
+
+
 @functools.cache
 def _claim_statement(skip_locked: bool) -> sa.Update:
     """Claim (``owner``, until ``until``) up to ``limit`` of the oldest events no relay
@@ -91,13 +96,17 @@ class Outbox:
         """Wait for the calls still running for callers that were cancelled."""
         await self._whole.drain()
 
-    async def claim(self, owner: str, *, limit: int, ttl: timedelta) -> list[OutboxEvent]:
+    async def claim(
+        self, owner: str, *, limit: int, ttl: timedelta, delivered: Sequence[str] = ()
+    ) -> list[OutboxEvent]:
         """Take up to ``limit`` of the oldest events no relay holds (or whose claim has
         expired) for ``ttl``, oldest first. On PostgreSQL, relays claiming at the same
-        time skip each other's rows rather than wait for them."""
+        time skip each other's rows rather than wait for them. ``delivered``: events the
+        control plane has, deleted in the same transaction (one write, not two)."""
         now = datetime.now(UTC)
 
         def claim(conn: Connection) -> list[OutboxEvent]:
+            _delete(conn, delivered)
             rows = prepared.run(
                 conn,
                 _claim_statement(conn.dialect.name == "postgresql"),
@@ -111,19 +120,22 @@ class Outbox:
     async def delete(self, ids: Sequence[str]) -> None:
         """The control plane has these: they leave the outbox."""
         if ids:
-            rows = [{"id": id_} for id_ in ids]
-            await self._write(lambda conn: prepared.run(conn, _DELETE, rows))
+            await self._write(lambda conn: _delete(conn, ids))
 
-    async def release(self, owner: str) -> None:
+    async def release(self, owner: str, delivered: Sequence[str] = ()) -> None:
         """``owner``'s delivery failed: any relay may take what it holds again at once
-        (also a batch whose claim was still being written when its relay gave up)."""
-        await self._write(
-            lambda conn: conn.execute(
+        (also a batch whose claim was still being written when its relay gave up), but
+        ``delivered``, which the control plane has, leaves the outbox."""
+
+        def release(conn: Connection) -> None:
+            _delete(conn, delivered)
+            conn.execute(
                 outbox.update()
                 .where(outbox.c.claimed_by == owner)
                 .values(claimed_by="", claim_expires_at=None)
             )
-        )
+
+        await self._write(release)
 
     async def backlog(self) -> Backlog:
         return await self._whole.run(self._count())

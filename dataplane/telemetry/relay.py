@@ -164,6 +164,13 @@ class OutboxRelay:
             except Exception:
                 log.exception("counting the outbox failed")
 
+    async def _await_more(self) -> None:
+        """Until nudged (or the poll interval passes), then a moment more for what
+        follows to join the batch."""
+        await wait_event(self._wake, self.settings.poll_interval)
+        self._wake.clear()
+        await asyncio.sleep(self.settings.linger)
+
     async def _stream(self) -> bool:
         """One stream, until it breaks; whether anything was acknowledged on it. Batches
         not acknowledged go back to the outbox for any relay."""
@@ -171,23 +178,33 @@ class OutboxRelay:
         in_flight: dict[int, list[str]] = {}
         room = asyncio.Event()
         """Set when an acknowledgement made room in the window."""
+        delivered: list[str] = []
+        """Acknowledged, to leave the outbox with the next claim (or the release)."""
         acked = False
 
         async def send() -> None:
             sequence = 0
             reported = 0.0
+            short = False
             while True:
                 while len(in_flight) >= self.settings.window:
                     room.clear()
                     await room.wait()
+                if short:
+                    # The last claim took all there was: wait for more (a run store's
+                    # write or an acknowledgement nudges) rather than claim nothing.
+                    await self._await_more()
+                leaving = delivered[:]
                 events = await self._outbox.claim(
-                    self._owner, limit=self.settings.batch_size, ttl=self.settings.claim_ttl
+                    self._owner,
+                    limit=self.settings.batch_size,
+                    ttl=self.settings.claim_ttl,
+                    delivered=leaving,
                 )
+                del delivered[: len(leaving)]
+                short = len(events) < self.settings.batch_size
                 due = time.monotonic() - reported >= self.settings.status_interval
                 if not events and not due:
-                    await wait_event(self._wake, self.settings.poll_interval)
-                    self._wake.clear()
-                    await asyncio.sleep(self.settings.linger)
                     continue
                 backlog = self.backlog
                 sequence += 1
@@ -211,7 +228,8 @@ class OutboxRelay:
                     return acked
                 done = [s for s in in_flight if s <= response.acked_batch_sequence]
                 ids = [i for s in done for i in in_flight[s]]
-                await self._outbox.delete(ids)
+                delivered.extend(ids)
+                self._wake.set()
                 self.delivered += len(ids)
                 if not acked:
                     log.info("telemetry stream delivering", extra={"events": len(ids)})
@@ -232,7 +250,7 @@ class OutboxRelay:
             # A claim the sender had begun still completes: only then give back all.
             await self._outbox.drain()
             with contextlib.suppress(Exception):
-                await self._outbox.release(self._owner)
+                await self._outbox.release(self._owner, delivered)
 
 
 async def _read(
