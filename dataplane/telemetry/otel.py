@@ -86,6 +86,11 @@ def trace_headers(metadata: Iterable[tuple[str, str | bytes]]) -> dict[str, str]
     }
 
 
+def _from_api(provider: object) -> bool:
+    """A provider of the OpenTelemetry API package itself: a proxy or a no-op."""
+    return type(provider).__module__.startswith(("opentelemetry.trace", "opentelemetry.metrics"))
+
+
 class Tracing:
     """The executor's tracer and instruments, from the given providers or the global
     ones (no-ops unless an SDK was installed)."""
@@ -97,6 +102,10 @@ class Tracing:
     ) -> None:
         tracers = tracer_provider or trace.get_tracer_provider()
         meters = meter_provider or metrics.get_meter_provider()
+        self.recording = not (_from_api(tracers) and _from_api(meters))
+        """Whether spans or measurements go anywhere: the API's own providers (its
+        proxies and no-ops, what a process has until an SDK is installed) record
+        nothing, and then a call's span and metrics are left out altogether."""
         self.tracer = tracers.get_tracer("pilothouse.executor", schema_url=SCHEMA_URL)
         meter = meters.get_meter("pilothouse.executor", schema_url=SCHEMA_URL)
         self.token_usage = meter.create_histogram(

@@ -321,3 +321,12 @@ def test_a_classifier_that_cannot_be_afforded_is_an_unreadable_verdict() -> None
     assert account.usage.cost_usd == Decimal("0.001"), "billed to the run"
     assert [a for a, _ in audits] == ["guardrail.classifier"] * 2
     assert audits[1][1]["tool"] == "fetch" and audits[1][1]["readable"]
+
+
+def test_spans_are_left_out_only_when_nothing_would_record_them() -> None:
+    """The API's own providers (what a process has until an SDK is installed) record
+    nothing: a call's span and content capture are then skipped. Either SDK provider
+    keeps them (the metrics of a call are measured in its span's interceptor)."""
+    assert not Tracing().recording
+    assert Tracing(TracerProvider()).recording
+    assert Tracing(None, MeterProvider()).recording

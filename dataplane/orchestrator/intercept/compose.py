@@ -3,7 +3,8 @@
 Model calls: the quota hold outermost (a call refused by the tenant's quota opens no
 span), then the span, then content capture on it. Tool calls: the output guardrails
 outermost (the injection classifier's own model call is not inside the tool's span),
-then the span, then content capture."""
+then the span, then content capture. With no telemetry configured (``Tracing.recording``)
+the span and capture interceptors are left out: what they record would go nowhere."""
 
 from __future__ import annotations
 
@@ -30,9 +31,10 @@ def model_calls(
     interceptors: list[ModelInterceptor] = []
     if quotas is not None:
         interceptors.append(QuotaHold(quotas, tracing))
-    interceptors.append(ModelTracing(tracing))
-    if capture:
-        interceptors.append(ModelCapture())
+    if tracing.recording:
+        interceptors.append(ModelTracing(tracing))
+        if capture:
+            interceptors.append(ModelCapture())
     return model_chain(interceptors, complete)
 
 
@@ -41,7 +43,8 @@ def tool_calls(
 ) -> ToolNext:
     """``execute`` (the tool router) with a run's tool-call interceptors around it."""
     interceptors: list[ToolInterceptor] = [guard] if guard.active else []
-    interceptors.append(ToolTracing(tracing))
-    if capture:
-        interceptors.append(ToolCapture())
+    if tracing.recording:
+        interceptors.append(ToolTracing(tracing))
+        if capture:
+            interceptors.append(ToolCapture())
     return tool_chain(interceptors, execute)
