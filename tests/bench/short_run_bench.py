@@ -167,7 +167,8 @@ async def measure_workers(run_store_url: str, workdir: Path, workers: int) -> di
     """One-step runs at C=10 against ``dataplane serve --workers N``, each of the ten
     clients on a connection of its own (the kernel gives each connection to a worker):
     runs/s, and CPU a run of the executor's processes (each worker's share) and of the
-    control plane."""
+    control plane, and the cores this process (the clients and the fake model) kept
+    busy: where the machine's two cores went."""
     node = f"workers-{secrets.token_hex(2)}"
     async with stack(run_store_url, workdir, _first_run, node=node, workers=workers) as s:
         # Channels to one address share one connection unless told not to.
@@ -183,6 +184,7 @@ async def measure_workers(run_store_url: str, workdir: Path, workers: int) -> di
                     await one_run(stub, s.client_key)
             tree = [s.executor.pid, *s.executor.workers()]
             before = [cpu_seconds(p) for p in tree], cpu_seconds(s.plane.process.pid)
+            here = time.process_time()
             done = 0
             stop_at = time.perf_counter() + CONCURRENT_SECONDS
 
@@ -197,6 +199,7 @@ async def measure_workers(run_store_url: str, workdir: Path, workers: int) -> di
             elapsed = time.perf_counter() - started
             spent = [cpu_seconds(p) - b for p, b in zip(tree, before[0], strict=True)]
             plane = cpu_seconds(s.plane.process.pid) - before[1]
+            generator = time.process_time() - here
         finally:
             for c in channels:
                 await c.close()
@@ -208,6 +211,8 @@ async def measure_workers(run_store_url: str, workdir: Path, workers: int) -> di
         "worker_cpu_share": [round(w / sum(by_worker), 3) for w in by_worker],
         "executor_cores_busy": round(sum(spent) / elapsed, 2),
         "control_plane_cpu_ms_per_run": round(plane * 1000 / done, 3),
+        "control_plane_cores_busy": round(plane / elapsed, 2),
+        "load_generator_cores_busy": round(generator / elapsed, 2),
         "runs": done,
     }
 
@@ -263,7 +268,9 @@ async def main(parts: list[str]) -> None:
                         f"executor CPU a run {w['executor_cpu_ms_per_run']:.2f} ms "
                         f"({w['executor_cores_busy']:.2f} cores busy; worker shares "
                         f"{w['worker_cpu_share']}), control plane "
-                        f"{w['control_plane_cpu_ms_per_run']:.2f} ms",
+                        f"{w['control_plane_cpu_ms_per_run']:.2f} ms "
+                        f"({w['control_plane_cores_busy']:.2f} cores), load generator and "
+                        f"fake model {w['load_generator_cores_busy']:.2f} cores",
                         flush=True,
                     )
     write_result("short_runs", results)
