@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import statistics
 import sys
@@ -184,7 +185,7 @@ async def measure_workers(run_store_url: str, workdir: Path, workers: int) -> di
                     await one_run(stub, s.client_key)
             tree = [s.executor.pid, *s.executor.workers()]
             before = [cpu_seconds(p) for p in tree], cpu_seconds(s.plane.process.pid)
-            here = time.process_time()
+            here, database = time.process_time(), postgres_seconds()
             done = 0
             stop_at = time.perf_counter() + CONCURRENT_SECONDS
 
@@ -200,6 +201,7 @@ async def measure_workers(run_store_url: str, workdir: Path, workers: int) -> di
             spent = [cpu_seconds(p) - b for p, b in zip(tree, before[0], strict=True)]
             plane = cpu_seconds(s.plane.process.pid) - before[1]
             generator = time.process_time() - here
+            database = postgres_seconds() - database
         finally:
             for c in channels:
                 await c.close()
@@ -213,8 +215,25 @@ async def measure_workers(run_store_url: str, workdir: Path, workers: int) -> di
         "control_plane_cpu_ms_per_run": round(plane * 1000 / done, 3),
         "control_plane_cores_busy": round(plane / elapsed, 2),
         "load_generator_cores_busy": round(generator / elapsed, 2),
+        "postgresql_cores_busy": round(database / elapsed, 2),
         "runs": done,
     }
+
+
+def postgres_seconds() -> float:
+    """CPU seconds PostgreSQL's server processes on this machine have used so far (the
+    run store's database, when it is PostgreSQL, shares the cores)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # it exited meanwhile
+                continue
+            if "(postgres)" in stat:
+                fields = stat.rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 async def _until_served(stub: run_pb2_grpc.AgentServiceStub, key: str) -> None:
@@ -270,7 +289,8 @@ async def main(parts: list[str]) -> None:
                         f"{w['worker_cpu_share']}), control plane "
                         f"{w['control_plane_cpu_ms_per_run']:.2f} ms "
                         f"({w['control_plane_cores_busy']:.2f} cores), load generator and "
-                        f"fake model {w['load_generator_cores_busy']:.2f} cores",
+                        f"fake model {w['load_generator_cores_busy']:.2f} cores, PostgreSQL "
+                        f"server {w['postgresql_cores_busy']:.2f} cores",
                         flush=True,
                     )
     write_result("short_runs", results)
