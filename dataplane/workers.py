@@ -116,6 +116,9 @@ def _stop_with(supervisor: int) -> None:
 
 @dataclass(eq=False)
 class Worker:
+    """One worker's place: its settings, its process now (None while it waits to be
+    started again), the pipe it tells its port on, and its restarts."""
+
     index: int
     settings: Settings
     process: SpawnProcess | None = None
@@ -125,8 +128,9 @@ class Worker:
     restart_at: float | None = None
 
     def start(self) -> None:
-        receive, send = multiprocessing.get_context("spawn").Pipe(duplex=False)
-        self.process = multiprocessing.get_context("spawn").Process(
+        spawn = multiprocessing.get_context("spawn")
+        receive, send = spawn.Pipe(duplex=False)
+        self.process = spawn.Process(
             target=run_worker,
             args=(self.settings, send, os.getpid()),
             name=f"executor-worker-{self.index}",

@@ -1,6 +1,7 @@
-"""The outbox as its relays see it: claim a batch, delete it once delivered, give it back
-when delivery failed. Rows are written by the run store, in the transactions of what they
-record (``RunStore``); any executor of the pool may relay any of them."""
+"""The outbox as its relays see it: claim a batch, delete it once delivered (with the
+next claim), give it back when delivery failed. Rows are written by the run store, in the
+transactions of what they record (``RunStore``); any executor of the pool may relay any
+of them."""
 
 from __future__ import annotations
 
@@ -116,11 +117,6 @@ class Outbox:
             return sorted(events, key=lambda e: (e.created_at, e.id))
 
         return await self._write(claim)
-
-    async def delete(self, ids: Sequence[str]) -> None:
-        """The control plane has these: they leave the outbox."""
-        if ids:
-            await self._write(lambda conn: _delete(conn, ids))
 
     async def release(self, owner: str, delivered: Sequence[str] = ()) -> None:
         """``owner``'s delivery failed: any relay may take what it holds again at once
