@@ -90,7 +90,7 @@ class Database:
                 max_overflow=0,
                 pool_reset_on_return=None,
             )
-            _configure_sqlite(self._sync_writer)
+            _configure_sqlite(self._sync_writer, on_thread=True)
             self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
             self._writer_conn: Connection | None = None
             """The writer thread's connection, kept for its life (a checkout per group
@@ -341,7 +341,14 @@ class _RollbackOnClose(sqlite3.Connection):
         super().close()
 
 
-def _configure_sqlite(engine: sa.Engine) -> None:
+BUSY_TIMEOUT_MS = 30_000
+"""How long a statement waits for another writer of the file before it fails."""
+
+
+def _configure_sqlite(engine: sa.Engine, *, on_thread: bool = False) -> None:
+    """``on_thread``: the engine's connections run on a thread of their own, where a
+    write may wait for its lock by sleeping (``_begin_immediate``)."""
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control away from the driver: BEGIN is ours (see below).
@@ -350,7 +357,7 @@ def _configure_sqlite(engine: sa.Engine) -> None:
         for pragma in (
             "PRAGMA journal_mode=WAL",
             "PRAGMA foreign_keys=ON",
-            "PRAGMA busy_timeout=30000",
+            f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
             "PRAGMA synchronous=NORMAL",
         ):
             cursor.execute(pragma)
@@ -359,7 +366,34 @@ def _configure_sqlite(engine: sa.Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         options = conn.get_execution_options()
-        if options.get("pilothouse_write"):
+        if options.get("pilothouse_write") and on_thread:
+            _begin_immediate(conn.connection.dbapi_connection)
+        elif options.get("pilothouse_write"):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         elif not options.get("pilothouse_autocommit"):
             conn.exec_driver_sql("BEGIN")
+
+
+def _begin_immediate(driver: Any) -> None:
+    """BEGIN IMMEDIATE on the writer thread, waiting for a writer of another process in
+    steps of 50 µs doubling to 1 ms.
+
+    SQLite's own busy handler retries a locked BEGIN after sleeping 1, 2, 5, 10 … up to
+    100 ms: with several processes writing one file (an executor's workers), each lost
+    milliseconds for every write it waited behind, where that write took a fraction of
+    one, and the machine's cores stood idle. The wait is bounded by the same timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 50e-6
+    driver.execute("PRAGMA busy_timeout=0")
+    try:
+        while True:
+            try:
+                driver.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1e-3)
+    finally:
+        driver.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")

@@ -193,3 +193,49 @@ async def test_a_statement_on_asyncpg_that_finds_its_connection_dead_drops_it(
             assert again is not None and again[0] != row[0]
         finally:
             await db.aclose()
+
+
+def test_the_sqlite_writer_waits_for_another_process_writer_in_short_steps(
+    tmp_path: Path,
+) -> None:
+    """A writer of another process holds the file's write lock for 180 ms: the writer
+    thread's BEGIN IMMEDIATE gets in soon after it lets go (SQLite's own busy handler,
+    sleeping 1, 2, 5 … 50 ms a try, would try next at 228 ms), then has its busy timeout
+    back; a BEGIN that fails for another reason fails at once."""
+    import sqlite3
+    import threading
+    import time
+
+    path = tmp_path / "locked.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("PRAGMA journal_mode=WAL")
+    other.execute("CREATE TABLE t (x)")
+    mine = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    mine.execute("PRAGMA busy_timeout=30000")
+    other.execute("BEGIN IMMEDIATE")
+    released = 0.0
+
+    def release() -> None:
+        nonlocal released
+        time.sleep(0.18)
+        other.execute("INSERT INTO t VALUES (1)")
+        released = time.monotonic()
+        other.execute("COMMIT")
+
+    holder = threading.Thread(target=release)
+    holder.start()
+    database_module._begin_immediate(mine)
+    got_in = time.monotonic()
+    holder.join()
+    assert mine.in_transaction and got_in - released < 0.01
+    mine.execute("INSERT INTO t VALUES (2)")
+    mine.execute("COMMIT")
+    assert mine.execute("PRAGMA busy_timeout").fetchone() == (database_module.BUSY_TIMEOUT_MS,)
+    assert other.execute("SELECT count(*) FROM t").fetchone() == (2,)
+
+    mine.execute("BEGIN")
+    with pytest.raises(sqlite3.OperationalError, match="within a transaction"):
+        database_module._begin_immediate(mine)
+    mine.execute("ROLLBACK")
+    for conn in (mine, other):
+        conn.close()
