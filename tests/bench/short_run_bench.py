@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import statistics
 import sys
@@ -227,12 +226,10 @@ def postgres_seconds() -> float:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                stat = (entry / "stat").read_text()
+                if "(postgres)" in (entry / "stat").read_text():
+                    total += cpu_seconds(int(entry.name))
             except OSError:  # it exited meanwhile
                 continue
-            if "(postgres)" in stat:
-                fields = stat.rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
 
 

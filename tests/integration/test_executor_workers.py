@@ -28,7 +28,9 @@ async def _run_on_a_new_connection(address: str, agent: str, client: str) -> str
     """A run through a connection of its own (the kernel picks a worker for each); the
     run's name."""
     md = (("authorization", f"Bearer {client}"),)
-    async with grpc.aio.insecure_channel(address) as channel, asyncio.timeout(20):
+    # Channels to one address share one connection unless told not to.
+    own = [("grpc.use_local_subchannel_pool", 1)]
+    async with grpc.aio.insecure_channel(address, options=own) as channel, asyncio.timeout(20):
         stub = run_pb2_grpc.AgentServiceStub(channel)
         while True:  # a worker has the client's key once its configuration is in
             try:
